@@ -1,0 +1,296 @@
+//! Code for one argument: validation statements, `#[schemars]`/`#[serde]` attributes,
+//! redaction of secrets, and compile-time assertions on nested types.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::{Field, Shape};
+
+/// Statements validating `value` (an expression of type `&T`) at path
+/// `parent.field(json_name)`, or at `parent` itself when `as_field` is false (the value of
+/// an untagged enum variant). Generated code has `__mh` (the runtime's `__private`) and
+/// `__out` in scope.
+pub fn validation(
+    f: &Field,
+    value: TokenStream,
+    parent: &TokenStream,
+    as_field: bool,
+) -> TokenStream {
+    let name = &f.json_name;
+    let body = check(f, &f.shape, &value, &format_ident!("__p0"), 0, true);
+    if body.is_empty() {
+        return TokenStream::new();
+    }
+    let path = if as_field {
+        quote!(#parent.field(#name))
+    } else {
+        quote!(*#parent)
+    };
+    quote! {{
+        let __p0 = #path;
+        #body
+    }}
+}
+
+fn check(
+    f: &Field,
+    shape: &Shape,
+    v: &TokenStream,
+    p: &proc_macro2::Ident,
+    depth: usize,
+    top: bool,
+) -> TokenStream {
+    let a = &f.attr;
+    let next_v = format_ident!("__v{}", depth + 1);
+    let next_p = format_ident!("__p{}", depth + 1);
+    match shape {
+        Shape::Option(inner) => {
+            let body = check(f, inner, &quote!(#next_v), p, depth + 1, top);
+            if body.is_empty() {
+                return body;
+            }
+            quote! { if let ::core::option::Option::Some(#next_v) = #v { #body } }
+        }
+        Shape::Str => {
+            let mut out = TokenStream::new();
+            if let Some((n, _)) = a.max_len {
+                out.extend(quote!(__mh::rules::max_len(#v, #n, &#p, __out);));
+            }
+            if let Some((n, _)) = a.min_len {
+                out.extend(quote!(__mh::rules::min_len(#v, #n, &#p, __out);));
+            }
+            if let Some(pat) = &a.pattern {
+                out.extend(quote! {{
+                    static __PATTERN: __mh::rules::Pattern = __mh::rules::Pattern::new(#pat);
+                    __PATTERN.check(#v, &#p, __out);
+                }});
+            }
+            out
+        }
+        Shape::Int { .. } | Shape::Float => match &a.range {
+            Some(r) => {
+                let min = opt(&r.min);
+                let max = opt(&r.max);
+                quote!(__mh::rules::range(*#v, #min, #max, &#p, __out);)
+            }
+            None => TokenStream::new(),
+        },
+        Shape::Seq(inner) => {
+            let mut out = TokenStream::new();
+            if top {
+                if let Some((n, _)) = a.max_items {
+                    out.extend(quote!(__mh::rules::max_items(#v.len(), #n, &#p, __out);));
+                }
+                if let Some((n, _)) = a.min_items {
+                    out.extend(quote!(__mh::rules::min_items(#v.len(), #n, &#p, __out);));
+                }
+            }
+            let body = check(f, inner, &quote!(#next_v), &next_p, depth + 1, false);
+            if !body.is_empty() {
+                out.extend(quote! {
+                    for (__i, #next_v) in #v.iter().enumerate() {
+                        let #next_p = #p.index(__i);
+                        #body
+                    }
+                });
+            }
+            out
+        }
+        Shape::Map(inner) => {
+            let mut out = TokenStream::new();
+            if top {
+                if let Some((n, _)) = a.max_items {
+                    out.extend(quote!(__mh::rules::max_items(#v.len(), #n, &#p, __out);));
+                }
+                if let Some((n, _)) = a.min_items {
+                    out.extend(quote!(__mh::rules::min_items(#v.len(), #n, &#p, __out);));
+                }
+            }
+            let key_check = a
+                .max_len
+                .map(|(n, _)| quote!(__mh::rules::max_len(__k, #n, &#next_p, __out);));
+            let body = check(f, inner, &quote!(#next_v), &next_p, depth + 1, false);
+            if key_check.is_some() || !body.is_empty() {
+                out.extend(quote! {
+                    for (__k, #next_v) in #v.iter() {
+                        let #next_p = #p.key(__k);
+                        #key_check
+                        #body
+                    }
+                });
+            }
+            out
+        }
+        Shape::Nested(_) => quote!(__mh::ToolArgs::validate_into(#v, &#p, __out);),
+        Shape::Bool | Shape::Json | Shape::Unsupported(_) => TokenStream::new(),
+    }
+}
+
+fn opt(e: &Option<syn::Expr>) -> TokenStream {
+    match e {
+        Some(e) => quote!(::core::option::Option::Some(#e)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// The `#[schemars(...)]` attribute publishing the declared limits and description.
+pub fn schema_attrs(f: &Field) -> TokenStream {
+    let a = &f.attr;
+    let mut items = Vec::new();
+    let top = f.shape.strip_option();
+    let scalar = |items: &mut Vec<TokenStream>| {
+        if a.max_len.is_some() || a.min_len.is_some() {
+            let mut parts = Vec::new();
+            if let Some((n, _)) = a.min_len {
+                parts.push(quote!(min = #n));
+            }
+            if let Some((n, _)) = a.max_len {
+                parts.push(quote!(max = #n));
+            }
+            items.push(quote!(length(#(#parts),*)));
+        }
+        if let Some(p) = &a.pattern {
+            items.push(quote!(pattern(#p)));
+        }
+        if let Some(r) = &a.range {
+            let mut parts = Vec::new();
+            if let Some(m) = &r.min {
+                parts.push(quote!(min = #m));
+            }
+            if let Some(m) = &r.max {
+                parts.push(quote!(max = #m));
+            }
+            items.push(quote!(range(#(#parts),*)));
+        }
+    };
+    match top {
+        Shape::Seq(_) => {
+            let mut parts = Vec::new();
+            if let Some((n, _)) = a.min_items {
+                parts.push(quote!(min = #n));
+            }
+            if let Some((n, _)) = a.max_items {
+                parts.push(quote!(max = #n));
+            }
+            if !parts.is_empty() {
+                items.push(quote!(length(#(#parts),*)));
+            }
+            let mut inner = Vec::new();
+            scalar(&mut inner);
+            if !inner.is_empty() {
+                items.push(quote!(inner(#(#inner),*)));
+            }
+        }
+        Shape::Map(_) => {
+            if let Some((n, _)) = a.max_items {
+                items.push(quote!(extend("maxProperties" = #n)));
+            }
+            if let Some((n, _)) = a.min_items {
+                items.push(quote!(extend("minProperties" = #n)));
+            }
+            if let Some((n, _)) = a.max_len {
+                items.push(quote!(extend("propertyNames" = { "maxLength": #n })));
+            }
+        }
+        _ => scalar(&mut items),
+    }
+    if let Some(d) = &a.desc {
+        items.push(quote!(description = #d));
+    }
+    if items.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(#[schemars(#(#items),*)])
+    }
+}
+
+/// The `#[serde(...)]` attribute of the field (its default, its JSON name).
+pub fn serde_attrs(f: &Field, default_fn: Option<&proc_macro2::Ident>) -> TokenStream {
+    let mut items = Vec::new();
+    if let Some(d) = default_fn {
+        let s = d.to_string();
+        items.push(quote!(default = #s));
+    }
+    if let Some(r) = &f.attr.rename {
+        items.push(quote!(rename = #r));
+    }
+    if items.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(#[serde(#(#items),*)])
+    }
+}
+
+/// A function returning the declared default, if any.
+pub fn default_fn(f: &Field, prefix: &str) -> Option<(proc_macro2::Ident, TokenStream)> {
+    let d = f.attr.default.as_ref()?;
+    let ty = &f.ty;
+    let ident = format_ident!(
+        "__mcp_harden_default_{}_{}",
+        prefix,
+        f.json_name.replace(['-', ' '], "_")
+    );
+    let value = match (d, f.shape.strip_option()) {
+        (
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(_),
+                ..
+            }),
+            Shape::Str,
+        ) => {
+            quote!(::std::string::String::from(#d))
+        }
+        _ => quote!(#d),
+    };
+    let item = quote_spanned! {d.span()=>
+        #[allow(non_snake_case)]
+        fn #ident() -> #ty { #value }
+    };
+    Some((ident, item))
+}
+
+/// Statements redacting this field inside `__value: &mut serde_json::Value`.
+pub fn redaction(f: &Field) -> TokenStream {
+    let name = &f.json_name;
+    if f.attr.secret.is_some() {
+        return quote!(__mh::redact_field(__value, #name););
+    }
+    match redactor(&f.shape) {
+        Some(r) => quote!(__mh::with_field(__value, #name, #r);),
+        None => TokenStream::new(),
+    }
+}
+
+fn redactor(shape: &Shape) -> Option<TokenStream> {
+    match shape {
+        Shape::Option(s) => redactor(s),
+        Shape::Seq(s) | Shape::Map(s) => {
+            redactor(s).map(|r| quote!(|__v: &mut __mh::serde_json::Value| __mh::each(__v, #r)))
+        }
+        Shape::Nested(ty) => Some(quote!(<#ty as __mh::ToolArgs>::redact_json)),
+        _ => None,
+    }
+}
+
+/// Compile-time checks that nested types implement `ToolArgs`, pointing at the type.
+pub fn assertions(f: &Field) -> TokenStream {
+    if f.attr.unbounded.is_some() {
+        return TokenStream::new();
+    }
+    let mut out = TokenStream::new();
+    nested_types(&f.shape, &mut |ty| {
+        out.extend(quote_spanned! {ty.span()=>
+            const _: () = __mh::assert_tool_args::<#ty>();
+        });
+    });
+    out
+}
+
+fn nested_types(shape: &Shape, f: &mut dyn FnMut(&syn::Type)) {
+    match shape {
+        Shape::Option(s) | Shape::Seq(s) | Shape::Map(s) => nested_types(s, f),
+        Shape::Nested(ty) => f(ty),
+        _ => {}
+    }
+}

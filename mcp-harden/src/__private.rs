@@ -1,0 +1,198 @@
+//! Support for generated code. Not public API: it changes without notice.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+pub use ::futures::future::BoxFuture;
+pub use ::rmcp;
+pub use ::schemars;
+pub use ::serde;
+pub use ::serde_json;
+
+pub use crate::args::rules;
+pub use crate::args::{FieldPath, ToolArgs, Violation};
+pub use crate::ctx::Ctx;
+pub use crate::definition::Tool;
+pub use crate::errors::{Failure, PublicError, ToolFailure};
+pub use crate::spec::{Annotations, Period, Rate, Scopes, ToolSpec};
+pub use ::core::time::Duration;
+
+use rmcp::model::JsonObject;
+
+/// Asserts at compile time that a nested argument type derives `ToolArgs`; generated with
+/// the span of the user's type so the error points there.
+pub const fn assert_tool_args<T: ToolArgs + ?Sized>() {}
+
+/// The input schema of an argument struct: JSON Schema 2020-12, `type: object` at the root,
+/// without the generated struct's title.
+pub fn input_schema<T: schemars::JsonSchema>() -> Arc<JsonObject> {
+    let mut obj = schema_object::<T>();
+    obj.remove("title");
+    obj.remove("description");
+    Arc::new(obj)
+}
+
+fn schema_object<T: schemars::JsonSchema>() -> JsonObject {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>();
+    match schema.to_value() {
+        serde_json::Value::Object(o) => o,
+        // A schema is an object or a boolean; `true` accepts anything.
+        _ => JsonObject::new(),
+    }
+}
+
+/// Serializes a tool's successful result.
+pub fn output<T: serde::Serialize + ?Sized>(value: &T) -> Result<serde_json::Value, Failure> {
+    serde_json::to_value(value).map_err(|e| Failure::Output(e.to_string()))
+}
+
+/// Converts a tool's error, keeping its text server-side unless it opts in to exposure.
+pub fn failure<E>(
+    e: &E,
+    retryable: bool,
+    public_message: Option<String>,
+    detail: String,
+) -> Failure {
+    let _ = e;
+    Failure::Tool(ToolFailure {
+        retryable,
+        public_message,
+        detail,
+    })
+}
+
+// Autoref specialisation: generated code writes `(&Probe(&e)).__mh_public()` and gets the
+// `PublicError` text when the type implements it, `None` otherwise; likewise `Display`
+// text for the audit detail, and an output schema when the result type implements
+// `JsonSchema`.
+
+/// Wraps a reference for the probes below.
+pub struct Probe<'a, T: ?Sized>(pub &'a T);
+impl<T: ?Sized> Clone for Probe<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for Probe<'_, T> {}
+
+// Method lookup on `&&Probe` tries `Self = &&Probe` first, then `&Probe`, then `Probe`;
+// an impl whose bound does not hold is skipped.
+
+#[doc(hidden)]
+pub trait ViaPublicError {
+    fn __mh_public(self) -> Option<String>;
+}
+impl<E: PublicError + ?Sized> ViaPublicError for &&Probe<'_, E> {
+    fn __mh_public(self) -> Option<String> {
+        self.0.public_message().map(Cow::into_owned)
+    }
+}
+#[doc(hidden)]
+pub trait ViaNoPublicError {
+    fn __mh_public(self) -> Option<String>;
+}
+impl<E: ?Sized> ViaNoPublicError for &Probe<'_, E> {
+    fn __mh_public(self) -> Option<String> {
+        None
+    }
+}
+
+#[doc(hidden)]
+pub trait ViaDisplay {
+    fn __mh_detail(self) -> String;
+}
+impl<E: std::fmt::Display + ?Sized> ViaDisplay for &&Probe<'_, E> {
+    fn __mh_detail(self) -> String {
+        self.0.to_string()
+    }
+}
+#[doc(hidden)]
+pub trait ViaDebug {
+    fn __mh_detail(self) -> String;
+}
+impl<E: std::fmt::Debug + ?Sized> ViaDebug for &Probe<'_, E> {
+    fn __mh_detail(self) -> String {
+        format!("{:?}", self.0)
+    }
+}
+#[doc(hidden)]
+pub trait ViaTypeName {
+    fn __mh_detail(self) -> String;
+}
+impl<E: ?Sized> ViaTypeName for Probe<'_, E> {
+    fn __mh_detail(self) -> String {
+        format!("an error of type {}", std::any::type_name::<E>())
+    }
+}
+
+/// Marker for the output schema probe: `(&SchemaProbe::<T>::new()).__mh_output_schema()`.
+pub struct SchemaProbe<T: ?Sized>(core::marker::PhantomData<fn() -> Box<T>>);
+impl<T: ?Sized> SchemaProbe<T> {
+    pub const fn new() -> Self {
+        Self(core::marker::PhantomData)
+    }
+}
+impl<T: ?Sized> Default for SchemaProbe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+impl<T: ?Sized> Clone for SchemaProbe<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for SchemaProbe<T> {}
+#[doc(hidden)]
+pub trait ViaJsonSchema {
+    fn __mh_output_schema(self) -> Option<Arc<JsonObject>>;
+}
+impl<T: schemars::JsonSchema> ViaJsonSchema for &SchemaProbe<T> {
+    fn __mh_output_schema(self) -> Option<Arc<JsonObject>> {
+        let mut obj = schema_object::<T>();
+        obj.remove("title");
+        // Only object schemas are valid output schemas for every protocol version.
+        (obj.get("type") == Some(&serde_json::Value::String("object".into())))
+            .then(|| Arc::new(obj))
+    }
+}
+#[doc(hidden)]
+pub trait ViaNoJsonSchema {
+    fn __mh_output_schema(self) -> Option<Arc<JsonObject>>;
+}
+impl<T: ?Sized> ViaNoJsonSchema for SchemaProbe<T> {
+    fn __mh_output_schema(self) -> Option<Arc<JsonObject>> {
+        None
+    }
+}
+
+/// Redacts the named fields of an object (the `secret` arguments) and recurses into
+/// nested argument types through `nested`.
+pub fn redact_field(value: &mut serde_json::Value, name: &str) {
+    if let Some(v) = value.as_object_mut().and_then(|o| o.get_mut(name)) {
+        *v = serde_json::Value::String(crate::audit::REDACTED.to_owned());
+    }
+}
+
+/// Applies `f` to the value of field `name`, if present.
+pub fn with_field(value: &mut serde_json::Value, name: &str, f: fn(&mut serde_json::Value)) {
+    if let Some(v) = value.as_object_mut().and_then(|o| o.get_mut(name)) {
+        f(v);
+    }
+}
+
+/// Applies `f` to each element of an array, or each value of an object (maps).
+pub fn each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
+    match value {
+        serde_json::Value::Array(a) => a.iter_mut().for_each(f),
+        serde_json::Value::Object(o) => o.values_mut().for_each(f),
+        _ => {}
+    }
+}
+
+/// Replaces a whole value (an untagged argument enum with a secret variant).
+pub fn redact_value(value: &mut serde_json::Value) {
+    *value = serde_json::Value::String(crate::audit::REDACTED.to_owned());
+}

@@ -1,0 +1,156 @@
+//! Audit: one [`AuditRecord`] per call, whatever happened, through an [`AuditSink`].
+//!
+//! The default sink, [`TracingAuditSink`], emits each record as one JSON string in a
+//! `tracing` event with target `mcp_harden::audit`. Where it goes is the subscriber's choice;
+//! on stdio it must be stderr, never stdout, which carries the protocol.
+
+mod redact;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use redact::{is_credential_name, redact_credentials, REDACTED};
+
+/// The version of the audit record format.
+pub const AUDIT_RECORD_VERSION: u32 = 1;
+
+/// What happened to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The tool ran and returned a result.
+    Success,
+    /// Refused before the tool ran for an identity or permission reason (a security event).
+    Denied,
+    /// Refused before the tool ran for another reason (rate, arguments, unknown tool).
+    Rejected,
+    /// The tool ran and failed (its own error, a timeout, a panic, a cancellation).
+    Failed,
+}
+
+/// The caller as recorded: never a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditPrincipal {
+    /// The subject, or `None` when the caller had no identity.
+    pub subject: Option<String>,
+    /// How the caller was authenticated.
+    pub auth_method: &'static str,
+    /// The caller's tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// One record per tool call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct AuditRecord {
+    /// The record format version ([`AUDIT_RECORD_VERSION`]).
+    pub version: u32,
+    /// When the call arrived, RFC 3339 UTC.
+    pub time: String,
+    /// The call's trace id (32 hex digits).
+    pub trace_id: Arc<str>,
+    /// The caller.
+    pub principal: AuditPrincipal,
+    /// The tool name as requested.
+    pub tool: String,
+    /// The arguments with secrets and credential-like fields redacted.
+    pub arguments: serde_json::Value,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The error code sent to the client, if the call did not succeed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    /// Whether the client was told it may retry.
+    pub retryable: bool,
+    /// Server-side detail of a failure (the tool error's text, a panic message). Never sent
+    /// to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Time from arrival to reply, in microseconds.
+    pub duration_us: u64,
+    /// The transport the call came through (`stdio`, `duplex`, ...).
+    pub transport: &'static str,
+}
+
+impl AuditRecord {
+    /// The record as one JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"version":{AUDIT_RECORD_VERSION},"error":"audit record not serializable: {e}"}}"#)
+        })
+    }
+}
+
+/// Where audit records go. Implement it for a SIEM, a database or a test collector.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one call. Called exactly once per call, after the reply is decided.
+    fn record(&self, record: &AuditRecord);
+}
+
+/// The default sink: one `tracing` event per record, target `mcp_harden::audit`, level
+/// INFO (WARN for denials), field `record` holding the record as JSON.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TracingAuditSink;
+
+impl AuditSink for TracingAuditSink {
+    fn record(&self, record: &AuditRecord) {
+        if record.outcome == Outcome::Denied {
+            if tracing::enabled!(target: "mcp_harden::audit", tracing::Level::WARN) {
+                tracing::warn!(target: "mcp_harden::audit", record = %record.to_json(), "security event");
+            }
+        } else if tracing::enabled!(target: "mcp_harden::audit", tracing::Level::INFO) {
+            tracing::info!(target: "mcp_harden::audit", record = %record.to_json(), "tool call");
+        }
+    }
+}
+
+/// A new random 128-bit trace id as 32 lowercase hex digits (W3C trace-context format).
+pub(crate) fn new_trace_id() -> Arc<str> {
+    Arc::from(uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub(crate) fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(new_trace_id().len(), 32);
+    }
+}

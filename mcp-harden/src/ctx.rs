@@ -1,0 +1,98 @@
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+
+/// The context parameter of a tool: the caller, the call's trace id, the server's shared
+/// state and the call's cancellation token. `Ctx<S>` dereferences to `S`.
+///
+/// Build one directly to unit-test a tool function:
+/// ```
+/// use mcp_harden::{Ctx, Principal};
+/// struct App { greeting: &'static str }
+/// let ctx = Ctx::new(App { greeting: "hi" }, Principal::local("tester", ["x"]));
+/// assert_eq!(ctx.greeting, "hi");
+/// assert_eq!(ctx.principal().subject(), "tester");
+/// ```
+pub struct Ctx<S> {
+    state: Arc<S>,
+    principal: Arc<Principal>,
+    trace_id: Arc<str>,
+    cancellation: CancellationToken,
+}
+
+impl<S> Ctx<S> {
+    /// A context for calling a tool function directly (tests, other code paths).
+    pub fn new(state: impl Into<Arc<S>>, principal: Principal) -> Self {
+        Self {
+            state: state.into(),
+            principal: Arc::new(principal),
+            trace_id: crate::audit::new_trace_id(),
+            cancellation: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn from_parts(
+        state: Arc<S>,
+        principal: Arc<Principal>,
+        trace_id: Arc<str>,
+        cancellation: CancellationToken,
+    ) -> Self {
+        Self {
+            state,
+            principal,
+            trace_id,
+            cancellation,
+        }
+    }
+
+    /// The caller.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The call's trace id (32 hex digits), also in its audit record.
+    pub fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    /// The server's shared state.
+    pub fn state(&self) -> &Arc<S> {
+        &self.state
+    }
+
+    /// Fires when the client cancels the call or its timeout passes; long-running work
+    /// should stop when it does.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancellation
+    }
+}
+
+impl<S> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            principal: self.principal.clone(),
+            trace_id: self.trace_id.clone(),
+            cancellation: self.cancellation.clone(),
+        }
+    }
+}
+
+impl<S> Deref for Ctx<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.state
+    }
+}
+
+impl<S> std::fmt::Debug for Ctx<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("principal", &self.principal.subject())
+            .field("trace_id", &self.trace_id)
+            .finish_non_exhaustive()
+    }
+}

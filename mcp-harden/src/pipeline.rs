@@ -1,0 +1,286 @@
+//! The pipeline of one tool call, one small function per stage:
+//! identify -> authorize -> limit -> decode and validate -> run -> shape -> record.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use rmcp::model::{CallToolResult, ContentBlock};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{
+    redact_credentials, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
+};
+use crate::auth::Principal;
+use crate::ctx::Ctx;
+use crate::errors::{ErrorCode, Failure, ToolError};
+use crate::limits::RateDecision;
+use crate::server::{Entry, Inner};
+use crate::spec::Scopes;
+
+/// How a call ended before shaping: a result, or a client-facing error plus server detail.
+pub(crate) struct Refusal {
+    pub error: ToolError,
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+}
+
+impl Refusal {
+    fn before_run(error: ToolError) -> Self {
+        let outcome = if error.code.is_security_event() {
+            Outcome::Denied
+        } else {
+            Outcome::Rejected
+        };
+        Self {
+            error,
+            outcome,
+            detail: None,
+        }
+    }
+    fn failed(error: ToolError, detail: impl Into<String>) -> Self {
+        Self {
+            error,
+            outcome: Outcome::Failed,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// Everything known about one call, for the audit record.
+pub(crate) struct CallInfo<'a> {
+    pub started: Instant,
+    pub time: String,
+    pub trace_id: Arc<str>,
+    pub tool: &'a str,
+    pub principal: Option<Arc<Principal>>,
+    pub transport: &'static str,
+}
+
+/// Stage 2: the tool's scopes against the caller's. A public tool admits anyone.
+pub(crate) fn authorize(
+    scopes: Scopes,
+    principal: Option<&Arc<Principal>>,
+) -> Result<Arc<Principal>, ToolError> {
+    match (scopes, principal) {
+        (Scopes::Public, Some(p)) => Ok(p.clone()),
+        (Scopes::Public, None) => Ok(Arc::new(Principal::anonymous())),
+        (Scopes::Required(_), None) => Err(ToolError::unauthenticated()),
+        (Scopes::Required(required), Some(p)) => {
+            let missing = p.missing_scopes(required);
+            if missing.is_empty() {
+                Ok(p.clone())
+            } else {
+                Err(ToolError::forbidden(&missing))
+            }
+        }
+    }
+}
+
+/// Whether `tools/list` shows the tool to this caller: exactly when `authorize` would pass.
+pub(crate) fn visible(scopes: Scopes, principal: Option<&Arc<Principal>>) -> bool {
+    match (scopes, principal) {
+        (Scopes::Public, _) => true,
+        (Scopes::Required(_), None) => false,
+        (Scopes::Required(required), Some(p)) => p.has_all(required),
+    }
+}
+
+/// Stage 3: the per-caller, per-tool rate limit.
+pub(crate) fn limit<S>(entry: &Entry<S>, principal: &Principal) -> Result<(), ToolError> {
+    match entry
+        .limiter
+        .as_ref()
+        .map(|l| l.check(principal.subject_arc()))
+    {
+        None | Some(RateDecision::Allow) => Ok(()),
+        Some(RateDecision::Deny(wait)) => Err(ToolError::rate_limited(wait)),
+    }
+}
+
+/// Stages 4 and 5: decode and validate, then run under the timeout with panics caught and
+/// cancellation honoured.
+pub(crate) async fn run<S: Send + Sync + 'static>(
+    entry: &Entry<S>,
+    ctx_parts: (Arc<S>, Arc<Principal>, Arc<str>),
+    raw: &serde_json::Value,
+    timeout: Duration,
+    client_ct: &CancellationToken,
+) -> Result<serde_json::Value, Refusal> {
+    let call_ct = client_ct.child_token();
+    let (state, principal, trace_id) = ctx_parts;
+    let ctx = Ctx::from_parts(state, principal, trace_id, call_ct.clone());
+    let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| (entry.fns.prepare)(ctx, raw)));
+    let invocation = match prepared {
+        Ok(Ok(inv)) => inv,
+        Ok(Err(violations)) => {
+            return Err(Refusal::before_run(ToolError::invalid_arguments(
+                violations,
+            )))
+        }
+        Err(panic) => {
+            return Err(Refusal::failed(
+                ToolError::internal(),
+                panic_detail(&*panic),
+            ))
+        }
+    };
+    let guarded = AssertUnwindSafe(invocation).catch_unwind();
+    let outcome = tokio::select! {
+        biased;
+        r = guarded => r,
+        () = tokio::time::sleep(timeout) => {
+            call_ct.cancel();
+            return Err(Refusal::failed(ToolError::timeout(timeout), format!("timed out after {timeout:?}")));
+        }
+        () = client_ct.cancelled() => {
+            return Err(Refusal::failed(
+                ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true),
+                "cancelled by the client",
+            ));
+        }
+    };
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(Failure::Tool(f))) => {
+            let message = f
+                .public_message
+                .unwrap_or_else(|| "the tool failed".to_owned());
+            Err(Refusal::failed(
+                ToolError::new(ErrorCode::ToolError, message, f.retryable),
+                f.detail,
+            ))
+        }
+        Ok(Err(Failure::Output(detail))) => Err(Refusal::failed(
+            ToolError::internal(),
+            format!("result not serializable: {detail}"),
+        )),
+        Err(panic) => Err(Refusal::failed(
+            ToolError::internal(),
+            panic_detail(&*panic),
+        )),
+    }
+}
+
+fn panic_detail(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string payload".to_owned());
+    format!("panicked: {msg}")
+}
+
+/// Stage 6: a result becomes content plus structured content, capped in size.
+pub(crate) fn shape(value: serde_json::Value, max_bytes: usize) -> Result<CallToolResult, Refusal> {
+    let text = match &value {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    if text.len() > max_bytes {
+        return Err(Refusal::failed(
+            ToolError::new(
+                ErrorCode::ToolError,
+                "the result exceeds the server's size limit",
+                false,
+            ),
+            format!(
+                "result of {} bytes exceeds the {max_bytes}-byte limit",
+                text.len()
+            ),
+        ));
+    }
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    if value.is_object() {
+        result.structured_content = Some(value);
+    }
+    Ok(result)
+}
+
+/// The wire form of a refusal.
+pub(crate) fn error_result(error: &ToolError) -> CallToolResult {
+    CallToolResult::structured_error(error.to_json())
+}
+
+/// Stage 7: one audit record, whatever happened.
+pub(crate) fn record<S>(
+    inner: &Inner<S>,
+    info: CallInfo<'_>,
+    mut arguments: serde_json::Value,
+    redact: Option<fn(&mut serde_json::Value)>,
+    refusal: Option<&Refusal>,
+) {
+    if let Some(redact) = redact {
+        redact(&mut arguments);
+    }
+    redact_credentials(&mut arguments);
+    let principal = match &info.principal {
+        Some(p) => AuditPrincipal {
+            subject: Some(p.subject().to_owned()),
+            auth_method: p.method().as_str(),
+            tier: p.tier().map(str::to_owned),
+        },
+        None => AuditPrincipal {
+            subject: None,
+            auth_method: "none",
+            tier: None,
+        },
+    };
+    let record = AuditRecord {
+        version: AUDIT_RECORD_VERSION,
+        time: info.time,
+        trace_id: info.trace_id,
+        principal,
+        tool: info.tool.chars().take(128).collect(),
+        arguments,
+        outcome: refusal.map_or(Outcome::Success, |r| r.outcome),
+        error_code: refusal.map(|r| r.error.code.as_str()),
+        retryable: refusal.is_some_and(|r| r.error.retryable),
+        detail: refusal.and_then(|r| r.detail.clone()),
+        duration_us: u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        transport: info.transport,
+    };
+    inner.audit.record(&record);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorization_table() {
+        let reader = Arc::new(Principal::local("r", ["db:read"]));
+        assert!(authorize(Scopes::Public, None).is_ok_and(|p| p.subject() == "anonymous"));
+        assert_eq!(
+            authorize(Scopes::Required(&[]), None)
+                .map(|_| ())
+                .unwrap_err()
+                .code,
+            ErrorCode::Unauthenticated
+        );
+        assert!(authorize(Scopes::Required(&[]), Some(&reader)).is_ok());
+        let denied = authorize(Scopes::Required(&["db:read", "db:write"]), Some(&reader))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(denied.code, ErrorCode::Forbidden);
+        assert!(denied.message.ends_with("db:write"));
+        for (scopes, who) in [
+            (Scopes::Public, None),
+            (Scopes::Required(&[]), None),
+            (Scopes::Required(&[]), Some(&reader)),
+            (Scopes::Required(&["db:write"]), Some(&reader)),
+        ] {
+            assert_eq!(visible(scopes, who), authorize(scopes, who).is_ok());
+        }
+    }
+
+    #[test]
+    fn shaping_caps_and_structures() {
+        let r = shape(serde_json::json!({"a": 1}), 100).ok().expect("fits");
+        assert_eq!(r.structured_content, Some(serde_json::json!({"a": 1})));
+        let r = shape(serde_json::json!("plain"), 100).ok().expect("fits");
+        assert!(r.structured_content.is_none());
+        assert!(shape(serde_json::json!({"a": "x".repeat(200)}), 100).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The server: a [`HardenedBuilder`] collects tools and policy; [`Hardened`] is the rmcp
+//! `ServerHandler` that runs every call through the pipeline.
+
+mod builder;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, ErrorData, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{RequestContext, RoleServer, RunningService};
+use rmcp::{ServerHandler, ServiceExt};
+
+use crate::audit::{new_trace_id, now_rfc3339, AuditSink};
+use crate::auth::Principal;
+use crate::definition::ToolFns;
+use crate::limits::RateLimiter;
+use crate::pipeline::{self, CallInfo};
+use crate::spec::ToolSpec;
+
+pub use builder::{BuildError, HardenedBuilder};
+
+/// A hardened MCP server: serve it over stdio with [`Hardened::serve_stdio`], or over any rmcp
+/// transport with [`Hardened::serve`]. Cloning is cheap (one `Arc`).
+pub struct Hardened<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Hardened<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct Inner<S> {
+    pub state: Arc<S>,
+    pub tools: HashMap<&'static str, Entry<S>>,
+    /// Tool names in registration order, for a stable `tools/list`.
+    pub order: Vec<&'static str>,
+    pub local_principal: Option<Arc<Principal>>,
+    pub audit: Arc<dyn AuditSink>,
+    pub default_timeout: Duration,
+    pub max_output_bytes: usize,
+    pub info: ServerConfig,
+    pub transport: &'static str,
+}
+
+pub(crate) struct Entry<S> {
+    pub spec: ToolSpec,
+    pub definition: rmcp::model::Tool,
+    pub limiter: Option<RateLimiter>,
+    pub fns: ToolFns<S>,
+}
+
+impl<S: Send + Sync + 'static> Hardened<S> {
+    /// Starts building a server around the shared application state.
+    pub fn builder(state: impl Into<Arc<S>>) -> HardenedBuilder<S> {
+        HardenedBuilder::new(state.into())
+    }
+
+    /// The MCP definitions of every registered tool, as `--print-manifest` shows them.
+    pub fn tool_definitions(&self) -> Vec<rmcp::model::Tool> {
+        self.inner
+            .order
+            .iter()
+            .filter_map(|n| self.inner.tools.get(n))
+            .map(|e| e.definition.clone())
+            .collect()
+    }
+
+    /// The static facts of every registered tool, in registration order.
+    pub fn tool_specs(&self) -> Vec<ToolSpec> {
+        self.inner
+            .order
+            .iter()
+            .filter_map(|n| self.inner.tools.get(n))
+            .map(|e| e.spec)
+            .collect()
+    }
+
+    /// A manifest of every tool as JSON: name, title, description, scopes, rate, timeout,
+    /// annotations and input/output schemas.
+    pub fn manifest(&self) -> serde_json::Value {
+        let tools: Vec<_> = self
+            .inner
+            .order
+            .iter()
+            .filter_map(|n| self.inner.tools.get(n))
+            .map(|e| {
+                let s = &e.spec;
+                let timeout = s.timeout.unwrap_or(self.inner.default_timeout);
+                serde_json::json!({
+                    "name": s.name,
+                    "title": s.title,
+                    "description": s.description,
+                    "scopes": match s.scopes {
+                        crate::spec::Scopes::Public => serde_json::json!("public"),
+                        crate::spec::Scopes::Required(r) => serde_json::json!(r),
+                    },
+                    "rate": match s.rate {
+                        crate::spec::Rate::Unlimited => serde_json::json!("unlimited"),
+                        crate::spec::Rate::Limited { count, period, burst } => serde_json::json!({
+                            "count": count,
+                            "per": match period {
+                                crate::spec::Period::Second => "sec",
+                                crate::spec::Period::Minute => "min",
+                                crate::spec::Period::Hour => "hour",
+                            },
+                            "burst": burst.unwrap_or(count),
+                        }),
+                    },
+                    "timeout_ms": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    "annotations": e.definition.annotations,
+                    "input_schema": e.definition.input_schema,
+                    "output_schema": e.definition.output_schema,
+                })
+            })
+            .collect();
+        serde_json::json!({ "server": self.inner.info.server_info, "tools": tools })
+    }
+
+    /// Serves over stdin/stdout until the client disconnects. stdout carries only the
+    /// protocol: make sure logs (and the default audit sink) write to stderr.
+    pub async fn serve_stdio(self) -> Result<(), ServeError> {
+        let service = self
+            .with_transport_label("stdio")
+            .serve(rmcp::transport::stdio())
+            .await?;
+        service.waiting().await?;
+        Ok(())
+    }
+
+    /// Serves over any rmcp transport (an in-process duplex stream, a child process's pipes,
+    /// ...). The returned service runs until dropped or the peer disconnects.
+    pub async fn serve_transport<T, E, A>(
+        self,
+        transport: T,
+    ) -> Result<RunningService<RoleServer, Self>, ServeError>
+    where
+        T: rmcp::transport::IntoTransport<RoleServer, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Ok(self.serve(transport).await?)
+    }
+
+    /// This server recording `label` as the transport in its audit records.
+    pub fn with_transport_label(self, label: &'static str) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.transport = label;
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => Self { inner },
+        }
+    }
+
+    /// Stage 1: who is calling. On stdio and in-process transports, the local principal
+    /// configured at start-up; `None` when none was configured.
+    fn identify(&self, _rc: &RequestContext<RoleServer>) -> Option<Arc<Principal>> {
+        self.inner.local_principal.clone()
+    }
+
+    async fn call(
+        &self,
+        params: CallToolRequestParams,
+        rc: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let principal = self.identify(&rc);
+        let CallToolRequestParams {
+            name, arguments, ..
+        } = params;
+        let info = CallInfo {
+            started,
+            time: now_rfc3339(),
+            trace_id: new_trace_id(),
+            tool: &name,
+            principal: principal.clone(),
+            transport: inner.transport,
+        };
+        let raw = serde_json::Value::Object(arguments.unwrap_or_default());
+        let Some(entry) = inner.tools.get(&*name) else {
+            let refusal = pipeline::Refusal {
+                error: crate::ToolError::new(
+                    crate::ErrorCode::InvalidArguments,
+                    "unknown tool",
+                    false,
+                ),
+                outcome: crate::audit::Outcome::Rejected,
+                detail: Some("unknown tool".to_owned()),
+            };
+            pipeline::record(inner, info, raw, None, Some(&refusal));
+            return Err(ErrorData::invalid_params("unknown tool", None));
+        };
+        let outcome = async {
+            let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
+                tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
+                pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
+            })?;
+            pipeline::limit(entry, &caller).map_err(|e| pipeline::Refusal {
+                outcome: crate::audit::Outcome::Rejected,
+                error: e,
+                detail: None,
+            })?;
+            let timeout = entry.spec.timeout.unwrap_or(inner.default_timeout);
+            let value = pipeline::run(entry, (inner.state.clone(), caller, info.trace_id.clone()), &raw, timeout, &rc.ct).await?;
+            pipeline::shape(value, inner.max_output_bytes)
+        }
+        .await;
+        let result = match &outcome {
+            Ok(_) => None,
+            Err(refusal) => Some(refusal),
+        };
+        pipeline::record(inner, info, raw, Some(entry.fns.redact), result);
+        Ok(match outcome {
+            Ok(r) => r,
+            Err(refusal) => pipeline::error_result(&refusal.error),
+        }
+        .into())
+    }
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The MCP handshake failed.
+    #[error("MCP initialization failed: {0}")]
+    Initialize(#[from] rmcp::service::ServerInitializeError),
+    /// The service task failed.
+    #[error("the MCP service task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
+    fn get_info(&self) -> ServerConfig {
+        self.inner.info.clone()
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        rc: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let principal = self.identify(&rc);
+        let tools = self
+            .inner
+            .order
+            .iter()
+            .filter_map(|n| self.inner.tools.get(n))
+            .filter(|e| pipeline::visible(e.spec.scopes, principal.as_ref()))
+            .map(|e| e.definition.clone())
+            .collect();
+        // The list depends on the caller: never let it be cached across callers.
+        Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.call(request, context).await
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.inner.tools.get(name).map(|e| e.definition.clone())
+    }
+}
+
+pub(crate) fn default_info(name: &str, version: &str) -> ServerConfig {
+    ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        .with_server_info(Implementation::new(name, version))
+}

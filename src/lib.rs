@@ -1,0 +1,1 @@
+//! Examples and tests of mcp-harden live in examples/ and tests/.
