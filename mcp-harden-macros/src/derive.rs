@@ -290,9 +290,11 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
             )
         }
         Body::Unit(variants) => {
-            let defs = variants.iter().map(|(v, rename, d)| {
+            // Variant docs are linted but not copied: without them schemars publishes the
+            // allow-list as a plain `{"type": "string", "enum": [...]}`.
+            let defs = variants.iter().map(|(v, rename, _)| {
                 let r = rename.as_ref().map(|r| quote!(#[serde(rename = #r)]));
-                quote!(#(#d)* #r #v)
+                quote!(#r #v)
             });
             let from = variants
                 .iter()
@@ -363,10 +365,9 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
     };
 
     quote! {
+        #[allow(non_camel_case_types, dead_code, clippy::all)]
         const _: () = {
             use #krate::__private as __mh;
-            #[allow(non_camel_case_types, dead_code)]
-            const _: () = ();
             #shadow_def
             #extra
 

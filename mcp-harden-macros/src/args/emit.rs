@@ -72,7 +72,7 @@ fn check(
             Some(r) => {
                 let min = opt(&r.min);
                 let max = opt(&r.max);
-                quote!(__mh::rules::range(*#v, #min, #max, &#p, __out);)
+                quote!(__mh::rules::range(*(#v), #min, #max, &#p, __out);)
             }
             None => TokenStream::new(),
         },
@@ -80,16 +80,16 @@ fn check(
             let mut out = TokenStream::new();
             if top {
                 if let Some((n, _)) = a.max_items {
-                    out.extend(quote!(__mh::rules::max_items(#v.len(), #n, &#p, __out);));
+                    out.extend(quote!(__mh::rules::max_items((#v).len(), #n, &#p, __out);));
                 }
                 if let Some((n, _)) = a.min_items {
-                    out.extend(quote!(__mh::rules::min_items(#v.len(), #n, &#p, __out);));
+                    out.extend(quote!(__mh::rules::min_items((#v).len(), #n, &#p, __out);));
                 }
             }
             let body = check(f, inner, &quote!(#next_v), &next_p, depth + 1, false);
             if !body.is_empty() {
                 out.extend(quote! {
-                    for (__i, #next_v) in #v.iter().enumerate() {
+                    for (__i, #next_v) in (#v).iter().enumerate() {
                         let #next_p = #p.index(__i);
                         #body
                     }
@@ -101,10 +101,10 @@ fn check(
             let mut out = TokenStream::new();
             if top {
                 if let Some((n, _)) = a.max_items {
-                    out.extend(quote!(__mh::rules::max_items(#v.len(), #n, &#p, __out);));
+                    out.extend(quote!(__mh::rules::max_items((#v).len(), #n, &#p, __out);));
                 }
                 if let Some((n, _)) = a.min_items {
-                    out.extend(quote!(__mh::rules::min_items(#v.len(), #n, &#p, __out);));
+                    out.extend(quote!(__mh::rules::min_items((#v).len(), #n, &#p, __out);));
                 }
             }
             let key_check = a
@@ -113,7 +113,7 @@ fn check(
             let body = check(f, inner, &quote!(#next_v), &next_p, depth + 1, false);
             if key_check.is_some() || !body.is_empty() {
                 out.extend(quote! {
-                    for (__k, #next_v) in #v.iter() {
+                    for (__k, #next_v) in (#v).iter() {
                         let #next_p = #p.key(__k);
                         #key_check
                         #body

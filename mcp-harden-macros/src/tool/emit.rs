@@ -200,6 +200,7 @@ pub fn tool(m: &Model) -> TokenStream {
     quote! {
         #func
         #marker
+        #[allow(non_camel_case_types, dead_code, clippy::all)]
         const _: () = {
             use #krate::__private as __mh;
 
