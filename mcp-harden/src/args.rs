@@ -169,9 +169,10 @@ pub mod rules {
         path: &FieldPath<'_>,
         out: &mut Vec<Violation>,
     ) {
-        // Written so that NaN fails every bound.
-        let low = min.is_some_and(|m| !(v >= m));
-        let high = max.is_some_and(|m| !(v <= m));
+        // NaN compares as `None`: it fails every bound.
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        let low = min.is_some_and(|m| !matches!(v.partial_cmp(&m), Some(Greater | Equal)));
+        let high = max.is_some_and(|m| !matches!(v.partial_cmp(&m), Some(Less | Equal)));
         if low || high {
             let msg = match (min, max) {
                 (Some(a), Some(b)) => format!("must be between {a} and {b}"),

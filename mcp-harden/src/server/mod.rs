@@ -215,11 +215,13 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             pipeline::shape(value, inner.max_output_bytes)
         }
         .await;
-        let result = match &outcome {
-            Ok(_) => None,
-            Err(refusal) => Some(refusal),
-        };
-        pipeline::record(inner, info, raw, Some(entry.fns.redact), result);
+        pipeline::record(
+            inner,
+            info,
+            raw,
+            Some(entry.fns.redact),
+            outcome.as_ref().err(),
+        );
         Ok(match outcome {
             Ok(r) => r,
             Err(refusal) => pipeline::error_result(&refusal.error),
@@ -234,10 +236,16 @@ impl<S: Send + Sync + 'static> Hardened<S> {
 pub enum ServeError {
     /// The MCP handshake failed.
     #[error("MCP initialization failed: {0}")]
-    Initialize(#[from] rmcp::service::ServerInitializeError),
+    Initialize(Box<rmcp::service::ServerInitializeError>),
     /// The service task failed.
     #[error("the MCP service task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl From<rmcp::service::ServerInitializeError> for ServeError {
+    fn from(e: rmcp::service::ServerInitializeError) -> Self {
+        ServeError::Initialize(Box::new(e))
+    }
 }
 
 impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
