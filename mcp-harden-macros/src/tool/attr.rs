@@ -45,6 +45,8 @@ pub struct ToolAttr {
     pub idempotent: Option<Span>,
     pub open_world: Option<Span>,
     pub krate: Option<Path>,
+    /// Every key written, valid or not: a malformed key is not also reported missing.
+    pub present: Vec<String>,
 }
 
 impl ToolAttr {
@@ -62,6 +64,7 @@ impl ToolAttr {
             idempotent: None,
             open_world: None,
             krate: None,
+            present: Vec::new(),
         };
         let mut seen: Vec<String> = Vec::new();
         let parser = syn::meta::parser(|meta| {
@@ -152,6 +155,7 @@ impl ToolAttr {
         if let Err(e) = parser.parse2(tokens) {
             cx.push(e);
         }
+        a.present = seen;
         a
     }
 }

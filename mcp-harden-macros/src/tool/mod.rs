@@ -90,13 +90,14 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
         check_tool_name(cx, &name, sig.ident.span());
     }
 
-    if attr.scopes.is_none() {
+    let present = |k: &str| attr.present.iter().any(|p| p == k);
+    if attr.scopes.is_none() && !present("scopes") {
         cx.error_at(
             Span::call_site(),
             "missing `scopes`: add `scopes = \"db:read\"`, `scopes = []` for any authenticated caller, or `scopes = public` for anyone",
         );
     }
-    if attr.rate.is_none() {
+    if attr.rate.is_none() && !present("rate") {
         cx.error_at(Span::call_site(), "missing `rate`: add e.g. `rate = \"60/min\"`, or `rate = \"unlimited\"` if that is on purpose");
     }
     if let (Some((_, span)), Some((attr::Rate::Unlimited, _)) | None) = (&attr.burst, &attr.rate) {
@@ -232,5 +233,70 @@ fn output_type(ret: &ReturnType) -> (Type, bool) {
             }
             ((**ty).clone(), false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn expand(attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        super::expand(attr, item).to_string()
+    }
+
+    #[test]
+    fn a_valid_tool_expands_to_the_function_a_marker_and_a_tool_impl() {
+        let out = expand(
+            quote!(
+                scopes = "db:read",
+                rate = "5/min",
+                burst = 2,
+                timeout = "1s",
+                read_only
+            ),
+            quote! {
+                /// Look something up.
+                async fn lookup(ctx: Ctx<App>, #[arg(max_len = 8)] key: String) -> Result<String, E> { todo!() }
+            },
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        for needle in [
+            "async fn lookup (ctx : Ctx < App > , key : String)",
+            "struct lookup { }",
+            "deny_unknown_fields",
+            "__mh :: rules :: max_len (& self . key , 8usize",
+            "impl __mh :: Tool < App > for lookup",
+            "__mh :: Rate :: Limited { count : 5u32 , period : __mh :: Period :: Minute , burst : :: core :: option :: Option :: Some (2u32) }",
+            "__mh :: Duration :: from_millis (1000u64)",
+            "\"Look something up.\"",
+        ] {
+            assert!(out.contains(needle), "missing `{needle}` in {out}");
+        }
+        assert!(
+            !out.contains("# [arg"),
+            "#[arg] is stripped from the emitted function"
+        );
+    }
+
+    #[test]
+    fn every_mistake_is_reported_and_the_function_still_emitted() {
+        let out = expand(
+            quote!(scope = "db:read", rate = "5/fortnight", timeout = "soon"),
+            quote! {
+                fn lookup(key: String, n: u64) -> String { todo!() }
+            },
+        );
+        let errors = out.matches("compile_error").count();
+        // unknown key, bad rate unit, bad timeout, missing scopes, not async, no doc, key and n unbounded
+        assert_eq!(errors, 8, "{out}");
+        assert!(out.contains("did you mean `scopes`?"));
+        assert!(
+            out.contains("fn lookup (key : String , n : u64)"),
+            "the function survives: {out}"
+        );
+        assert!(
+            out.contains("struct lookup { }"),
+            "so does the marker: {out}"
+        );
     }
 }
