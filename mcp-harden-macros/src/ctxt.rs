@@ -22,6 +22,10 @@ impl Ctxt {
         self.errors.push(e);
     }
 
+    pub fn count(&self) -> usize {
+        self.errors.len()
+    }
+
     pub fn has_errors(&self) -> bool {
         !self.errors.is_empty()
     }

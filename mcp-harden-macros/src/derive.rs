@@ -2,7 +2,7 @@
 //! users depend on mcp-harden alone); the user's type gets `Deserialize`, `Serialize` and
 //! `JsonSchema` by delegation, and `ToolArgs` from its fields' rules.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Fields, LitStr};
@@ -61,8 +61,8 @@ pub fn expand(input: TokenStream) -> TokenStream {
                             Some(field)
                         })
                         .collect();
-                    if container.rename_all.is_some() {
-                        cx.error_at(Span::call_site(), "`rename_all` applies to enums; name struct fields as they appear in JSON");
+                    if let Some(r) = &container.rename_all {
+                        cx.error_spanned(r, "`rename_all` applies to enums; name struct fields as they appear in JSON");
                     }
                     Some(Body::Struct(
                         fields,
@@ -96,8 +96,7 @@ pub fn expand(input: TokenStream) -> TokenStream {
                     .iter()
                     .map(|v| {
                         let a = args::ArgAttr::parse(&mut cx, &v.attrs);
-                        let bad = a.max_len.map(|x| x.1).or(a.range.as_ref().map(|r| r.span)).or(a.secret).or(a.unbounded);
-                        if let Some(span) = bad {
+                        if let Some(span) = a.first_rule_span() {
                             cx.error_at(span, "variants of an allow-list enum take only `#[arg(rename = \"...\")]`");
                         }
                         (v.ident.clone(), a.rename, docs(&v.attrs))
@@ -113,7 +112,10 @@ pub fn expand(input: TokenStream) -> TokenStream {
                             return None;
                         };
                         let f = u.unnamed.first()?;
-                        let field = Field::new(&mut cx, v.ident.clone(), f.ty.clone(), &f.attrs);
+                        // Rules may sit on the variant or on its field: both describe its value.
+                        let attrs: Vec<Attribute> =
+                            v.attrs.iter().chain(&f.attrs).cloned().collect();
+                        let field = Field::new(&mut cx, v.ident.clone(), f.ty.clone(), &attrs);
                         Some((field, docs(&v.attrs)))
                     })
                     .collect();
@@ -418,13 +420,14 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
 fn dummy(input: &DeriveInput, krate: &TokenStream) -> TokenStream {
     let ident = &input.ident;
     let (ig, tg, wc) = input.generics.split_for_impl();
+    let params = &input.generics.params;
     quote! {
         const _: () = {
             use #krate::__private as __mh;
             impl #ig __mh::ToolArgs for #ident #tg #wc {
                 fn validate_into(&self, _: &__mh::FieldPath<'_>, _: &mut ::std::vec::Vec<__mh::Violation>) {}
             }
-            impl<'de, #ig> __mh::serde::Deserialize<'de> for #ident #tg #wc {
+            impl<'de, #params> __mh::serde::Deserialize<'de> for #ident #tg #wc {
                 fn deserialize<__D: __mh::serde::Deserializer<'de>>(_: __D) -> ::core::result::Result<Self, __D::Error> {
                     ::core::result::Result::Err(<__D::Error as __mh::serde::de::Error>::custom("invalid ToolArgs type"))
                 }

@@ -196,3 +196,66 @@ pub fn each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
 pub fn redact_value(value: &mut serde_json::Value) {
     *value = serde_json::Value::String(crate::audit::REDACTED.to_owned());
 }
+
+/// Probe for nested argument values: validates through `ToolArgs` when the type implements
+/// it; a type that does not is either refused by `assert_tool_args` at compile time or
+/// accepted on purpose with `#[arg(unbounded)]`.
+pub struct Nested<'a, T: ?Sized>(pub &'a T);
+impl<T: ?Sized> Clone for Nested<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for Nested<'_, T> {}
+
+/// Probe for nested argument types (redaction works on JSON, without a value).
+pub struct NestedType<T: ?Sized>(core::marker::PhantomData<fn() -> Box<T>>);
+impl<T: ?Sized> NestedType<T> {
+    pub const fn new() -> Self {
+        Self(core::marker::PhantomData)
+    }
+}
+impl<T: ?Sized> Default for NestedType<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+impl<T: ?Sized> Clone for NestedType<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for NestedType<T> {}
+
+#[doc(hidden)]
+pub trait ViaToolArgs {
+    fn __mh_validate(self, path: &FieldPath<'_>, out: &mut Vec<Violation>);
+    fn __mh_redact(self, value: &mut serde_json::Value);
+}
+impl<T: ToolArgs + ?Sized> ViaToolArgs for &Nested<'_, T> {
+    fn __mh_validate(self, path: &FieldPath<'_>, out: &mut Vec<Violation>) {
+        self.0.validate_into(path, out);
+    }
+    fn __mh_redact(self, value: &mut serde_json::Value) {
+        T::redact_json(value);
+    }
+}
+impl<T: ToolArgs + ?Sized> ViaToolArgs for &NestedType<T> {
+    fn __mh_validate(self, _: &FieldPath<'_>, _: &mut Vec<Violation>) {}
+    fn __mh_redact(self, value: &mut serde_json::Value) {
+        T::redact_json(value);
+    }
+}
+#[doc(hidden)]
+pub trait ViaNoToolArgs {
+    fn __mh_validate(self, path: &FieldPath<'_>, out: &mut Vec<Violation>);
+    fn __mh_redact(self, value: &mut serde_json::Value);
+}
+impl<T: ?Sized> ViaNoToolArgs for Nested<'_, T> {
+    fn __mh_validate(self, _: &FieldPath<'_>, _: &mut Vec<Violation>) {}
+    fn __mh_redact(self, _: &mut serde_json::Value) {}
+}
+impl<T: ?Sized> ViaNoToolArgs for NestedType<T> {
+    fn __mh_validate(self, _: &FieldPath<'_>, _: &mut Vec<Violation>) {}
+    fn __mh_redact(self, _: &mut serde_json::Value) {}
+}

@@ -12,6 +12,11 @@ use serde::Serialize;
 ///
 /// Derive it with `#[derive(ToolArgs)]`. Implement it by hand only for a type that is
 /// bounded by construction (a newtype that checks its own invariants, say).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a tool argument type",
+    label = "add `#[derive(ToolArgs)]` to this type",
+    note = "every nested argument type derives `ToolArgs`, so that its fields are bounded and validated; mark the argument `#[arg(unbounded)]` to opt out on purpose"
+)]
 pub trait ToolArgs {
     /// Checks every declared rule, pushing one [`Violation`] per broken rule.
     fn validate_into(&self, path: &FieldPath<'_>, out: &mut Vec<Violation>);

@@ -13,6 +13,11 @@ use crate::spec::ToolSpec;
 /// A hardened tool, implemented by `#[tool]` on a marker type named like the function.
 /// Register it with [`HardenedBuilder::tool`](crate::HardenedBuilder::tool):
 /// `.tool::<query_database>()`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `#[tool]` of a server whose state is `{S}`",
+    label = "not a tool for `Hardened<{S}>`",
+    note = "register functions annotated with `#[tool]`; one taking `Ctx<A>` registers only on `Hardened<A>`"
+)]
 pub trait Tool<S>: 'static {
     /// The generated argument struct.
     type Args: ToolArgs + DeserializeOwned + JsonSchema + Send + 'static;

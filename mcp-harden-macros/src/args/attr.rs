@@ -33,18 +33,23 @@ pub struct ArgAttr {
     pub unbounded: Option<Span>,
     pub desc: Option<LitStr>,
     pub rename: Option<LitStr>,
+    /// A mistake was reported while reading the rules: skip the "unbounded" checks, which
+    /// would only repeat it.
+    pub had_error: bool,
 }
 
 pub struct Range {
     pub min: Option<Expr>,
     pub max: Option<Expr>,
-    pub span: Span,
+    /// The span of the `range` key.
+    pub key: Span,
 }
 
 impl ArgAttr {
     /// Parses every `#[arg(...)]` among `attrs`, recording each mistake in `cx`.
     pub fn parse(cx: &mut Ctxt, attrs: &[Attribute]) -> ArgAttr {
         let mut out = ArgAttr::default();
+        let errors_before = cx.count();
         for attr in attrs.iter().filter(|a| a.path().is_ident("arg")) {
             let res = attr.parse_nested_meta(|meta| {
                 let key = meta
@@ -86,12 +91,12 @@ impl ArgAttr {
                                 format!("`{key} = 0` admits nothing; use a positive limit"),
                             );
                         }
-                        *slot = Some((n, lit.span()));
+                        *slot = Some((n, key_span));
                     }
                     "range" => {
                         let e: Expr = meta.value()?.parse()?;
                         dup!(out.range);
-                        out.range = parse_range(cx, &e);
+                        out.range = parse_range(cx, &e, key_span);
                     }
                     "pattern" => {
                         let lit: LitStr = meta.value()?.parse()?;
@@ -147,11 +152,27 @@ impl ArgAttr {
                 cx.push(e);
             }
         }
+        out.had_error = cx.count() > errors_before;
         out
+    }
+
+    /// The span of a rule's key, for "does not apply here" errors.
+    pub fn first_rule_span(&self) -> Option<Span> {
+        self.max_len
+            .map(|x| x.1)
+            .or(self.min_len.map(|x| x.1))
+            .or(self.max_items.map(|x| x.1))
+            .or(self.min_items.map(|x| x.1))
+            .or(self.range.as_ref().map(|r| r.key))
+            .or(self.pattern.as_ref().map(Spanned::span))
+            .or(self.default.as_ref().map(Spanned::span))
+            .or(self.secret)
+            .or(self.unbounded)
+            .or(self.desc.as_ref().map(Spanned::span))
     }
 }
 
-fn parse_range(cx: &mut Ctxt, e: &Expr) -> Option<Range> {
+fn parse_range(cx: &mut Ctxt, e: &Expr, key: Span) -> Option<Range> {
     let Expr::Range(ExprRange {
         start, end, limits, ..
     }) = e
@@ -183,7 +204,7 @@ fn parse_range(cx: &mut Ctxt, e: &Expr) -> Option<Range> {
     Some(Range {
         min: start.as_deref().cloned(),
         max: end.as_deref().cloned(),
-        span: e.span(),
+        key,
     })
 }
 

@@ -122,7 +122,13 @@ fn check(
             }
             out
         }
-        Shape::Nested(_) => quote!(__mh::ToolArgs::validate_into(#v, &#p, __out);),
+        // Through a probe: a type without `ToolArgs` is reported once, by the assertion at
+        // the type (or accepted on purpose under `unbounded`), not again here.
+        Shape::Nested(_) => quote! {{
+            #[allow(unused_imports)]
+            use __mh::{ViaToolArgs as _, ViaNoToolArgs as _};
+            (&__mh::Nested(#v)).__mh_validate(&#p, __out);
+        }},
         Shape::Bool | Shape::Json | Shape::Unsupported(_) => TokenStream::new(),
     }
 }
@@ -268,7 +274,13 @@ fn redactor(shape: &Shape) -> Option<TokenStream> {
         Shape::Seq(s) | Shape::Map(s) => {
             redactor(s).map(|r| quote!(|__v: &mut __mh::serde_json::Value| __mh::each(__v, #r)))
         }
-        Shape::Nested(ty) => Some(quote!(<#ty as __mh::ToolArgs>::redact_json)),
+        Shape::Nested(ty) => Some(quote! {
+            |__v: &mut __mh::serde_json::Value| {
+                #[allow(unused_imports)]
+                use __mh::{ViaToolArgs as _, ViaNoToolArgs as _};
+                (&__mh::NestedType::<#ty>::new()).__mh_redact(__v)
+            }
+        }),
         _ => None,
     }
 }

@@ -5,7 +5,6 @@ mod attr;
 mod emit;
 mod shape;
 
-use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
@@ -48,9 +47,8 @@ impl Field {
         let a = &self.attr;
         let name = &self.json_name;
         let top = self.shape.strip_option();
-        let ty_span = self.ty.span();
         if let Shape::Unsupported(why) = top {
-            cx.error_at(ty_span, format!("argument `{name}` has {why}"));
+            cx.error_spanned(&self.ty, format!("argument `{name}` has {why}"));
             return;
         }
         let elem = match top {
@@ -58,7 +56,7 @@ impl Field {
             _ => None,
         };
         if let Some(Shape::Unsupported(why)) = elem {
-            cx.error_at(ty_span, format!("argument `{name}` holds {why}"));
+            cx.error_spanned(&self.ty, format!("argument `{name}` holds {why}"));
             return;
         }
         let stringy = matches!(top, Shape::Str | Shape::Map(_)) || matches!(elem, Some(Shape::Str));
@@ -87,7 +85,7 @@ impl Field {
             ),
             (
                 "range",
-                a.range.as_ref().map(|r| r.span),
+                a.range.as_ref().map(|r| r.key),
                 numeric,
                 "`range` bounds numbers",
             ),
@@ -123,7 +121,7 @@ impl Field {
                     .any(attr::is_float_literal)
             {
                 cx.error_at(
-                    r.span,
+                    r.key,
                     format!("argument `{name}` is an integer: use integer bounds in `range`"),
                 );
             }
@@ -139,34 +137,34 @@ impl Field {
             }
         }
         self.check_default(cx);
-        if a.unbounded.is_some() {
+        if a.unbounded.is_some() || a.had_error {
             return;
         }
-        let unbounded = |cx: &mut Ctxt, span: Span, fix: &str| {
-            cx.error_at(
-                span,
+        let unbounded = |cx: &mut Ctxt, fix: &str| {
+            cx.error_spanned(
+                &self.ty,
                 format!("argument `{name}` is unbounded: {fix}, or `#[arg(unbounded)]` if that is on purpose"),
             );
         };
         let need_scalar = |cx: &mut Ctxt, s: &Shape, ctx: &str| {
             match s {
-            Shape::Str if a.max_len.is_none() => unbounded(cx, ty_span, &format!("add `#[arg(max_len = N)]`{ctx}")),
+            Shape::Str if a.max_len.is_none() => unbounded(cx, &format!("add `#[arg(max_len = N)]`{ctx}")),
             Shape::Int { .. } | Shape::Float if a.range.as_ref().is_none_or(|r| r.max.is_none()) => {
                 let eg = match s {
                     Shape::Float => "0.0..=1.0",
                     Shape::Int { signed: true } => "-100..=100",
                     _ => "1..=100",
                 };
-                unbounded(cx, ty_span, &format!("add `#[arg(range = {eg})]`{ctx}"));
+                unbounded(cx, &format!("add `#[arg(range = {eg})]`{ctx}"));
             }
             Shape::Int { signed: true } | Shape::Float if a.range.as_ref().is_some_and(|r| r.min.is_none()) => {
                 cx.error_at(
-                    a.range.as_ref().map_or(ty_span, |r| r.span),
+                    a.range.as_ref().map_or_else(|| self.ty.span(), |r| r.key),
                     format!("argument `{name}` is signed: give `range` a lower bound too, e.g. `-100..=100`"),
                 );
             }
-            Shape::Json => cx.error_at(
-                ty_span,
+            Shape::Json => cx.error_spanned(
+                &self.ty,
                 format!("argument `{name}` is a free-form JSON value, which no rule can bound: use a type that derives `ToolArgs`, or `#[arg(unbounded)]` if that is on purpose"),
             ),
             _ => {}
@@ -175,18 +173,17 @@ impl Field {
         match top {
             Shape::Seq(e) | Shape::Map(e) => {
                 if a.max_items.is_none() {
-                    unbounded(cx, ty_span, "add `#[arg(max_items = N)]`");
+                    unbounded(cx, "add `#[arg(max_items = N)]`");
                 }
                 if matches!(top, Shape::Map(_)) && a.max_len.is_none() {
                     unbounded(
                         cx,
-                        ty_span,
                         "add `#[arg(max_len = N)]` (it bounds the keys and any string values)",
                     );
                 }
                 match e.strip_option() {
-                    Shape::Seq(_) | Shape::Map(_) => cx.error_at(
-                        ty_span,
+                    Shape::Seq(_) | Shape::Map(_) => cx.error_spanned(
+                        &self.ty,
                         format!("argument `{name}` nests collections, whose inner sizes `#[arg]` cannot bound: wrap the inner one in a struct that derives `ToolArgs`, or add `#[arg(unbounded)]`"),
                     ),
                     Shape::Str if matches!(top, Shape::Map(_)) => {}

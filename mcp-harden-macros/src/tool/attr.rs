@@ -247,6 +247,10 @@ fn parse_rate(cx: &mut Ctxt, lit: &LitStr) -> Option<Rate> {
     };
     match n.trim().replace('_', "").parse::<u32>() {
         Ok(count) if count > 0 => Some(Rate::Limited { count, per }),
+        Ok(_) => {
+            cx.error_spanned(lit, format!("a rate of 0 admits no call: {fix}"));
+            None
+        }
         _ => {
             cx.error_spanned(lit, format!("malformed rate count `{}`: {fix}", n.trim()));
             None
@@ -274,7 +278,7 @@ fn parse_duration_ms(cx: &mut Ctxt, lit: &LitStr) -> Option<u64> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (n, unit) = v.split_at(split);
-    let fix = "write e.g. `timeout = \"500ms\"`, `\"5s\"` or `\"2m\"`";
+    let fix = "write e.g. `timeout = \"500ms\"`, `\"5s\"`, `\"2m\"` or `\"1h\"`";
     let Ok(n) = n.parse::<u64>() else {
         cx.error_spanned(lit, format!("malformed timeout `{v}`: {fix}"));
         return None;
@@ -283,6 +287,7 @@ fn parse_duration_ms(cx: &mut Ctxt, lit: &LitStr) -> Option<u64> {
         "ms" => Some(n),
         "s" => n.checked_mul(1000),
         "m" | "min" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
         _ => {
             cx.error_spanned(lit, format!("malformed timeout `{v}`: {fix}"));
             return None;

@@ -100,7 +100,11 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
     if attr.rate.is_none() && !present("rate") {
         cx.error_at(Span::call_site(), "missing `rate`: add e.g. `rate = \"60/min\"`, or `rate = \"unlimited\"` if that is on purpose");
     }
-    if let (Some((_, span)), Some((attr::Rate::Unlimited, _)) | None) = (&attr.burst, &attr.rate) {
+    if let (Some((_, span)), Some((attr::Rate::Unlimited, _)) | None, false) = (
+        &attr.burst,
+        &attr.rate,
+        attr.rate.is_none() && present("rate"),
+    ) {
         cx.error_at(*span, "`burst` needs a limited `rate` such as `\"60/min\"`");
     }
     if let (Some(_), Some(d)) = (attr.read_only, attr.destructive) {
@@ -141,6 +145,15 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
         let (arg_attrs, other): (Vec<_>, Vec<_>) =
             pt.attrs.drain(..).partition(|a| a.path().is_ident("arg"));
         pt.attrs = other;
+        if let Type::Reference(r) = &*pt.ty {
+            if ctx_state(&r.elem).is_some() {
+                cx.error_spanned(
+                    &pt.ty,
+                    "take the context by value: `ctx: Ctx<S>` (it is cheap to clone)",
+                );
+                continue;
+            }
+        }
         if let Some(state) = ctx_state(&pt.ty) {
             if ctx_seen {
                 cx.error_spanned(&pt.ty, "a tool takes at most one `Ctx<S>` parameter");
@@ -182,6 +195,11 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
         params.push(Param::Arg(Box::new(field)));
     }
 
+    // The receiver was reported; dropping it keeps rustc from repeating the complaint.
+    func.sig.inputs = std::mem::take(&mut func.sig.inputs)
+        .into_iter()
+        .filter(|a| matches!(a, FnArg::Typed(_)))
+        .collect();
     let (ok_ty, returns_result) = output_type(&func.sig.output);
     if !returns_result {
         if let Some(p) = attr.retryable_on.first() {

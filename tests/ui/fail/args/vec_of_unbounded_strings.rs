@@ -1,0 +1,13 @@
+use mcp_harden::prelude::*;
+
+struct App;
+
+/// Looks up a user by name.
+#[tool(scopes = "users:read", rate = "60/min")]
+async fn lookup(_ctx: Ctx<App>, #[arg(max_items = 10)] tags: Vec<String>) -> Result<String, std::io::Error> {
+    Ok(tags.join(","))
+}
+
+fn main() {
+    let _ = Hardened::builder(App).tool::<lookup>().build();
+}

@@ -1,0 +1,7 @@
+use mcp_harden::prelude::*;
+
+/// Nothing at all.
+#[derive(ToolArgs)]
+pub enum Never {}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use mcp_harden::prelude::*;
+
+/// Nothing.
+#[derive(ToolArgs)]
+pub struct Nothing;
+
+fn main() {}
