@@ -53,11 +53,6 @@ pub fn expand(input: TokenStream) -> TokenStream {
                             lint_docs(&mut cx, &f.attrs, "field description");
                             let ident = f.ident.clone()?;
                             let field = Field::new(&mut cx, ident, f.ty.clone(), &f.attrs);
-                            if let Some(d) = &field.attr.desc {
-                                for p in lint::check(&d.value(), "field description") {
-                                    cx.error_spanned(d, p);
-                                }
-                            }
                             Some(field)
                         })
                         .collect();
@@ -244,8 +239,8 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
             let mut checks = Vec::new();
             let mut redactions = Vec::new();
             let mut asserts = Vec::new();
-            for (f, fdocs) in fields.iter().zip(field_docs) {
-                let default = args::default_fn(f, &name);
+            for (index, (f, fdocs)) in fields.iter().zip(field_docs).enumerate() {
+                let default = args::default_fn(f, &name, index);
                 let serde_attrs = args::serde_attrs(f, default.as_ref().map(|d| &d.0));
                 let ref_serde = f
                     .attr
@@ -274,7 +269,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
             (
                 quote! {
                     #[derive(__mh::serde::Deserialize, __mh::schemars::JsonSchema)]
-                    #[serde(crate = #serde_crate, deny_unknown_fields)]
+                    #[serde(crate = #serde_crate, deny_unknown_fields, rename = #name)]
                     #[schemars(crate = #schemars_crate, rename = #name)]
                     #(#type_docs)*
                     struct #shadow { #(#defs,)* }
@@ -307,7 +302,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
             (
                 quote! {
                     #[derive(__mh::serde::Deserialize, __mh::serde::Serialize, __mh::schemars::JsonSchema)]
-                    #[serde(crate = #serde_crate #rename_all)]
+                    #[serde(crate = #serde_crate, rename = #name #rename_all)]
                     #[schemars(crate = #schemars_crate, rename = #name)]
                     #(#type_docs)*
                     enum #shadow { #(#defs,)* }
@@ -328,6 +323,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
             let mut checks = Vec::new();
             let mut asserts = Vec::new();
             let mut secret = false;
+            let mut nested_redactions = Vec::new();
             for (f, d) in &variants {
                 let (v, ty) = (&f.ident, &f.ty);
                 let schema_attrs = args::schema_attrs(f);
@@ -339,16 +335,21 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                 checks.push(quote!(#ident::#v(__x) => { #check }));
                 asserts.push(args::assertions(f));
                 secret |= f.attr.secret.is_some();
+                if let Some(r) = args::value_redactor(f) {
+                    // Which variant a raw value is cannot be known: apply every one's
+                    // redaction; each leaves values of another shape alone.
+                    nested_redactions.push(quote!((#r)(__value);));
+                }
             }
             let redact = if secret {
                 quote!(__mh::redact_value(__value);)
             } else {
-                TokenStream::new()
+                quote!(#(#nested_redactions)*)
             };
             (
                 quote! {
                     #[derive(__mh::serde::Deserialize, __mh::schemars::JsonSchema)]
-                    #[serde(crate = #serde_crate, untagged)]
+                    #[serde(crate = #serde_crate, untagged, rename = #name)]
                     #[schemars(crate = #schemars_crate, rename = #name)]
                     #(#type_docs)*
                     enum #shadow { #(#defs,)* }

@@ -70,8 +70,9 @@ fn check(
         }
         Shape::Int { .. } | Shape::Float => match &a.range {
             Some(r) => {
-                let min = opt(&r.min);
-                let max = opt(&r.max);
+                let float = matches!(shape, Shape::Float);
+                let min = opt(&r.min, float);
+                let max = opt(&r.max, float);
                 quote!(__mh::rules::range(*(#v), #min, #max, &#p, __out);)
             }
             None => TokenStream::new(),
@@ -133,8 +134,10 @@ fn check(
     }
 }
 
-fn opt(e: &Option<syn::Expr>) -> TokenStream {
+/// A bound as an `Option`; on a float field an integer bound such as `0` becomes a float.
+fn opt(e: &Option<syn::Expr>, float: bool) -> TokenStream {
     match e {
+        Some(e) if float => quote!(::core::option::Option::Some((#e) as _)),
         Some(e) => quote!(::core::option::Option::Some(#e)),
         None => quote!(::core::option::Option::None),
     }
@@ -229,25 +232,36 @@ pub fn serde_attrs(f: &Field, default_fn: Option<&proc_macro2::Ident>) -> TokenS
 }
 
 /// A function returning the declared default, if any.
-pub fn default_fn(f: &Field, prefix: &str) -> Option<(proc_macro2::Ident, TokenStream)> {
+pub fn default_fn(
+    f: &Field,
+    prefix: &str,
+    index: usize,
+) -> Option<(proc_macro2::Ident, TokenStream)> {
     let d = f.attr.default.as_ref()?;
     let ty = &f.ty;
-    let ident = format_ident!(
-        "__mcp_harden_default_{}_{}",
-        prefix,
-        f.json_name.replace(['-', ' '], "_")
+    let ident = format_ident!("__mcp_harden_default_{}_{}", prefix, index);
+    let is_str_lit = matches!(
+        d,
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(_),
+            ..
+        })
     );
-    let value = match (d, f.shape.strip_option()) {
-        (
-            syn::Expr::Lit(syn::ExprLit {
-                lit: syn::Lit::Str(_),
-                ..
-            }),
-            Shape::Str,
-        ) => {
-            quote!(::std::string::String::from(#d))
-        }
-        _ => quote!(#d),
+    let value = if is_str_lit && matches!(f.shape.strip_option(), Shape::Str) {
+        quote!(::std::string::String::from(#d))
+    } else {
+        quote!(#d)
+    };
+    // `default = 5` on an `Option<u32>` means `Some(5)`.
+    let is_option_expr = match d {
+        syn::Expr::Path(p) => p.path.is_ident("None"),
+        syn::Expr::Call(c) => matches!(&*c.func, syn::Expr::Path(p) if p.path.is_ident("Some")),
+        _ => false,
+    };
+    let value = if matches!(f.shape, Shape::Option(_)) && !is_option_expr {
+        quote!(::core::option::Option::Some(#value))
+    } else {
+        value
     };
     let item = quote_spanned! {d.span()=>
         #[allow(non_snake_case)]
@@ -266,6 +280,12 @@ pub fn redaction(f: &Field) -> TokenStream {
         Some(r) => quote!(__mh::with_field(__value, #name, #r);),
         None => TokenStream::new(),
     }
+}
+
+/// An expression of type `fn(&mut serde_json::Value)` redacting a value of this field's type,
+/// when the type holds nested argument types.
+pub fn value_redactor(f: &Field) -> Option<TokenStream> {
+    redactor(&f.shape)
 }
 
 fn redactor(shape: &Shape) -> Option<TokenStream> {

@@ -9,7 +9,9 @@ use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
 pub use attr::ArgAttr;
-pub use emit::{assertions, default_fn, redaction, schema_attrs, serde_attrs, validation};
+pub use emit::{
+    assertions, default_fn, redaction, schema_attrs, serde_attrs, validation, value_redactor,
+};
 pub use shape::Shape;
 
 use crate::ctxt::Ctxt;
@@ -32,6 +34,24 @@ impl Field {
             Some(r) => r.value(),
             None => ident.to_string().trim_start_matches("r#").to_owned(),
         };
+        if let Some(d) = &attr.desc {
+            for p in crate::lint::check(&d.value(), "argument description") {
+                cx.error_spanned(d, p);
+            }
+        }
+        if let Some(r) = &attr.rename {
+            let v = r.value();
+            let ok = !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                cx.error_spanned(
+                    r,
+                    "`rename` takes a JSON key of 1 to 64 of A-Z, a-z, 0-9, `_`, `-`, `.`",
+                );
+            }
+        }
         let f = Field {
             ident,
             json_name,

@@ -58,13 +58,13 @@ impl Shape {
                     "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => Shape::Int { signed: true },
                     "f32" | "f64" => Shape::Float,
                     "bool" => Shape::Bool,
-                    "Value" | "Map" if path_mentions(&p.path, "serde_json") || name == "Value" => {
-                        Shape::Json
-                    }
-                    "Option" => generic(0)
-                        .map_or(Shape::Unsupported("an `Option` without its type"), |t| {
-                            Shape::Option(Box::new(Shape::of(t)))
-                        }),
+                    // Only `serde_json::Value` written as a path: a bare `Value` may be the
+                    // user's own type, which then must derive `ToolArgs` like any other.
+                    "Value" | "Map" if path_mentions(&p.path, "serde_json") => Shape::Json,
+                    "Option" if generic(0).is_some() => match generic(0) {
+                        Some(t) => Shape::Option(Box::new(Shape::of(t))),
+                        None => Shape::Nested(Box::new(ty.clone())),
+                    },
                     "Vec" | "VecDeque" | "HashSet" | "BTreeSet" | "IndexSet" => generic(0).map_or(
                         Shape::Unsupported("a collection without its item type"),
                         |t| Shape::Seq(Box::new(Shape::of(t))),

@@ -246,7 +246,18 @@ fn parse_rate(cx: &mut Ctxt, lit: &LitStr) -> Option<Rate> {
         }
     };
     match n.trim().replace('_', "").parse::<u32>() {
-        Ok(count) if count > 0 => Some(Rate::Limited { count, per }),
+        Ok(count) if count > 0 => {
+            let max = match per {
+                "sec" => 1_000_000,
+                "min" => 60_000_000,
+                _ => u32::MAX,
+            };
+            if count > max {
+                cx.error_spanned(lit, format!("a rate above {max}/{per} cannot be enforced: lower it, or write `rate = \"unlimited\"`"));
+                return None;
+            }
+            Some(Rate::Limited { count, per })
+        }
         Ok(_) => {
             cx.error_spanned(lit, format!("a rate of 0 admits no call: {fix}"));
             None

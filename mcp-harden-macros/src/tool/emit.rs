@@ -83,8 +83,8 @@ pub fn tool(m: &Model) -> TokenStream {
     let mut checks = Vec::new();
     let mut redactions = Vec::new();
     let mut assertions = Vec::new();
-    for f in &fields {
-        let default = args::default_fn(f, "arg");
+    for (index, f) in fields.iter().enumerate() {
+        let default = args::default_fn(f, "arg", index);
         let serde_attrs = args::serde_attrs(f, default.as_ref().map(|d| &d.0));
         if let Some((_, item)) = default {
             defaults.push(item);

@@ -181,11 +181,6 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
             cx.error_spanned(&ident, "argument names starting with `__` are reserved");
         }
         let field = Field::new(cx, ident, (*pt.ty).clone(), &arg_attrs);
-        if let Some(d) = &field.attr.desc {
-            for p in lint::check(&d.value(), "argument description") {
-                cx.error_spanned(d, p);
-            }
-        }
         if let Some(r) = &field.attr.rename {
             cx.error_spanned(
                 r,

@@ -29,8 +29,8 @@ pub struct RateLimiter {
 const SWEEP_EVERY: u32 = 4096;
 
 impl RateLimiter {
-    /// A limiter for `rate`; `None` for [`Rate::Unlimited`] or a rate of zero (refused at
-    /// compile time; never reached).
+    /// A limiter for `rate`; `None` for [`Rate::Unlimited`], and for a rate of zero or of more
+    /// than one call per microsecond (both refused by `#[tool]` and by `build()`).
     pub fn new(rate: Rate) -> Option<Self> {
         let Rate::Limited {
             count,
@@ -42,7 +42,12 @@ impl RateLimiter {
         };
         let count = NonZeroU32::new(count)?;
         let burst = burst.and_then(NonZeroU32::new).unwrap_or(count);
-        let quota = Quota::with_period(period.as_duration() / count.get())?.allow_burst(burst);
+        let per_call = period.as_duration() / count.get();
+        // Finer than a microsecond cannot be enforced meaningfully; `build()` refuses it.
+        if per_call < Duration::from_micros(1) {
+            return None;
+        }
+        let quota = Quota::with_period(per_call)?.allow_burst(burst);
         Some(Self {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             clock: DefaultClock::default(),

@@ -29,6 +29,11 @@ pub enum BuildError {
         /// The tool it names.
         other: &'static str,
     },
+    /// A rate too high to enforce (more than one call per microsecond).
+    #[error(
+        "the rate of tool `{0}` is too high to enforce; use `rate = \"unlimited\"` or a lower rate"
+    )]
+    InvalidRate(&'static str),
     /// No tool was registered.
     #[error("no tool is registered; add one with .tool::<my_tool>()")]
     NoTools,
@@ -145,6 +150,13 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 }
             }
         }
+        for t in &self.tools {
+            if t.spec.rate != crate::spec::Rate::Unlimited
+                && RateLimiter::new(t.spec.rate).is_none()
+            {
+                return Err(BuildError::InvalidRate(t.spec.name));
+            }
+        }
         let tools = self
             .tools
             .into_iter()
@@ -173,8 +185,9 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 default_timeout: self.default_timeout,
                 max_output_bytes: self.max_output_bytes,
                 info,
-                transport: "in-process",
             }),
+            local: None,
+            transport: "none",
         })
     }
 }

@@ -23,16 +23,26 @@ use crate::spec::ToolSpec;
 
 pub use builder::{BuildError, HardenedBuilder};
 
-/// A hardened MCP server: serve it over stdio with [`Hardened::serve_stdio`], or over any rmcp
-/// transport with [`Hardened::serve`]. Cloning is cheap (one `Arc`).
+/// A hardened MCP server: serve it over stdio with [`Hardened::serve_stdio`], or over a local
+/// rmcp transport with [`Hardened::serve_transport`]. Cloning is cheap.
+///
+/// The local principal identifies callers only on the handle those two methods serve: a
+/// `Hardened` handed to any other service (an HTTP factory, say) identifies no one, so a
+/// network caller can never borrow the local identity.
 pub struct Hardened<S> {
     inner: Arc<Inner<S>>,
+    /// The identity of every caller on this handle's transport; set only for local ones.
+    local: Option<Arc<Principal>>,
+    /// The transport recorded in audit records.
+    transport: &'static str,
 }
 
 impl<S> Clone for Hardened<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            local: self.local.clone(),
+            transport: self.transport,
         }
     }
 }
@@ -47,7 +57,6 @@ pub(crate) struct Inner<S> {
     pub default_timeout: Duration,
     pub max_output_bytes: usize,
     pub info: ServerConfig,
-    pub transport: &'static str,
 }
 
 pub(crate) struct Entry<S> {
@@ -124,19 +133,21 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         serde_json::json!({ "server": self.inner.info.server_info, "tools": tools })
     }
 
-    /// Serves over stdin/stdout until the client disconnects. stdout carries only the
-    /// protocol: make sure logs (and the default audit sink) write to stderr.
+    /// Serves over stdin/stdout until the client disconnects, every caller being the local
+    /// principal. stdout carries only the protocol: make sure logs (and the default audit
+    /// sink) write to stderr.
     pub async fn serve_stdio(self) -> Result<(), ServeError> {
         let service = self
-            .with_transport_label("stdio")
+            .local_handle("stdio")
             .serve(rmcp::transport::stdio())
             .await?;
         service.waiting().await?;
         Ok(())
     }
 
-    /// Serves over any rmcp transport (an in-process duplex stream, a child process's pipes,
-    /// ...). The returned service runs until dropped or the peer disconnects.
+    /// Serves over a local rmcp transport (an in-process duplex stream, a child process's
+    /// pipes), every caller being the local principal. The returned service runs until
+    /// dropped or the peer disconnects.
     pub async fn serve_transport<T, E, A>(
         self,
         transport: T,
@@ -145,26 +156,20 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         T: rmcp::transport::IntoTransport<RoleServer, E, A>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        Ok(self.serve(transport).await?)
+        Ok(self.local_handle("local").serve(transport).await?)
     }
 
-    /// This server recording `label` as the transport in its audit records.
-    pub fn with_transport_label(self, label: &'static str) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.transport = label;
-                Self {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(inner) => Self { inner },
-        }
+    /// This handle with the local principal active: only for local transports.
+    fn local_handle(mut self, transport: &'static str) -> Self {
+        self.local = self.inner.local_principal.clone();
+        self.transport = transport;
+        self
     }
 
-    /// Stage 1: who is calling. On stdio and in-process transports, the local principal
-    /// configured at start-up; `None` when none was configured.
+    /// Stage 1: who is calling. On a local transport, the principal configured at start-up;
+    /// on any other, no one (network authentication belongs to the transport layer).
     fn identify(&self, _rc: &RequestContext<RoleServer>) -> Option<Arc<Principal>> {
-        self.inner.local_principal.clone()
+        self.local.clone()
     }
 
     async fn call(
@@ -184,7 +189,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             trace_id: new_trace_id(),
             tool: &name,
             principal: principal.clone(),
-            transport: inner.transport,
+            transport: self.transport,
         };
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
         let Some(entry) = inner.tools.get(&*name) else {
