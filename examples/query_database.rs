@@ -457,6 +457,13 @@ struct Cli {
     print_manifest: bool,
 }
 
+fn rmcp_log_cap() -> tracing_subscriber::filter::Directive {
+    // A constant directive; should it ever fail to parse, silence rmcp entirely.
+    "rmcp=info"
+        .parse()
+        .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::OFF.into())
+}
+
 fn default_db() -> PathBuf {
     std::env::temp_dir().join("mcp-harden-query_database.sqlite3")
 }
@@ -480,7 +487,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+                // rmcp logs raw request arguments (secrets included) at debug level: never
+                // let RUST_LOG=debug put them on stderr.
+                .add_directive(rmcp_log_cap()),
         )
         .init();
 

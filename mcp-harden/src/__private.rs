@@ -43,6 +43,26 @@ fn schema_object<T: schemars::JsonSchema>() -> JsonObject {
     }
 }
 
+/// Removes `title` and `description` texts from a schema, leaving values (`default`,
+/// `const`, `enum`, `examples`) untouched.
+fn strip_annotations(obj: &mut JsonObject) {
+    obj.retain(|k, v| !((k == "title" || k == "description") && v.is_string()));
+    for (k, v) in obj.iter_mut() {
+        if matches!(k.as_str(), "default" | "const" | "enum" | "examples") {
+            continue;
+        }
+        strip_value(v);
+    }
+}
+
+fn strip_value(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => strip_annotations(o),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_value),
+        _ => {}
+    }
+}
+
 /// Serializes a tool's successful result.
 pub fn output<T: serde::Serialize + ?Sized>(value: &T) -> Result<serde_json::Value, Failure> {
     serde_json::to_value(value).map_err(|e| Failure::Output(e.to_string()))
@@ -152,7 +172,9 @@ pub trait ViaJsonSchema {
 impl<T: schemars::JsonSchema> ViaJsonSchema for &SchemaProbe<T> {
     fn __mh_output_schema(self) -> Option<Arc<JsonObject>> {
         let mut obj = schema_object::<T>();
-        obj.remove("title");
+        // The result type's doc comments never went through the description lint: keep
+        // them out of what the model reads.
+        strip_annotations(&mut obj);
         // Only object schemas are valid output schemas for every protocol version.
         (obj.get("type") == Some(&serde_json::Value::String("object".into())))
             .then(|| Arc::new(obj))

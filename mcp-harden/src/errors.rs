@@ -8,6 +8,22 @@ use serde::Serialize;
 
 use crate::args::Violation;
 
+/// The most violations listed in one error.
+const MAX_VIOLATIONS: usize = 32;
+/// The longest path or message of a violation, in bytes (serde messages quote the input).
+const MAX_VIOLATION_TEXT: usize = 200;
+
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push('…');
+    }
+}
+
 /// The stable error codes a client can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -121,8 +137,21 @@ impl ToolError {
         }
     }
 
-    pub(crate) fn invalid_arguments(violations: Vec<Violation>) -> Self {
+    pub(crate) fn invalid_arguments(mut violations: Vec<Violation>) -> Self {
         let n = violations.len();
+        // Bounded reply: at most MAX_VIOLATIONS entries, each of bounded length, so that
+        // a large invalid request cannot become a larger error.
+        if n > MAX_VIOLATIONS {
+            violations.truncate(MAX_VIOLATIONS);
+            violations.push(Violation {
+                path: String::new(),
+                message: format!("{} more violations not shown", n - MAX_VIOLATIONS),
+            });
+        }
+        for v in &mut violations {
+            cut(&mut v.path, MAX_VIOLATION_TEXT);
+            cut(&mut v.message, MAX_VIOLATION_TEXT);
+        }
         let message = if n == 1 {
             "the arguments are invalid: 1 violation".to_owned()
         } else {

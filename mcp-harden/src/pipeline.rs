@@ -207,14 +207,22 @@ pub(crate) fn error_result(error: &ToolError) -> CallToolResult {
 pub(crate) fn record<S>(
     inner: &Inner<S>,
     info: CallInfo<'_>,
-    mut arguments: serde_json::Value,
+    arguments: serde_json::Value,
     redact: Option<fn(&mut serde_json::Value)>,
     refusal: Option<&Refusal>,
 ) {
-    if let Some(redact) = redact {
-        redact(&mut arguments);
-    }
-    redact_credentials(&mut arguments);
+    // A hand-written `redact_json` could panic on odd input: never let that lose the
+    // record or the reply, and never record what it failed to redact.
+    let redacted = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let mut arguments = arguments;
+        if let Some(redact) = redact {
+            redact(&mut arguments);
+        }
+        redact_credentials(&mut arguments);
+        arguments
+    }));
+    let arguments = redacted
+        .unwrap_or_else(|_| serde_json::Value::String("[REDACTED: redaction failed]".to_owned()));
     let principal = match &info.principal {
         Some(p) => AuditPrincipal {
             subject: Some(p.subject().to_owned()),
@@ -241,7 +249,9 @@ pub(crate) fn record<S>(
         duration_us: u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         transport: info.transport,
     };
-    inner.audit.record(&record);
+    if std::panic::catch_unwind(AssertUnwindSafe(|| inner.audit.record(&record))).is_err() {
+        tracing::error!(target: "mcp_harden::audit", trace_id = %record.trace_id, "the audit sink panicked; the record may be lost");
+    }
 }
 
 #[cfg(test)]

@@ -77,54 +77,49 @@ fn check(
             }
             None => TokenStream::new(),
         },
-        Shape::Seq(inner) => {
+        Shape::Seq(inner) | Shape::Map(inner) => {
+            let is_map = matches!(shape, Shape::Map(_));
             let mut out = TokenStream::new();
+            // An oversized collection is reported once, not item by item: a flood of
+            // items must not become a flood of violations.
+            let mut within = quote!(true);
             if top {
                 if let Some((n, _)) = a.max_items {
                     out.extend(quote!(__mh::rules::max_items((#v).len(), #n, &#p, __out);));
+                    within = quote!((#v).len() <= #n);
                 }
                 if let Some((n, _)) = a.min_items {
                     out.extend(quote!(__mh::rules::min_items((#v).len(), #n, &#p, __out);));
                 }
             }
             let body = check(f, inner, &quote!(#next_v), &next_p, depth + 1, false);
-            if !body.is_empty() {
+            if is_map {
+                // Keys take the string rules too.
+                let key = &format_ident!("__k");
+                let key_check = check(f, &Shape::Str, &quote!(#key), &next_p, depth + 1, false);
+                if !key_check.is_empty() || !body.is_empty() {
+                    out.extend(quote! {
+                        if #within {
+                            for (#key, #next_v) in (#v).iter() {
+                                let #next_p = #p.key(#key);
+                                #key_check
+                                #body
+                            }
+                        }
+                    });
+                }
+            } else if !body.is_empty() {
                 out.extend(quote! {
-                    for (__i, #next_v) in (#v).iter().enumerate() {
-                        let #next_p = #p.index(__i);
-                        #body
+                    if #within {
+                        for (__i, #next_v) in (#v).iter().enumerate() {
+                            let #next_p = #p.index(__i);
+                            #body
+                        }
                     }
                 });
             }
             out
         }
-        Shape::Map(inner) => {
-            let mut out = TokenStream::new();
-            if top {
-                if let Some((n, _)) = a.max_items {
-                    out.extend(quote!(__mh::rules::max_items((#v).len(), #n, &#p, __out);));
-                }
-                if let Some((n, _)) = a.min_items {
-                    out.extend(quote!(__mh::rules::min_items((#v).len(), #n, &#p, __out);));
-                }
-            }
-            let key_check = a
-                .max_len
-                .map(|(n, _)| quote!(__mh::rules::max_len(__k, #n, &#next_p, __out);));
-            let body = check(f, inner, &quote!(#next_v), &next_p, depth + 1, false);
-            if key_check.is_some() || !body.is_empty() {
-                out.extend(quote! {
-                    for (__k, #next_v) in (#v).iter() {
-                        let #next_p = #p.key(__k);
-                        #key_check
-                        #body
-                    }
-                });
-            }
-            out
-        }
-        // Through a probe: a type without `ToolArgs` is reported once, by the assertion at
-        // the type (or accepted on purpose under `unbounded`), not again here.
         Shape::Nested(_) => quote! {{
             #[allow(unused_imports)]
             use __mh::{ViaToolArgs as _, ViaNoToolArgs as _};
@@ -198,8 +193,18 @@ pub fn schema_attrs(f: &Field) -> TokenStream {
             if let Some((n, _)) = a.min_items {
                 items.push(quote!(extend("minProperties" = #n)));
             }
+            let mut names = Vec::new();
             if let Some((n, _)) = a.max_len {
-                items.push(quote!(extend("propertyNames" = { "maxLength": #n })));
+                names.push(quote!("maxLength": #n));
+            }
+            if let Some((n, _)) = a.min_len {
+                names.push(quote!("minLength": #n));
+            }
+            if let Some(p) = &a.pattern {
+                names.push(quote!("pattern": #p));
+            }
+            if !names.is_empty() {
+                items.push(quote!(extend("propertyNames" = { #(#names),* })));
             }
         }
         _ => scalar(&mut items),
