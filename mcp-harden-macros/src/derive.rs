@@ -9,7 +9,7 @@ use syn::{Attribute, Data, DeriveInput, Fields, LitStr};
 
 use crate::args::{self, Field};
 use crate::ctxt::{unknown_key_message, Ctxt};
-use crate::{doc, lint};
+use crate::doc;
 
 const CONTAINER_KEYS: &[&str] = &["rename_all", "crate"];
 const RENAME_RULES: &[&str] = &[
@@ -161,9 +161,7 @@ fn docs(attrs: &[Attribute]) -> Vec<Attribute> {
 
 fn lint_docs(cx: &mut Ctxt, attrs: &[Attribute], what: &str) {
     if let Some(d) = doc::read(attrs) {
-        for p in lint::check(&d.text, what) {
-            cx.error_at(d.span, p);
-        }
+        doc::lint(cx, &d, what);
     }
 }
 

@@ -113,9 +113,7 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
 
     let description = match doc::read(&func.attrs) {
         Some(d) => {
-            for p in lint::check(&d.text, "description") {
-                cx.error_at(d.span, p);
-            }
+            doc::lint(cx, &d, "description");
             d.text
         }
         None => {
