@@ -62,6 +62,17 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Consumes whatever value follows an unknown key (`= expr` or `(...)`), so that parsing
+/// goes on to the next key and reports its mistakes too.
+pub fn skip_value(meta: &syn::meta::ParseNestedMeta) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        let _: syn::Expr = meta.value()?.parse()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let _: proc_macro2::Group = meta.input.parse()?;
+    }
+    Ok(())
+}
+
 pub fn unknown_key_message(kind: &str, got: &str, known: &[&str]) -> String {
     match did_you_mean(got, known) {
         Some(k) => format!("unknown {kind} key `{got}`; did you mean `{k}`?"),

@@ -199,9 +199,7 @@ fn container_attrs(cx: &mut Ctxt, attrs: &[Attribute]) -> Container {
                     }
                 }
                 _ => {
-                    if meta.input.peek(syn::Token![=]) {
-                        let _: syn::Expr = meta.value()?.parse()?;
-                    }
+                    crate::ctxt::skip_value(&meta)?;
                     cx.error_at(
                         meta.path.span(),
                         unknown_key_message("container `#[arg]`", &key, CONTAINER_KEYS),

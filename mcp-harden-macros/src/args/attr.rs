@@ -138,11 +138,7 @@ impl ArgAttr {
                         *slot = Some(key_span);
                     }
                     _ => {
-                        if meta.input.peek(syn::Token![=]) {
-                            let _: Expr = meta.value()?.parse()?;
-                        } else if meta.input.peek(syn::token::Paren) {
-                            let _g: proc_macro2::Group = meta.input.parse()?;
-                        }
+                        crate::ctxt::skip_value(&meta)?;
                         cx.error_at(key_span, unknown_key_message("`#[arg]`", &key, ARG_KEYS));
                     }
                 }
