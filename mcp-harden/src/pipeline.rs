@@ -10,7 +10,7 @@ use rmcp::model::{CallToolResult, ContentBlock};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{
-    redact_credentials, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
+    redact_credentials, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
 };
 use crate::auth::Principal;
 use crate::ctx::Ctx;
@@ -56,6 +56,7 @@ pub(crate) struct CallInfo<'a> {
     pub tool: &'a str,
     pub principal: Option<Arc<Principal>>,
     pub transport: &'static str,
+    pub source: Option<std::net::SocketAddr>,
 }
 
 /// Stage 2: the tool's scopes against the caller's. A public tool admits anyone.
@@ -223,31 +224,23 @@ pub(crate) fn record<S>(
     }));
     let arguments = redacted
         .unwrap_or_else(|_| serde_json::Value::String("[REDACTED: redaction failed]".to_owned()));
-    let principal = match &info.principal {
-        Some(p) => AuditPrincipal {
-            subject: Some(p.subject().to_owned()),
-            auth_method: p.method().as_str(),
-            tier: p.tier().map(str::to_owned),
-        },
-        None => AuditPrincipal {
-            subject: None,
-            auth_method: "none",
-            tier: None,
-        },
-    };
+    let principal = AuditPrincipal::of(info.principal.as_deref());
     let record = AuditRecord {
         version: AUDIT_RECORD_VERSION,
         time: info.time,
         trace_id: info.trace_id,
+        event: AuditEvent::ToolCall,
         principal,
-        tool: info.tool.chars().take(128).collect(),
+        tool: Some(info.tool.chars().take(128).collect()),
         arguments,
         outcome: refusal.map_or(Outcome::Success, |r| r.outcome),
         error_code: refusal.map(|r| r.error.code.as_str()),
         retryable: refusal.is_some_and(|r| r.error.retryable),
+        reason: None,
         detail: refusal.and_then(|r| r.detail.clone()),
         duration_us: u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         transport: info.transport,
+        source: info.source.map(|a| a.to_string()),
     };
     if std::panic::catch_unwind(AssertUnwindSafe(|| inner.audit.record(&record))).is_err() {
         tracing::error!(target: "mcp_harden::audit", trace_id = %record.trace_id, "the audit sink panicked; the record may be lost");

@@ -29,6 +29,21 @@ pub enum Outcome {
     Failed,
 }
 
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A `tools/call`, whatever its outcome.
+    ToolCall,
+    /// An HTTP request refused for its credentials (missing, invalid, throttled).
+    Authentication,
+    /// An HTTP request refused before authentication: a foreign `Host` or `Origin`.
+    Transport,
+    /// A request on a session that belongs to another principal.
+    Session,
+}
+
 /// The caller as recorded: never a credential.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditPrincipal {
@@ -39,9 +54,31 @@ pub struct AuditPrincipal {
     /// The caller's tier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// The id of the credential (an API key's id), never the credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
-/// One record per tool call.
+impl AuditPrincipal {
+    pub(crate) fn of(p: Option<&crate::Principal>) -> Self {
+        match p {
+            Some(p) => Self {
+                subject: Some(p.subject().to_owned()),
+                auth_method: p.method().as_str(),
+                tier: p.tier().map(str::to_owned),
+                key_id: p.key_id().map(str::to_owned),
+            },
+            None => Self {
+                subject: None,
+                auth_method: "none",
+                tier: None,
+                key_id: None,
+            },
+        }
+    }
+}
+
+/// One record per tool call, and one per refused HTTP request (a security event).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct AuditRecord {
@@ -51,11 +88,15 @@ pub struct AuditRecord {
     pub time: String,
     /// The call's trace id (32 hex digits).
     pub trace_id: Arc<str>,
+    /// What the record is about.
+    pub event: AuditEvent,
     /// The caller.
     pub principal: AuditPrincipal,
-    /// The tool name as requested.
-    pub tool: String,
-    /// The arguments with secrets and credential-like fields redacted.
+    /// The tool name as requested (tool calls, and scope challenges over HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// The arguments with secrets and credential-like fields redacted (tool calls only).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub arguments: serde_json::Value,
     /// What happened.
     pub outcome: Outcome,
@@ -64,14 +105,21 @@ pub struct AuditRecord {
     pub error_code: Option<&'static str>,
     /// Whether the client was told it may retry.
     pub retryable: bool,
+    /// Why a request was refused before reaching a tool (e.g. `expired`, `wrong_audience`,
+    /// `foreign_origin`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     /// Server-side detail of a failure (the tool error's text, a panic message). Never sent
     /// to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Time from arrival to reply, in microseconds.
     pub duration_us: u64,
-    /// The transport the call came through (`stdio`, `duplex`, ...).
+    /// The transport the call came through (`stdio`, `local`, `http`).
     pub transport: &'static str,
+    /// The peer's address, over HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl AuditRecord {
@@ -90,13 +138,13 @@ pub trait AuditSink: Send + Sync + 'static {
 }
 
 /// The default sink: one `tracing` event per record, target `mcp_harden::audit`, level
-/// INFO (WARN for denials), field `record` holding the record as JSON.
+/// INFO (WARN for denials and every other security event), field `record` holding the record as JSON.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TracingAuditSink;
 
 impl AuditSink for TracingAuditSink {
     fn record(&self, record: &AuditRecord) {
-        if record.outcome == Outcome::Denied {
+        if record.outcome == Outcome::Denied || record.event != AuditEvent::ToolCall {
             if tracing::enabled!(target: "mcp_harden::audit", tracing::Level::WARN) {
                 tracing::warn!(target: "mcp_harden::audit", record = %record.to_json(), "security event");
             }

@@ -1,10 +1,23 @@
-//! Who is calling: the [`Principal`] and scope checks.
+//! Who is calling: the [`Principal`], scope checks, and the authenticators that turn a
+//! bearer credential into a principal.
 //!
 //! On stdio the caller is a local principal configured explicitly at start-up
 //! ([`HardenedBuilder::local_principal`](crate::HardenedBuilder::local_principal)); there is
-//! no default identity and no default credential.
+//! no default identity and no default credential. Over HTTP every request carries a bearer
+//! credential checked by the [`Authenticator`]s given to
+//! [`HttpConfig::authenticator`](crate::server::http::HttpConfig::authenticator): a
+//! [`JwtAuthenticator`] for tokens from an authorization server (or minted by the
+//! `mcp-harden` tool), an [`ApiKeyAuthenticator`] for hashed API keys, or your own.
 
+mod apikey;
+mod jwt;
+
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+pub use apikey::{ApiKey, ApiKeyAuthenticator, ApiKeyEntry, ApiKeyError, API_KEY_PREFIX};
+pub use jwt::{JwtAuthenticator, JwtBuilder, JwtConfigError};
 
 /// How a principal was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,6 +27,12 @@ pub enum AuthMethod {
     Local,
     /// No identity: only `public` tools are reachable.
     Anonymous,
+    /// A verified JSON Web Token (bearer).
+    Jwt,
+    /// An API key (bearer), identified by its key id.
+    ApiKey,
+    /// A custom [`Authenticator`].
+    Custom,
 }
 
 impl AuthMethod {
@@ -22,6 +41,9 @@ impl AuthMethod {
         match self {
             AuthMethod::Local => "local",
             AuthMethod::Anonymous => "anonymous",
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::Custom => "custom",
         }
     }
 }
@@ -33,6 +55,7 @@ pub struct Principal {
     scopes: Box<[Box<str>]>,
     tier: Option<Arc<str>>,
     method: AuthMethod,
+    key_id: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -72,6 +95,7 @@ impl Principal {
             scopes: v.into_boxed_slice(),
             tier: None,
             method,
+            key_id: None,
         }
     }
 
@@ -88,6 +112,18 @@ impl Principal {
     pub fn with_tier(mut self, tier: impl Into<Arc<str>>) -> Self {
         self.tier = Some(tier.into());
         self
+    }
+
+    /// This principal with the id of the credential that identified it (an API key's id):
+    /// safe to log, never the credential itself.
+    pub fn with_key_id(mut self, key_id: impl Into<Arc<str>>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
+    }
+
+    /// The id of the credential that identified this principal, if any.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
     }
 
     /// The subject (user or service id).
@@ -131,6 +167,155 @@ impl Principal {
     /// Whether the principal holds every scope in `required`.
     pub fn has_all(&self, required: &[&str]) -> bool {
         required.iter().all(|s| self.has_scope(s))
+    }
+}
+
+/// What an authenticator knows about the request besides the credential.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct AuthContext<'a> {
+    /// This server's resource identifier (RFC 8707/9728), e.g. `https://mcp.example.com/mcp`:
+    /// the audience a token must name when no other audience is configured.
+    pub resource: &'a str,
+    /// The peer's socket address.
+    pub source: SocketAddr,
+}
+
+impl<'a> AuthContext<'a> {
+    /// A context for `resource` and `source` (for tests and custom transports).
+    pub fn new(resource: &'a str, source: SocketAddr) -> Self {
+        Self { resource, source }
+    }
+}
+
+/// Turns a bearer credential into a [`Principal`].
+///
+/// Several authenticators compose: each is asked in turn, and the first that recognises the
+/// credential's format decides. Implementations must not log the credential.
+pub trait Authenticator: Send + Sync + 'static {
+    /// `None` when the credential is not of this authenticator's kind (let the next one
+    /// try); otherwise the verified principal or why it was refused.
+    fn authenticate(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Option<Result<Principal, AuthFailure>>;
+}
+
+impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
+    fn authenticate(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Option<Result<Principal, AuthFailure>> {
+        (**self).authenticate(credential, cx)
+    }
+}
+
+/// Why a request was not authenticated. Recorded in audit records (its [`reason`](Self::reason))
+/// and summarised to the client; never carries the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// The header is not `Bearer <credential>`, or is not valid visible ASCII.
+    MalformedHeader,
+    /// The credential is longer than the configured limit.
+    Oversized,
+    /// No authenticator recognises the credential's format.
+    UnrecognizedCredential,
+    /// The token is not a well-formed JWT (bad base64, bad JSON, unsupported `alg`, `alg: none`).
+    MalformedToken,
+    /// The token's `exp` is past (beyond the leeway).
+    Expired,
+    /// The token's `nbf` is in the future (beyond the leeway).
+    NotYetValid,
+    /// The token's `iss` is not an accepted issuer.
+    WrongIssuer,
+    /// The token's `aud` does not name this resource.
+    WrongAudience,
+    /// The signature does not verify.
+    BadSignature,
+    /// The token's `kid` names no configured key, or no key fits a token without `kid`.
+    UnknownKey,
+    /// The token's `alg` is not the algorithm pinned for the selected key.
+    AlgorithmMismatch,
+    /// A required claim (`exp`, `sub`, `aud`, `iss`) is missing or has the wrong type.
+    MissingClaim,
+    /// The API key is unknown or does not match its stored hash.
+    UnknownApiKey,
+    /// Too many failed attempts from this source address; retry later.
+    Throttled,
+    /// A custom authenticator's reason.
+    Other(&'static str),
+}
+
+impl AuthFailure {
+    /// A stable snake_case reason for audit records and metrics.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing_credentials",
+            AuthFailure::MalformedHeader => "malformed_header",
+            AuthFailure::Oversized => "oversized_credentials",
+            AuthFailure::UnrecognizedCredential => "unrecognized_credentials",
+            AuthFailure::MalformedToken => "malformed_token",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::WrongIssuer => "wrong_issuer",
+            AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::UnknownKey => "unknown_key",
+            AuthFailure::AlgorithmMismatch => "algorithm_mismatch",
+            AuthFailure::MissingClaim => "missing_claim",
+            AuthFailure::UnknownApiKey => "unknown_api_key",
+            AuthFailure::Throttled => "throttled",
+            AuthFailure::Other(r) => r,
+        }
+    }
+
+    /// What the client is told (RFC 6750 `error_description`): deliberately vague except
+    /// where the client can act on it.
+    pub const fn client_message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "authentication required",
+            AuthFailure::MalformedHeader => "expected an Authorization: Bearer header",
+            AuthFailure::Oversized => "the credential is too long",
+            AuthFailure::Expired => "the token has expired",
+            AuthFailure::NotYetValid => "the token is not valid yet",
+            AuthFailure::WrongAudience => "the token was not issued for this resource",
+            AuthFailure::Throttled => "too many failed attempts; retry later",
+            _ => "the credential is not valid",
+        }
+    }
+}
+
+impl fmt::Display for AuthFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// Authenticators asked in order: the first that recognises a credential decides.
+#[derive(Clone, Default)]
+pub(crate) struct Authenticators(Vec<Arc<dyn Authenticator>>);
+
+impl Authenticators {
+    pub(crate) fn push(&mut self, a: Arc<dyn Authenticator>) {
+        self.0.push(a);
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub(crate) fn authenticate(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Result<Principal, AuthFailure> {
+        self.0
+            .iter()
+            .find_map(|a| a.authenticate(credential, cx))
+            .unwrap_or(Err(AuthFailure::UnrecognizedCredential))
     }
 }
 

@@ -185,9 +185,11 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 default_timeout: self.default_timeout,
                 max_output_bytes: self.max_output_bytes,
                 info,
+                inflight: tokio_util::task::TaskTracker::new(),
             }),
             local: None,
             transport: "none",
+            session: None,
         })
     }
 }

@@ -2,9 +2,10 @@
 //! `ServerHandler` that runs every call through the pipeline.
 
 mod builder;
+pub mod http;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
@@ -35,6 +36,25 @@ pub struct Hardened<S> {
     local: Option<Arc<Principal>>,
     /// The transport recorded in audit records.
     transport: &'static str,
+    /// Over HTTP, the principal that opened this handler's session: every later request on
+    /// the session must come from the same one.
+    session: Option<Arc<OnceLock<SessionOwner>>>,
+}
+
+/// Who owns an HTTP session: how they authenticated and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionOwner {
+    method: crate::auth::AuthMethod,
+    subject: Arc<str>,
+    key_id: Option<Arc<str>>,
+}
+
+/// The caller of one request.
+enum Identity {
+    Known(Arc<Principal>, Option<std::net::SocketAddr>),
+    Nobody,
+    /// A request on a session opened by another principal.
+    Intruder(Arc<Principal>, Option<std::net::SocketAddr>),
 }
 
 impl<S> Clone for Hardened<S> {
@@ -43,6 +63,7 @@ impl<S> Clone for Hardened<S> {
             inner: self.inner.clone(),
             local: self.local.clone(),
             transport: self.transport,
+            session: self.session.clone(),
         }
     }
 }
@@ -57,6 +78,8 @@ pub(crate) struct Inner<S> {
     pub default_timeout: Duration,
     pub max_output_bytes: usize,
     pub info: ServerConfig,
+    /// Calls in progress, so that shutdown can wait for them.
+    pub inflight: tokio_util::task::TaskTracker,
 }
 
 pub(crate) struct Entry<S> {
@@ -166,10 +189,79 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         self
     }
 
+    /// A handler for one HTTP session (or one stateless request): no local principal,
+    /// and a fresh session owner.
+    pub(crate) fn http_instance(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            local: None,
+            transport: "http",
+            session: Some(Arc::new(OnceLock::new())),
+        }
+    }
+
     /// Stage 1: who is calling. On a local transport, the principal configured at start-up;
-    /// on any other, no one (network authentication belongs to the transport layer).
-    fn identify(&self, _rc: &RequestContext<RoleServer>) -> Option<Arc<Principal>> {
-        self.local.clone()
+    /// over HTTP, the principal the guard authenticated for this very request (and it must
+    /// own the session); on anything else, no one.
+    fn identify(&self, rc: &RequestContext<RoleServer>) -> Identity {
+        if let Some(p) = &self.local {
+            return Identity::Known(p.clone(), None);
+        }
+        let Some(auth) = rc
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<http::Authenticated>())
+        else {
+            return Identity::Nobody;
+        };
+        let principal = auth.principal.clone();
+        if let Some(session) = &self.session {
+            let me = SessionOwner {
+                method: principal.method(),
+                subject: principal.subject_arc().clone(),
+                key_id: principal.key_id().map(Arc::from),
+            };
+            if *session.get_or_init(|| me.clone()) != me {
+                return Identity::Intruder(principal, Some(auth.source));
+            }
+        }
+        Identity::Known(principal, Some(auth.source))
+    }
+
+    /// Records a request on someone else's session and refuses it as if the session did
+    /// not exist.
+    fn refuse_intruder(
+        &self,
+        principal: &Principal,
+        source: Option<std::net::SocketAddr>,
+        tool: Option<&str>,
+    ) -> ErrorData {
+        tracing::warn!(target: "mcp_harden::security", subject = principal.subject(), "request on a session owned by another principal");
+        let record = crate::audit::AuditRecord {
+            version: crate::audit::AUDIT_RECORD_VERSION,
+            time: now_rfc3339(),
+            trace_id: new_trace_id(),
+            event: crate::audit::AuditEvent::Session,
+            principal: crate::audit::AuditPrincipal::of(Some(principal)),
+            tool: tool.map(|t| t.chars().take(128).collect()),
+            arguments: serde_json::Value::Null,
+            outcome: crate::audit::Outcome::Denied,
+            error_code: Some(crate::ErrorCode::Forbidden.as_str()),
+            retryable: false,
+            reason: Some("session_owned_by_another_principal"),
+            detail: None,
+            duration_us: 0,
+            transport: self.transport,
+            source: source.map(|s| s.to_string()),
+        };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.audit.record(&record)
+        }))
+        .is_err()
+        {
+            tracing::error!(target: "mcp_harden::audit", "the audit sink panicked; a security event may be lost");
+        }
+        ErrorData::invalid_request("session not found", None)
     }
 
     async fn call(
@@ -178,8 +270,15 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         rc: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let inner = &*self.inner;
+        let _inflight = inner.inflight.token();
         let started = Instant::now();
-        let principal = self.identify(&rc);
+        let (principal, source) = match self.identify(&rc) {
+            Identity::Known(p, source) => (Some(p), source),
+            Identity::Nobody => (None, None),
+            Identity::Intruder(p, source) => {
+                return Err(self.refuse_intruder(&p, source, Some(&params.name)))
+            }
+        };
         let CallToolRequestParams {
             name, arguments, ..
         } = params;
@@ -190,6 +289,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             tool: &name,
             principal: principal.clone(),
             transport: self.transport,
+            source,
         };
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
         let Some(entry) = inner.tools.get(&*name) else {
@@ -263,7 +363,11 @@ impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
         _request: Option<PaginatedRequestParams>,
         rc: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let principal = self.identify(&rc);
+        let principal = match self.identify(&rc) {
+            Identity::Known(p, _) => Some(p),
+            Identity::Nobody => None,
+            Identity::Intruder(p, source) => return Err(self.refuse_intruder(&p, source, None)),
+        };
         let tools = self
             .inner
             .order
@@ -274,6 +378,19 @@ impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
             .collect();
         // The list depends on the caller: never let it be cached across callers.
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
+    }
+
+    async fn initialize(
+        &self,
+        request: rmcp::model::InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, ErrorData> {
+        // Binds an HTTP session to the principal that opens it.
+        if let Identity::Intruder(p, source) = self.identify(&context) {
+            return Err(self.refuse_intruder(&p, source, None));
+        }
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
     }
 
     async fn call_tool(

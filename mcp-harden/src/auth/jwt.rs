@@ -1,0 +1,514 @@
+//! JSON Web Token bearer authentication with `jsonwebtoken`.
+//!
+//! Every key is pinned to one algorithm: a token is verified only with a key whose algorithm
+//! is the token's `alg`, so `alg: none` (not even parseable) and HS/RS confusion (an HS256
+//! token "signed" with an RSA public key) are impossible.
+
+use std::path::Path;
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::{AuthContext, AuthFailure, AuthMethod, Authenticator, Principal};
+
+/// The shortest HMAC secret accepted: 256 bits, as RFC 7518 §3.2 requires for HS256.
+const MIN_HMAC_SECRET: usize = 32;
+/// The longest subject accepted.
+const MAX_SUBJECT: usize = 256;
+
+/// Verifies JWT bearer tokens: signature with a pinned key, `exp`, `nbf`, `iss`, `aud`
+/// (RFC 8707: the audience must name this resource), then reads the subject, the scopes
+/// (`scope` as a space-separated string, or `scp`/`scopes` as an array or string) and an
+/// optional tier claim.
+///
+/// ```
+/// use mcp_harden::auth::JwtAuthenticator;
+/// let jwt = JwtAuthenticator::builder()
+///     .hs256(b"a development secret of at least 32 bytes!")
+///     .issuer("https://auth.example.com")
+///     .tier_claim("tier")
+///     .build()?;
+/// # Ok::<(), mcp_harden::auth::JwtConfigError>(())
+/// ```
+pub struct JwtAuthenticator {
+    keys: Vec<Key>,
+    /// Whether any key has a `kid`: then a token's `kid` must name one.
+    any_kid: bool,
+    audiences: Vec<String>,
+    tier_claim: Option<String>,
+}
+
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuthenticator")
+            .field(
+                "keys",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| (k.kid.as_deref(), k.alg))
+                    .collect::<Vec<_>>(),
+            )
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A problem with the JWT configuration, found when it is built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtConfigError {
+    /// No verification key was given.
+    #[error("no JWT verification key configured")]
+    NoKeys,
+    /// An HMAC secret shorter than 32 bytes.
+    #[error("the HMAC secret is {0} bytes; at least 32 random bytes are required")]
+    WeakSecret(usize),
+    /// A key could not be read.
+    #[error("invalid {alg:?} key{}: {reason}", kid.as_deref().map(|k| format!(" `{k}`")).unwrap_or_default())]
+    InvalidKey {
+        /// The key's `kid`, if any.
+        kid: Option<String>,
+        /// The algorithm it was meant for.
+        alg: Algorithm,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The algorithm does not fit the kind of key given.
+    #[error("{0:?} cannot be used with this kind of key")]
+    AlgorithmForKey(Algorithm),
+    /// A JWKS document could not be read or holds no usable signing key.
+    #[error("JWKS: {0}")]
+    Jwks(String),
+    /// Two keys share a `kid`.
+    #[error("two keys have the kid `{0}`")]
+    DuplicateKid(String),
+    /// `.with_kid` was called before any key was added.
+    #[error("with_kid must follow the key it names")]
+    KidWithoutKey,
+}
+
+/// Builds a [`JwtAuthenticator`]. Configuration mistakes are reported by
+/// [`build`](Self::build), all at once if there are several (the first is returned).
+#[derive(Default)]
+#[must_use]
+pub struct JwtBuilder {
+    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Option<Duration>,
+    tier_claim: Option<String>,
+    errors: Vec<JwtConfigError>,
+}
+
+impl JwtAuthenticator {
+    /// Starts a configuration.
+    pub fn builder() -> JwtBuilder {
+        JwtBuilder::default()
+    }
+
+    fn select(&self, header: &jsonwebtoken::Header) -> Result<Vec<&Key>, AuthFailure> {
+        if let (Some(kid), true) = (&header.kid, self.any_kid) {
+            let key = self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or(AuthFailure::UnknownKey)?;
+            return if key.alg == header.alg {
+                Ok(vec![key])
+            } else {
+                Err(AuthFailure::AlgorithmMismatch)
+            };
+        }
+        let fitting: Vec<&Key> = self.keys.iter().filter(|k| k.alg == header.alg).collect();
+        if fitting.is_empty() {
+            Err(AuthFailure::AlgorithmMismatch)
+        } else {
+            Ok(fitting)
+        }
+    }
+
+    fn principal(
+        &self,
+        claims: &Map<String, Value>,
+        cx: &AuthContext<'_>,
+    ) -> Result<Principal, AuthFailure> {
+        let audience_ok = |aud: &str| {
+            if self.audiences.is_empty() {
+                aud == cx.resource
+            } else {
+                self.audiences.iter().any(|a| a == aud)
+            }
+        };
+        match claims.get("aud") {
+            Some(Value::String(a)) if audience_ok(a) => {}
+            Some(Value::Array(v)) if v.iter().any(|a| a.as_str().is_some_and(audience_ok)) => {}
+            None => return Err(AuthFailure::MissingClaim),
+            Some(_) => return Err(AuthFailure::WrongAudience),
+        }
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUBJECT => s.as_str(),
+            _ => return Err(AuthFailure::MissingClaim),
+        };
+        let scopes = scopes_of(claims).ok_or(AuthFailure::MissingClaim)?;
+        let mut principal = Principal::new(subject, scopes, AuthMethod::Jwt);
+        if let Some(name) = &self.tier_claim {
+            match claims.get(name) {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= 64 => {
+                    principal = principal.with_tier(t.as_str());
+                }
+                None | Some(Value::Null) => {}
+                Some(_) => return Err(AuthFailure::MissingClaim),
+            }
+        }
+        Ok(principal)
+    }
+}
+
+/// The granted scopes: `scope` (RFC 8693/9068, space-separated), else `scp` or `scopes`
+/// (an array of strings, or a space-separated string). `None` if present but malformed.
+fn scopes_of(claims: &Map<String, Value>) -> Option<Vec<&str>> {
+    let claim = ["scope", "scp", "scopes"]
+        .iter()
+        .find_map(|n| claims.get(*n));
+    match claim {
+        None => Some(Vec::new()),
+        Some(Value::String(s)) => Some(s.split_whitespace().collect()),
+        Some(Value::Array(v)) => v.iter().map(Value::as_str).collect(),
+        Some(_) => None,
+    }
+}
+
+fn failure(kind: &ErrorKind) -> AuthFailure {
+    match kind {
+        ErrorKind::InvalidSignature => AuthFailure::BadSignature,
+        ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthFailure::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthFailure::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+            AuthFailure::MissingClaim
+        }
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthFailure::AlgorithmMismatch,
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidEddsaKey | ErrorKind::InvalidRsaKey(_) => {
+            AuthFailure::BadSignature
+        }
+        _ => AuthFailure::MalformedToken,
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    fn authenticate(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Option<Result<Principal, AuthFailure>> {
+        // A JWS compact serialization: three base64url segments. Anything else is another
+        // authenticator's business.
+        if credential.split('.').count() != 3 {
+            return None;
+        }
+        Some((|| {
+            let header = jsonwebtoken::decode_header(credential).map_err(|e| failure(e.kind()))?;
+            let mut last = AuthFailure::BadSignature;
+            for key in self.select(&header)? {
+                match jsonwebtoken::decode::<Map<String, Value>>(
+                    credential,
+                    &key.key,
+                    &key.validation,
+                ) {
+                    Ok(data) => return self.principal(&data.claims, cx),
+                    Err(e) => last = failure(e.kind()),
+                }
+                if last != AuthFailure::BadSignature {
+                    break;
+                }
+            }
+            Err(last)
+        })())
+    }
+}
+
+impl JwtBuilder {
+    /// An HS256 shared secret (at least 32 bytes).
+    pub fn hs256(self, secret: impl AsRef<[u8]>) -> Self {
+        self.hmac(Algorithm::HS256, secret)
+    }
+
+    /// An HMAC secret for `alg` (HS256, HS384 or HS512; at least 32 bytes).
+    pub fn hmac(mut self, alg: Algorithm, secret: impl AsRef<[u8]>) -> Self {
+        let secret = secret.as_ref();
+        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            self.errors.push(JwtConfigError::AlgorithmForKey(alg));
+        } else if secret.len() < MIN_HMAC_SECRET {
+            self.errors.push(JwtConfigError::WeakSecret(secret.len()));
+        } else {
+            self.keys
+                .push((None, alg, DecodingKey::from_secret(secret)));
+        }
+        self
+    }
+
+    /// An RS256 public key in PEM (SPKI or PKCS#1).
+    pub fn rs256_pem(self, pem: impl AsRef<[u8]>) -> Self {
+        self.pem(Algorithm::RS256, pem)
+    }
+
+    /// An ES256 (P-256) public key in PEM.
+    pub fn es256_pem(self, pem: impl AsRef<[u8]>) -> Self {
+        self.pem(Algorithm::ES256, pem)
+    }
+
+    /// An Ed25519 (EdDSA) public key in PEM.
+    pub fn eddsa_pem(self, pem: impl AsRef<[u8]>) -> Self {
+        self.pem(Algorithm::EdDSA, pem)
+    }
+
+    /// A public key in PEM, pinned to `alg` (RS*/PS*, ES256/ES384 or EdDSA).
+    pub fn pem(mut self, alg: Algorithm, pem: impl AsRef<[u8]>) -> Self {
+        let pem = pem.as_ref();
+        let key = match alg {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => DecodingKey::from_rsa_pem(pem),
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+            _ => {
+                self.errors.push(JwtConfigError::AlgorithmForKey(alg));
+                return self;
+            }
+        };
+        match key {
+            Ok(k) => self.keys.push((None, alg, k)),
+            Err(e) => self.errors.push(JwtConfigError::InvalidKey {
+                kid: None,
+                alg,
+                reason: e.to_string(),
+            }),
+        }
+        self
+    }
+
+    /// Names the key added last: a token whose header carries this `kid` is verified with it.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        match self.keys.last_mut() {
+            Some(k) => k.0 = Some(kid.into()),
+            None => self.errors.push(JwtConfigError::KidWithoutKey),
+        }
+        self
+    }
+
+    /// Every signing key of a JWKS document (RFC 7517). Keys marked `"use": "enc"` are
+    /// skipped; each key's algorithm comes from its `alg`, or, for EC and OKP keys, from its
+    /// curve; an RSA or symmetric key without `alg` is refused (its algorithm would be a guess).
+    pub fn jwks_json(mut self, json: &str) -> Self {
+        let set: JwkSet = match serde_json::from_str(json) {
+            Ok(s) => s,
+            Err(e) => {
+                self.errors
+                    .push(JwtConfigError::Jwks(format!("not a JWKS document: {e}")));
+                return self;
+            }
+        };
+        let before = self.keys.len();
+        for jwk in &set.keys {
+            if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+                continue;
+            }
+            match jwk_key(jwk) {
+                Ok(Some(k)) => self.keys.push(k),
+                Ok(None) => {}
+                Err(e) => self.errors.push(e),
+            }
+        }
+        if self.keys.len() == before {
+            self.errors
+                .push(JwtConfigError::Jwks("no usable signing key".into()));
+        }
+        self
+    }
+
+    /// [`jwks_json`](Self::jwks_json) read from a file.
+    pub fn jwks_file(mut self, path: impl AsRef<Path>) -> Self {
+        match std::fs::read_to_string(path.as_ref()) {
+            Ok(s) => self.jwks_json(&s),
+            Err(e) => {
+                self.errors.push(JwtConfigError::Jwks(format!(
+                    "cannot read {}: {e}",
+                    path.as_ref().display()
+                )));
+                self
+            }
+        }
+    }
+
+    /// Accept tokens from this issuer (`iss`); repeat for several. Without any, `iss` is
+    /// not checked.
+    pub fn issuer(mut self, iss: impl Into<String>) -> Self {
+        self.issuers.push(iss.into());
+        self
+    }
+
+    /// Accept tokens for this audience (`aud`); repeat for several. Without any, the
+    /// audience must be the server's own resource URL (RFC 8707).
+    pub fn audience(mut self, aud: impl Into<String>) -> Self {
+        self.audiences.push(aud.into());
+        self
+    }
+
+    /// Clock skew allowed on `exp` and `nbf` (default 30 s, at most 5 min).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = Some(leeway.min(Duration::from_secs(300)));
+        self
+    }
+
+    /// Read the principal's tier from this claim (a string), when present.
+    pub fn tier_claim(mut self, name: impl Into<String>) -> Self {
+        self.tier_claim = Some(name.into());
+        self
+    }
+
+    /// Checks the configuration.
+    pub fn build(mut self) -> Result<JwtAuthenticator, JwtConfigError> {
+        if !self.errors.is_empty() {
+            return Err(self.errors.swap_remove(0));
+        }
+        if self.keys.is_empty() {
+            return Err(JwtConfigError::NoKeys);
+        }
+        let mut kids: Vec<&str> = self.keys.iter().filter_map(|k| k.0.as_deref()).collect();
+        kids.sort_unstable();
+        if let Some(w) = kids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(JwtConfigError::DuplicateKid(w[0].to_owned()));
+        }
+        let leeway = self.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
+        let any_kid = self.keys.iter().any(|k| k.0.is_some());
+        let issuers = self.issuers;
+        let keys = self
+            .keys
+            .into_iter()
+            .map(|(kid, alg, key)| {
+                let mut v = Validation::new(alg);
+                v.leeway = leeway;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                // The audience is checked against the resource of the request (below).
+                v.validate_aud = false;
+                let mut required = vec!["exp", "sub"];
+                if !issuers.is_empty() {
+                    v.set_issuer(&issuers);
+                    required.push("iss");
+                }
+                v.set_required_spec_claims(&required);
+                Key {
+                    kid,
+                    alg,
+                    key,
+                    validation: v,
+                }
+            })
+            .collect();
+        Ok(JwtAuthenticator {
+            keys,
+            any_kid,
+            audiences: self.audiences,
+            tier_claim: self.tier_claim,
+        })
+    }
+}
+
+fn jwk_key(jwk: &Jwk) -> Result<Option<(Option<String>, Algorithm, DecodingKey)>, JwtConfigError> {
+    let kid = jwk.common.key_id.clone();
+    let declared = jwk.common.key_algorithm.map(|a| match a {
+        KeyAlgorithm::HS256 => Some(Algorithm::HS256),
+        KeyAlgorithm::HS384 => Some(Algorithm::HS384),
+        KeyAlgorithm::HS512 => Some(Algorithm::HS512),
+        KeyAlgorithm::ES256 => Some(Algorithm::ES256),
+        KeyAlgorithm::ES384 => Some(Algorithm::ES384),
+        KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+        KeyAlgorithm::RS384 => Some(Algorithm::RS384),
+        KeyAlgorithm::RS512 => Some(Algorithm::RS512),
+        KeyAlgorithm::PS256 => Some(Algorithm::PS256),
+        KeyAlgorithm::PS384 => Some(Algorithm::PS384),
+        KeyAlgorithm::PS512 => Some(Algorithm::PS512),
+        KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+        // Encryption algorithms: not a signing key.
+        _ => None,
+    });
+    let alg = match (declared, &jwk.algorithm) {
+        (Some(None), _) => return Ok(None),
+        (Some(Some(a)), _) => a,
+        (None, AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        (None, AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P384 => {
+            Algorithm::ES384
+        }
+        (None, AlgorithmParameters::OctetKeyPair(p)) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        (None, _) => {
+            return Err(JwtConfigError::Jwks(format!(
+                "key {} has no `alg`; add one",
+                kid.as_deref().unwrap_or("without kid")
+            )))
+        }
+    };
+    let fits = matches!(
+        (&jwk.algorithm, alg),
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ) | (
+            AlgorithmParameters::EllipticCurve(_),
+            Algorithm::ES256 | Algorithm::ES384
+        ) | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
+            | (
+                AlgorithmParameters::OctetKey(_),
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            )
+    );
+    if !fits {
+        return Err(JwtConfigError::AlgorithmForKey(alg));
+    }
+    if let AlgorithmParameters::OctetKey(_) = &jwk.algorithm {
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtConfigError::InvalidKey {
+            kid: kid.clone(),
+            alg,
+            reason: e.to_string(),
+        })?;
+        if key.try_get_as_bytes().map_or(0, <[u8]>::len) < MIN_HMAC_SECRET {
+            return Err(JwtConfigError::WeakSecret(
+                key.try_get_as_bytes().map_or(0, <[u8]>::len),
+            ));
+        }
+        return Ok(Some((kid, alg, key)));
+    }
+    DecodingKey::from_jwk(jwk)
+        .map(|k| Some((kid.clone(), alg, k)))
+        .map_err(|e| JwtConfigError::InvalidKey {
+            kid,
+            alg,
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,1225 @@
+//! Streamable HTTP: rmcp's `StreamableHttpService` mounted in axum, behind a guard that
+//! validates `Host` and `Origin`, authenticates every request with a bearer credential,
+//! throttles failed attempts per source address, and implements the MCP authorization
+//! specification's resource-server side (RFC 9728 metadata, RFC 6750 challenges, RFC 8707
+//! audiences, step-up on `insufficient_scope`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use super::Hardened;
+use crate::audit::{
+    new_trace_id, now_rfc3339, AuditEvent, AuditPrincipal, AuditRecord, Outcome,
+    AUDIT_RECORD_VERSION,
+};
+use crate::auth::{AuthContext, AuthFailure, Authenticator, Authenticators, Principal};
+use crate::errors::{ErrorCode, ToolError};
+use crate::spec::Scopes;
+
+/// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ScopeChallenge {
+    /// HTTP 403 with `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"` when
+    /// the metadata names an authorization server (a client can step up there); otherwise
+    /// the `FORBIDDEN` tool error, which the model can read and explain.
+    #[default]
+    Auto,
+    /// Always the HTTP 403 challenge.
+    Http,
+    /// Always the `FORBIDDEN` tool error (as on stdio).
+    ToolError,
+}
+
+/// The configuration of [`Hardened::serve_http`].
+///
+/// Secure by default: binds where told (use a loopback address unless you mean otherwise),
+/// accepts only loopback `Host`s and `Origin`s plus the host of the resource URL,
+/// requires a bearer credential on every MCP request, caps bodies at 1 MiB.
+///
+/// ```no_run
+/// # use mcp_harden::server::http::HttpConfig;
+/// # use mcp_harden::auth::JwtAuthenticator;
+/// # fn f() -> Result<HttpConfig, Box<dyn std::error::Error>> {
+/// let jwt = JwtAuthenticator::builder()
+///     .jwks_file("/etc/mcp/jwks.json")
+///     .issuer("https://auth.example.com")
+///     .build()?;
+/// let config = HttpConfig::new("127.0.0.1:8080".parse()?)
+///     .resource_url("https://mcp.example.com/mcp")
+///     .authorization_server("https://auth.example.com")
+///     .authenticator(jwt);
+/// # Ok(config) }
+/// ```
+#[must_use]
+pub struct HttpConfig {
+    bind: SocketAddr,
+    path: String,
+    resource_url: Option<String>,
+    authenticators: Authenticators,
+    authorization_servers: Vec<String>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    stateful: bool,
+    tls: Option<Tls>,
+    max_body_bytes: usize,
+    max_credential_bytes: usize,
+    auth_failures: (u32, u32),
+    challenge: ScopeChallenge,
+    grace: Duration,
+    allow_anonymous: bool,
+}
+
+enum Tls {
+    Files(PathBuf, PathBuf),
+    Pem(Vec<u8>, Vec<u8>),
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("bind", &self.bind)
+            .field("path", &self.path)
+            .field("resource_url", &self.resource_url)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpConfig {
+    /// Serve on `bind` (e.g. `127.0.0.1:8080`; port 0 picks a free port).
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            path: "/mcp".to_owned(),
+            resource_url: None,
+            authenticators: Authenticators::default(),
+            authorization_servers: Vec::new(),
+            allowed_hosts: None,
+            allowed_origins: None,
+            stateful: true,
+            tls: None,
+            max_body_bytes: 1024 * 1024,
+            max_credential_bytes: 8 * 1024,
+            auth_failures: (10, 10),
+            challenge: ScopeChallenge::Auto,
+            grace: Duration::from_secs(30),
+            allow_anonymous: false,
+        }
+    }
+
+    /// Adds an authenticator. Several compose: the first that recognises a credential's
+    /// format decides. At least one is required (or [`allow_anonymous`](Self::allow_anonymous)).
+    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticators.push(Arc::new(authenticator));
+        self
+    }
+
+    /// The path the MCP endpoint is mounted at (default `/mcp`).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// This server's public resource URL (RFC 9728 `resource`; the default token audience),
+    /// e.g. `https://mcp.example.com/mcp` behind a proxy. Default: `http(s)://<bound
+    /// address><path>`. Its host is allowed in `Host` and `Origin`.
+    pub fn resource_url(mut self, url: impl Into<String>) -> Self {
+        self.resource_url = Some(url.into());
+        self
+    }
+
+    /// An OAuth authorization server that issues tokens for this resource, published in the
+    /// protected-resource metadata. Repeat for several.
+    pub fn authorization_server(mut self, url: impl Into<String>) -> Self {
+        self.authorization_servers.push(url.into());
+        self
+    }
+
+    /// The `Host` values accepted (replacing the loopback default): `example.com` (any port)
+    /// or `example.com:443`. The resource URL's host is always accepted.
+    pub fn allowed_hosts<I: IntoIterator<Item = S>, S: Into<String>>(mut self, hosts: I) -> Self {
+        self.allowed_hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The browser `Origin`s accepted (replacing the loopback default): `https://app.example.com`
+    /// (default port), `http://localhost:3000`, or `http://localhost:*` (any port). A request
+    /// without `Origin` (not from a browser) is not affected.
+    pub fn allowed_origins<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        origins: I,
+    ) -> Self {
+        self.allowed_origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Stateless mode: no `Mcp-Session-Id`, every request stands alone (default: stateful
+    /// sessions, each bound to the principal that opened it).
+    pub fn stateless(mut self) -> Self {
+        self.stateful = false;
+        self
+    }
+
+    /// Serve HTTPS with this certificate chain and private key (PEM files), TLS 1.3
+    /// preferred, 1.2 minimum.
+    pub fn tls_pem_files(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some(Tls::Files(cert.into(), key.into()));
+        self
+    }
+
+    /// Serve HTTPS with this certificate chain and private key (PEM bytes).
+    pub fn tls_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls = Some(Tls::Pem(cert.into(), key.into()));
+        self
+    }
+
+    /// The largest request body accepted (default 1 MiB); larger gets HTTP 413.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The longest bearer credential accepted (default 8 KiB).
+    pub fn max_credential_bytes(mut self, bytes: usize) -> Self {
+        self.max_credential_bytes = bytes;
+        self
+    }
+
+    /// Failed authentications allowed per source address (IPv6: per /64): `per_minute`
+    /// sustained with bursts of `burst` (default 10 and 10). Beyond that the source gets
+    /// HTTP 429 without its credentials being checked, until the limit lets it through.
+    pub fn auth_failure_limit(mut self, per_minute: u32, burst: u32) -> Self {
+        self.auth_failures = (per_minute, burst);
+        self
+    }
+
+    /// How a call lacking a scope is answered (default [`ScopeChallenge::Auto`]).
+    pub fn scope_challenge(mut self, challenge: ScopeChallenge) -> Self {
+        self.challenge = challenge;
+        self
+    }
+
+    /// How long shutdown waits for in-flight calls (default 30 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Admit requests without credentials as an anonymous principal that can call only
+    /// `public` tools. Off by default.
+    pub fn allow_anonymous(mut self) -> Self {
+        self.allow_anonymous = true;
+        self
+    }
+}
+
+/// Why the HTTP server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The configuration is unusable.
+    #[error("HTTP configuration: {0}")]
+    Config(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server failed while serving.
+    #[error("HTTP server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The identity the guard attached to a request; read by the handler from the request head.
+#[derive(Clone)]
+pub(crate) struct Authenticated {
+    pub principal: Arc<Principal>,
+    pub source: SocketAddr,
+}
+
+/// A bound HTTP server, not yet serving: its address is known (useful with port 0).
+pub struct HttpServer<S> {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    app: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    hardened: Hardened<S>,
+    rmcp_ct: CancellationToken,
+    grace: Duration,
+    gate: Arc<Gate>,
+}
+
+impl<S> std::fmt::Debug for HttpServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("local_addr", &self.local_addr)
+            .field("resource", &self.gate.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync + 'static> Hardened<S> {
+    /// Serves over Streamable HTTP until SIGINT or SIGTERM, then lets in-flight calls finish
+    /// (up to the grace period).
+    pub async fn serve_http(self, config: HttpConfig) -> Result<(), HttpError> {
+        self.bind_http(config).await?.serve().await
+    }
+
+    /// Binds the HTTP server without serving yet.
+    pub async fn bind_http(&self, config: HttpConfig) -> Result<HttpServer<S>, HttpError> {
+        if config.authenticators.is_empty() && !config.allow_anonymous {
+            return Err(HttpError::Config(
+                "no authenticator: add one with .authenticator(...) (a JwtAuthenticator or an ApiKeyAuthenticator)".into(),
+            ));
+        }
+        if !config.path.starts_with('/')
+            || config.path.len() < 2
+            || config.path.contains(['?', '#'])
+        {
+            return Err(HttpError::Config(format!(
+                "the path `{}` must start with / and name a route",
+                config.path
+            )));
+        }
+        let tls = match &config.tls {
+            None => None,
+            Some(t) => Some(tls_config(t).await?),
+        };
+        let listener =
+            std::net::TcpListener::bind(config.bind).map_err(|source| HttpError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let resource = match &config.resource_url {
+            Some(u) => u.clone(),
+            None if local_addr.ip().is_unspecified() => {
+                return Err(HttpError::Config(format!(
+                    "bound to {local_addr}: set .resource_url(\"https://your.host{}\") so tokens can name this server",
+                    config.path
+                )))
+            }
+            None => format!("{scheme}://{local_addr}{}", config.path),
+        };
+        let resource_uri: Uri = resource.parse().map_err(|_| {
+            HttpError::Config(format!("the resource URL `{resource}` is not a URL"))
+        })?;
+        let (Some(res_scheme), Some(res_authority)) =
+            (resource_uri.scheme(), resource_uri.authority())
+        else {
+            return Err(HttpError::Config(format!(
+                "the resource URL `{resource}` must be absolute"
+            )));
+        };
+        if res_scheme != &Scheme::HTTP && res_scheme != &Scheme::HTTPS
+            || resource_uri.query().is_some()
+        {
+            return Err(HttpError::Config(format!(
+                "the resource URL `{resource}` must be http(s) without a query"
+            )));
+        }
+        let res_path = resource_uri.path().trim_end_matches('/');
+        let metadata_url = format!(
+            "{res_scheme}://{res_authority}/.well-known/oauth-protected-resource{res_path}"
+        );
+
+        let mut hosts: Vec<HostRule> = match &config.allowed_hosts {
+            Some(h) => h
+                .iter()
+                .map(|h| HostRule::parse(h))
+                .collect::<Result<_, _>>()?,
+            None => LOOPBACK
+                .iter()
+                .map(|h| HostRule::parse(h))
+                .collect::<Result<_, _>>()?,
+        };
+        hosts.push(HostRule {
+            host: res_authority.host().to_ascii_lowercase(),
+            port: None,
+        });
+        let mut origins: Vec<OriginRule> = match &config.allowed_origins {
+            Some(o) => o
+                .iter()
+                .map(|o| OriginRule::parse(o))
+                .collect::<Result<_, _>>()?,
+            None => LOOPBACK
+                .iter()
+                .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
+                .map(|o| OriginRule::parse(&o))
+                .collect::<Result<_, _>>()?,
+        };
+        origins.push(OriginRule::parse(&format!(
+            "{res_scheme}://{res_authority}"
+        ))?);
+
+        let mut scopes: Vec<&'static str> = self
+            .inner
+            .tools
+            .values()
+            .filter_map(|e| match e.spec.scopes {
+                Scopes::Required(r) => Some(r.iter().copied()),
+                Scopes::Public => None,
+            })
+            .flatten()
+            .collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        let mut metadata = serde_json::json!({
+            "resource": resource,
+            "scopes_supported": scopes,
+            "bearer_methods_supported": ["header"],
+            "resource_name": self.inner.info.server_info.name,
+        });
+        if !config.authorization_servers.is_empty() {
+            metadata["authorization_servers"] = serde_json::json!(config.authorization_servers);
+        }
+        let challenge = match config.challenge {
+            ScopeChallenge::Auto if config.authorization_servers.is_empty() => false,
+            ScopeChallenge::Auto | ScopeChallenge::Http => true,
+            ScopeChallenge::ToolError => false,
+        };
+        let (per_minute, burst) = config.auth_failures;
+        let throttle = AuthThrottle::new(per_minute, burst).ok_or_else(|| {
+            HttpError::Config("the failed-authentication limit must be at least 1/min".into())
+        })?;
+
+        let gate = Arc::new(Gate {
+            hardened: self.http_instance_boxed(),
+            authenticators: config.authenticators,
+            resource,
+            metadata_url,
+            metadata: Bytes::from(metadata.to_string()),
+            hosts,
+            origins,
+            path: config.path.clone(),
+            throttle,
+            max_credential: config.max_credential_bytes,
+            max_body: config.max_body_bytes,
+            challenge,
+            allow_anonymous: config.allow_anonymous,
+        });
+
+        let rmcp_ct = CancellationToken::new();
+        let rmcp_config = StreamableHttpServerConfig::default()
+            .with_legacy_session_mode(config.stateful)
+            .with_max_request_body_bytes(config.max_body_bytes)
+            .with_cancellation_token(rmcp_ct.clone())
+            // The guard checks Host and Origin (and audits refusals) before anything else.
+            .disable_allowed_hosts()
+            .disable_allowed_origins();
+        let factory_base = self.http_instance();
+        let service = StreamableHttpService::new(
+            move || Ok(factory_base.http_instance()),
+            Arc::new(LocalSessionManager::default()),
+            rmcp_config,
+        );
+        let metadata_suffix = format!(
+            "/.well-known/oauth-protected-resource{}",
+            config.path.trim_end_matches('/')
+        );
+        let app = Router::new()
+            .route(
+                "/.well-known/oauth-protected-resource",
+                get(metadata_handler),
+            )
+            .route(&metadata_suffix, get(metadata_handler))
+            .route_service(&config.path, service)
+            .layer(middleware::from_fn_with_state(gate.clone(), guard))
+            .with_state(gate.clone());
+        Ok(HttpServer {
+            listener,
+            local_addr,
+            app,
+            tls,
+            hardened: self.clone(),
+            rmcp_ct,
+            grace: config.grace,
+            gate,
+        })
+    }
+}
+
+impl<S: Send + Sync + 'static> HttpServer<S> {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The resource URL: what tokens must name as their audience (unless configured
+    /// otherwise).
+    pub fn resource_url(&self) -> &str {
+        &self.gate.resource
+    }
+
+    /// Where the protected-resource metadata is published.
+    pub fn metadata_url(&self) -> &str {
+        &self.gate.metadata_url
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn serve(self) -> Result<(), HttpError> {
+        self.serve_until(shutdown_signal()).await
+    }
+
+    /// Serves until `signal` completes, then stops accepting connections, lets in-flight
+    /// calls finish (up to the grace period), closes the sessions and returns.
+    pub async fn serve_until(
+        self,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<(), HttpError> {
+        let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
+        let make = self.app.into_make_service_with_connect_info::<SocketAddr>();
+        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.tls {
+                Some(tls) => Box::pin(
+                    axum_server::tls_rustls::from_tcp_rustls(self.listener, tls)?
+                        .handle(handle.clone())
+                        .serve(make),
+                ),
+                None => Box::pin(
+                    axum_server::from_tcp(self.listener)?
+                        .handle(handle.clone())
+                        .serve(make),
+                ),
+            };
+        let mut server = server;
+        tracing::info!(target: "mcp_harden::http", addr = %self.local_addr, resource = %self.gate.resource, "serving MCP over HTTP");
+        tokio::select! {
+            r = &mut server => return r.map_err(HttpError::Serve),
+            () = signal => {}
+        }
+        tracing::info!(target: "mcp_harden::http", grace_ms = self.grace.as_millis() as u64, "shutting down: no new connections; waiting for in-flight calls");
+        handle.graceful_shutdown(Some(self.grace));
+        let inflight = self.hardened.inner.inflight.clone();
+        inflight.close();
+        let calls_done = tokio::time::timeout(self.grace, inflight.wait());
+        tokio::select! {
+            r = &mut server => return r.map_err(HttpError::Serve),
+            _ = calls_done => {}
+        }
+        // Every call has answered: end the sessions and their streams.
+        self.rmcp_ct.cancel();
+        inflight.reopen();
+        match tokio::time::timeout(Duration::from_secs(5), server).await {
+            Ok(r) => r.map_err(HttpError::Serve),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+async fn tls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, HttpError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match tls {
+        Tls::Pem(c, k) => (c.clone(), k.clone()),
+        Tls::Files(c, k) => (
+            tokio::fs::read(c)
+                .await
+                .map_err(|e| HttpError::Tls(format!("cannot read {}: {e}", c.display())))?,
+            tokio::fs::read(k)
+                .await
+                .map_err(|e| HttpError::Tls(format!("cannot read {}: {e}", k.display())))?,
+        ),
+    };
+    let certs = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| HttpError::Tls(format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(HttpError::Tls("no certificate in the PEM".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|e| HttpError::Tls(format!("private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| HttpError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| HttpError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(axum_server::tls_rustls::RustlsConfig::from_config(
+        Arc::new(config),
+    ))
+}
+
+const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// An accepted `Host`: a host name or address, with or without a port.
+#[derive(Debug)]
+struct HostRule {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostRule {
+    fn parse(s: &str) -> Result<Self, HttpError> {
+        let a: Authority = s
+            .parse()
+            .map_err(|_| HttpError::Config(format!("`{s}` is not a host or host:port")))?;
+        Ok(Self {
+            host: a.host().to_ascii_lowercase(),
+            port: a.port_u16(),
+        })
+    }
+
+    fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| Some(p) == port)
+    }
+}
+
+/// An accepted `Origin`: scheme, host, and a port (or any port).
+#[derive(Debug)]
+struct OriginRule {
+    scheme: String,
+    host: String,
+    /// `None` = any port.
+    port: Option<u16>,
+}
+
+impl OriginRule {
+    fn parse(s: &str) -> Result<Self, HttpError> {
+        let bad = || {
+            HttpError::Config(format!(
+                "`{s}` is not an origin like https://app.example.com or http://localhost:*"
+            ))
+        };
+        let (any, s2) = match s.strip_suffix(":*") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (scheme, host, port) = split_origin(s2).ok_or_else(bad)?;
+        Ok(Self {
+            scheme,
+            host,
+            port: if any { None } else { Some(port) },
+        })
+    }
+
+    fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        self.scheme == scheme && self.host == host && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// `scheme://host[:port]` with the scheme's default port; nothing else (no path).
+fn split_origin(s: &str) -> Option<(String, String, u16)> {
+    let uri: Uri = s.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let authority = uri.authority()?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || authority.as_str().contains('@')
+    {
+        return None;
+    }
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    Some((
+        scheme,
+        authority.host().to_ascii_lowercase(),
+        authority.port_u16().unwrap_or(default),
+    ))
+}
+
+/// Failed authentications per source (GCRA); a source over the limit is refused without
+/// its credentials being checked until the limiter would admit it again.
+struct AuthThrottle {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    clock: DefaultClock,
+    since_sweep: AtomicU32,
+}
+
+/// Most blocked sources remembered; beyond it expired entries are swept first.
+const MAX_BLOCKED: usize = 100_000;
+
+impl AuthThrottle {
+    fn new(per_minute: u32, burst: u32) -> Option<Self> {
+        let per_minute = NonZeroU32::new(per_minute)?;
+        let quota =
+            Quota::per_minute(per_minute).allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute));
+        Some(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            blocked: Mutex::new(HashMap::new()),
+            clock: DefaultClock::default(),
+            since_sweep: AtomicU32::new(0),
+        })
+    }
+
+    /// IPv4 per address; IPv6 per /64 (one host usually owns a whole /64).
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+            },
+        }
+    }
+
+    /// How long `ip` must still wait, if it is blocked.
+    fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        let key = Self::key(ip);
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *blocked.get(&key)?;
+        let now = Instant::now();
+        if until > now {
+            Some(until - now)
+        } else {
+            blocked.remove(&key);
+            None
+        }
+    }
+
+    /// Counts one failure; returns how long the source is now blocked, if it is.
+    fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let key = Self::key(ip);
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= 4096 {
+            self.since_sweep.store(0, Ordering::Relaxed);
+            self.limiter.retain_recent();
+        }
+        let wait = self
+            .limiter
+            .check_key(&key)
+            .err()?
+            .wait_time_from(self.clock.now());
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if blocked.len() >= MAX_BLOCKED {
+            let now = Instant::now();
+            blocked.retain(|_, until| *until > now);
+        }
+        if blocked.len() < MAX_BLOCKED {
+            blocked.insert(key, Instant::now() + wait);
+        }
+        Some(wait)
+    }
+}
+
+/// Everything the guard needs, shared by all requests.
+struct Gate {
+    hardened: Box<dyn GateServer>,
+    authenticators: Authenticators,
+    resource: String,
+    metadata_url: String,
+    metadata: Bytes,
+    hosts: Vec<HostRule>,
+    origins: Vec<OriginRule>,
+    path: String,
+    throttle: AuthThrottle,
+    max_credential: usize,
+    max_body: usize,
+    challenge: bool,
+    allow_anonymous: bool,
+}
+
+/// What the guard needs of the server, without its state type.
+trait GateServer: Send + Sync + 'static {
+    fn audit(&self, record: &AuditRecord);
+    /// The scopes `tool` requires, if it exists and is not public.
+    fn required_scopes(&self, tool: &str) -> Option<&'static [&'static str]>;
+}
+
+impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
+    fn audit(&self, record: &AuditRecord) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.inner.audit.record(record)
+        }))
+        .is_err()
+        {
+            tracing::error!(target: "mcp_harden::audit", "the audit sink panicked; a security event may be lost");
+        }
+    }
+    fn required_scopes(&self, tool: &str) -> Option<&'static [&'static str]> {
+        match self.inner.tools.get(tool)?.spec.scopes {
+            Scopes::Required(r) => Some(r),
+            Scopes::Public => None,
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> Hardened<S> {
+    fn http_instance_boxed(&self) -> Box<dyn GateServer> {
+        Box::new(self.http_instance())
+    }
+}
+
+/// A security event that happened before any tool ran.
+struct Event<'a> {
+    event: AuditEvent,
+    principal: Option<&'a Principal>,
+    tool: Option<&'a str>,
+    reason: &'static str,
+    code: ErrorCode,
+    source: SocketAddr,
+    started: Instant,
+}
+
+impl Gate {
+    fn record(&self, e: Event<'_>) {
+        tracing::warn!(target: "mcp_harden::security", event = ?e.event, reason = e.reason, source = %e.source, "request refused");
+        let record = AuditRecord {
+            version: AUDIT_RECORD_VERSION,
+            time: now_rfc3339(),
+            trace_id: new_trace_id(),
+            event: e.event,
+            principal: AuditPrincipal::of(e.principal),
+            tool: e.tool.map(|t| t.chars().take(128).collect()),
+            arguments: serde_json::Value::Null,
+            outcome: Outcome::Denied,
+            error_code: Some(e.code.as_str()),
+            retryable: false,
+            reason: Some(e.reason),
+            detail: None,
+            duration_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            transport: "http",
+            source: Some(e.source.to_string()),
+        };
+        self.hardened.audit(&record);
+    }
+
+    /// `Bearer resource_metadata="…"` plus RFC 6750 parameters.
+    fn challenge(&self, params: &str) -> HeaderValue {
+        let v = if params.is_empty() {
+            format!("Bearer resource_metadata=\"{}\"", self.metadata_url)
+        } else {
+            format!(
+                "Bearer {params}, resource_metadata=\"{}\"",
+                self.metadata_url
+            )
+        };
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+    }
+
+    fn host_allowed(&self, headers: &HeaderMap, uri: &Uri) -> bool {
+        let host = match headers.get(header::HOST) {
+            Some(h) => h.to_str().ok().and_then(|h| h.parse::<Authority>().ok()),
+            // HTTP/2 carries the authority in the URI.
+            None => uri.authority().cloned(),
+        };
+        let Some(host) = host else { return false };
+        if host.as_str().contains('@') {
+            return false;
+        }
+        self.hosts
+            .iter()
+            .any(|r| r.matches(host.host(), host.port_u16()))
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let mut all = headers.get_all(header::ORIGIN).iter();
+        let Some(origin) = all.next() else {
+            return true;
+        };
+        if all.next().is_some() {
+            return false;
+        }
+        let Some((scheme, host, port)) = origin.to_str().ok().and_then(split_origin) else {
+            return false;
+        };
+        self.origins.iter().any(|r| r.matches(&scheme, &host, port))
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn metadata_handler(State(gate): State<Arc<Gate>>) -> Response {
+    let mut r = (StatusCode::OK, gate.metadata.clone()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=3600"),
+    );
+    r
+}
+
+/// The bearer credential of a request, or why there is none.
+fn bearer(headers: &HeaderMap, max: usize) -> Result<&str, AuthFailure> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next().ok_or(AuthFailure::Missing)?;
+    if all.next().is_some() {
+        return Err(AuthFailure::MalformedHeader);
+    }
+    if value.len() > max + "Bearer ".len() {
+        return Err(AuthFailure::Oversized);
+    }
+    let value = value.to_str().map_err(|_| AuthFailure::MalformedHeader)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthFailure::MalformedHeader)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::MalformedHeader);
+    }
+    let token = token.trim_matches(' ');
+    if token.is_empty() || token.contains(|c: char| c.is_ascii_whitespace() || c.is_ascii_control())
+    {
+        return Err(AuthFailure::MalformedHeader);
+    }
+    Ok(token)
+}
+
+/// The guard in front of every route: Host, Origin, then (on the MCP path) authentication
+/// and the scope challenge.
+async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    let event = |event, principal, tool, reason, code| Event {
+        event,
+        principal,
+        tool,
+        reason,
+        code,
+        source,
+        started,
+    };
+    if !gate.host_allowed(req.headers(), req.uri()) {
+        gate.record(event(
+            AuditEvent::Transport,
+            None,
+            None,
+            "foreign_host",
+            ErrorCode::Forbidden,
+        ));
+        return json_response(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "forbidden", "error_description": "Host not allowed"}),
+        );
+    }
+    if !gate.origin_allowed(req.headers()) {
+        gate.record(event(
+            AuditEvent::Transport,
+            None,
+            None,
+            "foreign_origin",
+            ErrorCode::Forbidden,
+        ));
+        return json_response(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "forbidden", "error_description": "Origin not allowed"}),
+        );
+    }
+    if req.uri().path() != gate.path {
+        return next.run(req).await;
+    }
+
+    if let Some(wait) = gate.throttle.blocked(source.ip()) {
+        gate.record(event(
+            AuditEvent::Authentication,
+            None,
+            None,
+            AuthFailure::Throttled.reason(),
+            ErrorCode::Unauthenticated,
+        ));
+        return throttled(wait);
+    }
+    let principal = match bearer(req.headers(), gate.max_credential) {
+        Err(AuthFailure::Missing) if gate.allow_anonymous => Arc::new(Principal::anonymous()),
+        Err(AuthFailure::Missing) => {
+            gate.record(event(
+                AuditEvent::Authentication,
+                None,
+                None,
+                AuthFailure::Missing.reason(),
+                ErrorCode::Unauthenticated,
+            ));
+            let mut r = json_response(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "error_description": AuthFailure::Missing.client_message()}),
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, gate.challenge(""));
+            return r;
+        }
+        Err(failure) => return gate.refuse_credentials(failure, source, started),
+        Ok(token) => {
+            let cx = AuthContext::new(&gate.resource, source);
+            match gate.authenticators.authenticate(token, &cx) {
+                Ok(p) => Arc::new(p),
+                Err(failure) => return gate.refuse_credentials(failure, source, started),
+            }
+        }
+    };
+
+    if gate.challenge && req.method() == Method::POST {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, gate.max_body).await {
+            Ok(b) => b,
+            Err(_) => {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": "payload_too_large"}),
+                )
+            }
+        };
+        if let Some((tool, missing, id)) = lacking_scope(&gate, &bytes, &principal) {
+            gate.record(event(
+                AuditEvent::ToolCall,
+                Some(&principal),
+                Some(&tool),
+                "insufficient_scope",
+                ErrorCode::Forbidden,
+            ));
+            return gate.insufficient_scope(&principal, missing, id);
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    req.extensions_mut()
+        .insert(Authenticated { principal, source });
+    next.run(req).await
+}
+
+fn throttled(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        serde_json::json!({"error": "too_many_requests", "error_description": AuthFailure::Throttled.client_message()}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+impl Gate {
+    fn refuse_credentials(
+        &self,
+        failure: AuthFailure,
+        source: SocketAddr,
+        started: Instant,
+    ) -> Response {
+        self.record(Event {
+            event: AuditEvent::Authentication,
+            principal: None,
+            tool: None,
+            reason: failure.reason(),
+            code: ErrorCode::Unauthenticated,
+            source,
+            started,
+        });
+        if let Some(wait) = self.throttle.failed(source.ip()) {
+            tracing::warn!(target: "mcp_harden::security", source = %source, wait_ms = wait.as_millis() as u64, "too many failed authentications: source throttled");
+        }
+        let error = if failure == AuthFailure::MalformedHeader {
+            "invalid_request"
+        } else {
+            "invalid_token"
+        };
+        let mut r = json_response(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": error, "error_description": failure.client_message()}),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            self.challenge(&format!(
+                "error=\"{error}\", error_description=\"{}\"",
+                failure.client_message()
+            )),
+        );
+        r
+    }
+
+    /// HTTP 403 `insufficient_scope` naming the scopes the call needs plus those already
+    /// granted (so stepping up loses nothing), with a JSON-RPC error body carrying the
+    /// FORBIDDEN tool error.
+    fn insufficient_scope(
+        &self,
+        principal: &Principal,
+        missing: Vec<&'static str>,
+        id: serde_json::Value,
+    ) -> Response {
+        let mut wanted: Vec<&str> = missing.clone();
+        for s in principal.scopes() {
+            if !wanted.contains(&s) {
+                wanted.push(s);
+            }
+        }
+        let error = ToolError::forbidden(&missing);
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {"code": -32003, "message": "insufficient scope", "data": {"error": error}},
+        });
+        let mut r = json_response(StatusCode::FORBIDDEN, body);
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            self.challenge(&format!(
+                "error=\"insufficient_scope\", scope=\"{}\", error_description=\"additional scope required\"",
+                wanted.join(" ")
+            )),
+        );
+        r
+    }
+}
+
+/// For a `tools/call` of a tool whose scopes the principal lacks: the tool, the missing
+/// scopes and the request id.
+fn lacking_scope(
+    gate: &Gate,
+    body: &[u8],
+    principal: &Principal,
+) -> Option<(String, Vec<&'static str>, serde_json::Value)> {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        id: Option<serde_json::Value>,
+        params: Option<Params<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow)]
+        name: Option<std::borrow::Cow<'a, str>>,
+    }
+    let call: Call<'_> = serde_json::from_slice(body).ok()?;
+    if call.method.as_deref() != Some("tools/call") {
+        return None;
+    }
+    let name = call.params?.name?;
+    let required = gate.hardened.required_scopes(&name)?;
+    let missing = principal.missing_scopes(required);
+    if missing.is_empty() {
+        return None;
+    }
+    Some((
+        name.into_owned(),
+        missing,
+        call.id.unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_and_hosts() {
+        let o = OriginRule::parse("http://localhost:*").unwrap();
+        assert!(o.matches("http", "localhost", 6274));
+        assert!(!o.matches("https", "localhost", 6274));
+        let o = OriginRule::parse("https://app.example.com").unwrap();
+        assert!(o.matches("https", "app.example.com", 443));
+        assert!(!o.matches("https", "app.example.com", 8443));
+        assert!(OriginRule::parse("https://app.example.com/path").is_err());
+        assert_eq!(split_origin("null"), None);
+        assert_eq!(
+            split_origin("http://[::1]:8080"),
+            Some(("http".into(), "[::1]".into(), 8080))
+        );
+        let h = HostRule::parse("[::1]").unwrap();
+        assert!(h.matches("[::1]", Some(8080)));
+        let h = HostRule::parse("example.com:443").unwrap();
+        assert!(h.matches("EXAMPLE.com", Some(443)));
+        assert!(!h.matches("example.com", Some(80)));
+        assert!(!h.matches("example.com.evil", Some(443)));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h, 100), Err(AuthFailure::Missing));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h, 100), Ok("abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
+        assert_eq!(bearer(&h, 100), Ok("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("abc"));
+        assert_eq!(bearer(&h, 100), Err(AuthFailure::MalformedHeader));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h, 100), Err(AuthFailure::MalformedHeader));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer a b"),
+        );
+        assert_eq!(bearer(&h, 100), Err(AuthFailure::MalformedHeader));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abcdefgh"),
+        );
+        assert_eq!(bearer(&h, 4), Err(AuthFailure::Oversized));
+    }
+
+    #[test]
+    fn throttle_keys_and_blocks() {
+        let t = AuthThrottle::new(1, 2).unwrap();
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let same64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        assert_eq!(AuthThrottle::key(ip), AuthThrottle::key(same64));
+        assert_eq!(t.blocked(ip), None);
+        assert_eq!(t.failed(ip), None);
+        assert_eq!(t.failed(same64), None);
+        assert!(
+            t.failed(ip).is_some(),
+            "third failure in a minute is over the burst"
+        );
+        assert!(t.blocked(same64).is_some());
+        assert_eq!(t.blocked("192.0.2.1".parse().unwrap()), None);
+    }
+}
