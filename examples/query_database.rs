@@ -1,14 +1,21 @@
 //! `query_database`: an MCP server over an embedded SQLite database, hardened by mcp-harden.
 //!
 //! ```sh
+//! cargo run --example query_database                      # HTTP on 127.0.0.1:8080, prints a dev token
 //! cargo run --example query_database -- --stdio --scopes db:read
 //! cargo run --example query_database -- --print-manifest
 //! ```
+//!
+//! Over HTTP it authenticates bearer tokens: HS256 JWTs signed with `MCP_HARDEN_JWT_SECRET`
+//! (optional `MCP_HARDEN_JWT_ISSUER`, `MCP_HARDEN_JWT_AUDIENCE`, default the resource URL),
+//! and API keys from `--api-keys FILE`. Without a secret it makes up a random one for the run
+//! and prints one short-lived development token.
 //!
 //! The database (tables `users`, `products`, `orders`) is created and seeded on first run
 //! at `--db PATH`. SQL is built only from allow-listed identifiers and bound parameters.
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -440,12 +447,38 @@ fn ensure_database(path: &Path) -> Result<(), rusqlite::Error> {
 #[derive(Parser, Debug)]
 #[command(about = "An MCP server over an embedded SQLite shop database, hardened by mcp-harden")]
 struct Cli {
-    /// Serve MCP over stdin/stdout, as a local principal with `--scopes`.
+    /// Serve Streamable HTTP on this address (the default transport).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Serve MCP over stdin/stdout instead, as a local principal with `--scopes`.
     #[arg(long)]
     stdio: bool,
-    /// Scopes granted to the local principal, e.g. `--scopes db:read db:write`.
+    /// Scopes of the local principal (stdio) or of the development token (HTTP, default:
+    /// every scope the tools use), e.g. `--scopes db:read db:write`.
     #[arg(long, num_args = 0.., value_delimiter = ',')]
     scopes: Vec<String>,
+    /// The public resource URL, when clients reach the server under another name (a proxy).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Accept this `Host` too (repeatable); loopback names are always accepted.
+    #[arg(long)]
+    allowed_host: Vec<String>,
+    /// An OAuth authorization server for this resource (published in the metadata; turns
+    /// a missing scope into an HTTP 403 step-up challenge).
+    #[arg(long)]
+    authorization_server: Vec<String>,
+    /// A JSON file of hashed API keys (made by `mcp-harden api-key --keys-file`).
+    #[arg(long)]
+    api_keys: Option<PathBuf>,
+    /// Stateless Streamable HTTP (no sessions).
+    #[arg(long)]
+    stateless: bool,
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Subject recorded in audit records for the local principal.
     #[arg(long, default_value = "local-user")]
     subject: String,
@@ -508,16 +541,21 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if !cli.stdio {
-        eprintln!("error: choose a transport: --stdio (see --help)");
-        return ExitCode::from(2);
-    }
     if let Err(e) = ensure_database(&cli.db) {
         eprintln!(
             "error: cannot prepare the database at {}: {e}",
             cli.db.display()
         );
         return ExitCode::FAILURE;
+    }
+    if !cli.stdio {
+        return match serve_http(&cli, server).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     tracing::info!(db = %cli.db.display(), subject = %cli.subject, scopes = ?cli.scopes, "serving MCP over stdio");
     match server.serve_stdio().await {
@@ -527,4 +565,95 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves over Streamable HTTP with JWT (and optionally API-key) authentication.
+async fn serve_http(cli: &Cli, server: Hardened<App>) -> Result<(), Box<dyn std::error::Error>> {
+    use mcp_harden::auth::{random_secret, ApiKeyAuthenticator, DevToken, JwtAuthenticator};
+    use mcp_harden::server::http::HttpConfig;
+
+    let configured = std::env::var("MCP_HARDEN_JWT_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let generated = configured.is_none();
+    let secret = configured.unwrap_or_else(random_secret);
+    let issuer = std::env::var("MCP_HARDEN_JWT_ISSUER")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let mut jwt = JwtAuthenticator::builder()
+        .hs256(secret.as_bytes())
+        .tier_claim("tier");
+    if let Some(iss) = &issuer {
+        jwt = jwt.issuer(iss);
+    }
+    // Without an explicit audience, tokens must name this server's resource URL (RFC 8707).
+    if let Some(aud) = std::env::var("MCP_HARDEN_JWT_AUDIENCE")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        jwt = jwt.audience(aud);
+    }
+    let mut config = HttpConfig::new(cli.listen).authenticator(jwt.build()?);
+    if let Some(path) = &cli.api_keys {
+        config = config.authenticator(ApiKeyAuthenticator::from_json_file(path)?);
+    }
+    if let Some(url) = &cli.public_url {
+        config = config.resource_url(url);
+    }
+    if !cli.allowed_host.is_empty() {
+        let mut hosts = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "[::1]".to_owned(),
+        ];
+        hosts.extend(cli.allowed_host.iter().cloned());
+        config = config.allowed_hosts(hosts);
+    }
+    for a in &cli.authorization_server {
+        config = config.authorization_server(a);
+    }
+    if cli.stateless {
+        config = config.stateless();
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        config = config.tls_pem_files(cert, key);
+    }
+    let http = server.bind_http(config).await?;
+    if generated {
+        let scopes: Vec<String> = if cli.scopes.is_empty() {
+            let mut all: Vec<String> = server
+                .tool_specs()
+                .iter()
+                .filter_map(|s| match s.scopes {
+                    mcp_harden::spec::Scopes::Required(r) => {
+                        Some(r.iter().map(|s| (*s).to_owned()))
+                    }
+                    mcp_harden::spec::Scopes::Public => None,
+                })
+                .flatten()
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        } else {
+            cli.scopes.clone()
+        };
+        let mut token = DevToken::new("dev", http.resource_url())
+            .scopes(&scopes)
+            .ttl(std::time::Duration::from_secs(3600));
+        if let Some(iss) = &issuer {
+            token = token.issuer(iss);
+        }
+        let token = token.sign_hs256(secret.as_bytes())?;
+        eprintln!(
+            "\nNo MCP_HARDEN_JWT_SECRET set: a random secret was generated for this run.\n\
+             Development token (subject `dev`, scopes `{}`, valid for 1 hour):\n\n{token}\n\n\
+             Send it as `Authorization: Bearer <token>` to {}\n",
+            scopes.join(" "),
+            http.resource_url()
+        );
+    }
+    tracing::info!(db = %cli.db.display(), resource = %http.resource_url(), metadata = %http.metadata_url(), "serving MCP over Streamable HTTP");
+    http.serve().await?;
+    Ok(())
 }

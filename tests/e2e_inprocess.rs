@@ -509,7 +509,10 @@ async fn exactly_one_audit_record_per_call_whatever_happened() {
     }
     let records = audit.records();
     assert_eq!(records.len(), calls.len());
-    let tools: Vec<&str> = records.iter().map(|r| r.tool.as_str()).collect();
+    let tools: Vec<&str> = records
+        .iter()
+        .map(|r| r.tool.as_deref().unwrap_or(""))
+        .collect();
     assert_eq!(tools, calls.iter().map(|(t, _)| *t).collect::<Vec<_>>());
     let mut ids: Vec<_> = records.iter().map(|r| r.trace_id.to_string()).collect();
     ids.sort();

@@ -512,3 +512,118 @@ fn jwk_key(jwk: &Jwk) -> Result<Option<(Option<String>, Algorithm, DecodingKey)>
             reason: e.to_string(),
         })
 }
+
+/// A short-lived HS256 token for development and tests: what `mcp-harden token` and the
+/// example's start-up token are. Production tokens come from an authorization server.
+///
+/// ```
+/// use mcp_harden::auth::DevToken;
+/// use std::time::Duration;
+/// let token = DevToken::new("alice", "http://127.0.0.1:8080/mcp")
+///     .scopes(["db:read"])
+///     .ttl(Duration::from_secs(600))
+///     .sign_hs256(b"a development secret of at least 32 bytes!")?;
+/// assert_eq!(token.split('.').count(), 3);
+/// # Ok::<(), mcp_harden::auth::JwtConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct DevToken {
+    subject: String,
+    audience: String,
+    scopes: Vec<String>,
+    issuer: Option<String>,
+    tier: Option<String>,
+    ttl: Duration,
+}
+
+/// The longest lifetime a development token may have.
+pub const MAX_DEV_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl DevToken {
+    /// A token for `subject`, valid for `audience` (the server's resource URL), for one hour.
+    pub fn new(subject: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            audience: audience.into(),
+            scopes: Vec::new(),
+            issuer: None,
+            tier: None,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    /// The scopes granted (each may hold several, space-separated).
+    pub fn scopes<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, scopes: I) -> Self {
+        self.scopes = scopes
+            .into_iter()
+            .flat_map(|s| {
+                s.as_ref()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self
+    }
+
+    /// The `iss` claim.
+    pub fn issuer(mut self, iss: impl Into<String>) -> Self {
+        self.issuer = Some(iss.into());
+        self
+    }
+
+    /// A `tier` claim.
+    pub fn tier(mut self, tier: impl Into<String>) -> Self {
+        self.tier = Some(tier.into());
+        self
+    }
+
+    /// The lifetime (default one hour, at most [`MAX_DEV_TOKEN_TTL`]).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl.min(MAX_DEV_TOKEN_TTL);
+        self
+    }
+
+    /// Signs with an HS256 secret of at least 32 bytes.
+    pub fn sign_hs256(&self, secret: &[u8]) -> Result<String, JwtConfigError> {
+        if secret.len() < MIN_HMAC_SECRET {
+            return Err(JwtConfigError::WeakSecret(secret.len()));
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims = serde_json::json!({
+            "sub": self.subject,
+            "aud": self.audience,
+            "scope": self.scopes.join(" "),
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.ttl.as_secs(),
+            "jti": uuid::Uuid::new_v4().simple().to_string(),
+        });
+        if let Some(iss) = &self.issuer {
+            claims["iss"] = iss.as_str().into();
+        }
+        if let Some(tier) = &self.tier {
+            claims["tier"] = tier.as_str().into();
+        }
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| JwtConfigError::InvalidKey {
+            kid: None,
+            alg: Algorithm::HS256,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A random 256-bit secret, base64url-encoded (43 characters): for HS256 development setups.
+pub fn random_secret() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

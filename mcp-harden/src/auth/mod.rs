@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use apikey::{ApiKey, ApiKeyAuthenticator, ApiKeyEntry, ApiKeyError, API_KEY_PREFIX};
-pub use jwt::{JwtAuthenticator, JwtBuilder, JwtConfigError};
+pub use jwt::{
+    random_secret, DevToken, JwtAuthenticator, JwtBuilder, JwtConfigError, MAX_DEV_TOKEN_TTL,
+};
 
 /// How a principal was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
