@@ -27,7 +27,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::Hardened;
+use super::{Hardened, SessionOwner};
 use crate::audit::{
     new_trace_id, now_rfc3339, AuditEvent, AuditPrincipal, AuditRecord, Outcome,
     AUDIT_RECORD_VERSION,
@@ -426,6 +426,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             max_body: config.max_body_bytes,
             challenge,
             allow_anonymous: config.allow_anonymous,
+            sessions: config.stateful.then(Sessions::default),
         });
 
         let rmcp_ct = CancellationToken::new();
@@ -763,6 +764,56 @@ struct Gate {
     max_body: usize,
     challenge: bool,
     allow_anonymous: bool,
+    /// Stateful mode: which principal opened each session.
+    sessions: Option<Sessions>,
+}
+
+/// The owner of every live session, so that no other principal can post to it, read its
+/// stream or delete it (rmcp itself does not tie sessions to callers).
+#[derive(Default)]
+struct Sessions {
+    owners: Mutex<HashMap<Box<str>, (SessionOwner, Instant)>>,
+}
+
+/// A session unused this long is forgotten (rmcp closes idle sessions after 5 minutes).
+const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// Forgotten sessions are swept once the table holds this many.
+const SESSION_SWEEP_AT: usize = 4096;
+
+enum SessionCheck {
+    Owner,
+    Foreign,
+    Unknown,
+}
+
+impl Sessions {
+    fn check(&self, id: &str, who: &SessionOwner) -> SessionCheck {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        match owners.get_mut(id) {
+            Some((owner, seen)) if owner == who => {
+                *seen = Instant::now();
+                SessionCheck::Owner
+            }
+            Some(_) => SessionCheck::Foreign,
+            None => SessionCheck::Unknown,
+        }
+    }
+
+    fn opened(&self, id: &str, who: SessionOwner) {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        if owners.len() >= SESSION_SWEEP_AT {
+            let now = Instant::now();
+            owners.retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_IDLE);
+        }
+        owners.insert(id.into(), (who, Instant::now()));
+    }
+
+    fn closed(&self, id: &str) {
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
 }
 
 /// What the guard needs of the server, without its state type.
@@ -1026,9 +1077,57 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         }
         req = Request::from_parts(parts, Body::from(bytes));
     }
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    let owner = SessionOwner::of(&principal);
+    if let (Some(sessions), Some(id)) = (&gate.sessions, &session) {
+        match sessions.check(id, &owner) {
+            SessionCheck::Owner => {}
+            SessionCheck::Foreign => {
+                gate.record(event(
+                    AuditEvent::Session,
+                    Some(&principal),
+                    None,
+                    "session_owned_by_another_principal",
+                    ErrorCode::Forbidden,
+                ));
+                return session_not_found();
+            }
+            SessionCheck::Unknown => return session_not_found(),
+        }
+    }
+    let deleting = req.method() == Method::DELETE;
     req.extensions_mut()
         .insert(Authenticated { principal, source });
-    next.run(req).await
+    let response = next.run(req).await;
+    if let Some(sessions) = &gate.sessions {
+        match &session {
+            None if response.status().is_success() => {
+                if let Some(id) = response
+                    .headers()
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    sessions.opened(id, owner);
+                }
+            }
+            Some(id) if deleting && response.status().is_success() => sessions.closed(id),
+            _ => {}
+        }
+    }
+    response
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// What rmcp answers for a session it does not know: the client starts a new one.
+fn session_not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": "Session not found"}}),
+    )
 }
 
 fn throttled(wait: Duration) -> Response {

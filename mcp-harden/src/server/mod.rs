@@ -43,10 +43,20 @@ pub struct Hardened<S> {
 
 /// Who owns an HTTP session: how they authenticated and as whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SessionOwner {
+pub(crate) struct SessionOwner {
     method: crate::auth::AuthMethod,
     subject: Arc<str>,
     key_id: Option<Arc<str>>,
+}
+
+impl SessionOwner {
+    pub(crate) fn of(p: &Principal) -> Self {
+        Self {
+            method: p.method(),
+            subject: p.subject_arc().clone(),
+            key_id: p.key_id().map(Arc::from),
+        }
+    }
 }
 
 /// The caller of one request.
@@ -216,11 +226,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         };
         let principal = auth.principal.clone();
         if let Some(session) = &self.session {
-            let me = SessionOwner {
-                method: principal.method(),
-                subject: principal.subject_arc().clone(),
-                key_id: principal.key_id().map(Arc::from),
-            };
+            let me = SessionOwner::of(&principal);
             if *session.get_or_init(|| me.clone()) != me {
                 return Identity::Intruder(principal, Some(auth.source));
             }
