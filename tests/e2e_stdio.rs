@@ -128,7 +128,7 @@ async fn lists_only_permitted_tools_with_their_schemas() {
     assert_eq!(s["properties"]["filters"]["maxItems"], 10);
     assert_eq!(
         s["properties"]["limit"],
-        json!({"default": 20, "description": "Maximum number of rows.", "format": "uint32", "maximum": 100, "minimum": 1, "type": "integer"})
+        json!({"default": 20, "description": "Maximum number of rows.", "maximum": 100, "minimum": 1, "type": "integer"})
     );
     assert_eq!(
         s["$defs"]["Filter"]["properties"]["column"]["pattern"],

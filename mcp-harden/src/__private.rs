@@ -37,9 +37,42 @@ fn schema_object<T: schemars::JsonSchema>() -> JsonObject {
         .into_generator()
         .into_root_schema_for::<T>();
     match schema.to_value() {
-        serde_json::Value::Object(o) => o,
+        serde_json::Value::Object(mut o) => {
+            drop_numeric_formats(&mut o);
+            o
+        }
         // A schema is an object or a boolean; `true` accepts anything.
         _ => JsonObject::new(),
+    }
+}
+
+/// Removes schemars' `format: "uint32"`-style annotations: they are not JSON Schema formats
+/// (strict validators such as Ajv warn about each), and `minimum`/`maximum` already say it.
+fn drop_numeric_formats(obj: &mut JsonObject) {
+    const NUMERIC: [&str; 14] = [
+        "int", "uint", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+        "int128", "uint128", "float", "double",
+    ];
+    if obj
+        .get("format")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|f| NUMERIC.contains(&f))
+    {
+        obj.remove("format");
+    }
+    for (k, v) in obj.iter_mut() {
+        if matches!(k.as_str(), "default" | "const" | "enum" | "examples") {
+            continue;
+        }
+        match v {
+            serde_json::Value::Object(o) => drop_numeric_formats(o),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| {
+                if let serde_json::Value::Object(o) = v {
+                    drop_numeric_formats(o);
+                }
+            }),
+            _ => {}
+        }
     }
 }
 
