@@ -22,7 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -678,7 +679,7 @@ fn split_origin(s: &str) -> Option<(String, String, u16)> {
 /// Failed authentications per source (GCRA); a source over the limit is refused without
 /// its credentials being checked until the limiter would admit it again.
 struct AuthThrottle {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: DefaultKeyedRateLimiter<IpAddr, StateInformationMiddleware>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     clock: DefaultClock,
     since_sweep: AtomicU32,
@@ -693,7 +694,7 @@ impl AuthThrottle {
         let quota =
             Quota::per_minute(per_minute).allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute));
         Some(Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
             blocked: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
             since_sweep: AtomicU32::new(0),
@@ -725,18 +726,23 @@ impl AuthThrottle {
         }
     }
 
-    /// Counts one failure; returns how long the source is now blocked, if it is.
+    /// Counts one failure; returns how long the source is now blocked, if it is. The
+    /// failure that uses up the burst blocks the source: with a burst of 3, the 4th attempt
+    /// is refused without its credentials being checked.
     fn failed(&self, ip: IpAddr) -> Option<Duration> {
         let key = Self::key(ip);
         if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= 4096 {
             self.since_sweep.store(0, Ordering::Relaxed);
             self.limiter.retain_recent();
         }
-        let wait = self
-            .limiter
-            .check_key(&key)
-            .err()?
-            .wait_time_from(self.clock.now());
+        let denied = match self.limiter.check_key(&key) {
+            Ok(state) if state.remaining_burst_capacity() > 0 => return None,
+            // The burst is used up: ask when the next attempt would be admitted (a refused
+            // check changes nothing).
+            Ok(_) => self.limiter.check_key(&key).err()?,
+            Err(denied) => denied,
+        };
+        let wait = denied.wait_time_from(self.clock.now());
         let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         if blocked.len() >= MAX_BLOCKED {
             let now = Instant::now();
@@ -821,6 +827,8 @@ trait GateServer: Send + Sync + 'static {
     fn audit(&self, record: &AuditRecord);
     /// The scopes `tool` requires, if it exists and is not public.
     fn required_scopes(&self, tool: &str) -> Option<&'static [&'static str]>;
+    /// Counts a reply in progress: shutdown waits for it.
+    fn inflight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken;
 }
 
 impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
@@ -838,6 +846,9 @@ impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
             Scopes::Required(r) => Some(r),
             Scopes::Public => None,
         }
+    }
+    fn inflight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.inner.inflight.token()
     }
 }
 
@@ -1099,9 +1110,15 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         }
     }
     let deleting = req.method() == Method::DELETE;
+    let reply = (req.method() == Method::POST).then(|| gate.hardened.inflight());
     req.extensions_mut()
         .insert(Authenticated { principal, source });
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
+    if let Some(reply) = reply {
+        if is_event_stream(response.headers()) {
+            response = track_stream(response, reply);
+        }
+    }
     if let Some(sessions) = &gate.sessions {
         match &session {
             None if response.status().is_success() => {
@@ -1121,6 +1138,28 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
 }
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// A POST's reply travels on its event stream after the handler has returned: shutdown
+/// must wait for the stream to end (the reply sent), not only for the call.
+fn track_stream(
+    response: Response,
+    token: tokio_util::task::task_tracker::TaskTrackerToken,
+) -> Response {
+    use futures::StreamExt as _;
+    let (parts, body) = response.into_parts();
+    let stream = futures::stream::unfold(
+        (body.into_data_stream(), token),
+        |(mut stream, token)| async move { Some((stream.next().await?, (stream, token))) },
+    );
+    Response::from_parts(parts, Body::from_stream(stream))
+}
 
 /// What rmcp answers for a session it does not know: the client starts a new one.
 fn session_not_found() -> Response {
@@ -1313,12 +1352,12 @@ mod tests {
         assert_eq!(AuthThrottle::key(ip), AuthThrottle::key(same64));
         assert_eq!(t.blocked(ip), None);
         assert_eq!(t.failed(ip), None);
-        assert_eq!(t.failed(same64), None);
+        assert_eq!(t.blocked(same64), None);
         assert!(
-            t.failed(ip).is_some(),
-            "third failure in a minute is over the burst"
+            t.failed(same64).is_some(),
+            "the second failure in a minute uses up the burst"
         );
-        assert!(t.blocked(same64).is_some());
+        assert!(t.blocked(ip).is_some());
         assert_eq!(t.blocked("192.0.2.1".parse().unwrap()), None);
     }
 }

@@ -1,0 +1,1222 @@
+//! End-to-end over Streamable HTTP: real servers on loopback port 0, attacked with raw
+//! requests and used with the real rmcp client. Every refusal is checked three ways: the
+//! HTTP answer, the tool never running, and the audit record.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mcp_harden::audit::{AuditEvent, Outcome};
+use mcp_harden::auth::{ApiKey, ApiKeyAuthenticator, JwtAuthenticator};
+use mcp_harden::prelude::*;
+use mcp_harden::server::http::{HttpConfig, HttpError, ScopeChallenge};
+use mcp_harden::{AuditRecord, AuditSink};
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------------------------------
+// The application: every tool counts its runs, so a refusal provably ran nothing.
+
+#[derive(Default)]
+struct App {
+    runs: AtomicUsize,
+    napping: Notify,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+struct Rows {
+    table: String,
+    rows: usize,
+}
+
+/// Read rows from a table.
+#[tool(scopes = "db:read", rate = "unlimited", read_only)]
+async fn read_rows(ctx: Ctx<App>, #[arg(max_len = 32)] table: String) -> Rows {
+    let rows = ctx.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    Rows { table, rows }
+}
+
+/// Write one row.
+#[tool(scopes = "db:write", rate = "unlimited")]
+async fn write_row(ctx: Ctx<App>, #[arg(max_len = 32)] table: String) -> Rows {
+    let rows = ctx.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    Rows { table, rows }
+}
+
+/// Reset everything.
+#[tool(scopes = "admin", rate = "unlimited", destructive)]
+async fn admin_reset(ctx: Ctx<App>) -> Rows {
+    let rows = ctx.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    Rows {
+        table: "*".into(),
+        rows,
+    }
+}
+
+/// Take a short nap, then count.
+#[tool(scopes = "db:read", rate = "unlimited", timeout = "10s")]
+async fn nap(ctx: Ctx<App>) -> Rows {
+    ctx.napping.notify_one();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = ctx.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    Rows {
+        table: "nap".into(),
+        rows,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit and log capture.
+
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<AuditRecord>>>);
+
+impl AuditSink for Collect {
+    fn record(&self, record: &AuditRecord) {
+        self.0.lock().expect("audit lock").push(record.clone());
+    }
+}
+
+impl Collect {
+    fn records(&self) -> Vec<AuditRecord> {
+        self.0.lock().expect("audit lock").clone()
+    }
+
+    /// The one denied record with this event and reason.
+    fn denied(&self, event: AuditEvent, reason: &str) -> AuditRecord {
+        let all = self.records();
+        let found: Vec<_> = all
+            .iter()
+            .filter(|r| r.event == event && r.reason == Some(reason))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {event:?}/{reason} record in {all:#?}"
+        );
+        check_denied(found[0], event, reason);
+        found[0].clone()
+    }
+}
+
+/// A security event recorded over HTTP with its source address.
+fn check_denied(r: &AuditRecord, event: AuditEvent, reason: &str) {
+    assert_eq!(r.event, event, "{r:?}");
+    assert_eq!(r.reason, Some(reason), "{r:?}");
+    assert_eq!(r.outcome, Outcome::Denied);
+    assert_eq!(r.transport, "http");
+    assert!(
+        r.source
+            .as_deref()
+            .is_some_and(|s| s.starts_with("127.0.0.1:")),
+        "source address recorded: {r:?}"
+    );
+}
+
+/// Every log line of the test binary (all levels, all targets), to prove no credential
+/// is ever logged.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+/// Neither the audit trail nor any log line holds `secret`.
+fn assert_never_recorded(audit: &Collect, secret: &str) {
+    for r in audit.records() {
+        assert!(
+            !r.to_json().contains(secret),
+            "an audit record holds a credential: {r:?}"
+        );
+    }
+    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(logs.contains("mcp_harden::http"), "logs are captured");
+    assert!(!logs.contains(secret), "a log line holds a credential");
+}
+
+// ---------------------------------------------------------------------------------------
+// Servers.
+
+const SECRET: &[u8] = b"an HS256 secret for tests, 32+ bytes long";
+const ISSUER: &str = "https://issuer.example";
+const RSA_PRIVATE: &[u8] = include_bytes!("keys/rsa_private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("keys/rsa_public.pem");
+const EC_PRIVATE: &[u8] = include_bytes!("keys/ec_private.pem");
+const EC_PUBLIC: &[u8] = include_bytes!("keys/ec_public.pem");
+const ED_PRIVATE: &[u8] = include_bytes!("keys/ed_private.pem");
+const ED_PUBLIC: &[u8] = include_bytes!("keys/ed_public.pem");
+const JWKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/jwks.json");
+
+struct Srv {
+    addr: SocketAddr,
+    resource: String,
+    metadata: String,
+    app: Arc<App>,
+    audit: Collect,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), HttpError>>,
+}
+
+impl Srv {
+    fn runs(&self) -> usize {
+        self.app.runs.load(Ordering::SeqCst)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A JWT for this server (audience = its resource URL), signed with [`SECRET`].
+    fn token(&self, sub: &str, scope: &str) -> String {
+        hs256(&self.claims(sub, scope))
+    }
+
+    fn claims(&self, sub: &str, scope: &str) -> Value {
+        json!({"sub": sub, "scope": scope, "iss": ISSUER, "aud": self.resource, "exp": now() + 600})
+    }
+
+    /// The rmcp Streamable HTTP client, authenticated with `credential`.
+    async fn client(&self, credential: &str) -> RunningService<RoleClient, ()> {
+        let t = StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(self.resource.as_str())
+                .auth_header(credential),
+        );
+        ().serve(t).await.expect("the rmcp client connects")
+    }
+
+    /// A raw `tools/call` POST of `tool` with `headers`.
+    async fn raw_call(&self, tool: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                          "params": {"name": tool, "arguments": {"table": "users"}}});
+        self.raw_post(&body.to_string(), headers).await
+    }
+
+    async fn raw_post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = http_client()
+            .post(&self.resource)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("the server answers")
+    }
+
+    /// Stops the server and waits for `serve_until` to return.
+    async fn stop(mut self) -> Result<(), HttpError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("serve_until returns within a few seconds")
+            .expect("the server task does not panic")
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("reqwest client")
+}
+
+/// The default HS256 authenticator: [`SECRET`], issuer [`ISSUER`].
+fn hs_auth() -> JwtAuthenticator {
+    JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .issuer(ISSUER)
+        .build()
+        .expect("valid JWT configuration")
+}
+
+/// A loopback config on port 0, with a generous failure limit so attack batteries are not
+/// throttled (the throttling test sets its own).
+fn config() -> HttpConfig {
+    HttpConfig::new("127.0.0.1:0".parse().expect("address")).auth_failure_limit(1000, 1000)
+}
+
+async fn start(config: HttpConfig) -> Srv {
+    capture_logs();
+    let app = Arc::new(App::default());
+    let audit = Collect::default();
+    let hardened = Hardened::builder(app.clone())
+        .tool::<read_rows>()
+        .tool::<write_row>()
+        .tool::<admin_reset>()
+        .tool::<nap>()
+        .audit_sink(audit.clone())
+        .build()
+        .expect("the server builds");
+    let server = hardened.bind_http(config).await.expect("binds");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let srv = Srv {
+        addr: server.local_addr(),
+        resource: server.resource_url().to_owned(),
+        metadata: server.metadata_url().to_owned(),
+        app,
+        audit,
+        stop: Some(stop),
+        task: tokio::spawn(server.serve_until(async move {
+            let _ = stopped.await;
+        })),
+    };
+    assert!(
+        srv.resource.ends_with(&format!("://{}/mcp", srv.addr)),
+        "{}",
+        srv.resource
+    );
+    srv
+}
+
+/// A stateless HS256 server (a bare `tools/call` needs no session).
+async fn stateless() -> Srv {
+    start(config().stateless().authenticator(hs_auth())).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens.
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("token signs")
+}
+
+fn hs256(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(SECRET),
+        claims,
+    )
+}
+
+fn b64(json: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses.
+
+/// The JSON-RPC message of a response body, whether plain JSON or SSE.
+fn jsonrpc(body: &str) -> Value {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        return v;
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC response in {body:?}"))
+}
+
+fn www_authenticate(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("www-authenticate")
+        .expect("a WWW-Authenticate challenge")
+        .to_str()
+        .expect("ASCII challenge")
+        .to_owned()
+}
+
+fn call_args(tool: &'static str) -> CallToolRequestParams {
+    let Value::Object(args) = json!({"table": "users"}) else {
+        unreachable!()
+    };
+    CallToolRequestParams::new(tool).with_arguments(args)
+}
+
+async fn call(c: &RunningService<RoleClient, ()>, tool: &'static str) -> CallToolResult {
+    c.call_tool(call_args(tool)).await.expect("call answers")
+}
+
+/// Sends a `tools/call` of `read_rows` with `headers` and checks that it was refused with
+/// 401 and a challenge, ran nothing, and left one audit record with `reason`.
+async fn refused(srv: &Srv, headers: &[(&str, &str)], reason: &str) {
+    let before = srv.runs();
+    let seen = srv.audit.records().len();
+    let r = srv.raw_call("read_rows", headers).await;
+    assert_eq!(r.status(), 401, "{reason}: {:?}", r.text().await);
+    let challenge = www_authenticate(&r);
+    assert!(challenge.starts_with("Bearer"), "{reason}: {challenge}");
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{}\"", srv.metadata)),
+        "{reason}: {challenge}"
+    );
+    assert_eq!(srv.runs(), before, "{reason}: the tool did not run");
+    let new = srv.audit.records().split_off(seen);
+    assert_eq!(new.len(), 1, "{reason}: one record per refusal: {new:#?}");
+    let record = &new[0];
+    check_denied(record, AuditEvent::Authentication, reason);
+    assert_eq!(record.principal.subject, None);
+    assert_eq!(record.error_code, Some("UNAUTHENTICATED"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test]
+async fn happy_path_with_the_rmcp_client() {
+    let srv = start(config().authenticator(hs_auth())).await;
+    let token = srv.token("alice", "db:read");
+    let c = srv.client(&token).await;
+
+    let names: Vec<String> = c
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["read_rows", "nap"], "only what db:read may call");
+
+    let r = call(&c, "read_rows").await;
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(
+        r.structured_content,
+        Some(json!({"table": "users", "rows": 1}))
+    );
+    assert_eq!(srv.runs(), 1);
+
+    let records = srv.audit.records();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let rec = &records[0];
+    assert_eq!(rec.event, AuditEvent::ToolCall);
+    assert_eq!(rec.outcome, Outcome::Success);
+    assert_eq!(rec.tool.as_deref(), Some("read_rows"));
+    assert_eq!(rec.transport, "http");
+    assert!(
+        rec.source
+            .as_deref()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .is_some_and(|s| s.ip().is_loopback() && s.port() != 0),
+        "{rec:?}"
+    );
+    assert_eq!(rec.principal.subject.as_deref(), Some("alice"));
+    assert_eq!(rec.principal.auth_method, "jwt");
+    assert_eq!(rec.principal.key_id, None);
+
+    // A second caller with more scopes sees more; the first one's view is unchanged.
+    let admin = srv
+        .client(&srv.token("root", "db:read db:write admin"))
+        .await;
+    assert_eq!(admin.list_all_tools().await.expect("list").len(), 4);
+    assert_eq!(c.list_all_tools().await.expect("list").len(), 2);
+
+    c.cancel().await.expect("client stops");
+    admin.cancel().await.expect("client stops");
+    assert_never_recorded(&srv.audit, &token);
+    srv.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn every_jwt_algorithm_and_jwks_kid_is_accepted() {
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("RSA key");
+    let ec = EncodingKey::from_ec_pem(EC_PRIVATE).expect("EC key");
+    let ed = EncodingKey::from_ed_pem(ED_PRIVATE).expect("Ed25519 key");
+    let hmac = EncodingKey::from_secret(SECRET);
+
+    let pems = JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .rs256_pem(RSA_PUBLIC)
+        .es256_pem(EC_PUBLIC)
+        .eddsa_pem(ED_PUBLIC)
+        .build()
+        .expect("PEM keys");
+    let jwks = JwtAuthenticator::builder()
+        .jwks_file(JWKS)
+        .build()
+        .expect("JWKS file");
+    let by_pem = start(config().stateless().authenticator(pems)).await;
+    let by_kid = start(config().stateless().authenticator(jwks)).await;
+
+    let cases: [(&Srv, Algorithm, Option<&str>, &EncodingKey); 7] = [
+        (&by_pem, Algorithm::HS256, None, &hmac),
+        (&by_pem, Algorithm::RS256, None, &rsa),
+        (&by_pem, Algorithm::ES256, None, &ec),
+        (&by_pem, Algorithm::EdDSA, None, &ed),
+        (&by_kid, Algorithm::RS256, Some("rsa-1"), &rsa),
+        (&by_kid, Algorithm::ES256, Some("ec-1"), &ec),
+        (&by_kid, Algorithm::EdDSA, Some("ed-1"), &ed),
+    ];
+    for (srv, alg, kid, key) in cases {
+        let before = srv.runs();
+        let token = sign(alg, kid, key, &srv.claims("alice", "db:read"));
+        let r = srv
+            .raw_call("read_rows", &[("authorization", &bearer(&token))])
+            .await;
+        assert_eq!(r.status(), 200, "{alg:?} {kid:?}");
+        let msg = jsonrpc(&r.text().await.expect("body"));
+        assert_eq!(
+            msg["result"]["isError"],
+            json!(false),
+            "{alg:?} {kid:?}: {msg}"
+        );
+        assert_eq!(srv.runs(), before + 1, "{alg:?} {kid:?}");
+    }
+
+    // The rmcp client too, with a JWKS-selected key.
+    let token = sign(
+        Algorithm::EdDSA,
+        Some("ed-1"),
+        &ed,
+        &by_kid.claims("bob", "db:read"),
+    );
+    let c = by_kid.client(&token).await;
+    assert_eq!(call(&c, "read_rows").await.is_error, Some(false));
+    let last = by_kid.audit.records().pop().expect("a record");
+    assert_eq!(last.principal.subject.as_deref(), Some("bob"));
+    assert_eq!(last.outcome, Outcome::Success);
+}
+
+#[tokio::test]
+async fn forged_and_invalid_tokens_get_401_and_run_nothing() {
+    let srv = stateless().await;
+    let good = srv.claims("alice", "db:read");
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+
+    let expired = hs256(&with("exp", json!(now() - 86_400)));
+    refused(&srv, &[("authorization", &bearer(&expired))], "expired").await;
+
+    let early = hs256(&with("nbf", json!(now() + 86_400)));
+    refused(&srv, &[("authorization", &bearer(&early))], "not_yet_valid").await;
+
+    let foreign_iss = hs256(&with("iss", json!("https://evil.example")));
+    refused(
+        &srv,
+        &[("authorization", &bearer(&foreign_iss))],
+        "wrong_issuer",
+    )
+    .await;
+
+    let foreign_aud = hs256(&with("aud", json!("http://127.0.0.1:1/mcp")));
+    refused(
+        &srv,
+        &[("authorization", &bearer(&foreign_aud))],
+        "wrong_audience",
+    )
+    .await;
+
+    // A genuine token whose payload is swapped for an escalated one.
+    let genuine = hs256(&good);
+    let parts: Vec<&str> = genuine.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&with("scope", json!("db:read db:write admin"))),
+        parts[2]
+    );
+    refused(
+        &srv,
+        &[("authorization", &bearer(&tampered))],
+        "bad_signature",
+    )
+    .await;
+
+    // `alg: none` with an empty signature.
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
+    refused(
+        &srv,
+        &[("authorization", &bearer(&unsigned))],
+        "malformed_token",
+    )
+    .await;
+
+    let garbage = "zzGarbageNotAJwt-Q1w2E3.%%not-base64%%.tailXYZ987".to_owned();
+    refused(
+        &srv,
+        &[("authorization", &bearer(&garbage))],
+        "malformed_token",
+    )
+    .await;
+
+    let huge = format!("{}.{}.sig", "h".repeat(10_000), "p".repeat(10_000));
+    refused(
+        &srv,
+        &[("authorization", &bearer(&huge))],
+        "oversized_credentials",
+    )
+    .await;
+
+    let unprefixed = hs256(&good);
+    refused(&srv, &[("authorization", &unprefixed)], "malformed_header").await;
+
+    refused(&srv, &[], "missing_credentials").await;
+
+    // Two Authorization headers (a valid one smuggled next to garbage): ambiguous, refused.
+    let valid = srv.token("alice", "db:read");
+    refused(
+        &srv,
+        &[
+            ("authorization", &bearer(&valid)),
+            ("authorization", "Bearer x.y.z"),
+        ],
+        "malformed_header",
+    )
+    .await;
+    assert_eq!(srv.runs(), 0);
+
+    // Positive control: the same server and request with a valid token do run the tool.
+    let r = srv
+        .raw_call("read_rows", &[("authorization", &bearer(&valid))])
+        .await;
+    assert_eq!(r.status(), 200);
+    let msg = jsonrpc(&r.text().await.expect("body"));
+    assert_eq!(
+        msg["result"]["structuredContent"],
+        json!({"table": "users", "rows": 1})
+    );
+    assert_eq!(srv.runs(), 1);
+
+    let sent = [
+        &expired,
+        &early,
+        &foreign_iss,
+        &foreign_aud,
+        &genuine,
+        &tampered,
+        &unsigned,
+        &garbage,
+        &huge,
+        &unprefixed,
+        &valid,
+    ];
+    for token in sent {
+        assert_never_recorded(&srv.audit, token);
+    }
+}
+
+#[tokio::test]
+async fn key_confusion_and_unknown_kids_are_refused() {
+    // HS256 "signed" with the RSA public key, against a server that holds only that key.
+    let rsa_only = JwtAuthenticator::builder()
+        .rs256_pem(RSA_PUBLIC)
+        .build()
+        .expect("RSA key");
+    let srv = start(config().stateless().authenticator(rsa_only)).await;
+    let claims = srv.claims("mallory", "db:read");
+    let confused = sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(RSA_PUBLIC),
+        &claims,
+    );
+    refused(
+        &srv,
+        &[("authorization", &bearer(&confused))],
+        "algorithm_mismatch",
+    )
+    .await;
+    // The same confusion with a kid, against the JWKS server.
+    let jwks = JwtAuthenticator::builder()
+        .jwks_file(JWKS)
+        .build()
+        .expect("JWKS");
+    let by_kid = start(config().stateless().authenticator(jwks)).await;
+    let claims = by_kid.claims("mallory", "db:read");
+    let confused_kid = sign(
+        Algorithm::HS256,
+        Some("rsa-1"),
+        &EncodingKey::from_secret(RSA_PUBLIC),
+        &claims,
+    );
+    refused(
+        &by_kid,
+        &[("authorization", &bearer(&confused_kid))],
+        "algorithm_mismatch",
+    )
+    .await;
+
+    // A kid the JWKS does not hold, and a real key under the wrong kid.
+    let rsa = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("RSA key");
+    let unknown = sign(Algorithm::RS256, Some("rsa-2"), &rsa, &claims);
+    refused(
+        &by_kid,
+        &[("authorization", &bearer(&unknown))],
+        "unknown_key",
+    )
+    .await;
+    let ec = EncodingKey::from_ec_pem(EC_PRIVATE).expect("EC key");
+    let wrong_kid = sign(Algorithm::ES256, Some("rsa-1"), &ec, &claims);
+    let r = by_kid
+        .raw_call("read_rows", &[("authorization", &bearer(&wrong_kid))])
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(by_kid.runs(), 0);
+
+    // Control: the right kid passes.
+    let good = sign(Algorithm::RS256, Some("rsa-1"), &rsa, &claims);
+    let r = by_kid
+        .raw_call("read_rows", &[("authorization", &bearer(&good))])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(by_kid.runs(), 1);
+    for t in [&confused, &confused_kid, &unknown, &wrong_kid, &good] {
+        assert_never_recorded(&srv.audit, t);
+        assert_never_recorded(&by_kid.audit, t);
+    }
+}
+
+#[tokio::test]
+async fn foreign_origin_and_host_get_403() {
+    let srv = stateless().await;
+    let auth = bearer(&srv.token("alice", "db:read"));
+
+    let r = srv
+        .raw_call(
+            "read_rows",
+            &[("authorization", &auth), ("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(srv.runs(), 0);
+    let rec = srv.audit.denied(AuditEvent::Transport, "foreign_origin");
+    assert_eq!(rec.principal.subject, None, "refused before authentication");
+
+    let r = srv
+        .raw_call(
+            "read_rows",
+            &[("authorization", &auth), ("host", "evil.example:1234")],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(srv.runs(), 0);
+    srv.audit.denied(AuditEvent::Transport, "foreign_host");
+
+    // DNS rebinding reaches the metadata route too.
+    let r = http_client()
+        .get(srv.url("/.well-known/oauth-protected-resource"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 403);
+
+    // A loopback browser origin (e.g. the MCP Inspector) passes.
+    let r = srv
+        .raw_call(
+            "read_rows",
+            &[
+                ("authorization", &auth),
+                ("origin", "http://localhost:6274"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.runs(), 1);
+}
+
+#[tokio::test]
+async fn api_keys_alone_and_next_to_jwt() {
+    let key = ApiKey::generate();
+    let keys = ApiKeyAuthenticator::new([key.entry("ci-bot", ["db:read"])]).expect("keys");
+    let srv = start(config().authenticator(keys).authenticator(hs_auth())).await;
+
+    let c = srv.client(key.expose()).await;
+    let r = call(&c, "read_rows").await;
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(srv.runs(), 1);
+    let rec = srv.audit.records().pop().expect("a record");
+    assert_eq!(rec.outcome, Outcome::Success);
+    assert_eq!(rec.principal.subject.as_deref(), Some("ci-bot"));
+    assert_eq!(rec.principal.auth_method, "api_key");
+    assert_eq!(rec.principal.key_id.as_deref(), Some(key.id()));
+
+    // JWTs work on the same server.
+    let token = srv.token("alice", "db:read");
+    let jc = srv.client(&token).await;
+    assert_eq!(call(&jc, "read_rows").await.is_error, Some(false));
+    assert_eq!(srv.runs(), 2);
+    let rec = srv.audit.records().pop().expect("a record");
+    assert_eq!(rec.principal.auth_method, "jwt");
+    assert_eq!(rec.principal.subject.as_deref(), Some("alice"));
+
+    // One character changed in the secret part.
+    let mut tampered = key.expose().to_owned();
+    let last = tampered.pop().expect("non-empty key");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    refused(
+        &srv,
+        &[("authorization", &bearer(&tampered))],
+        "unknown_api_key",
+    )
+    .await;
+
+    c.cancel().await.expect("stop");
+    jc.cancel().await.expect("stop");
+    for secret in [key.expose(), &tampered, &token] {
+        assert_never_recorded(&srv.audit, secret);
+    }
+}
+
+#[tokio::test]
+async fn repeated_failures_throttle_the_source_even_with_a_valid_token() {
+    let srv = start(
+        config()
+            .stateless()
+            .authenticator(hs_auth())
+            .auth_failure_limit(1, 3),
+    )
+    .await;
+    let bad = bearer(&hs256(&json!({"sub": "x", "aud": srv.resource, "exp": 1})));
+    for _ in 0..3 {
+        let r = srv.raw_call("read_rows", &[("authorization", &bad)]).await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = srv.raw_call("read_rows", &[("authorization", &bad)]).await;
+    assert_eq!(r.status(), 429, "the 4th attempt is throttled");
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .expect("Retry-After")
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("delay in seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    let good = bearer(&srv.token("alice", "db:read"));
+    let r = srv.raw_call("read_rows", &[("authorization", &good)]).await;
+    assert_eq!(
+        r.status(),
+        429,
+        "credentials are not even checked while throttled"
+    );
+    assert_eq!(srv.runs(), 0);
+    let throttled: Vec<_> = srv
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.reason == Some("throttled"))
+        .collect();
+    assert_eq!(throttled.len(), 2, "{throttled:#?}");
+    assert!(throttled
+        .iter()
+        .all(|r| r.event == AuditEvent::Authentication && r.outcome == Outcome::Denied));
+}
+
+#[tokio::test]
+async fn protected_resource_metadata() {
+    let plain = stateless().await;
+    let with_as = start(
+        config()
+            .authenticator(hs_auth())
+            .authorization_server("https://auth.example"),
+    )
+    .await;
+    for (srv, servers) in [
+        (&plain, None),
+        (&with_as, Some(json!(["https://auth.example"]))),
+    ] {
+        assert_eq!(
+            srv.metadata,
+            srv.url("/.well-known/oauth-protected-resource/mcp")
+        );
+        for path in [
+            "/.well-known/oauth-protected-resource",
+            "/.well-known/oauth-protected-resource/mcp",
+        ] {
+            let r = http_client()
+                .get(srv.url(path))
+                .send()
+                .await
+                .expect("answer");
+            assert_eq!(r.status(), 200, "{path}: no credentials needed");
+            assert!(r.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|c| c.starts_with("application/json")));
+            let m: Value = r.json().await.expect("JSON");
+            assert_eq!(m["resource"], json!(srv.resource));
+            assert_eq!(
+                m["scopes_supported"],
+                json!(["admin", "db:read", "db:write"])
+            );
+            assert_eq!(m["bearer_methods_supported"], json!(["header"]));
+            assert_eq!(m.get("authorization_servers"), servers.as_ref(), "{m}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn step_up_challenge_when_an_authorization_server_is_known() {
+    let srv = start(
+        config()
+            .stateless()
+            .authenticator(hs_auth())
+            .authorization_server("https://auth.example"),
+    )
+    .await;
+    let auth = bearer(&srv.token("alice", "db:read"));
+    let r = srv.raw_call("write_row", &[("authorization", &auth)]).await;
+    assert_eq!(r.status(), 403);
+    let challenge = www_authenticate(&r);
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"db:write db:read\""),
+        "required first, then granted: {challenge}"
+    );
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{}\"", srv.metadata)),
+        "{challenge}"
+    );
+    let body: Value = r.json().await.expect("JSON-RPC error body");
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["error"]["data"]["error"]["code"], "FORBIDDEN");
+    assert_eq!(srv.runs(), 0);
+    let rec = srv.audit.denied(AuditEvent::ToolCall, "insufficient_scope");
+    assert_eq!(rec.tool.as_deref(), Some("write_row"));
+    assert_eq!(rec.principal.subject.as_deref(), Some("alice"));
+
+    // A call the token does cover is untouched by the challenge.
+    let r = srv.raw_call("read_rows", &[("authorization", &auth)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.runs(), 1);
+}
+
+#[tokio::test]
+async fn without_an_authorization_server_a_missing_scope_is_a_tool_error() {
+    let srv = start(config().authenticator(hs_auth())).await;
+    let c = srv.client(&srv.token("alice", "db:read")).await;
+    let r = call(&c, "write_row").await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    let s = r.structured_content.expect("structured error");
+    assert_eq!(s["error"]["code"], "FORBIDDEN", "{s}");
+    assert_eq!(srv.runs(), 0);
+    let rec = srv.audit.records().pop().expect("a record");
+    assert_eq!(rec.event, AuditEvent::ToolCall);
+    assert_eq!(rec.outcome, Outcome::Denied);
+    assert_eq!(rec.error_code, Some("FORBIDDEN"));
+
+    // ScopeChallenge::Http forces the 403 even without an authorization server.
+    let forced = start(
+        config()
+            .stateless()
+            .authenticator(hs_auth())
+            .scope_challenge(ScopeChallenge::Http),
+    )
+    .await;
+    let auth = bearer(&forced.token("alice", "db:read"));
+    let r = forced
+        .raw_call("write_row", &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status(), 403);
+    let challenge = www_authenticate(&r);
+    assert!(challenge.contains("error=\"insufficient_scope\""));
+    assert!(challenge.contains("scope=\"db:write db:read\""));
+    assert!(challenge.contains(&format!("resource_metadata=\"{}\"", forced.metadata)));
+    assert_eq!(forced.runs(), 0);
+    forced
+        .audit
+        .denied(AuditEvent::ToolCall, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    for with_as in [false, true] {
+        let mut cfg = config()
+            .stateless()
+            .authenticator(hs_auth())
+            .max_body_bytes(1024);
+        if with_as {
+            // The scope challenge reads the body itself.
+            cfg = cfg.authorization_server("https://auth.example");
+        }
+        let srv = start(cfg).await;
+        let auth = bearer(&srv.token("alice", "db:read"));
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "read_rows", "arguments": {"table": "x".repeat(4096)}}});
+        let r = srv
+            .raw_post(&body.to_string(), &[("authorization", &auth)])
+            .await;
+        assert_eq!(r.status(), 413, "authorization server: {with_as}");
+        assert_eq!(srv.runs(), 0);
+
+        // A small call still works.
+        let r = srv.raw_call("read_rows", &[("authorization", &auth)]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(srv.runs(), 1);
+    }
+}
+
+/// A raw JSON-RPC exchange on a stateful server: the response head and message.
+async fn exchange(
+    srv: &Srv,
+    token: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (reqwest::StatusCode, Option<String>, String) {
+    let auth = bearer(token);
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(s) = session {
+        headers.push(("mcp-session-id", s));
+    }
+    let r = srv.raw_post(&body.to_string(), &headers).await;
+    let status = r.status();
+    let sid = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, sid, r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_the_principal_that_opened_it() {
+    let srv = start(config().authenticator(hs_auth())).await;
+    let alice = srv.token("alice", "db:read");
+    let bob = srv.token("bob", "db:read db:write admin");
+
+    let (status, sid, _) = exchange(
+        &srv,
+        &alice,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "alice-client", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a stateful server hands out a session id");
+    let (status, _, _) = exchange(
+        &srv,
+        &alice,
+        Some(&sid),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+
+    // Bob, validly authenticated, rides alice's session: as if it did not exist.
+    for body in [
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": "read_rows", "arguments": {"table": "users"}}}),
+    ] {
+        let (status, _, text) = exchange(&srv, &bob, Some(&sid), body).await;
+        assert_eq!(status, 404, "{text}");
+        let msg = jsonrpc(&text);
+        assert!(
+            msg.get("error").is_some() && msg.get("result").is_none(),
+            "{msg}"
+        );
+    }
+    // Nor may he read its stream or close it.
+    let auth = bearer(&bob);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let r = http_client()
+            .request(method.clone(), &srv.resource)
+            .header("accept", "text/event-stream")
+            .header("authorization", &auth)
+            .header("mcp-session-id", &sid)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 404, "{method}");
+    }
+    assert_eq!(srv.runs(), 0);
+    let intrusions: Vec<_> = srv
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::Session)
+        .collect();
+    assert_eq!(intrusions.len(), 4, "{intrusions:#?}");
+    for r in &intrusions {
+        check_denied(r, AuditEvent::Session, "session_owned_by_another_principal");
+        assert_eq!(r.principal.subject.as_deref(), Some("bob"));
+    }
+
+    // Alice's session survived and still works.
+    let (_, _, body) = exchange(
+        &srv,
+        &alice,
+        Some(&sid),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+               "params": {"name": "read_rows", "arguments": {"table": "users"}}}),
+    )
+    .await;
+    let msg = jsonrpc(&body);
+    assert_eq!(
+        msg["result"]["structuredContent"],
+        json!({"table": "users", "rows": 1}),
+        "{msg}"
+    );
+    assert_eq!(srv.runs(), 1);
+    assert_never_recorded(&srv.audit, &bob);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_running_call_finish() {
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .shutdown_grace(Duration::from_secs(10)),
+    )
+    .await;
+    let c = srv.client(&srv.token("alice", "db:read")).await;
+    let napping = srv.app.napping.notified();
+    let call = tokio::spawn(async move {
+        let r = c.call_tool(CallToolRequestParams::new("nap")).await;
+        drop(c);
+        r
+    });
+    tokio::time::timeout(Duration::from_secs(10), napping)
+        .await
+        .expect("the tool starts");
+    let addr = srv.addr;
+    let app = srv.app.clone();
+    let stopped = tokio::spawn(srv.stop());
+
+    let r = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call finishes")
+        .expect("no panic")
+        .expect("the in-flight call is answered");
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert_eq!(r.structured_content.expect("result")["table"], "nap");
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
+
+    stopped
+        .await
+        .expect("no panic")
+        .expect("serve_until returns Ok");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nothing listens any more"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS.
+
+fn tls_client(
+    cert: &rcgen::Certificate,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// GETs the metadata over TLS: the negotiated version and the raw response.
+async fn tls_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> (rustls::ProtocolVersion, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let version = tls.get_ref().1.protocol_version().expect("negotiated");
+    let req = format!(
+        "GET /.well-known/oauth-protected-resource HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    // The server may close without close_notify: keep what arrived.
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+    (version, String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test]
+async fn tls_13_preferred_12_accepted_plain_http_refused() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("self-signed certificate");
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .tls_pem(cert.pem(), signing_key.serialize_pem()),
+    )
+    .await;
+    let port = srv.addr.port();
+    let expected = format!("\"resource\":\"https://127.0.0.1:{port}/mcp\"");
+
+    let (version, response) = tls_get(&tls_client(&cert, rustls::ALL_VERSIONS), srv.addr).await;
+    assert_eq!(version, rustls::ProtocolVersion::TLSv1_3);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(&expected), "{response}");
+
+    let (version, response) =
+        tls_get(&tls_client(&cert, &[&rustls::version::TLS12]), srv.addr).await;
+    assert_eq!(version, rustls::ProtocolVersion::TLSv1_2);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let plain = http_client()
+        .get(format!(
+            "http://{}/.well-known/oauth-protected-resource",
+            srv.addr
+        ))
+        .send()
+        .await;
+    assert!(
+        plain.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP must not be served: {plain:?}"
+    );
+}
