@@ -1220,3 +1220,128 @@ async fn tls_13_preferred_12_accepted_plain_http_refused() {
         "plain HTTP must not be served: {plain:?}"
     );
 }
+
+/// Answer anyone.
+#[tool(scopes = public, rate = "unlimited", read_only)]
+async fn ping(ctx: Ctx<App>, #[arg(max_len = 32)] table: String) -> Rows {
+    let rows = ctx.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    Rows {
+        table: format!("ping {table}"),
+        rows,
+    }
+}
+
+/// Behind a proxy: the public resource URL names the server (metadata, audience, Host),
+/// and an anonymous caller reaches public tools only.
+#[tokio::test]
+async fn a_proxied_resource_url_and_anonymous_callers() {
+    capture_logs();
+    const PUBLIC: &str = "https://mcp.example.com/tools/mcp";
+    let app = Arc::new(App::default());
+    let audit = Collect::default();
+    let hardened = Hardened::builder(app.clone())
+        .tool::<ping>()
+        .tool::<read_rows>()
+        .audit_sink(audit.clone())
+        .build()
+        .expect("the server builds");
+    let server = hardened
+        .bind_http(
+            config()
+                .stateless()
+                .resource_url(PUBLIC)
+                .allow_anonymous()
+                .authenticator(hs_auth()),
+        )
+        .await
+        .expect("binds");
+    assert_eq!(server.resource_url(), PUBLIC);
+    assert_eq!(
+        server.metadata_url(),
+        "https://mcp.example.com/.well-known/oauth-protected-resource/tools/mcp"
+    );
+    let url = format!("http://{}/mcp", server.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_until(async move {
+        let _ = stopped.await;
+    }));
+    let post = |tool: &str, headers: Vec<(&'static str, String)>| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": tool, "arguments": {"table": "users"}}});
+        let mut req = http_client()
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let claims = |aud: &str| json!({"sub": "carol", "scope": "db:read", "iss": ISSUER, "aud": aud, "exp": now() + 600});
+
+    // The public host is accepted in Host; a token for the public URL works.
+    let good = bearer(&hs256(&claims(PUBLIC)));
+    let r = post(
+        "read_rows",
+        vec![("host", "mcp.example.com".into()), ("authorization", good)],
+    )
+    .await
+    .expect("answers");
+    assert_eq!(r.status(), 200);
+    let v = jsonrpc(&r.text().await.expect("body"));
+    assert_eq!(v["result"]["isError"], json!(false), "{v}");
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
+
+    // A token for the loopback URL is for another resource.
+    let local = bearer(&hs256(&claims(&url)));
+    let r = post("read_rows", vec![("authorization", local)])
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), 401);
+    audit.denied(AuditEvent::Authentication, "wrong_audience");
+
+    // Another host is not.
+    let r = post("ping", vec![("host", "other.example.com".into())])
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), 403);
+
+    // Anonymous: a public tool answers, a scoped one is UNAUTHENTICATED and does not run.
+    let r = post("ping", vec![]).await.expect("answers");
+    assert_eq!(r.status(), 200);
+    let v = jsonrpc(&r.text().await.expect("body"));
+    assert_eq!(
+        v["result"]["structuredContent"]["table"],
+        json!("ping users"),
+        "{v}"
+    );
+    let r = post("read_rows", vec![]).await.expect("answers");
+    assert_eq!(r.status(), 200);
+    let v = jsonrpc(&r.text().await.expect("body"));
+    assert_eq!(v["result"]["isError"], json!(true), "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["error"]["code"],
+        json!("UNAUTHENTICATED"),
+        "{v}"
+    );
+    assert_eq!(
+        app.runs.load(Ordering::SeqCst),
+        2,
+        "ping ran, read_rows did not"
+    );
+    let anonymous: Vec<_> = audit
+        .records()
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::ToolCall && r.principal.auth_method == "anonymous")
+        .collect();
+    assert_eq!(anonymous.len(), 2, "{anonymous:#?}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("serves cleanly");
+}

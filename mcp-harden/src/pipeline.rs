@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{
     redact_credentials, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
 };
-use crate::auth::Principal;
+use crate::auth::{AuthMethod, Principal};
 use crate::ctx::Ctx;
 use crate::errors::{ErrorCode, Failure, ToolError};
 use crate::limits::RateDecision;
@@ -68,6 +68,10 @@ pub(crate) fn authorize(
         (Scopes::Public, Some(p)) => Ok(p.clone()),
         (Scopes::Public, None) => Ok(Arc::new(Principal::anonymous())),
         (Scopes::Required(_), None) => Err(ToolError::unauthenticated()),
+        // `scopes = []` means any *authenticated* caller: never an anonymous one.
+        (Scopes::Required(_), Some(p)) if p.method() == AuthMethod::Anonymous => {
+            Err(ToolError::unauthenticated())
+        }
         (Scopes::Required(required), Some(p)) => {
             let missing = p.missing_scopes(required);
             if missing.is_empty() {
@@ -84,7 +88,9 @@ pub(crate) fn visible(scopes: Scopes, principal: Option<&Arc<Principal>>) -> boo
     match (scopes, principal) {
         (Scopes::Public, _) => true,
         (Scopes::Required(_), None) => false,
-        (Scopes::Required(required), Some(p)) => p.has_all(required),
+        (Scopes::Required(required), Some(p)) => {
+            p.method() != AuthMethod::Anonymous && p.has_all(required)
+        }
     }
 }
 
@@ -255,6 +261,11 @@ mod tests {
     fn authorization_table() {
         let reader = Arc::new(Principal::local("r", ["db:read"]));
         assert!(authorize(Scopes::Public, None).is_ok_and(|p| p.subject() == "anonymous"));
+        let anonymous = Arc::new(Principal::anonymous());
+        assert!(authorize(Scopes::Required(&[]), Some(&anonymous))
+            .is_err_and(|e| e.code == ErrorCode::Unauthenticated));
+        assert!(!visible(Scopes::Required(&[]), Some(&anonymous)));
+        assert!(visible(Scopes::Public, Some(&anonymous)));
         assert_eq!(
             authorize(Scopes::Required(&[]), None)
                 .map(|_| ())

@@ -1038,7 +1038,13 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         return throttled(wait);
     }
     let principal = match bearer(req.headers(), gate.max_credential) {
-        Err(AuthFailure::Missing) if gate.allow_anonymous => Arc::new(Principal::anonymous()),
+        // Anonymous callers are told apart by source address (IPv6: /64), so that one of
+        // them cannot use up a public tool's rate for all the others.
+        Err(AuthFailure::Missing) if gate.allow_anonymous => Arc::new(Principal::new(
+            format!("anonymous@{}", AuthThrottle::key(source.ip())),
+            std::iter::empty::<&str>(),
+            crate::auth::AuthMethod::Anonymous,
+        )),
         Err(AuthFailure::Missing) => {
             gate.record(event(
                 AuditEvent::Authentication,
