@@ -105,6 +105,13 @@ impl ToolError {
         }
     }
 
+    /// This error with a retry hint (rounded up to the millisecond).
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        let ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        self.retry_after_ms = Some(ms.max(1));
+        self
+    }
+
     pub(crate) fn unauthenticated() -> Self {
         Self::new(
             ErrorCode::Unauthenticated,

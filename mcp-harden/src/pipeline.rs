@@ -15,7 +15,6 @@ use crate::audit::{
 use crate::auth::{AuthMethod, Principal};
 use crate::ctx::Ctx;
 use crate::errors::{ErrorCode, Failure, ToolError};
-use crate::limits::RateDecision;
 use crate::server::{Entry, Inner};
 use crate::spec::Scopes;
 
@@ -94,15 +93,26 @@ pub(crate) fn visible(scopes: Scopes, principal: Option<&Arc<Principal>>) -> boo
     }
 }
 
-/// Stage 3: the per-caller, per-tool rate limit.
-pub(crate) fn limit<S>(entry: &Entry<S>, principal: &Principal) -> Result<(), ToolError> {
-    match entry
-        .limiter
-        .as_ref()
-        .map(|l| l.check(principal.subject_arc()))
-    {
-        None | Some(RateDecision::Allow) => Ok(()),
-        Some(RateDecision::Deny(wait)) => Err(ToolError::rate_limited(wait)),
+/// Stage 3: the rate limits (per caller and tool, global per tool, per caller across tools),
+/// then a concurrency slot, held until the returned permit is dropped.
+pub(crate) async fn limit<S>(
+    inner: &Inner<S>,
+    entry: &Entry<S>,
+    principal: &Principal,
+    cancel: &CancellationToken,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ToolError> {
+    crate::limits::check_all(
+        &inner.backend,
+        entry.rate.as_ref(),
+        entry.global.as_ref(),
+        inner.principal_rate.as_ref(),
+        principal,
+        &inner.store_errors,
+    )
+    .await?;
+    match &entry.concurrency {
+        Some(gate) => gate.acquire(cancel).await.map(Some),
+        None => Ok(None),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct ToolSpec {
     pub timeout: Option<Duration>,
     /// The MCP behaviour hints.
     pub annotations: Annotations,
+    /// How many calls of this tool may run at once (`max_concurrency = N`), and what
+    /// happens to the next one; `None` means no limit.
+    pub concurrency: Option<Concurrency>,
 }
 
 impl ToolSpec {
@@ -42,6 +45,44 @@ impl ToolSpec {
             rate,
             timeout,
             annotations,
+            concurrency: None,
+        }
+    }
+
+    #[doc(hidden)]
+    pub const fn __with_concurrency(mut self, max: u32, wait_ms: Option<u64>) -> Self {
+        self.concurrency = Some(Concurrency {
+            max,
+            wait: match wait_ms {
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => None,
+            },
+        });
+        self
+    }
+}
+
+/// A tool's concurrency limit: at most `max` calls at once. The next call is refused at once
+/// with `UNAVAILABLE` (retryable), or, with `wait`, waits up to that long for a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Calls allowed to run at once (at least 1).
+    pub max: u32,
+    /// How long a call may wait for a slot; `None` refuses at once.
+    pub wait: Option<Duration>,
+}
+
+impl Concurrency {
+    /// At most `max` at once; the next call is refused at once.
+    pub const fn reject_over(max: u32) -> Self {
+        Self { max, wait: None }
+    }
+
+    /// At most `max` at once; the next call waits up to `wait` for a slot.
+    pub const fn wait_up_to(max: u32, wait: Duration) -> Self {
+        Self {
+            max,
+            wait: Some(wait),
         }
     }
 }
@@ -101,6 +142,47 @@ pub enum Rate {
         /// Calls allowed at once; `None` means `count`.
         burst: Option<u32>,
     },
+}
+
+impl Rate {
+    /// `count` calls per second, bursts of `count`.
+    pub const fn per_second(count: u32) -> Self {
+        Rate::Limited {
+            count,
+            period: Period::Second,
+            burst: None,
+        }
+    }
+
+    /// `count` calls per minute, bursts of `count`.
+    pub const fn per_minute(count: u32) -> Self {
+        Rate::Limited {
+            count,
+            period: Period::Minute,
+            burst: None,
+        }
+    }
+
+    /// `count` calls per hour, bursts of `count`.
+    pub const fn per_hour(count: u32) -> Self {
+        Rate::Limited {
+            count,
+            period: Period::Hour,
+            burst: None,
+        }
+    }
+
+    /// This rate with bursts of up to `burst` calls at once.
+    pub const fn with_burst(self, burst: u32) -> Self {
+        match self {
+            Rate::Limited { count, period, .. } => Rate::Limited {
+                count,
+                period,
+                burst: Some(burst),
+            },
+            Rate::Unlimited => Rate::Unlimited,
+        }
+    }
 }
 
 /// MCP tool annotations. `None` leaves the protocol's default in place (a tool that is not

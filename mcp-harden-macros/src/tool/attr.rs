@@ -13,6 +13,8 @@ const KEYS: &[&str] = &[
     "burst",
     "retryable_on",
     "timeout",
+    "max_concurrency",
+    "queue_timeout",
     "name",
     "title",
     "read_only",
@@ -38,6 +40,8 @@ pub struct ToolAttr {
     pub burst: Option<(u32, Span)>,
     pub retryable_on: Vec<Path>,
     pub timeout_ms: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub queue_timeout: Option<(u64, Span)>,
     pub name: Option<LitStr>,
     pub title: Option<LitStr>,
     pub read_only: Option<Span>,
@@ -57,6 +61,8 @@ impl ToolAttr {
             burst: None,
             retryable_on: Vec::new(),
             timeout_ms: None,
+            max_concurrency: None,
+            queue_timeout: None,
             name: None,
             title: None,
             read_only: None,
@@ -119,7 +125,22 @@ impl ToolAttr {
                 }
                 "timeout" => {
                     let lit: LitStr = meta.value()?.parse()?;
-                    a.timeout_ms = parse_duration_ms(cx, &lit);
+                    a.timeout_ms = parse_duration_ms(cx, &lit, "timeout");
+                }
+                "max_concurrency" => {
+                    let lit: LitInt = meta.value()?.parse()?;
+                    match lit.base10_parse::<u32>() {
+                        Ok(n) if n > 0 => a.max_concurrency = Some(n),
+                        _ => cx.error_spanned(
+                            &lit,
+                            "`max_concurrency` must be a positive integer: the most calls running at once",
+                        ),
+                    }
+                }
+                "queue_timeout" => {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    a.queue_timeout =
+                        parse_duration_ms(cx, &lit, "queue_timeout").map(|ms| (ms, lit.span()));
                 }
                 "name" => {
                     let lit: LitStr = meta.value()?.parse()?;
@@ -280,14 +301,14 @@ fn parse_variants(cx: &mut Ctxt, e: &Expr) -> Vec<Path> {
     out
 }
 
-fn parse_duration_ms(cx: &mut Ctxt, lit: &LitStr) -> Option<u64> {
+fn parse_duration_ms(cx: &mut Ctxt, lit: &LitStr, key: &str) -> Option<u64> {
     let v = lit.value();
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (n, unit) = v.split_at(split);
-    let fix = "write e.g. `timeout = \"500ms\"`, `\"5s\"`, `\"2m\"` or `\"1h\"`";
+    let fix = format!("write e.g. `{key} = \"500ms\"`, `\"5s\"`, `\"2m\"` or `\"1h\"`");
     let Ok(n) = n.parse::<u64>() else {
-        cx.error_spanned(lit, format!("malformed timeout `{v}`: {fix}"));
+        cx.error_spanned(lit, format!("malformed {key} `{v}`: {fix}"));
         return None;
     };
     let ms = match unit.trim() {
@@ -296,14 +317,17 @@ fn parse_duration_ms(cx: &mut Ctxt, lit: &LitStr) -> Option<u64> {
         "m" | "min" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         _ => {
-            cx.error_spanned(lit, format!("malformed timeout `{v}`: {fix}"));
+            cx.error_spanned(lit, format!("malformed {key} `{v}`: {fix}"));
             return None;
         }
     };
     match ms {
         Some(ms) if ms > 0 && ms <= 3_600_000 => Some(ms),
         _ => {
-            cx.error_spanned(lit, "`timeout` must be more than 0 and at most one hour");
+            cx.error_spanned(
+                lit,
+                format!("`{key}` must be more than 0 and at most one hour"),
+            );
             None
         }
     }

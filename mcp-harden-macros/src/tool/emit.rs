@@ -186,6 +186,16 @@ pub fn tool(m: &Model) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(__mh::Duration::from_millis(#ms))),
         None => quote!(::core::option::Option::None),
     };
+    let concurrency = match m.attr.max_concurrency {
+        Some(max) => {
+            let wait = match m.attr.queue_timeout {
+                Some((ms, _)) => quote!(::core::option::Option::Some(#ms)),
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(.__with_concurrency(#max, #wait))
+        }
+        None => quote!(),
+    };
     let flag = |f: &Option<proc_macro2::Span>| match f {
         Some(_) => quote!(::core::option::Option::Some(true)),
         None => quote!(::core::option::Option::None),
@@ -238,7 +248,7 @@ pub fn tool(m: &Model) -> TokenStream {
                     #rate,
                     #timeout,
                     __mh::Annotations { read_only: #ro, destructive: #de, idempotent: #id, open_world: #ow },
-                );
+                )#concurrency;
                 fn output_schema() -> ::core::option::Option<::std::sync::Arc<__mh::rmcp::model::JsonObject>> {
                     #[allow(unused_imports)]
                     use __mh::{ViaJsonSchema as _, ViaNoJsonSchema as _};

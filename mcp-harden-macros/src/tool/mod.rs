@@ -107,6 +107,16 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
     ) {
         cx.error_at(*span, "`burst` needs a limited `rate` such as `\"60/min\"`");
     }
+    if let (Some((_, span)), None, false) = (
+        &attr.queue_timeout,
+        attr.max_concurrency,
+        present("max_concurrency"),
+    ) {
+        cx.error_at(
+            *span,
+            "`queue_timeout` needs `max_concurrency = N`: it is how long a call waits for one of the N slots",
+        );
+    }
     if let (Some(_), Some(d)) = (attr.read_only, attr.destructive) {
         cx.error_at(d, "a tool cannot be both `read_only` and `destructive`");
     }

@@ -1,5 +1,360 @@
-//! Limits: per-caller rate limiting (in-memory GCRA via `governor`).
+//! Limits: rate limiting (GCRA; in memory with `governor`, or in a shared
+//! [`RateLimitStore`] such as Redis for several replicas), tier-scaled quotas, and
+//! per-tool concurrency.
+//!
+//! Up to three rate limits apply to a call, in this order, the first refusal winning:
+//! the tool's own rate per caller (`rate = "50/min"`, scaled by the caller's tier), the
+//! tool's global rate across all callers ([`HardenedBuilder::global_rate`]), and the caller's
+//! total across all tools ([`HardenedBuilder::principal_rate`], scaled by tier).
+//!
+//! [`HardenedBuilder::global_rate`]: crate::HardenedBuilder::global_rate
+//! [`HardenedBuilder::principal_rate`]: crate::HardenedBuilder::principal_rate
 
 mod rate;
 
-pub use rate::{RateDecision, RateLimiter};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use rate::{RateDecision, RateLimiter, DEFAULT_MAX_TRACKED};
+
+use crate::auth::Principal;
+use crate::errors::{ErrorCode, ToolError};
+use crate::spec::{Concurrency, Rate};
+
+/// GCRA parameters: one cell every `emission`, up to `burst` cells at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraQuota {
+    /// The time one call "costs" (period / count).
+    pub emission: Duration,
+    /// Calls allowed at once.
+    pub burst: u32,
+}
+
+impl GcraQuota {
+    /// The quota of a declared rate; `None` for `unlimited`, a zero count, or more than one
+    /// call per microsecond (which cannot be enforced meaningfully).
+    pub fn from_rate(rate: Rate) -> Option<Self> {
+        let Rate::Limited {
+            count,
+            period,
+            burst,
+        } = rate
+        else {
+            return None;
+        };
+        if count == 0 {
+            return None;
+        }
+        let emission = period.as_duration() / count;
+        if emission < Duration::from_micros(1) {
+            return None;
+        }
+        Some(Self {
+            emission,
+            burst: burst.filter(|b| *b > 0).unwrap_or(count),
+        })
+    }
+
+    /// This quota scaled by `factor` (a tier's multiplier): `factor` times the rate and the
+    /// burst. `None` if the result cannot be enforced.
+    pub fn scaled(self, factor: f64) -> Option<Self> {
+        if !(factor.is_finite() && factor > 0.0) {
+            return None;
+        }
+        let emission = self.emission.div_f64(factor);
+        if emission < Duration::from_micros(1) {
+            return None;
+        }
+        let burst = (f64::from(self.burst) * factor).round();
+        Some(Self {
+            emission,
+            burst: if burst < 1.0 {
+                1
+            } else if burst > f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                burst as u32
+            },
+        })
+    }
+}
+
+/// A shared store of rate-limit state: one atomic GCRA decision per call. Implement it for a
+/// store shared by every replica (see `RedisStore` with the `redis` feature).
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Takes one cell of `quota` for `key`, or says how long until one is free.
+    fn check<'a>(
+        &'a self,
+        key: &'a str,
+        quota: GcraQuota,
+    ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>>;
+}
+
+/// The store could not decide (unreachable, timed out, answered nonsense).
+#[derive(Debug, thiserror::Error)]
+#[error("rate-limit store: {0}")]
+pub struct StoreError(pub String);
+
+/// What to do when the [`RateLimitStore`] cannot decide. Either way the failure is logged
+/// (target `mcp_harden::limits`) and counted ([`Hardened::rate_store_errors`](crate::Hardened::rate_store_errors)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailMode {
+    /// Refuse the call with `UNAVAILABLE` (retryable). The default.
+    #[default]
+    Closed,
+    /// Let the call through unlimited. Opt in only where availability beats the limit.
+    Open,
+}
+
+/// Where rate decisions are made.
+#[derive(Clone, Default)]
+pub(crate) enum Backend {
+    /// In this process (`governor`).
+    #[default]
+    Memory,
+    /// In a shared store.
+    Store {
+        store: Arc<dyn RateLimitStore>,
+        fail: FailMode,
+        prefix: Arc<str>,
+    },
+}
+
+/// One rate limit with its tier-scaled variants.
+pub(crate) struct Limit {
+    /// Names the limit in store keys: `tool:<name>`, `global:<name>`, `principal`.
+    id: Box<str>,
+    base: RateLimiter,
+    tiers: Box<[(Arc<str>, RateLimiter)]>,
+}
+
+impl Limit {
+    /// A limit of `rate`, scaled per tier; `None` if the rate (or a scaled one) cannot be
+    /// enforced.
+    pub(crate) fn new(
+        id: String,
+        rate: Rate,
+        tiers: &[(Arc<str>, f64)],
+        max_tracked: usize,
+    ) -> Option<Self> {
+        let quota = GcraQuota::from_rate(rate)?;
+        let base = RateLimiter::with_quota(quota, max_tracked)?;
+        let tiers = tiers
+            .iter()
+            .map(|(t, f)| {
+                let q = quota.scaled(*f)?;
+                Some((t.clone(), RateLimiter::with_quota(q, max_tracked)?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self {
+            id: id.into(),
+            base,
+            tiers: tiers.into_boxed_slice(),
+        })
+    }
+
+    fn for_tier(&self, tier: Option<&str>) -> (&str, &RateLimiter) {
+        if let Some(t) = tier {
+            if let Some((name, l)) = self.tiers.iter().find(|(n, _)| &**n == t) {
+                return (name, l);
+            }
+        }
+        ("", &self.base)
+    }
+
+    /// How many callers the in-memory limiters track.
+    pub(crate) fn tracked_keys(&self) -> usize {
+        self.base.tracked_keys()
+            + self
+                .tiers
+                .iter()
+                .map(|(_, l)| l.tracked_keys())
+                .sum::<usize>()
+    }
+
+    /// One decision for `key` (the caller's subject, or `*` for a global limit).
+    pub(crate) async fn check(
+        &self,
+        backend: &Backend,
+        key: &Arc<str>,
+        tier: Option<&str>,
+        errors: &AtomicU64,
+    ) -> Result<(), ToolError> {
+        let (tier_name, limiter) = self.for_tier(tier);
+        let decision = match backend {
+            Backend::Memory => limiter.check(key),
+            Backend::Store {
+                store,
+                fail,
+                prefix,
+            } => {
+                let store_key = format!("{prefix}{}:{tier_name}:{key}", self.id);
+                match store.check(&store_key, limiter.quota()).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(target: "mcp_harden::limits", limit = %self.id, error = %e, fail_open = (*fail == FailMode::Open), "rate-limit store failed");
+                        return match fail {
+                            FailMode::Open => Ok(()),
+                            FailMode::Closed => Err(ToolError::new(
+                                ErrorCode::Unavailable,
+                                "rate limiting is unavailable; retry shortly",
+                                true,
+                            )
+                            .with_retry_after(Duration::from_secs(1))),
+                        };
+                    }
+                }
+            }
+        };
+        match decision {
+            RateDecision::Allow => Ok(()),
+            RateDecision::Deny(wait) => Err(ToolError::rate_limited(wait)),
+            RateDecision::Full => Err(ToolError::new(
+                ErrorCode::Unavailable,
+                "the server is tracking too many callers; retry shortly",
+                true,
+            )
+            .with_retry_after(Duration::from_secs(1))),
+        }
+    }
+}
+
+/// The rate limits of one call, in order: per caller for the tool, global for the tool, per
+/// caller across tools.
+pub(crate) async fn check_all(
+    backend: &Backend,
+    per_caller: Option<&Limit>,
+    global: Option<&Limit>,
+    per_principal: Option<&Limit>,
+    principal: &Principal,
+    errors: &AtomicU64,
+) -> Result<(), ToolError> {
+    let tier = principal.tier();
+    if let Some(l) = per_caller {
+        l.check(backend, principal.subject_arc(), tier, errors)
+            .await?;
+    }
+    if let Some(l) = global {
+        l.check(backend, &global_key(), None, errors).await?;
+    }
+    if let Some(l) = per_principal {
+        l.check(backend, principal.subject_arc(), tier, errors)
+            .await?;
+    }
+    Ok(())
+}
+
+fn global_key() -> Arc<str> {
+    static KEY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::from("*")).clone()
+}
+
+/// A tool's concurrency limit at run time.
+pub(crate) struct ConcurrencyGate {
+    permits: Arc<tokio::sync::Semaphore>,
+    wait: Option<Duration>,
+}
+
+/// The hint given to a caller refused for concurrency.
+const BUSY_RETRY: Duration = Duration::from_millis(250);
+
+impl ConcurrencyGate {
+    pub(crate) fn new(c: Concurrency) -> Option<Self> {
+        let max = usize::try_from(c.max).ok().filter(|m| *m > 0)?;
+        Some(Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            wait: c.wait,
+        })
+    }
+
+    /// A slot for one call, held until the permit is dropped (the call answered, timed out
+    /// or was cancelled).
+    pub(crate) async fn acquire(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ToolError> {
+        let busy = || {
+            ToolError::new(
+                ErrorCode::Unavailable,
+                "the tool is busy; retry shortly",
+                true,
+            )
+            .with_retry_after(BUSY_RETRY)
+        };
+        match self.wait {
+            None => self.permits.clone().try_acquire_owned().map_err(|_| busy()),
+            Some(wait) => tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true)),
+                r = tokio::time::timeout(wait, self.permits.clone().acquire_owned()) => match r {
+                    Ok(Ok(p)) => Ok(p),
+                    _ => Err(busy()),
+                },
+            },
+        }
+    }
+
+    /// Calls running now.
+    pub(crate) fn in_use(&self, max: u32) -> usize {
+        (max as usize).saturating_sub(self.permits.available_permits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_scale_by_tier() {
+        let q = GcraQuota::from_rate(Rate::per_minute(60).with_burst(5)).expect("quota");
+        assert_eq!(q.emission, Duration::from_secs(1));
+        let ten = q.scaled(10.0).expect("scaled");
+        assert_eq!(ten.emission, Duration::from_millis(100));
+        assert_eq!(ten.burst, 50);
+        let half = q.scaled(0.5).expect("scaled");
+        assert_eq!(half.emission, Duration::from_secs(2));
+        assert_eq!(half.burst, 3);
+        assert_eq!(q.scaled(0.0), None);
+        assert_eq!(q.scaled(f64::NAN), None);
+        assert_eq!(GcraQuota::from_rate(Rate::Unlimited), None);
+    }
+
+    #[tokio::test]
+    async fn concurrency_rejects_or_waits() {
+        let ct = tokio_util::sync::CancellationToken::new();
+        let g = ConcurrencyGate::new(Concurrency::reject_over(1)).expect("gate");
+        let p = g.acquire(&ct).await.expect("first");
+        let e = g.acquire(&ct).await.expect_err("second is refused");
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.retryable);
+        assert_eq!(g.in_use(1), 1);
+        drop(p);
+        assert_eq!(g.in_use(1), 0);
+
+        let g = Arc::new(
+            ConcurrencyGate::new(Concurrency::wait_up_to(1, Duration::from_secs(5))).expect("gate"),
+        );
+        let p = g.acquire(&ct).await.expect("first");
+        let waiting = tokio::spawn({
+            let g = g.clone();
+            let ct = ct.clone();
+            async move { g.acquire(&ct).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(p);
+        assert!(
+            waiting.await.expect("joins").is_ok(),
+            "the waiter gets the freed slot"
+        );
+
+        let g = ConcurrencyGate::new(Concurrency::wait_up_to(1, Duration::from_millis(30)))
+            .expect("gate");
+        let _p = g.acquire(&ct).await.expect("first");
+        assert!(g.acquire(&ct).await.is_err(), "the wait is bounded");
+    }
+}

@@ -1,65 +1,121 @@
+use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::Quota;
 
+use super::GcraQuota;
 use crate::spec::Rate;
 
 /// The outcome of one rate decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RateDecision {
     /// The call may proceed.
     Allow,
-    /// The call is refused; the caller may retry after this long.
+    /// The call is refused; the caller may retry after this long (exact, from the GCRA).
     Deny(Duration),
+    /// The limiter tracks as many callers as it may; a caller it does not know yet is
+    /// refused until idle ones are evicted.
+    Full,
 }
 
-/// A GCRA limiter for one tool, keyed by caller. Keys idle long enough to be
-/// indistinguishable from a fresh one are evicted as the key set grows.
-pub struct RateLimiter {
-    limiter: DefaultKeyedRateLimiter<Arc<str>>,
-    clock: DefaultClock,
-    since_sweep: AtomicU32,
-}
+/// The default bound on the callers one limiter tracks.
+pub const DEFAULT_MAX_TRACKED: usize = 1_000_000;
 
 /// Decisions between two sweeps of idle keys.
 const SWEEP_EVERY: u32 = 4096;
+
+/// governor's keyed state store, shared so that the limiter can ask whether it knows a key.
+struct Shared<K: Hash + Eq + Clone>(Arc<DefaultKeyedStateStore<K>>);
+
+impl<K: Hash + Eq + Clone> StateStore for Shared<K> {
+    type Key = K;
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Shared<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retain_recent(drop_below)
+    }
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit()
+    }
+    fn len(&self) -> usize {
+        ShrinkableKeyedStateStore::len(&*self.0)
+    }
+    fn is_empty(&self) -> bool {
+        ShrinkableKeyedStateStore::is_empty(&*self.0)
+    }
+}
+
+/// An in-memory GCRA limiter (`governor`), keyed by caller. Memory stays bounded: keys idle
+/// long enough to be indistinguishable from fresh ones are evicted as decisions go by, and
+/// once `max_tracked` callers are tracked a new caller is refused ([`RateDecision::Full`],
+/// fail closed) until eviction makes room.
+pub struct RateLimiter {
+    limiter: governor::RateLimiter<Arc<str>, Shared<Arc<str>>, DefaultClock, NoOpMiddleware>,
+    store: Arc<DefaultKeyedStateStore<Arc<str>>>,
+    clock: DefaultClock,
+    since_sweep: AtomicU32,
+    full: AtomicBool,
+    max_tracked: usize,
+    quota: GcraQuota,
+}
 
 impl RateLimiter {
     /// A limiter for `rate`; `None` for [`Rate::Unlimited`], and for a rate of zero or of more
     /// than one call per microsecond (both refused by `#[tool]` and by `build()`).
     pub fn new(rate: Rate) -> Option<Self> {
-        let Rate::Limited {
-            count,
-            period,
-            burst,
-        } = rate
-        else {
-            return None;
-        };
-        let count = NonZeroU32::new(count)?;
-        let burst = burst.and_then(NonZeroU32::new).unwrap_or(count);
-        let per_call = period.as_duration() / count.get();
-        // Finer than a microsecond cannot be enforced meaningfully; `build()` refuses it.
-        if per_call < Duration::from_micros(1) {
-            return None;
-        }
-        let quota = Quota::with_period(per_call)?.allow_burst(burst);
+        Self::with_quota(GcraQuota::from_rate(rate)?, DEFAULT_MAX_TRACKED)
+    }
+
+    /// A limiter for `quota`, tracking at most `max_tracked` callers.
+    pub fn with_quota(quota: GcraQuota, max_tracked: usize) -> Option<Self> {
+        let burst = NonZeroU32::new(quota.burst)?;
+        let governor_quota = Quota::with_period(quota.emission)?.allow_burst(burst);
+        let store: Arc<DefaultKeyedStateStore<Arc<str>>> = Arc::default();
+        let clock = DefaultClock::default();
         Some(Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
-            clock: DefaultClock::default(),
+            limiter: governor::RateLimiter::new(
+                governor_quota,
+                Shared(store.clone()),
+                clock.clone(),
+            ),
+            store,
+            clock,
             since_sweep: AtomicU32::new(0),
+            full: AtomicBool::new(false),
+            max_tracked: max_tracked.max(1),
+            quota,
         })
+    }
+
+    /// The quota this limiter enforces.
+    pub fn quota(&self) -> GcraQuota {
+        self.quota
     }
 
     /// Takes one cell for `key`, or says how long until one is free.
     pub fn check(&self, key: &Arc<str>) -> RateDecision {
         if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
-            self.since_sweep.store(0, Ordering::Relaxed);
-            self.limiter.retain_recent();
+            self.sweep();
+        }
+        // Full: refuse newcomers until a sweep (every few thousand decisions) makes room.
+        if self.full.load(Ordering::Relaxed) && !self.store.contains_key(key) {
+            return RateDecision::Full;
         }
         match self.limiter.check_key(key) {
             Ok(()) => RateDecision::Allow,
@@ -67,15 +123,27 @@ impl RateLimiter {
         }
     }
 
+    /// Evicts idle keys now.
+    pub fn sweep(&self) {
+        self.since_sweep.store(0, Ordering::Relaxed);
+        self.limiter.retain_recent();
+        let len = self.tracked_keys();
+        self.full.store(len >= self.max_tracked, Ordering::Relaxed);
+        if len < self.max_tracked / 2 {
+            self.limiter.shrink_to_fit();
+        }
+    }
+
     /// How many callers the limiter currently tracks.
     pub fn tracked_keys(&self) -> usize {
-        self.limiter.len()
+        ShrinkableKeyedStateStore::len(&*self.store)
     }
 }
 
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
+            .field("quota", &self.quota)
             .field("tracked_keys", &self.tracked_keys())
             .finish()
     }
@@ -104,9 +172,45 @@ mod tests {
                 d > Duration::from_millis(900) && d <= Duration::from_secs(1),
                 "{d:?}"
             ),
-            RateDecision::Allow => panic!("fourth call within the burst window must be refused"),
+            other => panic!("fourth call within the burst window must be refused: {other:?}"),
         }
         assert_eq!(l.check(&b), RateDecision::Allow, "keys are independent");
         assert!(RateLimiter::new(Rate::Unlimited).is_none());
+    }
+
+    #[test]
+    fn a_full_limiter_refuses_newcomers_but_serves_known_callers() {
+        let quota = GcraQuota::from_rate(Rate::per_hour(10)).expect("quota");
+        let l = RateLimiter::with_quota(quota, 3).expect("limited");
+        let keys: Vec<Arc<str>> = (0..4).map(|i| Arc::from(format!("k{i}"))).collect();
+        for k in &keys[..3] {
+            assert_eq!(l.check(k), RateDecision::Allow);
+        }
+        l.sweep();
+        assert_eq!(
+            l.check(&keys[3]),
+            RateDecision::Full,
+            "a fourth caller does not fit"
+        );
+        assert_eq!(
+            l.check(&keys[0]),
+            RateDecision::Allow,
+            "known callers go on"
+        );
+        assert_eq!(l.tracked_keys(), 3);
+    }
+
+    #[test]
+    fn idle_callers_are_evicted() {
+        // One call per millisecond: a caller is idle again a millisecond after its call.
+        let quota = GcraQuota::from_rate(Rate::per_second(1000).with_burst(1)).expect("quota");
+        let l = RateLimiter::with_quota(quota, 100).expect("limited");
+        for i in 0..100 {
+            assert_eq!(l.check(&Arc::from(format!("k{i}"))), RateDecision::Allow);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        l.sweep();
+        assert_eq!(l.tracked_keys(), 0, "every caller is idle again");
+        assert_eq!(l.check(&Arc::from("late")), RateDecision::Allow);
     }
 }

@@ -8,8 +8,10 @@ use super::{default_info, Entry, Hardened, Inner};
 use crate::audit::{AuditSink, TracingAuditSink};
 use crate::auth::Principal;
 use crate::definition::{Tool, ToolFns};
-use crate::limits::RateLimiter;
-use crate::spec::ToolSpec;
+use crate::limits::{
+    Backend, ConcurrencyGate, FailMode, Limit, RateLimitStore, DEFAULT_MAX_TRACKED,
+};
+use crate::spec::{Concurrency, Rate, ToolSpec};
 
 /// Why a server could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +36,16 @@ pub enum BuildError {
         "the rate of tool `{0}` is too high to enforce; use `rate = \"unlimited\"` or a lower rate"
     )]
     InvalidRate(&'static str),
+    /// A tier multiplier that is not a finite number above zero, or that scales a rate
+    /// beyond what can be enforced.
+    #[error("the tier `{0}` has an unusable multiplier; use a finite factor above 0 (e.g. 10.0)")]
+    InvalidTier(String),
+    /// A concurrency limit of zero.
+    #[error("the concurrency limit of tool `{0}` must be at least 1")]
+    InvalidConcurrency(&'static str),
+    /// A per-tool setting names a tool that is not registered.
+    #[error("`{0}` is not a registered tool; register it with .tool::<{0}>() first")]
+    UnknownTool(&'static str),
     /// No tool was registered.
     #[error("no tool is registered; add one with .tool::<my_tool>()")]
     NoTools,
@@ -58,6 +70,12 @@ pub struct HardenedBuilder<S> {
     name: String,
     version: String,
     instructions: Option<String>,
+    tiers: Vec<(Arc<str>, f64)>,
+    principal_rate: Option<Rate>,
+    global_rates: Vec<(&'static str, Rate)>,
+    concurrency: Vec<(&'static str, Concurrency)>,
+    backend: Backend,
+    max_tracked: usize,
 }
 
 impl<S: Send + Sync + 'static> HardenedBuilder<S> {
@@ -72,6 +90,12 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             name: "mcp-harden".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instructions: None,
+            tiers: Vec::new(),
+            principal_rate: None,
+            global_rates: Vec::new(),
+            concurrency: Vec::new(),
+            backend: Backend::Memory,
+            max_tracked: DEFAULT_MAX_TRACKED,
         }
     }
 
@@ -125,6 +149,53 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
+    /// A tier and its quota multiplier: a principal with this tier (from a JWT's tier claim or
+    /// an API key's entry) gets `factor` times every per-caller rate and burst, e.g.
+    /// `.tier("enterprise", 10.0)`. Principals without a listed tier get the declared rates.
+    pub fn tier(mut self, name: impl Into<Arc<str>>, factor: f64) -> Self {
+        self.tiers.push((name.into(), factor));
+        self
+    }
+
+    /// A limit on each caller's calls across all tools (tier-scaled), checked after the
+    /// tool's own: `.principal_rate(Rate::per_minute(600))`.
+    pub fn principal_rate(mut self, rate: Rate) -> Self {
+        self.principal_rate = Some(rate);
+        self
+    }
+
+    /// A limit on a tool's calls across all callers, checked after the per-caller one:
+    /// `.global_rate::<query_database>(Rate::per_second(200))`.
+    pub fn global_rate<T: Tool<S>>(mut self, rate: Rate) -> Self {
+        self.global_rates.push((T::SPEC.name, rate));
+        self
+    }
+
+    /// Sets (or overrides `max_concurrency`) how many calls of a tool run at once:
+    /// `.concurrency::<query_database>(Concurrency::wait_up_to(8, Duration::from_secs(2)))`.
+    pub fn concurrency<T: Tool<S>>(mut self, limit: Concurrency) -> Self {
+        self.concurrency.push((T::SPEC.name, limit));
+        self
+    }
+
+    /// Makes rate decisions in a shared store (e.g. Redis, for several replicas) instead of
+    /// in memory; `fail` says what happens when the store cannot decide.
+    pub fn rate_limit_store(mut self, store: impl RateLimitStore, fail: FailMode) -> Self {
+        self.backend = Backend::Store {
+            store: Arc::new(store),
+            fail,
+            prefix: Arc::from(""),
+        };
+        self
+    }
+
+    /// The most callers each in-memory limiter tracks (default one million); beyond it new
+    /// callers are refused (`UNAVAILABLE`, retryable) until idle ones are evicted.
+    pub fn max_tracked_callers(mut self, max: usize) -> Self {
+        self.max_tracked = max;
+        self
+    }
+
     /// Checks the tool set (unique names; no description naming another tool) and builds.
     pub fn build(self) -> Result<Hardened<S>, BuildError> {
         if self.tools.is_empty() {
@@ -150,27 +221,69 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 }
             }
         }
-        for t in &self.tools {
-            if t.spec.rate != crate::spec::Rate::Unlimited
-                && RateLimiter::new(t.spec.rate).is_none()
-            {
-                return Err(BuildError::InvalidRate(t.spec.name));
+        for (name, factor) in &self.tiers {
+            if !(factor.is_finite() && *factor > 0.0) {
+                return Err(BuildError::InvalidTier(name.to_string()));
             }
         }
-        let tools = self
-            .tools
-            .into_iter()
-            .map(|t| {
-                let definition = definition(&t.spec, t.input_schema, t.output_schema);
-                let entry = Entry {
-                    spec: t.spec,
-                    definition,
-                    limiter: RateLimiter::new(t.spec.rate),
-                    fns: t.fns,
-                };
-                (t.spec.name, entry)
-            })
-            .collect();
+        let (tiers, max_tracked) = (&self.tiers, self.max_tracked);
+        // A rate limit, or why it cannot be enforced.
+        let limit = |id: String, rate: Rate, scaled: bool, name: &'static str| match rate {
+            Rate::Unlimited => Ok(None),
+            _ => Limit::new(id, rate, if scaled { tiers } else { &[] }, max_tracked)
+                .map(Some)
+                .ok_or(BuildError::InvalidRate(name)),
+        };
+        let named = self.global_rates.iter().map(|(n, _)| *n);
+        for name in named.chain(self.concurrency.iter().map(|(n, _)| *n)) {
+            if !tools.contains_key(name) {
+                return Err(BuildError::UnknownTool(name));
+            }
+        }
+        let principal_rate = match self.principal_rate {
+            Some(r) => limit("principal".into(), r, true, "(principal_rate)")?,
+            None => None,
+        };
+        let mut entries = HashMap::with_capacity(self.tools.len());
+        for t in self.tools {
+            let mut spec = t.spec;
+            if let Some((_, c)) = self.concurrency.iter().rev().find(|(n, _)| *n == spec.name) {
+                spec.concurrency = Some(*c);
+            }
+            let concurrency = match spec.concurrency {
+                Some(c) => {
+                    Some(ConcurrencyGate::new(c).ok_or(BuildError::InvalidConcurrency(spec.name))?)
+                }
+                None => None,
+            };
+            let global = match self
+                .global_rates
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == spec.name)
+            {
+                Some((_, r)) => limit(format!("global:{}", spec.name), *r, false, spec.name)?,
+                None => None,
+            };
+            let entry = Entry {
+                spec,
+                definition: definition(&spec, t.input_schema, t.output_schema),
+                rate: limit(format!("tool:{}", spec.name), spec.rate, true, spec.name)?,
+                global,
+                concurrency,
+                fns: t.fns,
+            };
+            entries.insert(spec.name, entry);
+        }
+        let tools = entries;
+        let backend = match self.backend {
+            Backend::Store { store, fail, .. } => Backend::Store {
+                store,
+                fail,
+                prefix: Arc::from(format!("mcp-harden:{}:", self.name)),
+            },
+            Backend::Memory => Backend::Memory,
+        };
         let mut info = default_info(&self.name, &self.version);
         if let Some(i) = self.instructions {
             info = info.with_instructions(i);
@@ -186,6 +299,9 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 max_output_bytes: self.max_output_bytes,
                 info,
                 inflight: tokio_util::task::TaskTracker::new(),
+                backend,
+                principal_rate,
+                store_errors: std::sync::atomic::AtomicU64::new(0),
             }),
             local: None,
             transport: "none",

@@ -18,7 +18,7 @@ use rmcp::{ServerHandler, ServiceExt};
 use crate::audit::{new_trace_id, now_rfc3339, AuditSink};
 use crate::auth::Principal;
 use crate::definition::ToolFns;
-use crate::limits::RateLimiter;
+use crate::limits::{Backend, ConcurrencyGate, Limit};
 use crate::pipeline::{self, CallInfo};
 use crate::spec::ToolSpec;
 
@@ -90,12 +90,22 @@ pub(crate) struct Inner<S> {
     pub info: ServerConfig,
     /// Calls in progress, so that shutdown can wait for them.
     pub inflight: tokio_util::task::TaskTracker,
+    /// Where rate decisions are made.
+    pub backend: Backend,
+    /// Each caller's total across tools (tier-scaled).
+    pub principal_rate: Option<Limit>,
+    /// Rate decisions the store failed to make.
+    pub store_errors: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Entry<S> {
     pub spec: ToolSpec,
     pub definition: rmcp::model::Tool,
-    pub limiter: Option<RateLimiter>,
+    /// The tool's rate per caller (tier-scaled).
+    pub rate: Option<Limit>,
+    /// The tool's rate across all callers.
+    pub global: Option<Limit>,
+    pub concurrency: Option<ConcurrencyGate>,
     pub fns: ToolFns<S>,
 }
 
@@ -103,6 +113,35 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     /// Starts building a server around the shared application state.
     pub fn builder(state: impl Into<Arc<S>>) -> HardenedBuilder<S> {
         HardenedBuilder::new(state.into())
+    }
+
+    /// How many rate decisions the shared [`RateLimitStore`](crate::limits::RateLimitStore)
+    /// failed to make (each answered per the configured [`FailMode`](crate::limits::FailMode)).
+    pub fn rate_store_errors(&self) -> u64 {
+        self.inner
+            .store_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many callers the in-memory rate limiters track now (all tools and limits).
+    pub fn tracked_callers(&self) -> usize {
+        self.inner
+            .tools
+            .values()
+            .flat_map(|e| [e.rate.as_ref(), e.global.as_ref()])
+            .chain([self.inner.principal_rate.as_ref()])
+            .flatten()
+            .map(Limit::tracked_keys)
+            .sum()
+    }
+
+    /// Calls of `tool` running now (0 without a concurrency limit).
+    pub fn running(&self, tool: &str) -> usize {
+        self.inner
+            .tools
+            .get(tool)
+            .and_then(|e| Some(e.concurrency.as_ref()?.in_use(e.spec.concurrency?.max)))
+            .unwrap_or(0)
     }
 
     /// The MCP definitions of every registered tool, as `--print-manifest` shows them.
@@ -316,7 +355,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
                 pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
             })?;
-            pipeline::limit(entry, &caller).map_err(|e| pipeline::Refusal {
+            let _permit = pipeline::limit(inner, entry, &caller, &rc.ct).await.map_err(|e| pipeline::Refusal {
                 outcome: crate::audit::Outcome::Rejected,
                 error: e,
                 detail: None,
