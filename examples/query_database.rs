@@ -470,6 +470,10 @@ struct Cli {
     /// A JSON file of hashed API keys (made by `mcp-harden api-key --keys-file`).
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    /// Share rate limits with other replicas through this Redis (e.g. redis://127.0.0.1:6379);
+    /// if it becomes unreachable, calls are refused (UNAVAILABLE, retryable).
+    #[arg(long)]
+    redis: Option<String>,
     /// Stateless Streamable HTTP (no sessions).
     #[arg(long)]
     stateless: bool,
@@ -501,14 +505,20 @@ fn default_db() -> PathBuf {
     std::env::temp_dir().join("mcp-harden-query_database.sqlite3")
 }
 
-fn build(cli: &Cli) -> Result<Hardened<App>, mcp_harden::BuildError> {
-    Hardened::builder(App { db: cli.db.clone() })
+fn build(cli: &Cli) -> Result<Hardened<App>, Box<dyn std::error::Error>> {
+    let mut builder = Hardened::builder(App { db: cli.db.clone() })
         .server_info("mcp-harden-query-database", env!("CARGO_PKG_VERSION"))
         .tool::<query_database>()
         .tool::<update_order_status>()
         .tool::<restock_product>()
-        .local_principal(Principal::local(cli.subject.as_str(), &cli.scopes))
-        .build()
+        // A principal whose token says `"tier": "enterprise"` gets ten times every rate.
+        .tier("enterprise", 10.0)
+        .local_principal(Principal::local(cli.subject.as_str(), &cli.scopes));
+    if let Some(url) = &cli.redis {
+        let store = mcp_harden::limits::RedisStore::new(url)?;
+        builder = builder.rate_limit_store(store, mcp_harden::limits::FailMode::Closed);
+    }
+    Ok(builder.build()?)
 }
 
 #[tokio::main]

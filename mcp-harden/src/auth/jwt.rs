@@ -3,8 +3,15 @@
 //! Every key is pinned to one algorithm: a token is verified only with a key whose algorithm
 //! is the token's `alg`, so `alg: none` (not even parseable) and HS/RS confusion (an HS256
 //! token "signed" with an RSA public key) are impossible.
+//!
+//! Verified tokens are remembered in a bounded cache keyed by the SHA-256 of the whole
+//! token, so that a client presenting the same token on every request pays for one signature
+//! verification, not one per request. A cached token is honoured only while its `exp` and
+//! `nbf` (with the leeway) still hold, checked against the clock on every hit, and only for
+//! the resource its audience was checked against. Failures are never cached.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -20,6 +27,8 @@ use super::{AuthContext, AuthFailure, AuthMethod, Authenticator, Principal};
 const MIN_HMAC_SECRET: usize = 32;
 /// The longest subject accepted.
 const MAX_SUBJECT: usize = 256;
+/// Verified tokens remembered by default (see [`JwtBuilder::cache`]).
+const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
 /// Verifies JWT bearer tokens: signature with a pinned key, `exp`, `nbf`, `iss`, `aud`
 /// (RFC 8707: the audience must name this resource), then reads the subject, the scopes
@@ -35,12 +44,76 @@ const MAX_SUBJECT: usize = 256;
 ///     .build()?;
 /// # Ok::<(), mcp_harden::auth::JwtConfigError>(())
 /// ```
+///
+/// Verified tokens are cached (10 000 by default, see [`JwtBuilder::cache`]): a token seen
+/// before skips signature verification while it is still within its validity window.
 pub struct JwtAuthenticator {
     keys: Vec<Key>,
     /// Whether any key has a `kid`: then a token's `kid` must name one.
     any_kid: bool,
     audiences: Vec<String>,
     tier_claim: Option<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    leeway: u64,
+    cache: Option<TokenCache>,
+    /// Full verifications performed (tests prove that a hit skips them).
+    #[cfg(test)]
+    verifications: std::sync::atomic::AtomicUsize,
+}
+
+/// Verified tokens by the SHA-256 of the whole token (so the cache holds no credential, and
+/// no two tokens share an entry short of a SHA-256 collision). Bounded: when full, `quick_cache`
+/// evicts (S3-FIFO: tokens seen once go first).
+struct TokenCache {
+    entries: quick_cache::sync::Cache<[u8; 32], Arc<CachedToken>>,
+}
+
+/// What a verification established, and the conditions under which it still holds.
+struct CachedToken {
+    principal: Principal,
+    /// The token's `exp` (required, so always known).
+    exp: u64,
+    /// The token's `nbf`, if it has one.
+    nbf: Option<u64>,
+    /// The resource the audience was checked against; `None` when fixed audiences are
+    /// configured, which do not depend on the request's resource.
+    resource: Option<Box<str>>,
+}
+
+impl CachedToken {
+    /// Whether the verification still holds at `now` (seconds since the epoch) for a
+    /// request to `resource`: `now < exp + leeway`, `now >= nbf - leeway`, same resource.
+    fn holds(&self, now: u64, leeway: u64, resource: &str) -> bool {
+        now < self.exp.saturating_add(leeway)
+            && self.nbf.is_none_or(|nbf| now >= nbf.saturating_sub(leeway))
+            && self.resource.as_deref().is_none_or(|r| r == resource)
+    }
+}
+
+impl TokenCache {
+    fn new(capacity: usize) -> Option<Self> {
+        (capacity > 0).then(|| Self {
+            entries: quick_cache::sync::Cache::new(capacity),
+        })
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The principal of a cached token whose verification still holds. A stale entry is
+    /// dropped (a request for another resource leaves it alone).
+    fn get(&self, key: &[u8; 32], now: u64, leeway: u64, resource: &str) -> Option<Principal> {
+        let hit = self.entries.get(key)?;
+        if hit.holds(now, leeway, resource) {
+            return Some(hit.principal.clone());
+        }
+        if now >= hit.exp.saturating_add(leeway) {
+            self.entries.remove(key);
+        }
+        None
+    }
 }
 
 struct Key {
@@ -62,6 +135,10 @@ impl std::fmt::Debug for JwtAuthenticator {
                     .collect::<Vec<_>>(),
             )
             .field("audiences", &self.audiences)
+            .field(
+                "cache_capacity",
+                &self.cache.as_ref().map_or(0, |c| c.entries.capacity()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -110,6 +187,7 @@ pub struct JwtBuilder {
     audiences: Vec<String>,
     leeway: Option<Duration>,
     tier_claim: Option<String>,
+    cache: Option<usize>,
     errors: Vec<JwtConfigError>,
 }
 
@@ -220,25 +298,74 @@ impl Authenticator for JwtAuthenticator {
         if credential.split('.').count() != 3 {
             return None;
         }
-        Some((|| {
-            let header = jsonwebtoken::decode_header(credential).map_err(|e| failure(e.kind()))?;
-            let mut last = AuthFailure::BadSignature;
-            for key in self.select(&header)? {
-                match jsonwebtoken::decode::<Map<String, Value>>(
-                    credential,
-                    &key.key,
-                    &key.validation,
-                ) {
-                    Ok(data) => return self.principal(&data.claims, cx),
-                    Err(e) => last = failure(e.kind()),
-                }
-                if last != AuthFailure::BadSignature {
-                    break;
-                }
-            }
-            Err(last)
-        })())
+        let Some(cache) = &self.cache else {
+            return Some(self.verify(credential, cx).map(|(p, _)| p));
+        };
+        let key = TokenCache::key(credential);
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = cache.get(&key, now, self.leeway, cx.resource) {
+            return Some(Ok(principal));
+        }
+        let (principal, window) = match self.verify(credential, cx) {
+            Ok(verified) => verified,
+            // Failures are not cached: a refused token is checked afresh every time.
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some((exp, nbf)) = window {
+            cache.entries.insert(
+                key,
+                Arc::new(CachedToken {
+                    principal: principal.clone(),
+                    exp,
+                    nbf,
+                    resource: self.audiences.is_empty().then(|| cx.resource.into()),
+                }),
+            );
+        }
+        Some(Ok(principal))
     }
+}
+
+impl JwtAuthenticator {
+    /// Full verification: header, key selection, signature, `exp`/`nbf`/`iss`, audience,
+    /// claims. Also returns the token's validity window (`exp`, `nbf`) when it can be cached.
+    #[allow(clippy::type_complexity)]
+    fn verify(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Result<(Principal, Option<(u64, Option<u64>)>), AuthFailure> {
+        #[cfg(test)]
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let header = jsonwebtoken::decode_header(credential).map_err(|e| failure(e.kind()))?;
+        let mut last = AuthFailure::BadSignature;
+        for key in self.select(&header)? {
+            match jsonwebtoken::decode::<Map<String, Value>>(credential, &key.key, &key.validation)
+            {
+                Ok(data) => {
+                    let principal = self.principal(&data.claims, cx)?;
+                    return Ok((principal, validity_window(&data.claims)));
+                }
+                Err(e) => last = failure(e.kind()),
+            }
+            if last != AuthFailure::BadSignature {
+                break;
+            }
+        }
+        Err(last)
+    }
+}
+
+/// `exp` and `nbf` of verified claims as whole seconds (what `jsonwebtoken` checked); `None`
+/// if either is not in that form, and then the token is not cached.
+fn validity_window(claims: &Map<String, Value>) -> Option<(u64, Option<u64>)> {
+    let exp = claims.get("exp")?.as_u64()?;
+    let nbf = match claims.get("nbf") {
+        None => None,
+        Some(v) => Some(v.as_u64()?),
+    };
+    Some((exp, nbf))
 }
 
 impl JwtBuilder {
@@ -383,6 +510,18 @@ impl JwtBuilder {
         self
     }
 
+    /// How many verified tokens to remember (default 10 000; `0` turns the cache off).
+    ///
+    /// A remembered token skips signature verification while it is still valid: its `exp`
+    /// and `nbf` (with the leeway) are checked against the clock on every use, and it is
+    /// accepted only for the resource its audience was checked against. Entries are keyed by
+    /// the SHA-256 of the whole token, so the cache holds no credential; refused tokens are
+    /// never remembered. When full, the least promising entries are evicted (S3-FIFO).
+    pub fn cache(mut self, capacity: usize) -> Self {
+        self.cache = Some(capacity);
+        self
+    }
+
     /// Checks the configuration.
     pub fn build(mut self) -> Result<JwtAuthenticator, JwtConfigError> {
         if !self.errors.is_empty() {
@@ -428,6 +567,10 @@ impl JwtBuilder {
             any_kid,
             audiences: self.audiences,
             tier_claim: self.tier_claim,
+            leeway,
+            cache: TokenCache::new(self.cache.unwrap_or(DEFAULT_CACHE_CAPACITY)),
+            #[cfg(test)]
+            verifications: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 }
@@ -626,4 +769,198 @@ pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"a unit-test secret of at least 32 bytes";
+    const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
+
+    fn cx(resource: &str) -> AuthContext<'_> {
+        AuthContext::new(resource, SocketAddr::from(([127, 0, 0, 1], 4000)))
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn token(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .expect("signs")
+    }
+
+    fn claims(sub: &str) -> Value {
+        serde_json::json!({"sub": sub, "aud": RESOURCE, "scope": "db:read", "exp": now() + 600})
+    }
+
+    fn auth(builder: JwtBuilder) -> JwtAuthenticator {
+        builder.hs256(SECRET).build().expect("valid configuration")
+    }
+
+    fn verifications(a: &JwtAuthenticator) -> usize {
+        a.verifications.load(Ordering::Relaxed)
+    }
+
+    fn check(a: &JwtAuthenticator, token: &str, resource: &str) -> Result<Principal, AuthFailure> {
+        a.authenticate(token, &cx(resource)).expect("a JWT")
+    }
+
+    #[test]
+    fn a_hit_skips_verification_and_returns_the_same_principal() {
+        let a = auth(JwtAuthenticator::builder());
+        let t = token(&claims("alice"));
+        let first = check(&a, &t, RESOURCE).expect("valid");
+        assert_eq!(verifications(&a), 1);
+        for _ in 0..5 {
+            assert_eq!(check(&a, &t, RESOURCE).expect("cached"), first);
+        }
+        assert_eq!(verifications(&a), 1, "hits verify nothing");
+        assert_eq!(first.subject(), "alice");
+        assert!(first.has_scope("db:read"));
+
+        let uncached = auth(JwtAuthenticator::builder().cache(0));
+        for _ in 0..3 {
+            check(&uncached, &t, RESOURCE).expect("valid");
+        }
+        assert_eq!(verifications(&uncached), 3, "cache(0) verifies every time");
+    }
+
+    #[test]
+    fn another_token_never_hits_an_entry() {
+        let a = auth(JwtAuthenticator::builder());
+        let alice = token(&claims("alice"));
+        let bob = token(&claims("bob"));
+        assert_eq!(
+            check(&a, &alice, RESOURCE).expect("valid").subject(),
+            "alice"
+        );
+        assert_eq!(check(&a, &bob, RESOURCE).expect("valid").subject(), "bob");
+        assert_eq!(verifications(&a), 2);
+        // Alice's token with its signature altered, or with bytes appended: verified (and
+        // refused), never served from alice's entry.
+        let mut forged = alice.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).expect("ASCII");
+        assert_eq!(check(&a, &forged, RESOURCE), Err(AuthFailure::BadSignature));
+        assert!(check(&a, &format!("{alice}A"), RESOURCE).is_err());
+        assert_eq!(verifications(&a), 4);
+        assert_eq!(
+            check(&a, &alice, RESOURCE).expect("cached").subject(),
+            "alice"
+        );
+        assert_eq!(verifications(&a), 4);
+    }
+
+    #[test]
+    fn failures_are_not_cached() {
+        let a = auth(JwtAuthenticator::builder());
+        let mut c = claims("alice");
+        c["aud"] = "https://elsewhere.example/mcp".into();
+        let wrong = token(&c);
+        let mut c = claims("alice");
+        c["exp"] = (now() - 3600).into();
+        let expired = token(&c);
+        for _ in 0..3 {
+            assert_eq!(check(&a, &wrong, RESOURCE), Err(AuthFailure::WrongAudience));
+            assert_eq!(check(&a, &expired, RESOURCE), Err(AuthFailure::Expired));
+        }
+        assert_eq!(
+            verifications(&a),
+            6,
+            "every refusal is a fresh verification"
+        );
+        assert_eq!(a.cache.as_ref().expect("cache on").entries.len(), 0);
+    }
+
+    #[test]
+    fn a_token_cached_for_one_resource_is_refused_for_another() {
+        let a = auth(JwtAuthenticator::builder());
+        let t = token(&claims("alice"));
+        check(&a, &t, RESOURCE).expect("valid for its audience");
+        assert_eq!(
+            check(&a, &t, "http://127.0.0.1:9090/mcp"),
+            Err(AuthFailure::WrongAudience),
+            "the entry is not honoured for another resource"
+        );
+        assert_eq!(verifications(&a), 2);
+        check(&a, &t, RESOURCE).expect("still cached for its own resource");
+        assert_eq!(verifications(&a), 2);
+
+        // With fixed audiences the request's resource plays no part, cached or not.
+        let fixed = auth(JwtAuthenticator::builder().audience(RESOURCE));
+        check(&fixed, &t, "http://127.0.0.1:9090/mcp").expect("fixed audience");
+        check(&fixed, &t, "http://127.0.0.1:7070/mcp").expect("fixed audience, cached");
+        assert_eq!(verifications(&fixed), 1);
+    }
+
+    #[test]
+    fn stale_entries_are_refused_at_the_boundaries() {
+        let cache = TokenCache::new(4).expect("enabled");
+        let key = TokenCache::key("a.b.c");
+        cache.entries.insert(
+            key,
+            Arc::new(CachedToken {
+                principal: Principal::new("alice", ["s"], AuthMethod::Jwt),
+                exp: 1_000,
+                nbf: Some(500),
+                resource: Some(RESOURCE.into()),
+            }),
+        );
+        let leeway = 30;
+        assert!(cache.get(&key, 1_029, leeway, RESOURCE).is_some());
+        assert!(cache.get(&key, 470, leeway, RESOURCE).is_some());
+        assert!(
+            cache.get(&key, 469, leeway, RESOURCE).is_none(),
+            "before nbf - leeway"
+        );
+        assert!(
+            cache.get(&key, 1_000, leeway, "http://other/mcp").is_none(),
+            "other resource"
+        );
+        assert_eq!(cache.entries.len(), 1, "neither removes the entry");
+        assert!(
+            cache.get(&key, 1_030, leeway, RESOURCE).is_none(),
+            "at exp + leeway"
+        );
+        assert_eq!(cache.entries.len(), 0, "an expired entry is dropped");
+        assert!(cache.get(&key, 600, leeway, RESOURCE).is_none());
+    }
+
+    #[test]
+    fn an_expired_cached_token_is_refused() {
+        let a = auth(JwtAuthenticator::builder().leeway(Duration::ZERO));
+        let t0 = now();
+        let mut c = claims("alice");
+        c["exp"] = (t0 + 1).into();
+        let t = token(&c);
+        check(&a, &t, RESOURCE).expect("valid for about a second");
+        check(&a, &t, RESOURCE).expect("cached");
+        assert_eq!(verifications(&a), 1);
+        while now() <= t0 + 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(check(&a, &t, RESOURCE), Err(AuthFailure::Expired));
+        assert_eq!(verifications(&a), 2, "the stale entry was not honoured");
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let a = auth(JwtAuthenticator::builder().cache(16));
+        for i in 0..200 {
+            check(&a, &token(&claims(&format!("user{i}"))), RESOURCE).expect("valid");
+        }
+        let entries = &a.cache.as_ref().expect("cache on").entries;
+        assert!(entries.len() <= 16, "{} entries", entries.len());
+        assert!(!entries.is_empty());
+    }
 }

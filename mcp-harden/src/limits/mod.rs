@@ -11,6 +11,8 @@
 //! [`HardenedBuilder::principal_rate`]: crate::HardenedBuilder::principal_rate
 
 mod rate;
+#[cfg(feature = "redis")]
+mod redis_store;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use rate::{RateDecision, RateLimiter, DEFAULT_MAX_TRACKED};
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
 
 use crate::auth::Principal;
 use crate::errors::{ErrorCode, ToolError};

@@ -1,0 +1,230 @@
+//! Rate limits across replicas: the Redis store against real `redis-server` processes.
+//!
+//! Each test starts its own `redis-server` on a free loopback port (`.ci/run` installs it).
+//! Without the binary the tests say so and pass, unless `MCP_HARDEN_REQUIRE_REDIS` is set
+//! (as in CI), where a missing Redis fails them.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcp_harden::limits::{FailMode, GcraQuota, RateDecision, RateLimitStore, RedisStore};
+use mcp_harden::prelude::*;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::ServiceExt;
+use serde_json::Value;
+
+/// A `redis-server` child on a loopback port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one, or `None` (test skipped) when the binary is missing and not required.
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self::on(port)
+    }
+
+    fn on(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("MCP_HARDEN_REQUIRE_REDIS").is_some() => {
+                panic!("redis-server is required (MCP_HARDEN_REQUIRE_REDIS) but cannot start: {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: redis-server cannot start ({e}); install it to run this test");
+                return None;
+            }
+        };
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct App;
+
+/// Count something, at most four times a minute per caller.
+#[tool(scopes = "count", rate = "4/min")]
+async fn count(_ctx: Ctx<App>) -> String {
+    "counted".to_owned()
+}
+
+fn server(store: RedisStore, fail: FailMode) -> Hardened<App> {
+    Hardened::builder(App)
+        .server_info("redis-e2e", "1")
+        .tool::<count>()
+        .local_principal(Principal::local("alice", ["count"]))
+        .rate_limit_store(store, fail)
+        .build()
+        .expect("builds")
+}
+
+async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve_transport(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    ().serve(client_io).await.expect("client connects")
+}
+
+async fn call(c: &RunningService<RoleClient, ()>) -> CallToolResult {
+    c.call_tool(CallToolRequestParams::new("count"))
+        .await
+        .expect("the call answers")
+}
+
+fn error_code(r: &CallToolResult) -> Option<String> {
+    let v: &Value = r.structured_content.as_ref()?;
+    v["error"]["code"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn one_gcra_decision_per_call_with_an_exact_wait() {
+    let Some(redis) = Redis::start() else { return };
+    let store = RedisStore::new(&redis.url()).expect("store");
+    let quota = GcraQuota {
+        emission: Duration::from_secs(1),
+        burst: 3,
+    };
+    for i in 0..3 {
+        assert_eq!(
+            store.check("k", quota).await.expect("decides"),
+            RateDecision::Allow,
+            "call {i} is within the burst"
+        );
+    }
+    match store.check("k", quota).await.expect("decides") {
+        RateDecision::Deny(wait) => assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        ),
+        other => panic!("the fourth call is over the burst: {other:?}"),
+    }
+    assert_eq!(
+        store.check("other", quota).await.expect("decides"),
+        RateDecision::Allow,
+        "keys are independent"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_callers_quota() {
+    let Some(redis) = Redis::start() else { return };
+    let a = connect(server(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Closed,
+    ))
+    .await;
+    let b = connect(server(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Closed,
+    ))
+    .await;
+    for c in [&a, &b, &a, &b] {
+        let r = call(c).await;
+        assert_eq!(r.is_error, Some(false), "{r:?}");
+    }
+    for c in [&a, &b] {
+        let r = call(c).await;
+        assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
+        let retry = r
+            .structured_content
+            .as_ref()
+            .and_then(|v| v["error"]["retry_after_ms"].as_u64());
+        assert!(retry.is_some_and(|ms| ms > 0 && ms <= 15_000), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn redis_going_away_fails_closed_by_default_and_open_on_request() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let closed = server(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Closed,
+    );
+    let open = server(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Open,
+    );
+    let (c, o) = (connect(closed.clone()).await, connect(open.clone()).await);
+    assert_eq!(call(&c).await.is_error, Some(false));
+    assert_eq!(call(&o).await.is_error, Some(false));
+
+    redis.stop();
+    let r = call(&c).await;
+    assert_eq!(error_code(&r).as_deref(), Some("UNAVAILABLE"), "{r:?}");
+    assert_eq!(
+        r.structured_content
+            .as_ref()
+            .map(|v| v["error"]["retryable"].clone()),
+        Some(Value::Bool(true))
+    );
+    assert!(closed.rate_store_errors() >= 1);
+    for _ in 0..6 {
+        // Over the 4/min quota, yet admitted: the store cannot say no.
+        let r = call(&o).await;
+        assert_eq!(r.is_error, Some(false), "fail open admits: {r:?}");
+    }
+    assert!(open.rate_store_errors() >= 6, "every failure is counted");
+
+    // Redis comes back on the same port: decisions resume (state was lost with it).
+    let _redis = Redis::on(redis.port).expect("restarts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&c).await;
+        if r.is_error == Some(false) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "decisions resume after Redis returns: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
