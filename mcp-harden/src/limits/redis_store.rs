@@ -54,7 +54,7 @@ impl RedisStore {
     /// A store for the Redis at `url` (`redis://host:port/db`, `rediss://` for TLS is not
     /// compiled in). Connects lazily and reconnects by itself; each decision times out after
     /// 250 ms, so an unreachable Redis costs a call at most that (then the configured
-    /// [`FailMode`](super::FailMode) applies).
+    /// [`FailMode`](super::FailMode) applies). Call it inside a Tokio runtime.
     pub fn new(url: &str) -> Result<Self, StoreError> {
         Self::with_timeout(url, Duration::from_millis(250))
     }
