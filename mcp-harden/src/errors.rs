@@ -131,16 +131,12 @@ impl ToolError {
         )
     }
 
-    pub(crate) fn rate_limited(wait: Duration) -> Self {
+    pub(crate) fn rate_limited(wait: Duration, message: &'static str) -> Self {
         // Round up: retrying after the hint must succeed.
         let ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         Self {
             retry_after_ms: Some(ms.max(1)),
-            ..Self::new(
-                ErrorCode::RateLimited,
-                "rate limit exceeded for this tool",
-                true,
-            )
+            ..Self::new(ErrorCode::RateLimited, message, true)
         }
     }
 
@@ -234,7 +230,10 @@ mod tests {
 
     #[test]
     fn wire_shape_matches_the_design() {
-        let e = ToolError::rate_limited(Duration::from_micros(1500));
+        let e = ToolError::rate_limited(
+            Duration::from_micros(1500),
+            "rate limit exceeded for this tool",
+        );
         assert_eq!(
             e.to_json(),
             serde_json::json!({"error": {"code": "RATE_LIMITED", "message": "rate limit exceeded for this tool", "retryable": true, "retry_after_ms": 2}})

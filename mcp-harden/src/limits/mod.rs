@@ -52,14 +52,23 @@ impl GcraQuota {
         if count == 0 {
             return None;
         }
-        let emission = period.as_duration() / count;
-        if emission < Duration::from_micros(1) {
+        Self::checked(
+            period.as_duration() / count,
+            burst.filter(|b| *b > 0).unwrap_or(count),
+        )
+    }
+
+    /// A quota that can be enforced: at least a microsecond per call, and a burst window
+    /// (`emission * burst`) of at most ten years.
+    fn checked(emission: Duration, burst: u32) -> Option<Self> {
+        const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+        if emission < Duration::from_micros(1) || burst == 0 {
             return None;
         }
-        Some(Self {
-            emission,
-            burst: burst.filter(|b| *b > 0).unwrap_or(count),
-        })
+        if emission.checked_mul(burst).is_none_or(|w| w > MAX_WINDOW) {
+            return None;
+        }
+        Some(Self { emission, burst })
     }
 
     /// This quota scaled by `factor` (a tier's multiplier): `factor` times the rate and the
@@ -68,21 +77,12 @@ impl GcraQuota {
         if !(factor.is_finite() && factor > 0.0) {
             return None;
         }
-        let emission = self.emission.div_f64(factor);
-        if emission < Duration::from_micros(1) {
+        let secs = self.emission.as_secs_f64() / factor;
+        let burst = (f64::from(self.burst) * factor).round().max(1.0);
+        if !(1e-6..=1e9).contains(&secs) || burst > f64::from(u32::MAX) {
             return None;
         }
-        let burst = (f64::from(self.burst) * factor).round();
-        Some(Self {
-            emission,
-            burst: if burst < 1.0 {
-                1
-            } else if burst > f64::from(u32::MAX) {
-                u32::MAX
-            } else {
-                burst as u32
-            },
-        })
+        Self::checked(Duration::from_secs_f64(secs), burst as u32)
     }
 }
 
@@ -137,24 +137,27 @@ pub(crate) struct Limit {
 }
 
 impl Limit {
-    /// A limit of `rate`, scaled per tier; `None` if the rate (or a scaled one) cannot be
-    /// enforced.
+    /// A limit of `rate`, scaled per tier; `Err(None)` if the rate cannot be enforced,
+    /// `Err(Some(tier))` if its scaled version for `tier` cannot.
     pub(crate) fn new(
         id: String,
         rate: Rate,
         tiers: &[(Arc<str>, f64)],
         max_tracked: usize,
-    ) -> Option<Self> {
-        let quota = GcraQuota::from_rate(rate)?;
-        let base = RateLimiter::with_quota(quota, max_tracked)?;
+    ) -> Result<Self, Option<Arc<str>>> {
+        let quota = GcraQuota::from_rate(rate).ok_or(None)?;
+        let base = RateLimiter::with_quota(quota, max_tracked).ok_or(None)?;
         let tiers = tiers
             .iter()
             .map(|(t, f)| {
-                let q = quota.scaled(*f)?;
-                Some((t.clone(), RateLimiter::with_quota(q, max_tracked)?))
+                quota
+                    .scaled(*f)
+                    .and_then(|q| RateLimiter::with_quota(q, max_tracked))
+                    .map(|l| (t.clone(), l))
+                    .ok_or_else(|| Some(t.clone()))
             })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
             id: id.into(),
             base,
             tiers: tiers.into_boxed_slice(),
@@ -187,6 +190,7 @@ impl Limit {
         key: &Arc<str>,
         tier: Option<&str>,
         errors: &AtomicU64,
+        message: &'static str,
     ) -> Result<(), ToolError> {
         let (tier_name, limiter) = self.for_tier(tier);
         let decision = match backend {
@@ -217,7 +221,7 @@ impl Limit {
         };
         match decision {
             RateDecision::Allow => Ok(()),
-            RateDecision::Deny(wait) => Err(ToolError::rate_limited(wait)),
+            RateDecision::Deny(wait) => Err(ToolError::rate_limited(wait, message)),
             RateDecision::Full => Err(ToolError::new(
                 ErrorCode::Unavailable,
                 "the server is tracking too many callers; retry shortly",
@@ -228,8 +232,8 @@ impl Limit {
     }
 }
 
-/// The rate limits of one call, in order: per caller for the tool, global for the tool, per
-/// caller across tools.
+/// The rate limits of one call, in order: per caller for the tool, per caller across tools,
+/// global for the tool.
 pub(crate) async fn check_all(
     backend: &Backend,
     per_caller: Option<&Limit>,
@@ -238,17 +242,22 @@ pub(crate) async fn check_all(
     principal: &Principal,
     errors: &AtomicU64,
 ) -> Result<(), ToolError> {
+    // The caller's own limits first: a call they refuse never spends the budget every
+    // caller shares. (A limit that admits takes its cell; a later refusal does not give it
+    // back, so a refused call may cost the caller, never anyone else.)
     let tier = principal.tier();
+    let me = principal.subject_arc();
     if let Some(l) = per_caller {
-        l.check(backend, principal.subject_arc(), tier, errors)
-            .await?;
-    }
-    if let Some(l) = global {
-        l.check(backend, &global_key(), None, errors).await?;
+        let m = "rate limit exceeded for this tool";
+        l.check(backend, me, tier, errors, m).await?;
     }
     if let Some(l) = per_principal {
-        l.check(backend, principal.subject_arc(), tier, errors)
-            .await?;
+        let m = "rate limit exceeded across tools for this caller";
+        l.check(backend, me, tier, errors, m).await?;
+    }
+    if let Some(l) = global {
+        let m = "this tool's overall rate limit is reached";
+        l.check(backend, &global_key(), None, errors, m).await?;
     }
     Ok(())
 }

@@ -70,6 +70,8 @@ pub struct RateLimiter {
     store: Arc<DefaultKeyedStateStore<Arc<str>>>,
     clock: DefaultClock,
     since_sweep: AtomicU32,
+    /// Set when the limiter filled up and a sweep did not make room; cleared by a sweep
+    /// that does. While set, newcomers are refused without sweeping again.
     full: AtomicBool,
     max_tracked: usize,
     quota: GcraQuota,
@@ -113,9 +115,19 @@ impl RateLimiter {
         if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
             self.sweep();
         }
-        // Full: refuse newcomers until a sweep (every few thousand decisions) makes room.
-        if self.full.load(Ordering::Relaxed) && !self.store.contains_key(key) {
-            return RateDecision::Full;
+        // A newcomer is admitted only while there is room (a few racing newcomers may
+        // overshoot by as many as race).
+        if !self.store.contains_key(key)
+            && ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked
+        {
+            if self.full.swap(true, Ordering::Relaxed) {
+                return RateDecision::Full;
+            }
+            // Just filled up: try to make room once before refusing.
+            self.sweep();
+            if ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked {
+                return RateDecision::Full;
+            }
         }
         match self.limiter.check_key(key) {
             Ok(()) => RateDecision::Allow,
@@ -128,7 +140,10 @@ impl RateLimiter {
         self.since_sweep.store(0, Ordering::Relaxed);
         self.limiter.retain_recent();
         let len = self.tracked_keys();
-        self.full.store(len >= self.max_tracked, Ordering::Relaxed);
+        // Another immediate sweep is allowed once this one has made room.
+        if len < self.max_tracked {
+            self.full.store(false, Ordering::Relaxed);
+        }
         if len < self.max_tracked / 2 {
             self.limiter.shrink_to_fit();
         }

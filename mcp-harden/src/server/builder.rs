@@ -232,7 +232,10 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             Rate::Unlimited => Ok(None),
             _ => Limit::new(id, rate, if scaled { tiers } else { &[] }, max_tracked)
                 .map(Some)
-                .ok_or(BuildError::InvalidRate(name)),
+                .map_err(|tier| match tier {
+                    Some(t) => BuildError::InvalidTier(t.to_string()),
+                    None => BuildError::InvalidRate(name),
+                }),
         };
         let named = self.global_rates.iter().map(|(n, _)| *n);
         for name in named.chain(self.concurrency.iter().map(|(n, _)| *n)) {
