@@ -474,6 +474,10 @@ struct Cli {
     /// if it becomes unreachable, calls are refused (UNAVAILABLE, retryable).
     #[arg(long)]
     redis: Option<String>,
+    /// Also write the audit trail to this hash-chained JSON-lines file (rotated at 64 MiB;
+    /// check it with `mcp-harden audit verify`).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Stateless Streamable HTTP (no sessions).
     #[arg(long)]
     stateless: bool,
@@ -514,6 +518,10 @@ fn build(cli: &Cli) -> Result<Hardened<App>, Box<dyn std::error::Error>> {
         // A principal whose token says `"tier": "enterprise"` gets ten times every rate.
         .tier("enterprise", 10.0)
         .local_principal(Principal::local(cli.subject.as_str(), &cli.scopes));
+    if let Some(path) = &cli.audit_log {
+        let file = mcp_harden::audit::FileAuditConfig::new(path).open()?;
+        builder = builder.audit_sink((file, mcp_harden::TracingAuditSink));
+    }
     if let Some(url) = &cli.redis {
         let store = mcp_harden::limits::RedisStore::new(url)?;
         builder = builder.rate_limit_store(store, mcp_harden::limits::FailMode::Closed);

@@ -223,6 +223,7 @@ pub(crate) fn error_result(error: &ToolError) -> CallToolResult {
 /// Stage 7: one audit record, whatever happened.
 pub(crate) fn record<S>(
     inner: &Inner<S>,
+    slot: crate::audit::AuditSlot,
     info: CallInfo<'_>,
     arguments: serde_json::Value,
     redact: Option<fn(&mut serde_json::Value)>,
@@ -258,7 +259,11 @@ pub(crate) fn record<S>(
         transport: info.transport,
         source: info.source.map(|a| a.to_string()),
     };
-    if std::panic::catch_unwind(AssertUnwindSafe(|| inner.audit.record(&record))).is_err() {
+    if std::panic::catch_unwind(AssertUnwindSafe(|| {
+        inner.audit.record_reserved(slot, &record)
+    }))
+    .is_err()
+    {
         tracing::error!(target: "mcp_harden::audit", trace_id = %record.trace_id, "the audit sink panicked; the record may be lost");
     }
 }

@@ -4,12 +4,14 @@
 //! `tracing` event with target `mcp_harden::audit`. Where it goes is the subscriber's choice;
 //! on stdio it must be stderr, never stdout, which carries the protocol.
 
+pub mod file;
 mod redact;
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use file::{FileAuditConfig, FileAuditSink, Fsync, QueueFull};
 pub use redact::{is_credential_name, redact_credentials, REDACTED};
 
 /// The version of the audit record format.
@@ -132,9 +134,65 @@ impl AuditRecord {
 }
 
 /// Where audit records go. Implement it for a SIEM, a database or a test collector.
+///
+/// A sink that writes through a bounded queue also implements [`reserve`](Self::reserve):
+/// every call takes a slot before it runs, so that when the queue is full the call is
+/// refused (`UNAVAILABLE`, retryable) instead of its record being lost.
 pub trait AuditSink: Send + Sync + 'static {
-    /// Records one call. Called exactly once per call, after the reply is decided.
+    /// Records one call or security event. Called once per call, after the reply is decided.
     fn record(&self, record: &AuditRecord);
+
+    /// Takes a slot for one call's record before the call runs; `Err` refuses the call.
+    /// The default has no queue and always succeeds.
+    fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
+        Ok(AuditSlot(None))
+    }
+
+    /// Records a call into the slot [`reserve`](Self::reserve) gave it. The default calls
+    /// [`record`](Self::record).
+    fn record_reserved(&self, slot: AuditSlot, record: &AuditRecord) {
+        drop(slot);
+        self.record(record);
+    }
+}
+
+/// A slot in an audit sink's queue, held by a call from before it runs until its record is
+/// written.
+#[derive(Debug, Default)]
+pub struct AuditSlot(pub(crate) Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl AuditSlot {
+    /// A slot that holds nothing (for sinks without a queue).
+    pub fn unreserved() -> Self {
+        Self(None)
+    }
+
+    /// A slot holding a permit of the sink's own semaphore, released when the record is
+    /// written (the slot dropped).
+    pub fn with_permit(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Some(permit))
+    }
+}
+
+/// The audit sink cannot take another record now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log cannot take another record now")]
+pub struct AuditUnavailable;
+
+/// Two sinks: `(FileAuditSink, TracingAuditSink)` writes the chained file and logs. The
+/// first decides reservations (put the queued sink first); both get every record.
+impl<A: AuditSink, B: AuditSink> AuditSink for (A, B) {
+    fn record(&self, record: &AuditRecord) {
+        self.0.record(record);
+        self.1.record(record);
+    }
+    fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
+        self.0.reserve()
+    }
+    fn record_reserved(&self, slot: AuditSlot, record: &AuditRecord) {
+        self.0.record_reserved(slot, record);
+        self.1.record(record);
+    }
 }
 
 /// The default sink: one `tracing` event per record, target `mcp_harden::audit`, level

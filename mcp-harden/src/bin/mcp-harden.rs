@@ -72,6 +72,22 @@ enum Command {
     },
     /// Print a random 256-bit secret for MCP_HARDEN_JWT_SECRET.
     Secret,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain of audit log files (active and rotated, in any order) and report
+    /// the first edited, deleted, reordered or truncated record. Exit status 1 if broken.
+    Verify {
+        /// The files, e.g. audit.jsonl audit.jsonl.*
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -161,6 +177,26 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", random_secret());
             Ok(())
         }
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => match mcp_harden::audit::file::verify(&files) {
+            Ok(v) => {
+                println!(
+                    "OK: {} records, seq {}..{}, head {}{}",
+                    v.records,
+                    v.first_seq,
+                    v.last_seq,
+                    v.head,
+                    if v.from_genesis {
+                        ""
+                    } else {
+                        " (the chain starts after the genesis: older files were removed)"
+                    }
+                );
+                Ok(())
+            }
+            Err(b) => Err(format!("BROKEN: {b}")),
+        },
     }
 }
 

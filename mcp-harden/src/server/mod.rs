@@ -317,6 +317,17 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let inner = &*self.inner;
         let _inflight = inner.inflight.token();
         let started = Instant::now();
+        // Every call gets a slot in the audit queue before anything else: with a full queue
+        // (a slow or failing disk) the call is refused rather than its record lost.
+        let Ok(slot) = inner.audit.reserve() else {
+            let error = crate::ToolError::new(
+                crate::ErrorCode::Unavailable,
+                "the audit log is unavailable; retry shortly",
+                true,
+            )
+            .with_retry_after(Duration::from_secs(1));
+            return Ok(pipeline::error_result(&error).into());
+        };
         let (principal, source) = match self.identify(&rc) {
             Identity::Known(p, source) => (Some(p), source),
             Identity::Nobody => (None, None),
@@ -347,7 +358,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 outcome: crate::audit::Outcome::Rejected,
                 detail: Some("unknown tool".to_owned()),
             };
-            pipeline::record(inner, info, raw, None, Some(&refusal));
+            pipeline::record(inner, slot, info, raw, None, Some(&refusal));
             return Err(ErrorData::invalid_params("unknown tool", None));
         };
         let outcome = async {
@@ -367,6 +378,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         .await;
         pipeline::record(
             inner,
+            slot,
             info,
             raw,
             Some(entry.fns.redact),

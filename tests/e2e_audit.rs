@@ -1,0 +1,327 @@
+//! The hash-chained audit log: one record per call under concurrency, a valid chain across
+//! rotations and restarts, every kind of tampering found, and no silent loss when the queue
+//! is full.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mcp_harden::audit::file::{verify, ChainBreak};
+use mcp_harden::audit::{AuditSink, FileAuditConfig, FileAuditSink, Fsync, QueueFull};
+use mcp_harden::prelude::*;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::ServiceExt;
+use serde_json::Value;
+
+struct App;
+
+/// Echo a word back.
+#[tool(scopes = "echo", rate = "unlimited")]
+async fn echo(
+    _ctx: Ctx<App>,
+    #[arg(max_len = 32)] word: String,
+    #[arg(max_len = 64, secret)] password: String,
+) -> String {
+    let _ = password;
+    word
+}
+
+fn server(sink: FileAuditSink) -> Hardened<App> {
+    Hardened::builder(App)
+        .tool::<echo>()
+        .local_principal(Principal::local("auditor", ["echo"]))
+        .audit_sink(sink)
+        .build()
+        .expect("builds")
+}
+
+async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve_transport(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    ().serve(client_io).await.expect("client connects")
+}
+
+fn args(word: &str) -> CallToolRequestParams {
+    let Value::Object(o) = serde_json::json!({"word": word, "password": "hunter2-secret"}) else {
+        unreachable!()
+    };
+    CallToolRequestParams::new("echo").with_arguments(o)
+}
+
+/// Waits until the sink has written `n` records.
+async fn written(sink: &FileAuditSink, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sink.written() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} records written",
+            sink.written()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("reads")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).expect("writes");
+}
+
+/// A log of `n` records written through a sink (no server needed).
+fn log_with(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("audit.jsonl");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let sink = FileAuditConfig::new(&path).open().expect("opens");
+        let c = connect(server(sink.clone())).await;
+        for i in 0..n {
+            c.call_tool(args(&format!("w{i}"))).await.expect("answers");
+        }
+        written(&sink, n as u64).await;
+    });
+    path
+}
+
+fn broken(files: &[PathBuf]) -> ChainBreak {
+    verify(files).expect_err("the chain must be broken")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_leave_exactly_one_record_each_and_a_valid_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    // Small files: the run crosses several rotations.
+    let sink = FileAuditConfig::new(&path)
+        .rotate_bytes(Some(16 * 1024))
+        .queue(64)
+        .open()
+        .expect("opens");
+    let server = server(sink.clone());
+    const CLIENTS: usize = 8;
+    const CALLS: usize = 40;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let client = connect(server.clone()).await;
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for i in 0..CALLS {
+                let r = client
+                    .call_tool(args(&format!("c{c}-{i}")))
+                    .await
+                    .expect("answers");
+                if r.is_error == Some(true) {
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.expect("joins");
+    }
+    let answered = (CLIENTS * CALLS - refused) as u64;
+    written(&sink, answered).await;
+    assert_eq!(sink.dropped(), 0);
+    assert_eq!(
+        sink.refused(),
+        refused as u64,
+        "a refusal is only ever a full queue"
+    );
+
+    let mut files = mcp_harden::audit::file::rotated_files(&path).expect("lists");
+    assert!(files.len() >= 2, "the log rotated: {files:?}");
+    files.push(path.clone());
+    let v = verify(&files).expect("a valid chain");
+    assert_eq!(v.records, answered);
+    assert!(v.from_genesis);
+    assert_eq!((v.first_seq, v.last_seq), (1, answered));
+
+    // Exactly one record per answered call: every word appears once; no secret anywhere.
+    let mut words = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("reads");
+        assert!(
+            !text.contains("hunter2-secret"),
+            "a secret reached the audit log"
+        );
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).expect("JSON");
+            words.push(v["arguments"]["word"].as_str().expect("word").to_owned());
+            assert_eq!(v["arguments"]["password"], "[REDACTED]");
+        }
+    }
+    words.sort();
+    let before = words.len();
+    words.dedup();
+    assert_eq!(before, words.len(), "a call was recorded twice");
+    assert_eq!(words.len() as u64, answered);
+}
+
+#[test]
+fn every_kind_of_tampering_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = log_with(dir.path(), 8);
+    let good = lines(&path);
+    assert_eq!(good.len(), 8);
+    assert_eq!(
+        verify(std::slice::from_ref(&path)).expect("valid").records,
+        8
+    );
+
+    let tampered = dir.path().join("tampered.jsonl");
+    let check = |edit: &dyn Fn(&mut Vec<String>), line: usize, needle: &str| {
+        let mut l = good.clone();
+        edit(&mut l);
+        write_lines(&tampered, &l);
+        let b = broken(std::slice::from_ref(&tampered));
+        assert_eq!(b.line, line, "{b}");
+        assert!(b.problem.contains(needle), "{b}");
+    };
+    // An edited argument: the next record's prev no longer matches.
+    check(&|l| l[2] = l[2].replace("\"w2\"", "\"wX\""), 4, "edited");
+    // An edited record that keeps valid JSON but drops the chain fields.
+    check(
+        &|l| l[3] = r#"{"version":1}"#.to_owned(),
+        4,
+        "not a chained record",
+    );
+    // A deleted record.
+    check(
+        &|l| {
+            l.remove(4);
+        },
+        5,
+        "deleted",
+    );
+    // Reordered records.
+    check(&|l| l.swap(5, 6), 6, "reordered");
+    // A replayed record.
+    check(
+        &|l| {
+            let dup = l[1].clone();
+            l.insert(3, dup);
+        },
+        4,
+        "reordered or replayed",
+    );
+
+    // Truncated mid-record (a crash): the prefix is valid, the break is named.
+    let mut text = good[..5].join("\n");
+    text.push('\n');
+    text.push_str(&good[5][..good[5].len() / 2]);
+    std::fs::write(&tampered, text).expect("writes");
+    let b = broken(std::slice::from_ref(&tampered));
+    assert_eq!(b.line, 6);
+    assert!(
+        b.problem.contains("truncated") && b.problem.contains("5 valid"),
+        "{b}"
+    );
+}
+
+#[test]
+fn the_chain_survives_a_crash_and_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = log_with(dir.path(), 3);
+    // A crash mid-write leaves half a record.
+    let mut text = std::fs::read_to_string(&path).expect("reads");
+    text.push_str(r#"{"version":1,"time":"2026-11-24T"#);
+    std::fs::write(&path, text).expect("writes");
+    assert!(broken(std::slice::from_ref(&path))
+        .problem
+        .contains("truncated"));
+    // Reopening cuts the partial record off and continues the chain.
+    log_with(dir.path(), 2);
+    let v = verify(std::slice::from_ref(&path)).expect("valid after restart");
+    assert_eq!((v.records, v.last_seq), (5, 5));
+}
+
+#[test]
+fn rotated_files_chain_together_and_retention_is_visible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let sink = FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .fsync(Fsync::Never)
+            .open()
+            .expect("opens");
+        let c = connect(server(sink.clone())).await;
+        for i in 0..6 {
+            c.call_tool(args(&format!("r{i}"))).await.expect("answers");
+            // One record per batch, so each lands in its own file.
+            written(&sink, i + 1).await;
+        }
+    });
+    let mut rotated = mcp_harden::audit::file::rotated_files(&path).expect("lists");
+    rotated.sort();
+    assert_eq!(rotated.len(), 5, "{rotated:?}");
+    let mut all = rotated.clone();
+    all.push(path.clone());
+    all.reverse(); // Any order: files are sorted by their first seq.
+    let v = verify(&all).expect("valid across files");
+    assert_eq!((v.records, v.first_seq, v.last_seq), (6, 1, 6));
+
+    // A whole file removed from the middle is a deletion.
+    let without: Vec<_> = all.iter().filter(|p| **p != rotated[2]).cloned().collect();
+    assert!(broken(&without).problem.contains("deleted"));
+    // The oldest files removed (retention) leave a valid chain that says where it starts.
+    let v = verify(&all[..4]).expect("a suffix is valid");
+    assert!(!v.from_genesis);
+    assert_eq!(v.first_seq, 3);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_calls_or_admits_and_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (mode, admitted) in [(QueueFull::Refuse, false), (QueueFull::AdmitAndCount, true)] {
+        let path = dir.path().join(format!("{mode:?}.jsonl"));
+        let sink = FileAuditConfig::new(&path)
+            .queue(2)
+            .when_full(mode)
+            .open()
+            .expect("opens");
+        // Two slots taken and held: the queue is full.
+        let held = [sink.reserve().expect("slot"), sink.reserve().expect("slot")];
+        let c = connect(server(sink.clone())).await;
+        let r = c.call_tool(args("blocked")).await.expect("answers");
+        if admitted {
+            assert_eq!(r.is_error, Some(false), "{r:?}");
+            assert_eq!(sink.dropped(), 1);
+        } else {
+            assert_eq!(r.is_error, Some(true));
+            let e = &r.structured_content.as_ref().expect("structured")["error"];
+            assert_eq!(e["code"], "UNAVAILABLE");
+            assert_eq!(e["retryable"], true);
+            assert_eq!(sink.refused(), 1);
+        }
+        drop(held);
+        let r = c.call_tool(args("free")).await.expect("answers");
+        assert_eq!(r.is_error, Some(false), "a freed queue admits again");
+        written(&sink, 1).await;
+        let v = verify(std::slice::from_ref(&path)).expect("valid");
+        assert_eq!(
+            v.records, 1,
+            "only the call that ran with a slot is recorded"
+        );
+    }
+}
