@@ -478,6 +478,9 @@ struct Cli {
     /// check it with `mcp-harden audit verify`).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090), at /metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Stateless Streamable HTTP (no sessions).
     #[arg(long)]
     stateless: bool,
@@ -558,6 +561,13 @@ async fn main() -> ExitCode {
             serde_json::to_string_pretty(&server.manifest()).unwrap_or_default()
         );
         return ExitCode::SUCCESS;
+    }
+    if let Some(addr) = cli.metrics {
+        if let Err(e) = mcp_harden::telemetry::install_prometheus(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     if let Err(e) = ensure_database(&cli.db) {
         eprintln!(

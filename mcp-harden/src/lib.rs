@@ -42,6 +42,7 @@ pub mod limits;
 mod pipeline;
 pub mod server;
 pub mod spec;
+pub mod telemetry;
 
 pub use args::{FieldPath, ToolArgs, Violation};
 pub use audit::{AuditRecord, AuditSink, TracingAuditSink};

@@ -102,6 +102,7 @@ pub(crate) async fn limit<S>(
     cancel: &CancellationToken,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ToolError> {
     crate::limits::check_all(
+        entry.spec.name,
         &inner.backend,
         entry.rate.as_ref(),
         entry.global.as_ref(),
@@ -259,6 +260,7 @@ pub(crate) fn record<S>(
         transport: info.transport,
         source: info.source.map(|a| a.to_string()),
     };
+    crate::telemetry::audit("recorded");
     if std::panic::catch_unwind(AssertUnwindSafe(|| {
         inner.audit.record_reserved(slot, &record)
     }))

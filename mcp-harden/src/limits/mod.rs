@@ -235,6 +235,7 @@ impl Limit {
 /// The rate limits of one call, in order: per caller for the tool, per caller across tools,
 /// global for the tool.
 pub(crate) async fn check_all(
+    tool: &'static str,
     backend: &Backend,
     per_caller: Option<&Limit>,
     global: Option<&Limit>,
@@ -249,17 +250,29 @@ pub(crate) async fn check_all(
     let me = principal.subject_arc();
     if let Some(l) = per_caller {
         let m = "rate limit exceeded for this tool";
-        l.check(backend, me, tier, errors, m).await?;
+        l.check(backend, me, tier, errors, m)
+            .await
+            .inspect_err(|e| count_refusal(e, tool, "tool"))?;
     }
     if let Some(l) = per_principal {
         let m = "rate limit exceeded across tools for this caller";
-        l.check(backend, me, tier, errors, m).await?;
+        l.check(backend, me, tier, errors, m)
+            .await
+            .inspect_err(|e| count_refusal(e, tool, "principal"))?;
     }
     if let Some(l) = global {
         let m = "this tool's overall rate limit is reached";
-        l.check(backend, &global_key(), None, errors, m).await?;
+        l.check(backend, &global_key(), None, errors, m)
+            .await
+            .inspect_err(|e| count_refusal(e, tool, "global"))?;
     }
     Ok(())
+}
+
+fn count_refusal(e: &ToolError, tool: &'static str, limit: &'static str) {
+    if e.code == ErrorCode::RateLimited {
+        crate::telemetry::rate_limited(tool, limit);
+    }
 }
 
 fn global_key() -> Arc<str> {

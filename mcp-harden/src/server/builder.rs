@@ -305,6 +305,13 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 backend,
                 principal_rate,
                 store_errors: std::sync::atomic::AtomicU64::new(0),
+                // A handful of configured names, leaked once so that metric labels stay
+                // `&'static str`.
+                tier_labels: self
+                    .tiers
+                    .iter()
+                    .map(|(t, _)| &*Box::leak(t.to_string().into_boxed_str()))
+                    .collect(),
             }),
             local: None,
             transport: "none",

@@ -871,6 +871,9 @@ struct Event<'a> {
 
 impl Gate {
     fn record(&self, e: Event<'_>) {
+        if e.event == AuditEvent::Authentication {
+            crate::telemetry::auth_failure(e.reason);
+        }
         tracing::warn!(target: "mcp_harden::security", event = ?e.event, reason = e.reason, source = %e.source, "request refused");
         let record = AuditRecord {
             version: AUDIT_RECORD_VERSION,

@@ -96,6 +96,23 @@ pub(crate) struct Inner<S> {
     pub principal_rate: Option<Limit>,
     /// Rate decisions the store failed to make.
     pub store_errors: std::sync::atomic::AtomicU64,
+    /// The configured tiers, as metric labels.
+    pub tier_labels: Vec<&'static str>,
+}
+
+impl<S> Inner<S> {
+    /// A bounded metric label for a principal's tier.
+    fn tier_label(&self, p: Option<&Principal>) -> &'static str {
+        match p.and_then(Principal::tier) {
+            None => "none",
+            Some(t) => self
+                .tier_labels
+                .iter()
+                .find(|l| **l == t)
+                .copied()
+                .unwrap_or("other"),
+        }
+    }
 }
 
 pub(crate) struct Entry<S> {
@@ -320,6 +337,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         // Every call gets a slot in the audit queue before anything else: with a full queue
         // (a slow or failing disk) the call is refused rather than its record lost.
         let Ok(slot) = inner.audit.reserve() else {
+            crate::telemetry::audit("refused");
             let error = crate::ToolError::new(
                 crate::ErrorCode::Unavailable,
                 "the audit log is unavailable; retry shortly",
@@ -361,6 +379,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             pipeline::record(inner, slot, info, raw, None, Some(&refusal));
             return Err(ErrorData::invalid_params("unknown tool", None));
         };
+        let _in_flight = crate::telemetry::InFlight::start(entry.spec.name);
         let outcome = async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
@@ -376,6 +395,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             pipeline::shape(value, inner.max_output_bytes)
         }
         .await;
+        let tier = inner.tier_label(principal.as_deref());
         pipeline::record(
             inner,
             slot,
@@ -383,6 +403,12 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             raw,
             Some(entry.fns.redact),
             outcome.as_ref().err(),
+        );
+        crate::telemetry::call_finished(
+            entry.spec.name,
+            outcome.as_ref().err().map(|r| r.error.code.as_str()),
+            tier,
+            started.elapsed(),
         );
         Ok(match outcome {
             Ok(r) => r,

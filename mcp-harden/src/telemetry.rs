@@ -1,0 +1,108 @@
+//! Metrics through the [`metrics`] facade: whatever recorder the application installs
+//! receives them (none installed: they cost next to nothing). With the `prometheus` feature,
+//! [`install_prometheus`] serves them for scraping on an address of their own.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `mcp_harden_tool_calls_total` | counter | `tool`, `status` (`success` or the error code), `tier` |
+//! | `mcp_harden_tool_call_duration_seconds` | histogram | `tool` |
+//! | `mcp_harden_tool_errors_total` | counter | `tool`, `code` |
+//! | `mcp_harden_tool_calls_in_flight` | gauge | `tool` |
+//! | `mcp_harden_auth_failures_total` | counter | `reason` |
+//! | `mcp_harden_rate_limited_total` | counter | `tool`, `limit` (`tool`, `principal`, `global`) |
+//! | `mcp_harden_audit_records_total` | counter | `result` (`recorded`, `refused`) |
+//!
+//! Label values are bounded: tool names are the registered ones, tiers the configured ones
+//! (`other` for any other, `none` without a tier), codes and reasons fixed sets. No argument,
+//! subject or credential is ever a label.
+
+use std::time::Duration;
+
+/// Metric names.
+pub mod names {
+    /// Calls by tool, status and tier.
+    pub const CALLS: &str = "mcp_harden_tool_calls_total";
+    /// Call latency by tool.
+    pub const DURATION: &str = "mcp_harden_tool_call_duration_seconds";
+    /// Failed calls by tool and code.
+    pub const ERRORS: &str = "mcp_harden_tool_errors_total";
+    /// Calls running now, by tool.
+    pub const IN_FLIGHT: &str = "mcp_harden_tool_calls_in_flight";
+    /// Failed authentications by reason.
+    pub const AUTH_FAILURES: &str = "mcp_harden_auth_failures_total";
+    /// Rate-limit refusals by tool and limit.
+    pub const RATE_LIMITED: &str = "mcp_harden_rate_limited_total";
+    /// Audit records by result.
+    pub const AUDIT_RECORDS: &str = "mcp_harden_audit_records_total";
+}
+
+/// One finished call.
+pub(crate) fn call_finished(
+    tool: &'static str,
+    code: Option<&'static str>,
+    tier: &'static str,
+    elapsed: Duration,
+) {
+    let status = code.unwrap_or("success");
+    metrics::counter!(names::CALLS, "tool" => tool, "status" => status, "tier" => tier)
+        .increment(1);
+    metrics::histogram!(names::DURATION, "tool" => tool).record(elapsed.as_secs_f64());
+    if let Some(code) = code {
+        metrics::counter!(names::ERRORS, "tool" => tool, "code" => code).increment(1);
+    }
+}
+
+/// Counts a call as running until dropped.
+pub(crate) struct InFlight(&'static str);
+
+impl InFlight {
+    pub(crate) fn start(tool: &'static str) -> Self {
+        metrics::gauge!(names::IN_FLIGHT, "tool" => tool).increment(1.0);
+        Self(tool)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(names::IN_FLIGHT, "tool" => self.0).decrement(1.0);
+    }
+}
+
+/// One failed authentication.
+pub(crate) fn auth_failure(reason: &'static str) {
+    metrics::counter!(names::AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+/// One rate-limit refusal.
+pub(crate) fn rate_limited(tool: &'static str, limit: &'static str) {
+    metrics::counter!(names::RATE_LIMITED, "tool" => tool, "limit" => limit).increment(1);
+}
+
+/// One audit record handed to the sink, or one call refused for want of a slot.
+pub(crate) fn audit(result: &'static str) {
+    metrics::counter!(names::AUDIT_RECORDS, "result" => result).increment(1);
+}
+
+/// Installs a Prometheus recorder and serves `/metrics` on `addr` (its own listener, apart
+/// from the MCP endpoint). Call once, inside a Tokio runtime.
+#[cfg(feature = "prometheus")]
+pub fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), PrometheusError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(names::DURATION.to_owned()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ],
+        )
+        .map_err(|e| PrometheusError(e.to_string()))?
+        .install()
+        .map_err(|e| PrometheusError(e.to_string()))
+}
+
+/// The Prometheus endpoint could not be started.
+#[cfg(feature = "prometheus")]
+#[derive(Debug, thiserror::Error)]
+#[error("Prometheus exporter: {0}")]
+pub struct PrometheusError(String);

@@ -1,0 +1,193 @@
+//! Metrics scraped over HTTP from the Prometheus endpoint match the calls made, and no
+//! argument or credential ever becomes a label.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use mcp_harden::prelude::*;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::ServiceExt;
+use serde_json::Value;
+
+struct App;
+
+/// Look a word up.
+#[tool(scopes = "read", rate = "3/min")]
+async fn lookup(
+    _ctx: Ctx<App>,
+    #[arg(max_len = 32)] word: String,
+    #[arg(max_len = 64, secret)] token: String,
+) -> String {
+    let _ = token;
+    word
+}
+
+/// Change a word.
+#[tool(scopes = "write", rate = "unlimited")]
+async fn change(_ctx: Ctx<App>, #[arg(max_len = 32)] word: String) -> String {
+    word
+}
+
+async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve_transport(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    ().serve(client_io).await.expect("client connects")
+}
+
+fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
+    let Value::Object(o) = args else {
+        unreachable!()
+    };
+    CallToolRequestParams::new(tool).with_arguments(o)
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page (labels in any order).
+fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn scraped_metrics_match_the_calls() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    mcp_harden::telemetry::install_prometheus(addr).expect("exporter starts");
+    let server = Hardened::builder(App)
+        .tool::<lookup>()
+        .tool::<change>()
+        .tier("gold", 2.0)
+        .local_principal(Principal::local("metrics-user", ["read"]).with_tier("gold"))
+        .build()
+        .expect("builds");
+    let c = connect(server).await;
+    let secret = "tok-3f9a-never-a-label";
+    let mut ok = 0;
+    let mut limited = 0;
+    // gold: 2 x 3/min = 6 calls, then RATE_LIMITED.
+    for i in 0..8 {
+        let r = c
+            .call_tool(call(
+                "lookup",
+                serde_json::json!({"word": format!("w{i}"), "token": secret}),
+            ))
+            .await
+            .expect("answers");
+        if r.is_error == Some(true) {
+            limited += 1;
+        } else {
+            ok += 1;
+        }
+    }
+    assert_eq!((ok, limited), (6, 2));
+    let r = c
+        .call_tool(call("change", serde_json::json!({"word": "x"})))
+        .await
+        .expect("answers");
+    assert_eq!(r.is_error, Some(true), "no write scope");
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        if page.contains("mcp_harden_tool_calls_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = "mcp_harden_tool_calls_total";
+    assert_eq!(
+        sample(
+            &page,
+            calls,
+            &[("tool", "lookup"), ("status", "success"), ("tier", "gold")]
+        ),
+        6.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            calls,
+            &[("tool", "lookup"), ("status", "RATE_LIMITED")]
+        ),
+        2.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, calls, &[("tool", "change"), ("status", "FORBIDDEN")]),
+        1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_tool_errors_total",
+            &[("tool", "lookup"), ("code", "RATE_LIMITED")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_rate_limited_total",
+            &[("tool", "lookup"), ("limit", "tool")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_tool_call_duration_seconds_count",
+            &[("tool", "lookup")]
+        ),
+        8.0
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_tool_calls_in_flight",
+            &[("tool", "lookup")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_audit_records_total",
+            &[("result", "recorded")]
+        ),
+        9.0
+    );
+    assert!(
+        !page.contains(secret),
+        "a secret argument reached the metrics"
+    );
+    assert!(!page.contains("metrics-user"), "subjects are not labels");
+}
