@@ -1345,3 +1345,59 @@ async fn a_proxied_resource_url_and_anonymous_callers() {
         .expect("no panic")
         .expect("serves cleanly");
 }
+
+/// A caller's W3C trace context continues into the call: from the `traceparent` header, or
+/// from the request's `_meta`; the audit record carries the trace, its parent and a new span.
+#[tokio::test]
+async fn trace_context_continues_from_the_header_or_meta() {
+    let srv = stateless().await;
+    let auth = bearer(&srv.token("tracer", "db:read"));
+    let from_header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = srv
+        .raw_call(
+            "read_rows",
+            &[("authorization", &auth), ("traceparent", from_header)],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                      "params": {"name": "read_rows", "arguments": {"table": "t"},
+                                 "_meta": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}});
+    let r = srv
+        .raw_post(&body.to_string(), &[("authorization", &auth)])
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = srv
+        .raw_call(
+            "read_rows",
+            &[
+                ("authorization", &auth),
+                ("traceparent", "00-zz-nonsense-01"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    let calls: Vec<_> = srv
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::ToolCall)
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    assert_eq!(&*calls[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(calls[0].parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(&*calls[1].trace_id, "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(calls[1].parent_span_id.as_deref(), Some("b7ad6b7169203331"));
+    assert_eq!(
+        calls[2].parent_span_id, None,
+        "a malformed traceparent starts a new trace"
+    );
+    assert_eq!(calls[2].trace_id.len(), 32);
+    for c in &calls {
+        let span = c.span_id.as_deref().expect("a span id");
+        assert_eq!(span.len(), 16);
+        assert!(span.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    srv.stop().await.expect("stops");
+}

@@ -460,7 +460,9 @@ async fn exactly_one_audit_record_per_call_on_stderr() {
     );
     assert!(audit.iter().all(|a| a["principal"]["subject"] == "e2e"
         && a["transport"] == "stdio"
-        && a["version"] == 1));
+        && a["version"] == 2
+        && a["client"]["name"].is_string()
+        && a["span_id"].as_str().is_some_and(|s| s.len() == 16)));
 }
 
 #[test]

@@ -106,3 +106,107 @@ pub fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), PrometheusEr
 #[derive(Debug, thiserror::Error)]
 #[error("Prometheus exporter: {0}")]
 pub struct PrometheusError(String);
+
+/// The trace context of one call: the caller's W3C `traceparent` continued (from the HTTP
+/// header, or from the request's `_meta` as in MCP's trace-context proposal), or a new trace.
+#[derive(Debug, Clone)]
+pub(crate) struct TraceIds {
+    /// 32 lowercase hex digits.
+    pub trace_id: std::sync::Arc<str>,
+    /// This call's span: 16 lowercase hex digits.
+    pub span_id: std::sync::Arc<str>,
+    /// The caller's span, when a trace was continued.
+    pub parent_span_id: Option<Box<str>>,
+}
+
+impl TraceIds {
+    /// Continues `traceparent` if it is valid, or starts a new trace.
+    pub(crate) fn continue_or_start(traceparent: Option<&str>) -> Self {
+        let span_id = new_span_id();
+        match traceparent.and_then(parse_traceparent) {
+            Some((trace, parent)) => Self {
+                trace_id: std::sync::Arc::from(trace),
+                span_id,
+                parent_span_id: Some(parent.into()),
+            },
+            None => Self {
+                trace_id: crate::audit::new_trace_id(),
+                span_id,
+                parent_span_id: None,
+            },
+        }
+    }
+
+    /// The `traceparent` of an HTTP request head or of a request's `_meta`.
+    pub(crate) fn of_request(
+        parts: Option<&axum::http::request::Parts>,
+        meta: &rmcp::model::JsonObject,
+    ) -> Self {
+        let header = parts
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let in_meta = meta.get("traceparent").and_then(serde_json::Value::as_str);
+        Self::continue_or_start(header.or(in_meta))
+    }
+}
+
+/// A random non-zero 64-bit span id as 16 hex digits.
+fn new_span_id() -> std::sync::Arc<str> {
+    let id = rand::random::<u64>().max(1);
+    std::sync::Arc::from(format!("{id:016x}"))
+}
+
+/// `00-<trace id>-<parent id>-<flags>` (W3C Trace Context level 1; later versions' extra
+/// fields are ignored), refusing all-zero ids and version `ff`.
+fn parse_traceparent(s: &str) -> Option<(String, String)> {
+    let mut parts = s.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some((trace.to_owned(), parent.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents() {
+        let t = TraceIds::continue_or_start(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        assert_eq!(&*t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(t.span_id.len(), 16);
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let t = TraceIds::continue_or_start(Some(bad));
+            assert!(t.parent_span_id.is_none(), "{bad}");
+            assert_ne!(&*t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+        let future = TraceIds::continue_or_start(Some(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+        ));
+        assert_eq!(&*future.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}

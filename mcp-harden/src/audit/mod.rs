@@ -15,7 +15,7 @@ pub use file::{FileAuditConfig, FileAuditSink, Fsync, QueueFull};
 pub use redact::{is_credential_name, redact_credentials, REDACTED};
 
 /// The version of the audit record format.
-pub const AUDIT_RECORD_VERSION: u32 = 1;
+pub const AUDIT_RECORD_VERSION: u32 = 2;
 
 /// What happened to a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,6 +29,16 @@ pub enum Outcome {
     Rejected,
     /// The tool ran and failed (its own error, a timeout, a panic, a cancellation).
     Failed,
+}
+
+/// The client application as it named itself (untrusted, recorded as given, cut to 128
+/// characters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditClient {
+    /// The client's name.
+    pub name: String,
+    /// The client's version.
+    pub version: String,
 }
 
 /// What a record is about.
@@ -88,8 +98,17 @@ pub struct AuditRecord {
     pub version: u32,
     /// When the call arrived, RFC 3339 UTC.
     pub time: String,
-    /// The call's trace id (32 hex digits).
+    /// The call's trace id (32 hex digits): the caller's when it sent a W3C `traceparent`.
     pub trace_id: Arc<str>,
+    /// The call's span id (16 hex digits); absent for refused HTTP requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<Arc<str>>,
+    /// The caller's span, when it sent a `traceparent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// The client application, from its `initialize`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<AuditClient>,
     /// What the record is about.
     pub event: AuditEvent,
     /// The caller.

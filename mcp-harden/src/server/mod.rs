@@ -303,6 +303,9 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             version: crate::audit::AUDIT_RECORD_VERSION,
             time: now_rfc3339(),
             trace_id: new_trace_id(),
+            span_id: None,
+            parent_span_id: None,
+            client: None,
             event: crate::audit::AuditEvent::Session,
             principal: crate::audit::AuditPrincipal::of(Some(principal)),
             tool: tool.map(|t| t.chars().take(128).collect()),
@@ -356,10 +359,17 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let CallToolRequestParams {
             name, arguments, ..
         } = params;
+        let trace = crate::telemetry::TraceIds::of_request(
+            rc.extensions.get::<axum::http::request::Parts>(),
+            &rc.meta.0 .0,
+        );
         let info = CallInfo {
             started,
             time: now_rfc3339(),
-            trace_id: new_trace_id(),
+            trace_id: trace.trace_id.clone(),
+            span_id: trace.span_id.clone(),
+            parent_span_id: trace.parent_span_id.clone(),
+            client: client_of(&rc),
             tool: &name,
             principal: principal.clone(),
             transport: self.transport,
@@ -380,7 +390,28 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             return Err(ErrorData::invalid_params("unknown tool", None));
         };
         let _in_flight = crate::telemetry::InFlight::start(entry.spec.name);
-        let outcome = async {
+        // One span per call, named and attributed after OpenTelemetry's conventions for MCP
+        // and GenAI tools; `trace_id`/`span_id` tie it to the audit record.
+        let span = tracing::info_span!(
+            target: "mcp_harden::call",
+            "tools/call",
+            "otel.name" = %format_args!("tools/call {}", entry.spec.name),
+            "otel.kind" = "server",
+            "mcp.method.name" = "tools/call",
+            "gen_ai.operation.name" = "execute_tool",
+            "gen_ai.tool.name" = entry.spec.name,
+            "network.transport" = self.transport,
+            "client.address" = tracing::field::Empty,
+            trace_id = %trace.trace_id,
+            span_id = %trace.span_id,
+            parent_span_id = trace.parent_span_id.as_deref(),
+            "error.type" = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
+        );
+        if let Some(src) = source {
+            span.record("client.address", tracing::field::display(src.ip()));
+        }
+        let outcome = tracing::Instrument::instrument(async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
                 pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
@@ -393,8 +424,12 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             let timeout = entry.spec.timeout.unwrap_or(inner.default_timeout);
             let value = pipeline::run(entry, (inner.state.clone(), caller, info.trace_id.clone()), &raw, timeout, &rc.ct).await?;
             pipeline::shape(value, inner.max_output_bytes)
-        }
+        }, span.clone())
         .await;
+        if let Err(r) = &outcome {
+            span.record("error.type", r.error.code.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
         let tier = inner.tier_label(principal.as_deref());
         pipeline::record(
             inner,
@@ -416,6 +451,23 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         }
         .into())
     }
+}
+
+/// The client's name and version, from its `initialize` (or, without one, from the
+/// request's `_meta`), cut to a sane length.
+fn client_of(rc: &RequestContext<RoleServer>) -> Option<crate::audit::AuditClient> {
+    let cut = |s: &str| s.chars().take(128).collect::<String>();
+    if let Some(info) = rc.peer.peer_info() {
+        return Some(crate::audit::AuditClient {
+            name: cut(&info.client_info.name),
+            version: cut(&info.client_info.version),
+        });
+    }
+    let meta = rc.meta.0 .0.get("io.modelcontextprotocol/clientInfo")?;
+    Some(crate::audit::AuditClient {
+        name: cut(meta.get("name")?.as_str()?),
+        version: cut(meta.get("version").and_then(|v| v.as_str()).unwrap_or("")),
+    })
 }
 
 /// Why serving stopped with an error.
