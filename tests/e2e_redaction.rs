@@ -1,0 +1,157 @@
+//! A secret passed as an argument, a credential-named field and the bearer token itself appear
+//! in no sink, no log line and no metric: everything is captured and grepped.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+use mcp_harden::audit::{FileAuditConfig, TracingAuditSink};
+use mcp_harden::auth::{DevToken, JwtAuthenticator};
+use mcp_harden::prelude::*;
+use mcp_harden::server::http::HttpConfig;
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct App;
+
+/// Sign in to a remote service.
+#[tool(scopes = "login", rate = "unlimited")]
+async fn sign_in(
+    _ctx: Ctx<App>,
+    #[arg(max_len = 32)] user: String,
+    #[arg(max_len = 64, secret)] passphrase: String,
+    #[arg(max_len = 64)] api_key: String,
+) -> String {
+    let _ = (passphrase, api_key);
+    format!("signed in {user}")
+}
+
+const SECRET: &[u8] = b"a redaction test secret, 32+ bytes long";
+
+#[tokio::test]
+async fn secrets_reach_no_sink_log_or_metric() {
+    // Everything mcp-harden logs, at every level; rmcp capped at info as the README says
+    // (its debug events print raw requests).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace,rmcp=info"))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .init();
+    let metrics_addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    mcp_harden::telemetry::install_prometheus(metrics_addr).expect("exporter");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit_path = dir.path().join("audit.jsonl");
+    let file = FileAuditConfig::new(&audit_path).open().expect("audit log");
+    let server = Hardened::builder(App)
+        .tool::<sign_in>()
+        .audit_sink((file.clone(), TracingAuditSink))
+        .build()
+        .expect("builds");
+    let jwt = JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .build()
+        .expect("jwt");
+    let http = server
+        .bind_http(
+            HttpConfig::new("127.0.0.1:0".parse().expect("addr"))
+                .stateless()
+                .authenticator(jwt),
+        )
+        .await
+        .expect("binds");
+    let url = http.resource_url().to_owned();
+    let token = DevToken::new("redactor", &url)
+        .scopes(["login"])
+        .sign_hs256(SECRET)
+        .expect("token");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(http.serve_until(async move {
+        let _ = stopped.await;
+    }));
+
+    let passphrase = "correct-horse-battery-staple-4711";
+    let api_key = "sk-live-0123456789abcdef";
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let post = |auth: String| {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "sign_in", "arguments": {"user": "ann", "passphrase": passphrase, "api_key": api_key}}});
+        client
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("authorization", auth)
+            .body(body.to_string())
+            .send()
+    };
+    let ok = post(format!("Bearer {token}")).await.expect("answers");
+    assert_eq!(ok.status(), 200);
+    let text = ok.text().await.expect("body");
+    assert!(text.contains("signed in ann"), "{text}");
+    // A refused token is logged and audited as a security event, never as itself.
+    let forged = format!("{token}x");
+    let refused = post(format!("Bearer {forged}")).await.expect("answers");
+    assert_eq!(refused.status(), 401);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file.written() < 2 {
+        assert!(std::time::Instant::now() < deadline, "records written");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let audit = std::fs::read_to_string(&audit_path).expect("audit log");
+    let metrics = client
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("page");
+    let logs =
+        String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+
+    assert!(audit.contains("\"passphrase\":\"[REDACTED]\""), "{audit}");
+    assert!(audit.contains("\"api_key\":\"[REDACTED]\""), "{audit}");
+    assert!(
+        logs.contains("mcp_harden::audit"),
+        "the tracing sink logged the call"
+    );
+    assert!(metrics.contains("mcp_harden_tool_calls_total"), "{metrics}");
+    for (what, haystack) in [
+        ("audit log", &audit),
+        ("logs", &logs),
+        ("metrics", &metrics),
+    ] {
+        for secret in [passphrase, api_key, token.as_str(), forged.as_str()] {
+            assert!(!haystack.contains(secret), "{what} hold a secret");
+        }
+        // Not even a piece of the token's signature.
+        let signature = token.rsplit('.').next().expect("signature");
+        assert!(
+            !haystack.contains(signature),
+            "{what} hold the token's signature"
+        );
+    }
+    let _ = stop.send(());
+    task.await.expect("joins").expect("serves");
+}
