@@ -9,9 +9,10 @@ use mcp_harden::audit::file::{verify, ChainBreak};
 use mcp_harden::audit::{AuditSink, FileAuditConfig, FileAuditSink, Fsync, QueueFull};
 use mcp_harden::prelude::*;
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::ServiceExt;
 use serde_json::Value;
+
+mod common;
+use common::connect;
 
 struct App;
 
@@ -33,16 +34,6 @@ fn server(sink: FileAuditSink) -> Hardened<App> {
         .audit_sink(sink)
         .build()
         .expect("builds")
-}
-
-async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    tokio::spawn(async move {
-        if let Ok(running) = server.serve_transport(server_io).await {
-            let _ = running.waiting().await;
-        }
-    });
-    ().serve(client_io).await.expect("client connects")
 }
 
 fn args(word: &str) -> CallToolRequestParams {

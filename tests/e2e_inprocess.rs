@@ -9,9 +9,11 @@ use mcp_harden::prelude::*;
 use mcp_harden::{AuditRecord, AuditSink, BuildError};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
-use rmcp::ServiceExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+mod common;
+use common::connect;
 
 struct App {
     greeting: &'static str,
@@ -137,16 +139,6 @@ fn builder(principal: Option<Principal>, audit: &Collect) -> mcp_harden::Hardene
         Some(p) => b.local_principal(p),
         None => b,
     }
-}
-
-async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    tokio::spawn(async move {
-        if let Ok(running) = server.serve_transport(server_io).await {
-            let _ = running.waiting().await;
-        }
-    });
-    ().serve(client_io).await.expect("client connects")
 }
 
 async fn client(scopes: &[&str], audit: &Collect) -> RunningService<RoleClient, ()> {

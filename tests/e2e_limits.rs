@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mcp_harden::auth::JwtAuthenticator;
 use mcp_harden::limits::{GcraQuota, RateDecision, RateLimiter};
@@ -240,14 +242,7 @@ async fn join(h: JoinHandle<CallToolResult>) -> CallToolResult {
 
 /// Serves `server` over an in-process duplex stream; every caller is the local principal.
 async fn connect(server: &Hardened<App>) -> RunningService<RoleClient, ()> {
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    let server = server.clone();
-    tokio::spawn(async move {
-        if let Ok(running) = server.serve_transport(server_io).await {
-            let _ = running.waiting().await;
-        }
-    });
-    ().serve(client_io).await.expect("the client connects")
+    common::connect(server.clone()).await
 }
 
 /// Starts a call of `tool` in the background and returns once it provably runs (holding its

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use mcp_harden::prelude::*;
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::ServiceExt;
 use serde_json::Value;
+
+mod common;
+use common::connect;
 
 struct App;
 
@@ -27,16 +28,6 @@ async fn lookup(
 #[tool(scopes = "write", rate = "unlimited")]
 async fn change(_ctx: Ctx<App>, #[arg(max_len = 32)] word: String) -> String {
     word
-}
-
-async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    tokio::spawn(async move {
-        if let Ok(running) = server.serve_transport(server_io).await {
-            let _ = running.waiting().await;
-        }
-    });
-    ().serve(client_io).await.expect("client connects")
 }
 
 fn call(tool: &'static str, args: Value) -> CallToolRequestParams {

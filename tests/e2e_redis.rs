@@ -4,84 +4,16 @@
 //! Without the binary the tests say so and pass, unless `MCP_HARDEN_REQUIRE_REDIS` is set
 //! (as in CI), where a missing Redis fails them.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mcp_harden::limits::{FailMode, GcraQuota, RateDecision, RateLimitStore, RedisStore};
 use mcp_harden::prelude::*;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
-use rmcp::ServiceExt;
 use serde_json::Value;
 
-/// A `redis-server` child on a loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// Starts one, or `None` (test skipped) when the binary is missing and not required.
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Self::on(port)
-    }
-
-    fn on(port: u16) -> Option<Redis> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if std::env::var_os("MCP_HARDEN_REQUIRE_REDIS").is_some() => {
-                panic!("redis-server is required (MCP_HARDEN_REQUIRE_REDIS) but cannot start: {e}")
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: redis-server cannot start ({e}); install it to run this test");
-                return None;
-            }
-        };
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+mod common;
+use common::{connect, Redis};
 
 struct App;
 
@@ -99,16 +31,6 @@ fn server(store: RedisStore, fail: FailMode) -> Hardened<App> {
         .rate_limit_store(store, fail)
         .build()
         .expect("builds")
-}
-
-async fn connect(server: Hardened<App>) -> RunningService<RoleClient, ()> {
-    let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    tokio::spawn(async move {
-        if let Ok(running) = server.serve_transport(server_io).await {
-            let _ = running.waiting().await;
-        }
-    });
-    ().serve(client_io).await.expect("client connects")
 }
 
 async fn call(c: &RunningService<RoleClient, ()>) -> CallToolResult {

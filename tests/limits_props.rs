@@ -6,13 +6,14 @@
 //! milliseconds so a case takes a fraction of a second; a decision within a couple of
 //! milliseconds of a boundary may go either way.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mcp_harden::limits::{GcraQuota, RateDecision, RateLimitStore, RateLimiter, RedisStore};
 use proptest::prelude::*;
+
+mod common;
+use common::Redis;
 
 /// Decisions this close to a GCRA boundary are not judged (clock reads, scheduling).
 const SLACK: Duration = Duration::from_millis(4);
@@ -115,64 +116,12 @@ proptest! {
     }
 }
 
-/// A `redis-server` child on a free loopback port, or `None` when it cannot start and CI
-/// does not require it.
-struct Redis(Child, u16);
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if std::env::var_os("MCP_HARDEN_REQUIRE_REDIS").is_some() => {
-                panic!("redis-server is required (MCP_HARDEN_REQUIRE_REDIS) but cannot start: {e}")
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: redis-server cannot start ({e})");
-                return None;
-            }
-        };
-        let redis = Redis(child, port);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn redis_decisions_follow_gcra() {
     let Some(redis) = Redis::start() else { return };
     let rt = runtime();
     let _entered = rt.enter();
-    let store = RedisStore::new(&format!("redis://127.0.0.1:{}", redis.1)).expect("store");
+    let store = RedisStore::new(&redis.url()).expect("store");
     let case = std::sync::atomic::AtomicU32::new(0);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 16,

@@ -1,0 +1,96 @@
+//! Helpers shared by the end-to-end suites (each suite uses some of them).
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcp_harden::Hardened;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::ServiceExt;
+
+/// Serves `server` over an in-process duplex stream (its local principal is the caller) and
+/// connects a real rmcp client to it.
+pub async fn connect<S: Send + Sync + 'static>(
+    server: Hardened<S>,
+) -> RunningService<RoleClient, ()> {
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    tokio::spawn(async move {
+        if let Ok(running) = server.serve_transport(server_io).await {
+            let _ = running.waiting().await;
+        }
+    });
+    ().serve(client_io).await.expect("client connects")
+}
+
+/// A `redis-server` child on a loopback port, killed on drop. `.ci/run` installs the binary;
+/// without it a test is skipped, unless `MCP_HARDEN_REQUIRE_REDIS` is set (as in CI).
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts one on a free port, or `None` (skip) when it cannot start and is not required.
+    pub fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self::on(port)
+    }
+
+    /// Starts one on `port`.
+    pub fn on(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("MCP_HARDEN_REQUIRE_REDIS").is_some() => {
+                panic!("redis-server is required (MCP_HARDEN_REQUIRE_REDIS) but cannot start: {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: redis-server cannot start ({e}); install it to run this test");
+                return None;
+            }
+        };
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (as an outage would).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
