@@ -1,2 +1,408 @@
-//! Placeholder (work in progress).
-fn main() {}
+//! Streamable HTTP on loopback: 16 concurrent rmcp clients, each calling `search` in a loop,
+//! against plain rmcp (`StreamableHttpService` in axum, no authentication) and mcp-harden
+//! (`Hardened::bind_http`, a JWT authenticator, a valid HS256 token per client).
+//!
+//! A custom measurement (`harness = false`), not criterion: what matters here is calls per
+//! second and the per-call latency distribution (p50/p99) under concurrency, and criterion
+//! measures one routine's mean time. The variants alternate round by round, so drift in the
+//! machine's load hits them alike; the table reports the median of the rounds' figures.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mcp_harden::auth::JwtAuthenticator;
+use mcp_harden::server::http::HttpConfig;
+use mcp_harden::Hardened;
+use rmcp::model::JsonObject;
+use rmcp::service::{Peer, RoleClient};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
+use tokio::sync::oneshot;
+
+const CLIENTS: usize = 16;
+
+struct Variant {
+    name: &'static str,
+    url: String,
+    /// One bearer token per client, or none.
+    tokens: Vec<Option<String>>,
+}
+
+/// Plain rmcp: `StreamableHttpService` (stateful, rmcp's defaults) mounted in axum, served
+/// by axum-server like mcp-harden's endpoint.
+async fn plain<S>(make: impl Fn() -> S + Send + Sync + 'static) -> (SocketAddr, oneshot::Sender<()>)
+where
+    S: rmcp::ServerHandler + Send + 'static,
+{
+    let service = StreamableHttpService::new(
+        move || Ok(make()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let server = axum_server::from_tcp(listener)
+        .expect("server")
+        .handle(handle.clone())
+        .serve(app.into_make_service());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = server => {}
+            _ = stopped => handle.shutdown(),
+        }
+    });
+    (addr, stop)
+}
+
+/// Plain rmcp behind an axum middleware that only does what mcp-harden's guard does to every
+/// request besides its checks: a `from_fn` layer, the peer address (`ConnectInfo`), and the
+/// event-stream reply re-wrapped in a stream of its own (to learn when it ends).
+async fn plain_wrapped<S>(
+    make: impl Fn() -> S + Send + Sync + 'static,
+) -> (SocketAddr, oneshot::Sender<()>)
+where
+    S: rmcp::ServerHandler + Send + 'static,
+{
+    async fn passthrough(
+        req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        use futures::StreamExt as _;
+        let response = next.run(req).await;
+        let (parts, body) = response.into_parts();
+        let stream = futures::stream::unfold(body.into_data_stream(), |mut s| async move {
+            Some((s.next().await?, s))
+        });
+        axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
+    }
+    let service = StreamableHttpService::new(
+        move || Ok(make()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn(passthrough));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let server = axum_server::from_tcp(listener)
+        .expect("server")
+        .handle(handle.clone())
+        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = server => {}
+            _ = stopped => handle.shutdown(),
+        }
+    });
+    (addr, stop)
+}
+
+/// mcp-harden over HTTP with a JWT authenticator (cache on or off), audit to a null sink.
+async fn hardened_http(cache: Option<usize>) -> (String, oneshot::Sender<()>) {
+    let server = Hardened::builder(App)
+        .tool::<search>()
+        .audit_sink(NullSink)
+        .build()
+        .expect("the hardened server builds");
+    let mut jwt = JwtAuthenticator::builder().hs256(SECRET).issuer(ISSUER);
+    if let Some(n) = cache {
+        jwt = jwt.cache(n);
+    }
+    let config = HttpConfig::new("127.0.0.1:0".parse().expect("address"))
+        .authenticator(jwt.build().expect("valid JWT configuration"));
+    let bound = server.bind_http(config).await.expect("binds");
+    let url = bound.resource_url().to_owned();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(bound.serve_until(async move {
+        let _ = stopped.await;
+    }));
+    (url, stop)
+}
+
+async fn connect(url: &str, token: Option<&str>) -> Client {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+    if let Some(t) = token {
+        config = config.auth_header(t);
+    }
+    ().serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .expect("the rmcp client connects")
+}
+
+struct Round {
+    calls: usize,
+    elapsed: Duration,
+    /// CPU time of the whole process (clients and server) during the round.
+    cpu: Duration,
+    /// CPU time of the server runtime's threads during the round.
+    server_cpu: Duration,
+    latencies: Vec<Duration>,
+}
+
+/// CPU time used so far by the threads of this process whose name starts with `prefix`
+/// (all threads for `""`), from Linux `schedstat` (nanoseconds); zero where unavailable.
+/// Less sensitive than wall time to other processes' load.
+fn cpu_of_threads(prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// The servers run on their own runtime, whose threads are named so.
+const SERVER_THREADS: &str = "mh-server";
+
+/// `calls` calls from each client, all clients at once.
+async fn round(clients: &[Client], args: &Arc<JsonObject>, calls: usize) -> Round {
+    let peers: Vec<Peer<RoleClient>> = clients.iter().map(|c| c.peer().clone()).collect();
+    let (cpu, server_cpu) = (cpu_of_threads(""), cpu_of_threads(SERVER_THREADS));
+    let started = Instant::now();
+    let tasks: Vec<_> = peers
+        .into_iter()
+        .map(|peer| {
+            let args = args.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(calls);
+                for _ in 0..calls {
+                    let (r, d) = timed(peer.call_tool(request("search", &args))).await;
+                    let r = r.expect("the call answers");
+                    assert_ne!(r.is_error, Some(true), "{r:?}");
+                    lat.push(d);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(calls * clients.len());
+    for t in tasks {
+        latencies.extend(t.await.expect("client task"));
+    }
+    Round {
+        calls: latencies.len(),
+        elapsed: started.elapsed(),
+        cpu: cpu_of_threads("").saturating_sub(cpu),
+        server_cpu: cpu_of_threads(SERVER_THREADS).saturating_sub(server_cpu),
+        latencies,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
+    let (default_addr, prebuilt_addr, cached_url, uncached_url, wrapped_addr, _stops) = server_rt
+        .spawn(async {
+            let (default_addr, s1) = plain(|| PlainDefault).await;
+            let prebuilt = PlainPrebuilt::default();
+            let (prebuilt_addr, s2) = plain(move || prebuilt.clone()).await;
+            let (cached_url, s3) = hardened_http(None).await;
+            let (uncached_url, s4) = hardened_http(Some(0)).await;
+            let prebuilt = PlainPrebuilt::default();
+            let (wrapped_addr, s5) = plain_wrapped(move || prebuilt.clone()).await;
+            (
+                default_addr,
+                prebuilt_addr,
+                cached_url,
+                uncached_url,
+                wrapped_addr,
+                [s1, s2, s3, s4, s5],
+            )
+        })
+        .await
+        .expect("the servers start");
+    let tokens = |url: &str| -> Vec<Option<String>> {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+        (0..CLIENTS)
+            .map(|i| {
+                Some(sign(
+                    jsonwebtoken::Algorithm::HS256,
+                    &key,
+                    &claims(&format!("client-{i}"), url),
+                ))
+            })
+            .collect()
+    };
+    let variants = [
+        Variant {
+            name: "plain_rmcp_default",
+            url: format!("http://{default_addr}/mcp"),
+            tokens: vec![None; CLIENTS],
+        },
+        Variant {
+            name: "plain_rmcp_prebuilt",
+            url: format!("http://{prebuilt_addr}/mcp"),
+            tokens: vec![None; CLIENTS],
+        },
+        Variant {
+            name: "plain_rmcp_prebuilt_wrapped",
+            url: format!("http://{wrapped_addr}/mcp"),
+            tokens: vec![None; CLIENTS],
+        },
+        Variant {
+            name: "hardened_jwt_cached",
+            tokens: tokens(&cached_url),
+            url: cached_url,
+        },
+        Variant {
+            name: "hardened_jwt_uncached",
+            tokens: tokens(&uncached_url),
+            url: uncached_url,
+        },
+    ];
+    // `MH_BENCH_ONLY=plain_rmcp_prebuilt,hardened_jwt_cached` runs only those variants
+    // (`MH_BENCH_ROUNDS=N` sets the number of rounds).
+    let only = std::env::var("MH_BENCH_ONLY").ok();
+    let variants: Vec<Variant> = variants
+        .into_iter()
+        .filter(|v| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n.trim() == v.name))
+        })
+        .collect();
+    let mut peers = Vec::new();
+    for v in &variants {
+        let mut p = Vec::new();
+        for t in &v.tokens {
+            p.push(connect(&v.url, t.as_deref()).await);
+        }
+        peers.push(p);
+    }
+    let args = Arc::new(arguments());
+    // Warm-up, and a check that every variant does the work.
+    for p in &peers {
+        check(
+            &p[0]
+                .call_tool(request("search", &args))
+                .await
+                .expect("call"),
+        );
+        round(p, &args, calls / 5 + 1).await;
+    }
+    let started = Instant::now();
+    let mut results: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds {
+        for k in 0..variants.len() {
+            let i = (k + r) % variants.len();
+            results[i].push(round(&peers[i], &args, calls).await);
+        }
+    }
+    println!();
+    println!(
+        "http: Streamable HTTP on loopback, {CLIENTS} concurrent clients, {rounds} rounds x {calls} calls per client per variant, interleaved ({:.1} s, load {})",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
+    println!("| variant | calls | calls/s | p50 (us) | p99 (us) | CPU/call, all (us) | CPU/call, server (us) | p50 ratio | calls/s ratio | CPU ratio, all | CPU ratio, server |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    struct Summary {
+        rate: f64,
+        p50: Duration,
+        p99: Duration,
+        cpu_us: f64,
+        server_us: f64,
+        calls: usize,
+    }
+    let summary: Vec<Summary> = results
+        .into_iter()
+        .map(|rs| {
+            let rate = median(
+                rs.iter()
+                    .map(|r| r.calls as f64 / r.elapsed.as_secs_f64())
+                    .collect(),
+            );
+            let cpu_us = median(
+                rs.iter()
+                    .map(|r| r.cpu.as_secs_f64() * 1e6 / r.calls as f64)
+                    .collect(),
+            );
+            let server_us = median(
+                rs.iter()
+                    .map(|r| r.server_cpu.as_secs_f64() * 1e6 / r.calls as f64)
+                    .collect(),
+            );
+            let calls = rs.iter().map(|r| r.calls).sum();
+            let lat = Latencies::new(rs.into_iter().flat_map(|r| r.latencies).collect());
+            Summary {
+                rate,
+                p50: lat.quantile(0.5),
+                p99: lat.quantile(0.99),
+                cpu_us,
+                server_us,
+                calls,
+            }
+        })
+        .collect();
+    // Ratios against plain rmcp with a prebuilt router (or the first variant run).
+    let base = variants
+        .iter()
+        .position(|v| v.name == "plain_rmcp_prebuilt")
+        .unwrap_or(0);
+    let base = &summary[base];
+    for (v, s) in variants.iter().zip(&summary) {
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            v.name,
+            s.calls,
+            s.rate,
+            us(s.p50),
+            us(s.p99),
+            s.cpu_us,
+            s.server_us,
+            s.p50.as_secs_f64() / base.p50.as_secs_f64(),
+            base.rate / s.rate,
+            s.cpu_us / base.cpu_us,
+            s.server_us / base.server_us,
+        );
+    }
+    println!("(calls/s and CPU per call: medians of the rounds; ratios: variant / plain_rmcp_prebuilt, above 1 = slower)");
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let rounds = std::env::var("MH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(8);
+    let (rounds, calls) = if bench_mode { (rounds, 300) } else { (1, 5) };
+    // Servers and clients on runtimes of their own (two workers each, sharing the machine's
+    // cores), so that the server's CPU time can be told apart from the clients'.
+    let runtime = |name: &'static str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let server_rt = runtime(SERVER_THREADS);
+    let client_rt = runtime("mh-client");
+    client_rt.block_on(run(&server_rt, rounds, calls));
+    // The client sessions and the servers end with their runtimes.
+    client_rt.shutdown_timeout(Duration::from_secs(1));
+    server_rt.shutdown_timeout(Duration::from_secs(1));
+}

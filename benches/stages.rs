@@ -1,2 +1,536 @@
-//! Placeholder (work in progress).
-fn main() {}
+//! Each stage of the pipeline alone. `mcp_harden::pipeline` is private, so each stage is
+//! measured through the public API that it calls (or, where a step is crate-private, through
+//! a faithful copy of it, marked "emulated"). BENCHMARKS.md says what each number covers.
+
+mod common;
+
+use std::hint::black_box;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use criterion::{BatchSize, Criterion};
+use mcp_harden::__private::rules::Pattern;
+use mcp_harden::audit::{redact_credentials, AuditPrincipal, Outcome};
+use mcp_harden::auth::AuthMethod;
+use mcp_harden::limits::{RateDecision, RateLimiter};
+use mcp_harden::{AuditRecord, AuditSink, Ctx, FieldPath, Principal, Tool, ToolArgs};
+use serde_json::Value;
+
+type Args = <search as Tool<App>>::Args;
+
+fn config<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    g
+}
+
+// ---------------------------------------------------------------------------------------
+// Stage 1: identify.
+
+/// Stand-in for the crate-private `server::http::Authenticated` (same shape).
+#[derive(Clone)]
+struct Authenticated {
+    principal: Arc<Principal>,
+    source: std::net::SocketAddr,
+}
+
+/// Stand-in for the crate-private `SessionOwner` (same fields, same comparison).
+#[derive(Clone, PartialEq, Eq)]
+struct SessionOwner {
+    method: AuthMethod,
+    subject: Arc<str>,
+    key_id: Option<Arc<str>>,
+}
+
+fn identify(c: &mut Criterion) {
+    let mut g = config(c, "stage_identify");
+    let local: Option<Arc<Principal>> = Some(Arc::new(local_principal()));
+    g.bench_function("local", |b| {
+        b.iter(|| black_box(&local).as_ref().map(Arc::clone))
+    });
+
+    // Over HTTP: the request head in rmcp's extensions, the guard's identity in the head's
+    // extensions, then the session-owner check (emulated: the types are crate-private).
+    let principal = Arc::new(Principal::new(
+        "alice",
+        ["catalog:read", "catalog:write", "orders:read"],
+        AuthMethod::Jwt,
+    ));
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.extensions.insert(Authenticated {
+        principal: principal.clone(),
+        source: ([127, 0, 0, 1], 50_000).into(),
+    });
+    let mut ext = rmcp::model::Extensions::new();
+    ext.insert(parts);
+    let session: OnceLock<SessionOwner> = OnceLock::new();
+    g.bench_function("http_emulated", |b| {
+        b.iter(|| {
+            let auth = black_box(&ext)
+                .get::<axum::http::request::Parts>()
+                .and_then(|p| p.extensions.get::<Authenticated>())
+                .expect("authenticated");
+            let p = auth.principal.clone();
+            let me = SessionOwner {
+                method: p.method(),
+                subject: Arc::from(p.subject()),
+                key_id: p.key_id().map(Arc::from),
+            };
+            let owner = *session.get_or_init(|| me.clone()) == me;
+            black_box((p, auth.source, owner))
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Stage 2: authorize.
+
+fn authorize(c: &mut Criterion) {
+    let mut g = config(c, "stage_scopes");
+    let p = Arc::new(local_principal());
+    let required: &[&str] = <search as Tool<App>>::SPEC.scopes.required();
+    g.bench_function("has_all", |b| {
+        b.iter(|| black_box(&p).has_all(black_box(required)))
+    });
+    // What `pipeline::authorize` does for a scoped tool: the anonymous check, the missing
+    // scopes (an empty Vec does not allocate) and the principal handed on.
+    g.bench_function("authorize_equivalent", |b| {
+        b.iter(|| {
+            let p = black_box(&p);
+            let ok = p.method() != AuthMethod::Anonymous
+                && p.missing_scopes(black_box(required)).is_empty();
+            black_box(ok.then(|| p.clone()))
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Stage 3: rate decision.
+
+fn rate(c: &mut Criterion) {
+    let mut g = config(c, "stage_rate");
+    // The benchmarked tool's own rate: 100 000/sec per caller, bursts of 1 000 000.
+    let limiter = RateLimiter::new(<search as Tool<App>>::SPEC.rate).expect("limited");
+    let key: Arc<str> = Arc::from("bench-user");
+    g.bench_function("memory_one_caller", |b| {
+        b.iter(|| {
+            let d = limiter.check(black_box(&key));
+            debug_assert_eq!(d, RateDecision::Allow);
+            black_box(d)
+        })
+    });
+    let limiter = RateLimiter::new(<search as Tool<App>>::SPEC.rate).expect("limited");
+    let keys: Vec<Arc<str>> = (0..10_000)
+        .map(|i| Arc::from(format!("user-{i}")))
+        .collect();
+    let mut i = 0usize;
+    g.bench_function("memory_10k_callers", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(limiter.check(black_box(&keys[i])))
+        })
+    });
+    // ---- TODO(redis): shared-store rate decisions go here. ----
+    // A `RateLimitStore` round trip per call (e.g. `stage_rate/redis_one_caller` against a
+    // local redis-server, skipped when none is running), measured on a current-thread runtime
+    // with `b.to_async(&rt)`; add its row to BENCHMARKS.md, section 2, stage 3.
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Stage 4: decode and validate.
+
+fn arguments_stage(c: &mut Criterion) {
+    let mut g = config(c, "stage_arguments");
+    let obj = arguments();
+    let raw = Value::Object(obj.clone());
+
+    // What plain rmcp does (`Parameters<T>`): serde_json from the owned arguments object.
+    g.bench_function("plain_rmcp_from_value", |b| {
+        b.iter_batched(
+            || Value::Object(obj.clone()),
+            |v| black_box(serde_json::from_value::<PlainArgs>(v).expect("decodes")),
+            BatchSize::SmallInput,
+        )
+    });
+    // mcp-harden's decode (`definition::prepare`): from the borrowed value (kept for the
+    // audit record), tracking the field path for error messages.
+    g.bench_function("hardened_decode", |b| {
+        b.iter(|| {
+            black_box(
+                serde_path_to_error::deserialize::<_, Args>(black_box(&raw)).expect("decodes"),
+            )
+        })
+    });
+    // The same decode without path tracking (what a fast path could do).
+    g.bench_function("hardened_decode_no_path", |b| {
+        b.iter(|| {
+            black_box(<Args as serde::Deserialize>::deserialize(black_box(&raw)).expect("decodes"))
+        })
+    });
+    let args: Args = serde_path_to_error::deserialize(&raw).expect("decodes");
+    g.bench_function("hardened_validate", |b| {
+        b.iter(|| {
+            let mut v = Vec::new();
+            black_box(&args).validate_into(&FieldPath::Root, &mut v);
+            debug_assert!(v.is_empty());
+            black_box(v)
+        })
+    });
+    // `definition::prepare` whole: decode, validate, build the tool's boxed future.
+    // (The context is cloned: the pipeline assembles it from `Arc`s it already holds.)
+    let ctx = Ctx::new(App, local_principal());
+    g.bench_function("hardened_prepare", |b| {
+        b.iter(|| {
+            let ctx = ctx.clone();
+            let args: Args = serde_path_to_error::deserialize(black_box(&raw)).expect("decodes");
+            let mut v = Vec::new();
+            args.validate_into(&FieldPath::Root, &mut v);
+            assert!(v.is_empty());
+            black_box(<search as Tool<App>>::invoke(ctx, args))
+        })
+    });
+    static QUERY: Pattern = Pattern::new(r"^[A-Za-z0-9 _-]+$");
+    g.bench_function("pattern_check", |b| {
+        b.iter(|| {
+            let mut v = Vec::new();
+            QUERY.check(black_box("red running shoes"), &FieldPath::Root, &mut v);
+            black_box(v)
+        })
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Stage 7: the audit record.
+
+/// A copy of the crate-private `audit::now_rfc3339`.
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// A proposal for `audit::now_rfc3339`: the same text, written digit by digit instead of
+/// through `format!` with padding.
+fn now_rfc3339_proposed() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = (yoe + era * 400 + i64::from(m <= 2)).clamp(0, 9999) as u32;
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y);
+    put(5, 2, m);
+    put(8, 2, d);
+    put(11, 2, (rem / 3600) as u32);
+    put(14, 2, ((rem % 3600) / 60) as u32);
+    put(17, 2, (rem % 60) as u32);
+    put(20, 3, now.subsec_millis());
+    String::from_utf8(b.to_vec()).unwrap_or_default()
+}
+
+/// A copy of the crate-private `audit::new_trace_id`.
+fn new_trace_id() -> Arc<str> {
+    Arc::from(uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// One record as `pipeline::record` builds it (emulated: `AuditRecord` is `non_exhaustive`,
+/// so the struct literal becomes an assignment of every field to an empty template).
+fn build_record(
+    template: &AuditRecord,
+    raw: Value,
+    p: &Principal,
+    started: Instant,
+) -> AuditRecord {
+    let arguments = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        let mut a = raw;
+        <Args as ToolArgs>::redact_json(&mut a);
+        redact_credentials(&mut a);
+        a
+    }))
+    .unwrap_or(Value::Null);
+    let mut r = template.clone();
+    r.time = now_rfc3339();
+    r.trace_id = new_trace_id();
+    r.principal = AuditPrincipal {
+        subject: Some(p.subject().to_owned()),
+        auth_method: p.method().as_str(),
+        tier: p.tier().map(str::to_owned),
+        key_id: p.key_id().map(str::to_owned),
+    };
+    r.tool = Some("search".chars().take(128).collect());
+    r.arguments = arguments;
+    r.outcome = Outcome::Success;
+    r.error_code = None;
+    r.retryable = false;
+    r.reason = None;
+    r.detail = None;
+    r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    r.source = None::<std::net::SocketAddr>.map(|a| a.to_string());
+    r
+}
+
+/// A proposal for `audit::is_credential_name` (audit/redact.rs): the same answer, without
+/// a `String` per field name and without a substring searcher per needle.
+fn is_credential_name_proposed(name: &str) -> bool {
+    const NEEDLES: &[&[u8]] = &[
+        b"password",
+        b"passwd",
+        b"passphrase",
+        b"secret",
+        b"token",
+        b"apikey",
+        b"authorization",
+        b"credential",
+        b"privatekey",
+        b"accesskey",
+        b"sessionid",
+        b"cookie",
+        b"bearer",
+        b"signature",
+    ];
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        if len == buf.len() {
+            return mcp_harden::audit::is_credential_name(name);
+        }
+        buf[len] = b.to_ascii_lowercase();
+        len += 1;
+    }
+    let n = &buf[..len];
+    n == b"pwd"
+        || n == b"auth"
+        || NEEDLES
+            .iter()
+            .any(|k| n.len() >= k.len() && n.windows(k.len()).any(|w| w == *k))
+}
+
+/// `audit::redact_credentials` with the proposed name check (long strings are not cut here:
+/// the benchmark's arguments have none).
+fn redact_credentials_proposed(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if is_credential_name_proposed(k) {
+                    *child = Value::String(mcp_harden::audit::REDACTED.to_owned());
+                } else {
+                    redact_credentials_proposed(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_credentials_proposed),
+        _ => {}
+    }
+}
+
+fn audit(c: &mut Criterion) {
+    // A real record, captured from a real call.
+    let sink = LastRecord::default();
+    let rt = current_thread();
+    rt.block_on(async {
+        let client = connect_hardened(hardened_with(sink.clone())).await;
+        let r = client
+            .call_tool(request("search", &arguments()))
+            .await
+            .expect("the call answers");
+        check(&r);
+        let _ = client.cancel().await;
+    });
+    let record = sink.0.lock().expect("lock").clone().expect("a record");
+    let mut template = record.clone();
+    template.time = String::new();
+    template.principal.subject = None;
+    template.tool = None;
+    template.arguments = Value::Null;
+
+    let mut g = config(c, "stage_audit");
+    let raw = Value::Object(arguments());
+    let p = local_principal();
+    g.bench_function("build_emulated", |b| {
+        b.iter_batched(
+            || raw.clone(),
+            |raw| black_box(build_record(&template, raw, &p, Instant::now())),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("redact_arguments", |b| {
+        b.iter_batched(
+            || raw.clone(),
+            |mut v| {
+                <Args as ToolArgs>::redact_json(&mut v);
+                redact_credentials(&mut v);
+                v
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    for name in [
+        "query",
+        "filters",
+        "column",
+        "op",
+        "value",
+        "limit",
+        "api_key",
+        "accessToken",
+    ] {
+        assert_eq!(
+            is_credential_name_proposed(name),
+            mcp_harden::audit::is_credential_name(name),
+            "{name}"
+        );
+    }
+    g.bench_function("redact_arguments_proposed", |b| {
+        b.iter_batched(
+            || raw.clone(),
+            |mut v| {
+                <Args as ToolArgs>::redact_json(&mut v);
+                redact_credentials_proposed(&mut v);
+                v
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("to_json", |b| {
+        b.iter(|| black_box(black_box(&record).to_json()))
+    });
+    g.bench_function("build_and_to_json", |b| {
+        b.iter_batched(
+            || raw.clone(),
+            |raw| black_box(build_record(&template, raw, &p, Instant::now()).to_json()),
+            BatchSize::SmallInput,
+        )
+    });
+    // The default sink: a `tracing` event, off (no subscriber) and on (JSON to a null writer).
+    let tracing_sink = mcp_harden::TracingAuditSink;
+    g.bench_function("tracing_sink_disabled", |b| {
+        b.iter(|| tracing_sink.record(black_box(&record)))
+    });
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        g.bench_function("tracing_sink_json_enabled", |b| {
+            b.iter(|| tracing_sink.record(black_box(&record)))
+        });
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------
+// Other per-call work of the pipeline (emulated), for the breakdown.
+
+fn other(c: &mut Criterion) {
+    let mut g = config(c, "stage_other");
+    g.bench_function("trace_id", |b| b.iter(new_trace_id));
+    g.bench_function("rfc3339_time", |b| b.iter(now_rfc3339));
+    assert_eq!(now_rfc3339()[..19], now_rfc3339_proposed()[..19]);
+    g.bench_function("rfc3339_time_proposed", |b| b.iter(now_rfc3339_proposed));
+    let parent = tokio_util::sync::CancellationToken::new();
+    g.bench_function("child_cancellation_token", |b| {
+        b.iter(|| black_box(parent.child_token()))
+    });
+    // Per-call telemetry (telemetry.rs, server/mod.rs), emulated: a span id, the client's
+    // name and version for the audit record, and the metrics of one call with no recorder
+    // installed (the `metrics` facade's no-op).
+    g.bench_function("span_id", |b| {
+        b.iter(|| {
+            let id = rand::random::<u64>().max(1);
+            black_box(Arc::<str>::from(format!("{id:016x}")))
+        })
+    });
+    g.bench_function("client_name_version", |b| {
+        let cut = |s: &str| s.chars().take(128).collect::<String>();
+        b.iter(|| black_box((cut(black_box("rmcp")), cut(black_box("3.11.0")))))
+    });
+    g.bench_function("metrics_noop_one_call", |b| {
+        b.iter(|| {
+            let tool: &'static str = black_box("search");
+            metrics::gauge!("mcp_harden_tool_calls_in_flight", "tool" => tool).increment(1.0);
+            metrics::counter!("mcp_harden_tool_calls_total", "tool" => tool, "status" => "success", "tier" => "none")
+                .increment(1);
+            metrics::histogram!("mcp_harden_tool_call_duration_seconds", "tool" => tool)
+                .record(0.000_02);
+            metrics::gauge!("mcp_harden_tool_calls_in_flight", "tool" => tool).decrement(1.0);
+        })
+    });
+    // `pipeline::run` races the tool against `tokio::time::sleep(timeout)`: one timer
+    // registered and removed per call.
+    let rt = current_thread();
+    g.bench_function("timeout_timer", |b| {
+        b.to_async(&rt).iter(|| async {
+            tokio::select! {
+                biased;
+                v = std::future::ready(1u32) => black_box(v),
+                () = tokio::time::sleep(Duration::from_secs(30)) => 0,
+            }
+        })
+    });
+    g.bench_function("timeout_timer_polled", |b| {
+        b.to_async(&rt).iter(|| async {
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep(Duration::from_secs(30)) => 0,
+                v = std::future::ready(1u32) => black_box(v),
+            }
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    identify(&mut c);
+    authorize(&mut c);
+    rate(&mut c);
+    arguments_stage(&mut c);
+    audit(&mut c);
+    other(&mut c);
+    c.final_summary();
+}
