@@ -58,14 +58,28 @@ fn prepare<S, T: Tool<S>>(
     ctx: Ctx<S>,
     raw: &serde_json::Value,
 ) -> Result<Invocation, Vec<Violation>> {
-    let args: T::Args = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        vec![Violation {
-            path,
-            message: e.into_inner().to_string(),
-        }]
-    })?;
+    // The fast path decodes directly; only a failure pays for path tracking, to say where.
+    let args: T::Args = match <T::Args as serde::Deserialize>::deserialize(raw) {
+        Ok(args) => args,
+        Err(plain) => {
+            let e = match serde_path_to_error::deserialize::<_, T::Args>(raw) {
+                Err(e) => e,
+                // Cannot decode one way and not the other; report the plain error.
+                Ok(_) => {
+                    return Err(vec![Violation {
+                        path: String::new(),
+                        message: plain.to_string(),
+                    }])
+                }
+            };
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            return Err(vec![Violation {
+                path,
+                message: e.into_inner().to_string(),
+            }]);
+        }
+    };
     let mut violations = Vec::new();
     args.validate_into(&FieldPath::Root, &mut violations);
     if violations.is_empty() {

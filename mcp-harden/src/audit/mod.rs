@@ -244,13 +244,22 @@ pub(crate) fn now_rfc3339() -> String {
     let secs = now.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+    // Digits into a fixed buffer: this runs once per call.
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
+    put(11, 2, rem / 3600);
+    put(14, 2, (rem % 3600) / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(now.subsec_millis()));
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -277,5 +286,22 @@ mod tests {
         assert_eq!(civil_from_days(20_781), (2026, 11, 24));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(new_trace_id().len(), 32);
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",
+            "{t}"
+        );
+        assert!(
+            t.bytes().enumerate().all(|(i, b)| match i {
+                4 | 7 => b == b'-',
+                13 | 16 => b == b':',
+                19 => b == b'.',
+                10 => b == b'T',
+                23 => b == b'Z',
+                _ => b.is_ascii_digit(),
+            }),
+            "{t}"
+        );
     }
 }

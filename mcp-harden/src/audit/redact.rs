@@ -10,28 +10,48 @@ const MAX_AUDIT_STRING: usize = 256;
 /// `Authorization`, `client_secret`, `accessToken`, ...). Compared without case and
 /// separators.
 pub fn is_credential_name(name: &str) -> bool {
-    let n: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    const NEEDLES: &[&str] = &[
-        "password",
-        "passwd",
-        "passphrase",
-        "secret",
-        "token",
-        "apikey",
-        "authorization",
-        "credential",
-        "privatekey",
-        "accesskey",
-        "sessionid",
-        "cookie",
-        "bearer",
-        "signature",
+    // Lowercased alphanumerics of the name, on the stack (long names: on the heap).
+    let mut stack = [0u8; 64];
+    let mut heap = Vec::new();
+    let mut len = 0;
+    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        let b = b.to_ascii_lowercase();
+        if len < stack.len() {
+            stack[len] = b;
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&stack);
+            }
+            heap.push(b);
+        }
+        len += 1;
+    }
+    let n: &[u8] = if heap.is_empty() {
+        &stack[..len]
+    } else {
+        &heap
+    };
+    const NEEDLES: &[&[u8]] = &[
+        b"password",
+        b"passwd",
+        b"passphrase",
+        b"secret",
+        b"token",
+        b"apikey",
+        b"authorization",
+        b"credential",
+        b"privatekey",
+        b"accesskey",
+        b"sessionid",
+        b"cookie",
+        b"bearer",
+        b"signature",
     ];
-    n == "pwd" || n == "auth" || NEEDLES.iter().any(|k| n.contains(k))
+    n == b"pwd"
+        || n == b"auth"
+        || NEEDLES
+            .iter()
+            .any(|k| n.len() >= k.len() && n.windows(k.len()).any(|w| w == *k))
 }
 
 /// Replaces every value under a credential-like name, at any depth, and cuts very long

@@ -411,7 +411,9 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         if let Some(src) = source {
             span.record("client.address", tracing::field::display(src.ip()));
         }
-        let outcome = tracing::Instrument::instrument(async {
+        // Boxed: the stages' state lives on the heap instead of being moved with the
+        // handler's future.
+        let outcome = Box::pin(tracing::Instrument::instrument(async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
                 pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
@@ -424,7 +426,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             let timeout = entry.spec.timeout.unwrap_or(inner.default_timeout);
             let value = pipeline::run(entry, (inner.state.clone(), caller, info.trace_id.clone()), &raw, timeout, &rc.ct).await?;
             pipeline::shape(value, inner.max_output_bytes)
-        }, span.clone())
+        }, span.clone()))
         .await;
         if let Err(r) = &outcome {
             span.record("error.type", r.error.code.as_str());
