@@ -139,10 +139,34 @@ fn rate(c: &mut Criterion) {
             black_box(limiter.check(black_box(&keys[i])))
         })
     });
-    // ---- TODO(redis): shared-store rate decisions go here. ----
-    // A `RateLimitStore` round trip per call (e.g. `stage_rate/redis_one_caller` against a
-    // local redis-server, skipped when none is running), measured on a current-thread runtime
-    // with `b.to_async(&rt)`; add its row to BENCHMARKS.md, section 2, stage 3.
+    // Shared-store decisions: one `RedisStore::check` round trip (a Lua GCRA script) against
+    // a redis-server started here on a free loopback port; skipped when none can start.
+    if let Some(redis) = RedisChild::start() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let store = {
+            let _entered = rt.enter();
+            mcp_harden::limits::RedisStore::new(&format!("redis://127.0.0.1:{}", redis.port))
+                .expect("store")
+        };
+        let quota = mcp_harden::limits::GcraQuota {
+            emission: Duration::from_micros(10),
+            burst: 1_000_000,
+        };
+        g.bench_function("redis_one_caller", |b| {
+            b.to_async(&rt).iter(|| async {
+                let d = mcp_harden::limits::RateLimitStore::check(&store, "bench-user", quota)
+                    .await
+                    .expect("decides");
+                black_box(d)
+            })
+        });
+        drop(redis);
+    } else {
+        eprintln!("stage_rate/redis_one_caller: SKIPPED (redis-server cannot start)");
+    }
     g.finish();
 }
 
@@ -522,6 +546,52 @@ fn other(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct RedisChild {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisChild {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn main() {
