@@ -1394,6 +1394,16 @@ async fn trace_context_continues_from_the_header_or_meta() {
         "a malformed traceparent starts a new trace"
     );
     assert_eq!(calls[2].trace_id.len(), 32);
+    // A refused request's security event continues the caller's trace too.
+    let r = srv
+        .raw_call("read_rows", &[("traceparent", from_header)])
+        .await;
+    assert_eq!(r.status(), 401);
+    let refused = srv
+        .audit
+        .denied(AuditEvent::Authentication, "missing_credentials");
+    assert_eq!(&*refused.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(refused.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
     for c in &calls {
         let span = c.span_id.as_deref().expect("a span id");
         assert_eq!(span.len(), 16);

@@ -30,8 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Hardened, SessionOwner};
 use crate::audit::{
-    new_trace_id, now_rfc3339, AuditEvent, AuditPrincipal, AuditRecord, Outcome,
-    AUDIT_RECORD_VERSION,
+    now_rfc3339, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
 };
 use crate::auth::{AuthContext, AuthFailure, Authenticator, Authenticators, Principal};
 use crate::errors::{ErrorCode, ToolError};
@@ -867,10 +866,13 @@ struct Event<'a> {
     code: ErrorCode,
     source: SocketAddr,
     started: Instant,
+    /// The request's W3C `traceparent`, continued by the record.
+    traceparent: Option<&'a str>,
 }
 
 impl Gate {
     fn record(&self, e: Event<'_>) {
+        let trace = crate::telemetry::TraceIds::continue_or_start(e.traceparent);
         if e.event == AuditEvent::Authentication {
             crate::telemetry::auth_failure(e.reason);
         }
@@ -878,9 +880,9 @@ impl Gate {
         let record = AuditRecord {
             version: AUDIT_RECORD_VERSION,
             time: now_rfc3339(),
-            trace_id: new_trace_id(),
-            span_id: None,
-            parent_span_id: None,
+            trace_id: trace.trace_id,
+            span_id: Some(trace.span_id),
+            parent_span_id: trace.parent_span_id.map(String::from),
             client: None,
             event: e.event,
             principal: AuditPrincipal::of(e.principal),
@@ -994,6 +996,14 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+    // Kept only to continue the caller's trace in the record of a refusal.
+    let traceparent: Option<String> = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned);
+    let tp = traceparent.as_deref();
     let event = |event, principal, tool, reason, code| Event {
         event,
         principal,
@@ -1002,6 +1012,7 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         code,
         source,
         started,
+        traceparent: tp,
     };
     if !gate.host_allowed(req.headers(), req.uri()) {
         gate.record(event(
@@ -1067,12 +1078,12 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
                 .insert(header::WWW_AUTHENTICATE, gate.challenge(""));
             return r;
         }
-        Err(failure) => return gate.refuse_credentials(failure, source, started),
+        Err(failure) => return gate.refuse_credentials(failure, source, started, tp),
         Ok(token) => {
             let cx = AuthContext::new(&gate.resource, source);
             match gate.authenticators.authenticate(token, &cx) {
                 Ok(p) => Arc::new(p),
-                Err(failure) => return gate.refuse_credentials(failure, source, started),
+                Err(failure) => return gate.refuse_credentials(failure, source, started, tp),
             }
         }
     };
@@ -1199,6 +1210,7 @@ impl Gate {
         failure: AuthFailure,
         source: SocketAddr,
         started: Instant,
+        traceparent: Option<&str>,
     ) -> Response {
         self.record(Event {
             event: AuditEvent::Authentication,
@@ -1208,6 +1220,7 @@ impl Gate {
             code: ErrorCode::Unauthenticated,
             source,
             started,
+            traceparent,
         });
         if let Some(wait) = self.throttle.failed(source.ip()) {
             tracing::warn!(target: "mcp_harden::security", source = %source, wait_ms = wait.as_millis() as u64, "too many failed authentications: source throttled");
