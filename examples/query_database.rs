@@ -4,6 +4,8 @@
 //! cargo run --example query_database                      # HTTP on 127.0.0.1:8080, prints a dev token
 //! cargo run --example query_database -- --stdio --scopes db:read
 //! cargo run --example query_database -- --print-manifest
+//! cargo run --example query_database -- --redis redis://127.0.0.1:6379 \
+//!     --audit-log audit.jsonl --metrics 127.0.0.1:9090       # replicas, audit chain, Prometheus
 //! ```
 //!
 //! Over HTTP it authenticates bearer tokens: HS256 JWTs signed with `MCP_HARDEN_JWT_SECRET`

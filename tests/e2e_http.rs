@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -13,7 +13,7 @@ use mcp_harden::audit::{AuditEvent, Outcome};
 use mcp_harden::auth::{ApiKey, ApiKeyAuthenticator, JwtAuthenticator};
 use mcp_harden::prelude::*;
 use mcp_harden::server::http::{HttpConfig, HttpError, ScopeChallenge};
-use mcp_harden::{AuditRecord, AuditSink};
+use mcp_harden::AuditRecord;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
+
+mod common;
+use common::{capture_logs, logs, Collect};
 
 // ---------------------------------------------------------------------------------------
 // The application: every tool counts its runs, so a refusal provably ran nothing.
@@ -79,20 +82,7 @@ async fn nap(ctx: Ctx<App>) -> Rows {
 // ---------------------------------------------------------------------------------------
 // Audit and log capture.
 
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<AuditRecord>>>);
-
-impl AuditSink for Collect {
-    fn record(&self, record: &AuditRecord) {
-        self.0.lock().expect("audit lock").push(record.clone());
-    }
-}
-
 impl Collect {
-    fn records(&self) -> Vec<AuditRecord> {
-        self.0.lock().expect("audit lock").clone()
-    }
-
     /// The one denied record with this event and reason.
     fn denied(&self, event: AuditEvent, reason: &str) -> AuditRecord {
         let all = self.records();
@@ -124,35 +114,6 @@ fn check_denied(r: &AuditRecord, event: AuditEvent, reason: &str) {
     );
 }
 
-/// Every log line of the test binary (all levels, all targets), to prove no credential
-/// is ever logged.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-            .with_ansi(false)
-            .with_writer(|| LogWriter)
-            .try_init();
-    });
-}
-
 /// Neither the audit trail nor any log line holds `secret`.
 fn assert_never_recorded(audit: &Collect, secret: &str) {
     for r in audit.records() {
@@ -161,8 +122,7 @@ fn assert_never_recorded(audit: &Collect, secret: &str) {
             "an audit record holds a credential: {r:?}"
         );
     }
-    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
-    let logs = String::from_utf8_lossy(&logs);
+    let logs = logs();
     assert!(logs.contains("mcp_harden::http"), "logs are captured");
     assert!(!logs.contains(secret), "a log line holds a credential");
 }
@@ -273,7 +233,7 @@ fn config() -> HttpConfig {
 }
 
 async fn start(config: HttpConfig) -> Srv {
-    capture_logs();
+    capture_logs("trace");
     let app = Arc::new(App::default());
     let audit = Collect::default();
     let hardened = Hardened::builder(app.clone())
@@ -1235,7 +1195,7 @@ async fn ping(ctx: Ctx<App>, #[arg(max_len = 32)] table: String) -> Rows {
 /// and an anonymous caller reaches public tools only.
 #[tokio::test]
 async fn a_proxied_resource_url_and_anonymous_callers() {
-    capture_logs();
+    capture_logs("trace");
     const PUBLIC: &str = "https://mcp.example.com/tools/mcp";
     let app = Arc::new(App::default());
     let audit = Collect::default();

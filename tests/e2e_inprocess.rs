@@ -1,19 +1,18 @@
 //! End-to-end over an in-process duplex stream with a real rmcp client: every pipeline stage
 //! as a client sees it, plus the audit trail as a sink sees it.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mcp_harden::audit::Outcome;
 use mcp_harden::prelude::*;
-use mcp_harden::{AuditRecord, AuditSink, BuildError};
+use mcp_harden::{AuditRecord, BuildError};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService, ServiceError};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 mod common;
-use common::connect;
+use common::{connect, Collect};
 
 struct App {
     greeting: &'static str,
@@ -108,21 +107,6 @@ async fn store(
 #[tool(scopes = public, rate = "unlimited", read_only)]
 async fn ping() -> String {
     "pong".to_owned()
-}
-
-#[derive(Clone, Default)]
-struct Collect(Arc<Mutex<Vec<AuditRecord>>>);
-
-impl AuditSink for Collect {
-    fn record(&self, record: &AuditRecord) {
-        self.0.lock().expect("audit lock").push(record.clone());
-    }
-}
-
-impl Collect {
-    fn records(&self) -> Vec<AuditRecord> {
-        self.0.lock().expect("audit lock").clone()
-    }
 }
 
 fn builder(principal: Option<Principal>, audit: &Collect) -> mcp_harden::HardenedBuilder<App> {

@@ -1,30 +1,14 @@
 //! A secret passed as an argument, a credential-named field and the bearer token itself appear
 //! in no sink, no log line and no metric: everything is captured and grepped.
 
-use std::io::Write;
 use std::net::TcpListener;
-use std::sync::Mutex;
 
 use mcp_harden::audit::{FileAuditConfig, TracingAuditSink};
 use mcp_harden::auth::{DevToken, JwtAuthenticator};
 use mcp_harden::prelude::*;
 use mcp_harden::server::http::HttpConfig;
 
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+mod common;
 
 struct App;
 
@@ -46,11 +30,7 @@ const SECRET: &[u8] = b"a redaction test secret, 32+ bytes long";
 async fn secrets_reach_no_sink_log_or_metric() {
     // Everything mcp-harden logs, at every level; rmcp capped at info as the README says
     // (its debug events print raw requests).
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("trace,rmcp=info"))
-        .with_ansi(false)
-        .with_writer(|| Capture)
-        .init();
+    common::capture_logs("trace,rmcp=info");
     let metrics_addr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -127,8 +107,7 @@ async fn secrets_reach_no_sink_log_or_metric() {
         .text()
         .await
         .expect("page");
-    let logs =
-        String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let logs = common::logs();
 
     assert!(audit.contains("\"passphrase\":\"[REDACTED]\""), "{audit}");
     assert!(audit.contains("\"api_key\":\"[REDACTED]\""), "{audit}");

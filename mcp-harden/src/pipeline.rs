@@ -267,13 +267,7 @@ pub(crate) fn record<S>(
         source: info.source.map(|a| a.to_string()),
     };
     crate::telemetry::audit("recorded");
-    if std::panic::catch_unwind(AssertUnwindSafe(|| {
-        inner.audit.record_reserved(slot, &record)
-    }))
-    .is_err()
-    {
-        tracing::error!(target: "mcp_harden::audit", trace_id = %record.trace_id, "the audit sink panicked; the record may be lost");
-    }
+    crate::audit::deliver(&*inner.audit, Some(slot), &record);
 }
 
 #[cfg(test)]

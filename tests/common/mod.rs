@@ -94,3 +94,55 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// An audit sink that keeps every record, for assertions.
+#[derive(Clone, Default)]
+pub struct Collect(pub std::sync::Arc<std::sync::Mutex<Vec<mcp_harden::AuditRecord>>>);
+
+impl mcp_harden::AuditSink for Collect {
+    fn record(&self, record: &mcp_harden::AuditRecord) {
+        self.0.lock().expect("audit lock").push(record.clone());
+    }
+}
+
+impl Collect {
+    /// The records so far.
+    pub fn records(&self) -> Vec<mcp_harden::AuditRecord> {
+        self.0.lock().expect("audit lock").clone()
+    }
+}
+
+/// Every log line of the test binary, to prove no secret is ever logged.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log event passing `filter` (e.g. `"trace"`) for [`logs`]; the first call
+/// in a test binary decides the filter.
+pub fn capture_logs(filter: &str) {
+    static INIT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+/// Everything logged so far.
+pub fn logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+}

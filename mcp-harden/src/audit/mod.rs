@@ -231,13 +231,27 @@ impl AuditSink for TracingAuditSink {
     }
 }
 
+/// Hands `record` to `sink` (into `slot` if the call reserved one). A panicking sink loses
+/// the record, never the reply: the loss is logged.
+pub(crate) fn deliver(sink: &dyn AuditSink, slot: Option<AuditSlot>, record: &AuditRecord) {
+    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match slot {
+        Some(slot) => sink.record_reserved(slot, record),
+        None => sink.record(record),
+    }));
+    if delivered.is_err() {
+        tracing::error!(target: "mcp_harden::audit", trace_id = %record.trace_id, "the audit sink panicked; the record is lost");
+    }
+}
+
 /// A new random 128-bit trace id as 32 lowercase hex digits (W3C trace-context format).
-pub(crate) fn new_trace_id() -> Arc<str> {
+#[doc(hidden)]
+pub fn new_trace_id() -> Arc<str> {
     Arc::from(uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
-pub(crate) fn now_rfc3339() -> String {
+#[doc(hidden)]
+pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

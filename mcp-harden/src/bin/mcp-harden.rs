@@ -1,9 +1,10 @@
-//! `mcp-harden`: development credentials for mcp-harden servers.
+//! `mcp-harden`: development credentials for mcp-harden servers, and audit log verification.
 //!
 //! ```sh
 //! export MCP_HARDEN_JWT_SECRET="$(mcp-harden secret)"
 //! mcp-harden token --sub alice --scopes "db:read db:write" --ttl 15m --aud http://127.0.0.1:8080/mcp
 //! mcp-harden api-key --sub ci-bot --scopes db:read --keys-file keys.json
+//! mcp-harden audit verify audit.jsonl audit.jsonl.*
 //! ```
 //!
 //! The HMAC secret is read from the environment (`MCP_HARDEN_JWT_SECRET`) or a file, never

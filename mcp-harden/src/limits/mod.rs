@@ -282,6 +282,7 @@ fn global_key() -> Arc<str> {
 
 /// A tool's concurrency limit at run time.
 pub(crate) struct ConcurrencyGate {
+    max: usize,
     permits: Arc<tokio::sync::Semaphore>,
     wait: Option<Duration>,
 }
@@ -293,6 +294,7 @@ impl ConcurrencyGate {
     pub(crate) fn new(c: Concurrency) -> Option<Self> {
         let max = usize::try_from(c.max).ok().filter(|m| *m > 0)?;
         Some(Self {
+            max,
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
             wait: c.wait,
         })
@@ -326,8 +328,8 @@ impl ConcurrencyGate {
     }
 
     /// Calls running now.
-    pub(crate) fn in_use(&self, max: u32) -> usize {
-        (max as usize).saturating_sub(self.permits.available_permits())
+    pub(crate) fn in_use(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
     }
 }
 
@@ -358,9 +360,9 @@ mod tests {
         let e = g.acquire(&ct).await.expect_err("second is refused");
         assert_eq!(e.code, ErrorCode::Unavailable);
         assert!(e.retryable);
-        assert_eq!(g.in_use(1), 1);
+        assert_eq!(g.in_use(), 1);
         drop(p);
-        assert_eq!(g.in_use(1), 0);
+        assert_eq!(g.in_use(), 0);
 
         let g = Arc::new(
             ConcurrencyGate::new(Concurrency::wait_up_to(1, Duration::from_secs(5))).expect("gate"),

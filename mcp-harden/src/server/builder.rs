@@ -315,7 +315,6 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             }),
             local: None,
             transport: "none",
-            session: None,
         })
     }
 }

@@ -28,7 +28,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::{Hardened, SessionOwner};
+use super::Hardened;
 use crate::audit::{
     now_rfc3339, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
 };
@@ -773,6 +773,24 @@ struct Gate {
     sessions: Option<Sessions>,
 }
 
+/// Who owns an HTTP session: how they authenticated and as whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionOwner {
+    method: crate::auth::AuthMethod,
+    subject: Arc<str>,
+    key_id: Option<Arc<str>>,
+}
+
+impl SessionOwner {
+    fn of(p: &Principal) -> Self {
+        Self {
+            method: p.method(),
+            subject: p.subject_arc().clone(),
+            key_id: p.key_id().map(Arc::from),
+        }
+    }
+}
+
 /// The owner of every live session, so that no other principal can post to it, read its
 /// stream or delete it (rmcp itself does not tie sessions to callers).
 #[derive(Default)]
@@ -832,13 +850,7 @@ trait GateServer: Send + Sync + 'static {
 
 impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
     fn audit(&self, record: &AuditRecord) {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.inner.audit.record(record)
-        }))
-        .is_err()
-        {
-            tracing::error!(target: "mcp_harden::audit", "the audit sink panicked; a security event may be lost");
-        }
+        crate::audit::deliver(&*self.inner.audit, None, record);
     }
     fn required_scopes(&self, tool: &str) -> Option<&'static [&'static str]> {
         match self.inner.tools.get(tool)?.spec.scopes {

@@ -5,7 +5,7 @@ mod builder;
 pub mod http;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
@@ -15,7 +15,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer, RunningService};
 use rmcp::{ServerHandler, ServiceExt};
 
-use crate::audit::{new_trace_id, now_rfc3339, AuditSink};
+use crate::audit::{now_rfc3339, AuditSink};
 use crate::auth::Principal;
 use crate::definition::ToolFns;
 use crate::limits::{Backend, ConcurrencyGate, Limit};
@@ -36,35 +36,6 @@ pub struct Hardened<S> {
     local: Option<Arc<Principal>>,
     /// The transport recorded in audit records.
     transport: &'static str,
-    /// Over HTTP, the principal that opened this handler's session: every later request on
-    /// the session must come from the same one.
-    session: Option<Arc<OnceLock<SessionOwner>>>,
-}
-
-/// Who owns an HTTP session: how they authenticated and as whom.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SessionOwner {
-    method: crate::auth::AuthMethod,
-    subject: Arc<str>,
-    key_id: Option<Arc<str>>,
-}
-
-impl SessionOwner {
-    pub(crate) fn of(p: &Principal) -> Self {
-        Self {
-            method: p.method(),
-            subject: p.subject_arc().clone(),
-            key_id: p.key_id().map(Arc::from),
-        }
-    }
-}
-
-/// The caller of one request.
-enum Identity {
-    Known(Arc<Principal>, Option<std::net::SocketAddr>),
-    Nobody,
-    /// A request on a session opened by another principal.
-    Intruder(Arc<Principal>, Option<std::net::SocketAddr>),
 }
 
 impl<S> Clone for Hardened<S> {
@@ -73,7 +44,6 @@ impl<S> Clone for Hardened<S> {
             inner: self.inner.clone(),
             local: self.local.clone(),
             transport: self.transport,
-            session: self.session.clone(),
         }
     }
 }
@@ -157,7 +127,8 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         self.inner
             .tools
             .get(tool)
-            .and_then(|e| Some(e.concurrency.as_ref()?.in_use(e.spec.concurrency?.max)))
+            .and_then(|e| e.concurrency.as_ref())
+            .map(ConcurrencyGate::in_use)
             .unwrap_or(0)
     }
 
@@ -255,78 +226,33 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         self
     }
 
-    /// A handler for one HTTP session (or one stateless request): no local principal,
-    /// and a fresh session owner.
+    /// A handler for HTTP: no local principal (the guard authenticates each request).
     pub(crate) fn http_instance(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             local: None,
             transport: "http",
-            session: Some(Arc::new(OnceLock::new())),
         }
     }
 
-    /// Stage 1: who is calling. On a local transport, the principal configured at start-up;
-    /// over HTTP, the principal the guard authenticated for this very request (and it must
-    /// own the session); on anything else, no one.
-    fn identify(&self, rc: &RequestContext<RoleServer>) -> Identity {
+    /// Stage 1: who is calling, and from where. On a local transport, the principal
+    /// configured at start-up; over HTTP, the principal the guard authenticated for this very
+    /// request (the guard also keeps sessions to their owners); on anything else, no one.
+    fn identify(
+        &self,
+        rc: &RequestContext<RoleServer>,
+    ) -> (Option<Arc<Principal>>, Option<std::net::SocketAddr>) {
         if let Some(p) = &self.local {
-            return Identity::Known(p.clone(), None);
+            return (Some(p.clone()), None);
         }
-        let Some(auth) = rc
+        match rc
             .extensions
             .get::<axum::http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<http::Authenticated>())
-        else {
-            return Identity::Nobody;
-        };
-        let principal = auth.principal.clone();
-        if let Some(session) = &self.session {
-            let me = SessionOwner::of(&principal);
-            if *session.get_or_init(|| me.clone()) != me {
-                return Identity::Intruder(principal, Some(auth.source));
-            }
-        }
-        Identity::Known(principal, Some(auth.source))
-    }
-
-    /// Records a request on someone else's session and refuses it as if the session did
-    /// not exist.
-    fn refuse_intruder(
-        &self,
-        principal: &Principal,
-        source: Option<std::net::SocketAddr>,
-        tool: Option<&str>,
-    ) -> ErrorData {
-        tracing::warn!(target: "mcp_harden::security", subject = principal.subject(), "request on a session owned by another principal");
-        let record = crate::audit::AuditRecord {
-            version: crate::audit::AUDIT_RECORD_VERSION,
-            time: now_rfc3339(),
-            trace_id: new_trace_id(),
-            span_id: None,
-            parent_span_id: None,
-            client: None,
-            event: crate::audit::AuditEvent::Session,
-            principal: crate::audit::AuditPrincipal::of(Some(principal)),
-            tool: tool.map(|t| t.chars().take(128).collect()),
-            arguments: serde_json::Value::Null,
-            outcome: crate::audit::Outcome::Denied,
-            error_code: Some(crate::ErrorCode::Forbidden.as_str()),
-            retryable: false,
-            reason: Some("session_owned_by_another_principal"),
-            detail: None,
-            duration_us: 0,
-            transport: self.transport,
-            source: source.map(|s| s.to_string()),
-        };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.inner.audit.record(&record)
-        }))
-        .is_err()
         {
-            tracing::error!(target: "mcp_harden::audit", "the audit sink panicked; a security event may be lost");
+            Some(auth) => (Some(auth.principal.clone()), Some(auth.source)),
+            None => (None, None),
         }
-        ErrorData::invalid_request("session not found", None)
     }
 
     async fn call(
@@ -349,13 +275,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             .with_retry_after(Duration::from_secs(1));
             return Ok(pipeline::error_result(&error).into());
         };
-        let (principal, source) = match self.identify(&rc) {
-            Identity::Known(p, source) => (Some(p), source),
-            Identity::Nobody => (None, None),
-            Identity::Intruder(p, source) => {
-                return Err(self.refuse_intruder(&p, source, Some(&params.name)))
-            }
-        };
+        let (principal, source) = self.identify(&rc);
         let CallToolRequestParams {
             name, arguments, ..
         } = params;
@@ -500,11 +420,7 @@ impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
         _request: Option<PaginatedRequestParams>,
         rc: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let principal = match self.identify(&rc) {
-            Identity::Known(p, _) => Some(p),
-            Identity::Nobody => None,
-            Identity::Intruder(p, source) => return Err(self.refuse_intruder(&p, source, None)),
-        };
+        let (principal, _) = self.identify(&rc);
         let tools = self
             .inner
             .order
@@ -515,19 +431,6 @@ impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
             .collect();
         // The list depends on the caller: never let it be cached across callers.
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
-    }
-
-    async fn initialize(
-        &self,
-        request: rmcp::model::InitializeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<rmcp::model::InitializeResult, ErrorData> {
-        // Binds an HTTP session to the principal that opens it.
-        if let Identity::Intruder(p, source) = self.identify(&context) {
-            return Err(self.refuse_intruder(&p, source, None));
-        }
-        context.peer.set_peer_info(request.clone());
-        self.negotiate_initialize(&request)
     }
 
     async fn call_tool(
