@@ -316,3 +316,37 @@ async fn a_full_queue_refuses_calls_or_admits_and_counts() {
         );
     }
 }
+
+#[test]
+fn retention_deletes_the_oldest_rotated_files_and_the_rest_still_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let sink = FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .retain(Some(2))
+            .fsync(Fsync::Never)
+            .open()
+            .expect("opens");
+        let c = connect(server(sink.clone())).await;
+        for i in 0..6 {
+            c.call_tool(args(&format!("k{i}"))).await.expect("answers");
+            written(&sink, i + 1).await;
+        }
+    });
+    let mut files = mcp_harden::audit::file::rotated_files(&path).expect("lists");
+    assert_eq!(
+        files.len(),
+        2,
+        "only the two newest rotated files are kept: {files:?}"
+    );
+    files.push(path);
+    let v = verify(&files).expect("what is kept still chains");
+    assert!(!v.from_genesis, "older records were removed by retention");
+    assert_eq!(v.last_seq, 6);
+    assert_eq!(v.records, 3, "two kept rotated files and the active one");
+}
