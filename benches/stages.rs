@@ -238,12 +238,13 @@ fn arguments_stage(c: &mut Criterion) {
 // Stage 7: the audit record.
 
 /// The crate's own timestamp and trace id (doc-hidden re-exports for this bench).
-use mcp_harden::__private::{new_trace_id, now_rfc3339};
+use mcp_harden::__private::{new_span_id, new_trace_id, now_rfc3339};
 
 fn build_record(
     template: &AuditRecord,
     raw: Value,
     p: &Principal,
+    subject: &std::sync::Arc<str>,
     started: Instant,
 ) -> AuditRecord {
     let arguments = std::panic::catch_unwind(AssertUnwindSafe(move || {
@@ -257,12 +258,12 @@ fn build_record(
     r.time = now_rfc3339();
     r.trace_id = new_trace_id();
     r.principal = AuditPrincipal {
-        subject: Some(p.subject().to_owned()),
+        subject: Some(std::sync::Arc::clone(subject)),
         auth_method: p.method().as_str(),
-        tier: p.tier().map(str::to_owned),
-        key_id: p.key_id().map(str::to_owned),
+        tier: None,
+        key_id: None,
     };
-    r.tool = Some("search".chars().take(128).collect());
+    r.tool = Some(std::borrow::Cow::Borrowed("search"));
     r.arguments = arguments;
     r.outcome = Outcome::Success;
     r.error_code = None;
@@ -297,10 +298,12 @@ fn audit(c: &mut Criterion) {
     let mut g = config(c, "stage_audit");
     let raw = Value::Object(arguments());
     let p = local_principal();
+    // The principal's own shared subject (crate-private in the library).
+    let subject: std::sync::Arc<str> = std::sync::Arc::from(p.subject());
     g.bench_function("build_emulated", |b| {
         b.iter_batched(
             || raw.clone(),
-            |raw| black_box(build_record(&template, raw, &p, Instant::now())),
+            |raw| black_box(build_record(&template, raw, &p, &subject, Instant::now())),
             BatchSize::SmallInput,
         )
     });
@@ -321,7 +324,7 @@ fn audit(c: &mut Criterion) {
     g.bench_function("build_and_to_json", |b| {
         b.iter_batched(
             || raw.clone(),
-            |raw| black_box(build_record(&template, raw, &p, Instant::now()).to_json()),
+            |raw| black_box(build_record(&template, raw, &p, &subject, Instant::now()).to_json()),
             BatchSize::SmallInput,
         )
     });
@@ -354,28 +357,43 @@ fn other(c: &mut Criterion) {
     g.bench_function("child_cancellation_token", |b| {
         b.iter(|| black_box(parent.child_token()))
     });
-    // Per-call telemetry (telemetry.rs, server/mod.rs), emulated: a span id, the client's
-    // name and version for the audit record, and the metrics of one call with no recorder
-    // installed (the `metrics` facade's no-op).
-    g.bench_function("span_id", |b| {
-        b.iter(|| {
-            let id = rand::random::<u64>().max(1);
-            black_box(Arc::<str>::from(format!("{id:016x}")))
-        })
-    });
+    // Per-call telemetry (telemetry.rs, server/mod.rs): a span id; the client's name and
+    // version for the audit record (kept once per session: a shared `Arc` per call); and the
+    // metrics of one call with no recorder installed, through keys built once (emulated:
+    // `telemetry::ToolMetrics` is crate-private).
+    g.bench_function("span_id", |b| b.iter(new_span_id));
+    let session_client: std::sync::OnceLock<Arc<(String, String)>> = std::sync::OnceLock::new();
+    session_client.get_or_init(|| Arc::new(("rmcp".to_owned(), "3.11.0".to_owned())));
     g.bench_function("client_name_version", |b| {
-        let cut = |s: &str| s.chars().take(128).collect::<String>();
-        b.iter(|| black_box((cut(black_box("rmcp")), cut(black_box("3.11.0")))))
+        b.iter(|| black_box(session_client.get().cloned()))
     });
+    static META: metrics::Metadata<'static> =
+        metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+    let label = |k: &'static str, v: &'static str| metrics::Label::new(k, v);
+    let in_flight = metrics::Key::from_parts(
+        "mcp_harden_tool_calls_in_flight",
+        vec![label("tool", "search")],
+    );
+    let calls = metrics::Key::from_parts(
+        "mcp_harden_tool_calls_total",
+        vec![
+            label("tool", "search"),
+            label("status", "success"),
+            label("tier", "none"),
+        ],
+    );
+    let duration = metrics::Key::from_parts(
+        "mcp_harden_tool_call_duration_seconds",
+        vec![label("tool", "search")],
+    );
     g.bench_function("metrics_noop_one_call", |b| {
         b.iter(|| {
-            let tool: &'static str = black_box("search");
-            metrics::gauge!("mcp_harden_tool_calls_in_flight", "tool" => tool).increment(1.0);
-            metrics::counter!("mcp_harden_tool_calls_total", "tool" => tool, "status" => "success", "tier" => "none")
-                .increment(1);
-            metrics::histogram!("mcp_harden_tool_call_duration_seconds", "tool" => tool)
-                .record(0.000_02);
-            metrics::gauge!("mcp_harden_tool_calls_in_flight", "tool" => tool).decrement(1.0);
+            metrics::with_recorder(|r| r.register_gauge(&in_flight, &META).increment(1.0));
+            metrics::with_recorder(|r| {
+                r.register_histogram(&duration, &META).record(0.000_02);
+                r.register_counter(&calls, &META).increment(1);
+            });
+            metrics::with_recorder(|r| r.register_gauge(&in_flight, &META).decrement(1.0));
         })
     });
     // `pipeline::run` races the tool against `tokio::time::sleep(timeout)`: one timer

@@ -19,8 +19,9 @@ pub use ::core::time::Duration;
 
 use rmcp::model::JsonObject;
 
-/// The audit timestamp and trace id, for the benchmarks.
+/// The audit timestamp, trace id and span id, for the benchmarks.
 pub use crate::audit::{new_trace_id, now_rfc3339};
+pub use crate::telemetry::new_span_id;
 
 /// Asserts at compile time that a nested argument type derives `ToolArgs`; generated with
 /// the span of the user's type so the error points there.

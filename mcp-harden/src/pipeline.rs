@@ -3,7 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use rmcp::model::{CallToolResult, ContentBlock};
@@ -48,14 +48,14 @@ impl Refusal {
 }
 
 /// Everything known about one call, for the audit record.
-pub(crate) struct CallInfo<'a> {
-    pub started: Instant,
+pub(crate) struct CallInfo {
     pub time: String,
     pub trace_id: Arc<str>,
     pub span_id: Arc<str>,
     pub parent_span_id: Option<Box<str>>,
-    pub client: Option<crate::audit::AuditClient>,
-    pub tool: &'a str,
+    pub client: Option<Arc<crate::audit::AuditClient>>,
+    /// The tool's name (the requested one, cut, when no such tool exists).
+    pub tool: std::borrow::Cow<'static, str>,
     pub principal: Option<Arc<Principal>>,
     pub transport: &'static str,
     pub source: Option<std::net::SocketAddr>,
@@ -122,14 +122,16 @@ pub(crate) async fn limit<S>(
 
 /// Stages 4 and 5: decode and validate, then run under the timeout with panics caught and
 /// cancellation honoured.
+///
+/// `call_ct` is the request's own token (rmcp makes one per request): the client's
+/// cancellation fires it, and so does the timeout, for the tool's `Ctx::cancellation`.
 pub(crate) async fn run<S: Send + Sync + 'static>(
     entry: &Entry<S>,
     ctx_parts: (Arc<S>, Arc<Principal>, Arc<str>),
     raw: &serde_json::Value,
     timeout: Duration,
-    client_ct: &CancellationToken,
+    call_ct: &CancellationToken,
 ) -> Result<serde_json::Value, Refusal> {
-    let call_ct = client_ct.child_token();
     let (state, principal, trace_id) = ctx_parts;
     let ctx = Ctx::from_parts(state, principal, trace_id, call_ct.clone());
     let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| (entry.fns.prepare)(ctx, raw)));
@@ -155,7 +157,7 @@ pub(crate) async fn run<S: Send + Sync + 'static>(
             call_ct.cancel();
             return Err(Refusal::failed(ToolError::timeout(timeout), format!("timed out after {timeout:?}")));
         }
-        () = client_ct.cancelled() => {
+        () = call_ct.cancelled() => {
             return Err(Refusal::failed(
                 ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true),
                 "cancelled by the client",
@@ -228,10 +230,11 @@ pub(crate) fn error_result(error: &ToolError) -> CallToolResult {
 pub(crate) fn record<S>(
     inner: &Inner<S>,
     slot: crate::audit::AuditSlot,
-    info: CallInfo<'_>,
+    info: CallInfo,
     arguments: serde_json::Value,
     redact: Option<fn(&mut serde_json::Value)>,
     refusal: Option<&Refusal>,
+    elapsed: Duration,
 ) {
     // A hand-written `redact_json` could panic on odd input: never let that lose the
     // record or the reply, and never record what it failed to redact.
@@ -255,14 +258,14 @@ pub(crate) fn record<S>(
         client: info.client,
         event: AuditEvent::ToolCall,
         principal,
-        tool: Some(info.tool.chars().take(128).collect()),
+        tool: Some(info.tool),
         arguments,
         outcome: refusal.map_or(Outcome::Success, |r| r.outcome),
         error_code: refusal.map(|r| r.error.code.as_str()),
         retryable: refusal.is_some_and(|r| r.error.retryable),
         reason: None,
         detail: refusal.and_then(|r| r.detail.clone()),
-        duration_us: u64::try_from(info.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         transport: info.transport,
         source: info.source.map(|a| a.to_string()),
     };

@@ -36,35 +36,110 @@ pub mod names {
     pub const AUDIT_RECORDS: &str = "mcp_harden_audit_records_total";
 }
 
-/// One finished call.
-pub(crate) fn call_finished(
+/// Where the per-call metrics are registered from (the macros' equivalent).
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// A tool's per-call metric keys, built once with the server: a call hands them to whatever
+/// recorder is current (installed before or after the server was built), without building
+/// labels or allocating.
+pub(crate) struct ToolMetrics {
     tool: &'static str,
-    code: Option<&'static str>,
-    tier: &'static str,
-    elapsed: Duration,
-) {
-    let status = code.unwrap_or("success");
-    metrics::counter!(names::CALLS, "tool" => tool, "status" => status, "tier" => tier)
-        .increment(1);
-    metrics::histogram!(names::DURATION, "tool" => tool).record(elapsed.as_secs_f64());
-    if let Some(code) = code {
-        metrics::counter!(names::ERRORS, "tool" => tool, "code" => code).increment(1);
+    /// `calls_total{status="success"}` by tier, in the order of [`TierLabels`].
+    calls_ok: Box<[metrics::Key]>,
+    duration: metrics::Key,
+    in_flight: metrics::Key,
+}
+
+/// The tier labels: `none`, `other`, then each configured tier.
+pub(crate) type TierLabels = [metrics::SharedString];
+
+/// The label index of a principal's tier in [`TierLabels`].
+pub(crate) fn tier_index(tiers: &TierLabels, tier: Option<&str>) -> usize {
+    match tier {
+        None => 0,
+        Some(t) => tiers
+            .iter()
+            .skip(2)
+            .position(|l| l.as_ref() == t)
+            .map_or(1, |i| i + 2),
+    }
+}
+
+/// `none`, `other` and the configured tiers, as labels.
+pub(crate) fn tier_labels<'a>(configured: impl Iterator<Item = &'a str>) -> Box<TierLabels> {
+    ["none", "other"]
+        .into_iter()
+        .map(metrics::SharedString::const_str)
+        .chain(configured.map(|t| metrics::SharedString::from(t.to_owned())))
+        .collect()
+}
+
+impl ToolMetrics {
+    pub(crate) fn new(tool: &'static str, tiers: &TierLabels) -> Self {
+        let key = |name: &'static str, labels: Vec<metrics::Label>| {
+            metrics::Key::from_parts(name, labels)
+        };
+        Self {
+            tool,
+            calls_ok: tiers
+                .iter()
+                .map(|t| {
+                    key(
+                        names::CALLS,
+                        vec![
+                            metrics::Label::new("tool", tool),
+                            metrics::Label::new("status", "success"),
+                            metrics::Label::new("tier", t.clone()),
+                        ],
+                    )
+                })
+                .collect(),
+            duration: key(names::DURATION, vec![metrics::Label::new("tool", tool)]),
+            in_flight: key(names::IN_FLIGHT, vec![metrics::Label::new("tool", tool)]),
+        }
+    }
+
+    /// One finished call: `code` is the error code of a failed one.
+    pub(crate) fn finished(
+        &self,
+        code: Option<&'static str>,
+        tiers: &TierLabels,
+        tier: usize,
+        elapsed: Duration,
+    ) {
+        metrics::with_recorder(|r| {
+            r.register_histogram(&self.duration, &METADATA)
+                .record(elapsed.as_secs_f64());
+            if let (None, Some(key)) = (code, self.calls_ok.get(tier)) {
+                r.register_counter(key, &METADATA).increment(1);
+            }
+        });
+        if let Some(code) = code {
+            let tool = self.tool;
+            let tier = tiers
+                .get(tier)
+                .cloned()
+                .unwrap_or(metrics::SharedString::const_str("other"));
+            metrics::counter!(names::CALLS, "tool" => tool, "status" => code, "tier" => tier)
+                .increment(1);
+            metrics::counter!(names::ERRORS, "tool" => tool, "code" => code).increment(1);
+        }
+    }
+
+    /// Counts a call as running until the returned guard is dropped.
+    pub(crate) fn in_flight(&self) -> InFlight<'_> {
+        metrics::with_recorder(|r| r.register_gauge(&self.in_flight, &METADATA).increment(1.0));
+        InFlight(&self.in_flight)
     }
 }
 
 /// Counts a call as running until dropped.
-pub(crate) struct InFlight(&'static str);
+pub(crate) struct InFlight<'a>(&'a metrics::Key);
 
-impl InFlight {
-    pub(crate) fn start(tool: &'static str) -> Self {
-        metrics::gauge!(names::IN_FLIGHT, "tool" => tool).increment(1.0);
-        Self(tool)
-    }
-}
-
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        metrics::gauge!(names::IN_FLIGHT, "tool" => self.0).decrement(1.0);
+        metrics::with_recorder(|r| r.register_gauge(self.0, &METADATA).decrement(1.0));
     }
 }
 
@@ -151,9 +226,10 @@ impl TraceIds {
 }
 
 /// A random non-zero 64-bit span id as 16 hex digits.
-fn new_span_id() -> std::sync::Arc<str> {
+#[doc(hidden)]
+pub fn new_span_id() -> std::sync::Arc<str> {
     let id = rand::random::<u64>().max(1);
-    std::sync::Arc::from(format!("{id:016x}"))
+    std::sync::Arc::from(crate::audit::hex_into(u128::from(id), &mut [0u8; 16]))
 }
 
 /// `00-<trace id>-<parent id>-<flags>` (W3C Trace Context level 1; later versions' extra

@@ -7,6 +7,7 @@
 pub mod file;
 mod redact;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -60,25 +61,26 @@ pub enum AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditPrincipal {
     /// The subject, or `None` when the caller had no identity.
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     /// How the caller was authenticated.
     pub auth_method: &'static str,
     /// The caller's tier.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
+    pub tier: Option<Arc<str>>,
     /// The id of the credential (an API key's id), never the credential.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
 }
 
 impl AuditPrincipal {
     pub(crate) fn of(p: Option<&crate::Principal>) -> Self {
         match p {
+            // The principal's own strings, shared: no copy per record.
             Some(p) => Self {
-                subject: Some(p.subject().to_owned()),
+                subject: Some(p.subject_arc().clone()),
                 auth_method: p.method().as_str(),
-                tier: p.tier().map(str::to_owned),
-                key_id: p.key_id().map(str::to_owned),
+                tier: p.tier_arc().cloned(),
+                key_id: p.key_id_arc().cloned(),
             },
             None => Self {
                 subject: None,
@@ -108,14 +110,15 @@ pub struct AuditRecord {
     pub parent_span_id: Option<String>,
     /// The client application, from its `initialize`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<AuditClient>,
+    pub client: Option<Arc<AuditClient>>,
     /// What the record is about.
     pub event: AuditEvent,
     /// The caller.
     pub principal: AuditPrincipal,
-    /// The tool name as requested (tool calls, and scope challenges over HTTP).
+    /// The tool name as requested (tool calls, and scope challenges over HTTP), cut to 128
+    /// characters.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tool: Option<String>,
+    pub tool: Option<Cow<'static, str>>,
     /// The arguments with secrets and credential-like fields redacted (tool calls only).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub arguments: serde_json::Value,
@@ -243,10 +246,32 @@ pub(crate) fn deliver(sink: &dyn AuditSink, slot: Option<AuditSlot>, record: &Au
     }
 }
 
-/// A new random 128-bit trace id as 32 lowercase hex digits (W3C trace-context format).
+/// A new random non-zero 128-bit trace id as 32 lowercase hex digits (W3C trace-context
+/// format).
 #[doc(hidden)]
 pub fn new_trace_id() -> Arc<str> {
-    Arc::from(uuid::Uuid::new_v4().simple().to_string())
+    let mut buf = [0u8; 32];
+    Arc::from(hex_into(rand::random::<u128>().max(1), &mut buf))
+}
+
+/// The low `4 * N` bits of `v` as `N` lowercase hex digits, zero-padded, written into `buf`
+/// (no allocation).
+pub(crate) fn hex_into<const N: usize>(mut v: u128, buf: &mut [u8; N]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in buf.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(buf).unwrap_or_default()
+}
+
+/// The longest prefix of `s` of at most `max` characters, without copying.
+pub(crate) fn cut_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -300,6 +325,13 @@ mod tests {
         assert_eq!(civil_from_days(20_781), (2026, 11, 24));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(new_trace_id().len(), 32);
+        assert_eq!(hex_into(0xabc, &mut [0u8; 16]), "0000000000000abc");
+        assert_eq!(
+            hex_into(u128::MAX, &mut [0u8; 32]),
+            "ffffffffffffffffffffffffffffffff"
+        );
+        assert_eq!(cut_chars("héllo", 2), "hé");
+        assert_eq!(cut_chars("hé", 5), "hé");
         let t = now_rfc3339();
         assert_eq!(t.len(), 24, "{t}");
         assert!(

@@ -31,27 +31,23 @@ pub fn is_credential_name(name: &str) -> bool {
     } else {
         &heap
     };
-    const NEEDLES: &[&[u8]] = &[
-        b"password",
-        b"passwd",
-        b"passphrase",
-        b"secret",
-        b"token",
-        b"apikey",
-        b"authorization",
-        b"credential",
-        b"privatekey",
-        b"accesskey",
-        b"sessionid",
-        b"cookie",
-        b"bearer",
-        b"signature",
-    ];
-    n == b"pwd"
-        || n == b"auth"
-        || NEEDLES
-            .iter()
-            .any(|k| n.len() >= k.len() && n.windows(k.len()).any(|w| w == *k))
+    n == b"pwd" || n == b"auth" || (0..n.len()).any(|i| starts_with_needle(&n[i..]))
+}
+
+/// The substrings that make a (normalised) name credential-like, by first byte: at each
+/// position of a name only the few needles starting with its byte are compared (this runs
+/// for every field name of every call's arguments).
+fn starts_with_needle(rest: &[u8]) -> bool {
+    let needles: &[&[u8]] = match rest.first() {
+        Some(b'p') => &[b"password", b"passwd", b"passphrase", b"privatekey"],
+        Some(b's') => &[b"secret", b"sessionid", b"signature"],
+        Some(b't') => &[b"token"],
+        Some(b'a') => &[b"apikey", b"authorization", b"accesskey"],
+        Some(b'c') => &[b"credential", b"cookie"],
+        Some(b'b') => &[b"bearer"],
+        _ => return false,
+    };
+    needles.iter().any(|k| rest.starts_with(k))
 }
 
 /// Replaces every value under a credential-like name, at any depth, and cuts very long
@@ -99,8 +95,46 @@ mod tests {
         ] {
             assert!(is_credential_name(n), "{n}");
         }
-        for n in ["author", "name", "table", "limit", "column"] {
+        for n in [
+            "author", "name", "table", "limit", "column", "", "_", "pass", "tok",
+        ] {
             assert!(!is_credential_name(n), "{n}");
+        }
+        for n in [
+            "x_password",
+            "mySecretValue",
+            "bearer",
+            "COOKIE",
+            "a_t_o_k_e_n",
+        ] {
+            assert!(is_credential_name(n), "{n}");
+        }
+        // Every needle, anywhere in a name; and never a needle cut short.
+        for k in [
+            "password",
+            "passwd",
+            "passphrase",
+            "secret",
+            "token",
+            "apikey",
+            "authorization",
+            "credential",
+            "privatekey",
+            "accesskey",
+            "sessionid",
+            "cookie",
+            "bearer",
+            "signature",
+        ] {
+            for name in [
+                k.to_owned(),
+                format!("x_{k}"),
+                format!("{k}9"),
+                format!("my-{k}-v2"),
+            ] {
+                assert!(is_credential_name(&name), "{name}");
+            }
+            assert!(!is_credential_name(&k[..k.len() - 1]), "{k}");
         }
         let mut v = serde_json::json!({"user": "a", "nested": [{"password": "hunter2"}], "long": "x".repeat(300)});
         redact_credentials(&mut v);

@@ -741,7 +741,7 @@ impl DevToken {
             "iat": now,
             "nbf": now,
             "exp": now + self.ttl.as_secs(),
-            "jti": uuid::Uuid::new_v4().simple().to_string(),
+            "jti": crate::audit::hex_into(rand::random::<u128>(), &mut [0u8; 32]),
         });
         if let Some(iss) = &self.issuer {
             claims["iss"] = iss.as_str().into();

@@ -137,6 +137,14 @@ impl Principal {
         &self.subject
     }
 
+    pub(crate) fn tier_arc(&self) -> Option<&Arc<str>> {
+        self.tier.as_ref()
+    }
+
+    pub(crate) fn key_id_arc(&self) -> Option<&Arc<str>> {
+        self.key_id.as_ref()
+    }
+
     /// The granted scopes, sorted.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
         self.scopes.iter().map(|s| &**s)

@@ -247,6 +247,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             Some(r) => limit("principal".into(), r, true, "(principal_rate)")?,
             None => None,
         };
+        let tier_labels = crate::telemetry::tier_labels(self.tiers.iter().map(|(t, _)| &**t));
         let mut entries = HashMap::with_capacity(self.tools.len());
         for t in self.tools {
             let mut spec = t.spec;
@@ -275,6 +276,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 global,
                 concurrency,
                 fns: t.fns,
+                metrics: crate::telemetry::ToolMetrics::new(spec.name, &tier_labels),
             };
             entries.insert(spec.name, entry);
         }
@@ -305,16 +307,11 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 backend,
                 principal_rate,
                 store_errors: std::sync::atomic::AtomicU64::new(0),
-                // A handful of configured names, leaked once so that metric labels stay
-                // `&'static str`.
-                tier_labels: self
-                    .tiers
-                    .iter()
-                    .map(|(t, _)| &*Box::leak(t.to_string().into_boxed_str()))
-                    .collect(),
+                tier_labels,
             }),
             local: None,
             transport: "none",
+            client: Arc::default(),
         })
     }
 }

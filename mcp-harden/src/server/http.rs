@@ -898,7 +898,9 @@ impl Gate {
             client: None,
             event: e.event,
             principal: AuditPrincipal::of(e.principal),
-            tool: e.tool.map(|t| t.chars().take(128).collect()),
+            tool: e
+                .tool
+                .map(|t| std::borrow::Cow::Owned(crate::audit::cut_chars(t, 128).to_owned())),
             arguments: serde_json::Value::Null,
             outcome: Outcome::Denied,
             error_code: Some(e.code.as_str()),

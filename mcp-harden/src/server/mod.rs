@@ -15,7 +15,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer, RunningService};
 use rmcp::{ServerHandler, ServiceExt};
 
-use crate::audit::{now_rfc3339, AuditSink};
+use crate::audit::{now_rfc3339, AuditClient, AuditSink};
 use crate::auth::Principal;
 use crate::definition::ToolFns;
 use crate::limits::{Backend, ConcurrencyGate, Limit};
@@ -36,6 +36,10 @@ pub struct Hardened<S> {
     local: Option<Arc<Principal>>,
     /// The transport recorded in audit records.
     transport: &'static str,
+    /// The client as it named itself in `initialize`, kept once for every record of the
+    /// session this handle serves (each served handle is a new one: see `local_handle`,
+    /// `http_instance`).
+    client: Arc<std::sync::OnceLock<Arc<AuditClient>>>,
 }
 
 impl<S> Clone for Hardened<S> {
@@ -44,6 +48,7 @@ impl<S> Clone for Hardened<S> {
             inner: self.inner.clone(),
             local: self.local.clone(),
             transport: self.transport,
+            client: self.client.clone(),
         }
     }
 }
@@ -66,23 +71,8 @@ pub(crate) struct Inner<S> {
     pub principal_rate: Option<Limit>,
     /// Rate decisions the store failed to make.
     pub store_errors: std::sync::atomic::AtomicU64,
-    /// The configured tiers, as metric labels.
-    pub tier_labels: Vec<&'static str>,
-}
-
-impl<S> Inner<S> {
-    /// A bounded metric label for a principal's tier.
-    fn tier_label(&self, p: Option<&Principal>) -> &'static str {
-        match p.and_then(Principal::tier) {
-            None => "none",
-            Some(t) => self
-                .tier_labels
-                .iter()
-                .find(|l| **l == t)
-                .copied()
-                .unwrap_or("other"),
-        }
-    }
+    /// Metric labels for tiers: `none`, `other`, then the configured ones (bounded).
+    pub tier_labels: Box<crate::telemetry::TierLabels>,
 }
 
 pub(crate) struct Entry<S> {
@@ -94,6 +84,8 @@ pub(crate) struct Entry<S> {
     pub global: Option<Limit>,
     pub concurrency: Option<ConcurrencyGate>,
     pub fns: ToolFns<S>,
+    /// The tool's metric keys, built once.
+    pub metrics: crate::telemetry::ToolMetrics,
 }
 
 impl<S: Send + Sync + 'static> Hardened<S> {
@@ -223,6 +215,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     fn local_handle(mut self, transport: &'static str) -> Self {
         self.local = self.inner.local_principal.clone();
         self.transport = transport;
+        self.client = Arc::default();
         self
     }
 
@@ -232,6 +225,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             inner: self.inner.clone(),
             local: None,
             transport: "http",
+            client: Arc::default(),
         }
     }
 
@@ -283,20 +277,23 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             rc.extensions.get::<axum::http::request::Parts>(),
             &rc.meta.0 .0,
         );
+        let entry = inner.tools.get(&*name);
         let info = CallInfo {
-            started,
             time: now_rfc3339(),
             trace_id: trace.trace_id.clone(),
             span_id: trace.span_id.clone(),
             parent_span_id: trace.parent_span_id.clone(),
-            client: client_of(&rc),
-            tool: &name,
+            client: self.client_of(&rc),
+            tool: match entry {
+                Some(e) => std::borrow::Cow::Borrowed(e.spec.name),
+                None => std::borrow::Cow::Owned(crate::audit::cut_chars(&name, 128).to_owned()),
+            },
             principal: principal.clone(),
             transport: self.transport,
             source,
         };
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
-        let Some(entry) = inner.tools.get(&*name) else {
+        let Some(entry) = entry else {
             let refusal = pipeline::Refusal {
                 error: crate::ToolError::new(
                     crate::ErrorCode::InvalidArguments,
@@ -306,10 +303,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 outcome: crate::audit::Outcome::Rejected,
                 detail: Some("unknown tool".to_owned()),
             };
-            pipeline::record(inner, slot, info, raw, None, Some(&refusal));
+            let elapsed = started.elapsed();
+            pipeline::record(inner, slot, info, raw, None, Some(&refusal), elapsed);
             return Err(ErrorData::invalid_params("unknown tool", None));
         };
-        let _in_flight = crate::telemetry::InFlight::start(entry.spec.name);
+        let _in_flight = entry.metrics.in_flight();
         // One span per call, named and attributed after OpenTelemetry's conventions for MCP
         // and GenAI tools; `trace_id`/`span_id` tie it to the audit record.
         let span = tracing::info_span!(
@@ -331,28 +329,46 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         if let Some(src) = source {
             span.record("client.address", tracing::field::display(src.ip()));
         }
-        // Boxed: the stages' state lives on the heap instead of being moved with the
-        // handler's future.
-        let outcome = Box::pin(tracing::Instrument::instrument(async {
+        let stages = async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
                 pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
             })?;
-            let _permit = pipeline::limit(inner, entry, &caller, &rc.ct).await.map_err(|e| pipeline::Refusal {
-                outcome: crate::audit::Outcome::Rejected,
-                error: e,
-                detail: None,
-            })?;
+            let _permit = pipeline::limit(inner, entry, &caller, &rc.ct)
+                .await
+                .map_err(|e| pipeline::Refusal {
+                    outcome: crate::audit::Outcome::Rejected,
+                    error: e,
+                    detail: None,
+                })?;
             let timeout = entry.spec.timeout.unwrap_or(inner.default_timeout);
-            let value = pipeline::run(entry, (inner.state.clone(), caller, info.trace_id.clone()), &raw, timeout, &rc.ct).await?;
+            let value = pipeline::run(
+                entry,
+                (inner.state.clone(), caller, info.trace_id.clone()),
+                &raw,
+                timeout,
+                &rc.ct,
+            )
+            .await?;
             pipeline::shape(value, inner.max_output_bytes)
-        }, span.clone()))
-        .await;
+        };
+        // Boxed: the stages' state lives on the heap instead of being moved with the
+        // handler's future. Instrumented only when a subscriber wants the span.
+        let outcome = if span.is_disabled() {
+            Box::pin(stages).await
+        } else {
+            Box::pin(tracing::Instrument::instrument(stages, span.clone())).await
+        };
         if let Err(r) = &outcome {
             span.record("error.type", r.error.code.as_str());
             span.record("otel.status_code", "ERROR");
         }
-        let tier = inner.tier_label(principal.as_deref());
+        let tier = crate::telemetry::tier_index(
+            &inner.tier_labels,
+            principal.as_deref().and_then(Principal::tier),
+        );
+        let code = outcome.as_ref().err().map(|r| r.error.code.as_str());
+        let elapsed = started.elapsed();
         pipeline::record(
             inner,
             slot,
@@ -360,36 +376,40 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             raw,
             Some(entry.fns.redact),
             outcome.as_ref().err(),
+            elapsed,
         );
-        crate::telemetry::call_finished(
-            entry.spec.name,
-            outcome.as_ref().err().map(|r| r.error.code.as_str()),
-            tier,
-            started.elapsed(),
-        );
+        entry
+            .metrics
+            .finished(code, &inner.tier_labels, tier, elapsed);
         Ok(match outcome {
             Ok(r) => r,
             Err(refusal) => pipeline::error_result(&refusal.error),
         }
         .into())
     }
-}
 
-/// The client's name and version, from its `initialize` (or, without one, from the
-/// request's `_meta`), cut to a sane length.
-fn client_of(rc: &RequestContext<RoleServer>) -> Option<crate::audit::AuditClient> {
-    let cut = |s: &str| s.chars().take(128).collect::<String>();
-    if let Some(info) = rc.peer.peer_info() {
-        return Some(crate::audit::AuditClient {
-            name: cut(&info.client_info.name),
-            version: cut(&info.client_info.version),
-        });
+    /// The client's name and version, from its `initialize` (kept for the session), or,
+    /// without one, from the request's `_meta`; cut to 128 characters.
+    fn client_of(&self, rc: &RequestContext<RoleServer>) -> Option<Arc<AuditClient>> {
+        let client = |name: &str, version: &str| {
+            Arc::new(AuditClient {
+                name: crate::audit::cut_chars(name, 128).to_owned(),
+                version: crate::audit::cut_chars(version, 128).to_owned(),
+            })
+        };
+        if let Some(c) = self.client.get() {
+            return Some(c.clone());
+        }
+        if let Some(info) = rc.peer.peer_info() {
+            let c = client(&info.client_info.name, &info.client_info.version);
+            return Some(self.client.get_or_init(|| c).clone());
+        }
+        let meta = rc.meta.0 .0.get("io.modelcontextprotocol/clientInfo")?;
+        Some(client(
+            meta.get("name")?.as_str()?,
+            meta.get("version").and_then(|v| v.as_str()).unwrap_or(""),
+        ))
     }
-    let meta = rc.meta.0 .0.get("io.modelcontextprotocol/clientInfo")?;
-    Some(crate::audit::AuditClient {
-        name: cut(meta.get("name")?.as_str()?),
-        version: cut(meta.get("version").and_then(|v| v.as_str()).unwrap_or("")),
-    })
 }
 
 /// Why serving stopped with an error.
