@@ -6,6 +6,7 @@
 //! cargo run --example query_database -- --print-manifest
 //! cargo run --example query_database -- --redis redis://127.0.0.1:6379 \
 //!     --audit-log audit.jsonl --metrics 127.0.0.1:9090       # replicas, audit chain, Prometheus
+//! cargo run --example query_database -- --otlp http://127.0.0.1:4318   # traces to a collector
 //! ```
 //!
 //! Over HTTP it authenticates bearer tokens: HS256 JWTs signed with `MCP_HARDEN_JWT_SECRET`
@@ -483,6 +484,9 @@ struct Cli {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090), at /metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Export each call's span over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318).
+    #[arg(long)]
+    otlp: Option<String>,
     /// Stateless Streamable HTTP (no sessions).
     #[arg(long)]
     stateless: bool,
@@ -536,20 +540,52 @@ fn build(cli: &Cli) -> Result<Hardened<App>, Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Logs and audit records go to stderr: on stdio, stdout carries only the protocol.
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-                // rmcp logs raw request arguments (secrets included) at debug level: never
-                // let RUST_LOG=debug put them on stderr.
-                .add_directive(rmcp_log_cap()),
-        )
-        .init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
 
+    let cli = Cli::parse();
+    let otel = match cli.otlp.as_deref().map(|url| {
+        mcp_harden::telemetry::otel::Otlp::http(url)
+            .service_name("query_database")
+            .build()
+    }) {
+        None => None,
+        Some(Ok(otel)) => Some(otel),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Logs and audit records go to stderr: on stdio, stdout carries only the protocol.
+    let logs = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // rmcp logs raw request arguments (secrets included) at debug level: never let
+        // RUST_LOG=debug put them on stderr.
+        .add_directive(rmcp_log_cap());
+    // Spans (and the events inside them) at INFO for the collector, with the same cap.
+    let traces = tracing_subscriber::EnvFilter::new("info").add_directive(rmcp_log_cap());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_filter(logs),
+        )
+        .with(otel.as_ref().map(|o| o.layer().with_filter(traces)))
+        .init();
+    let code = run(cli).await;
+    if let Some(otel) = otel {
+        // Flush the last spans (blocking: off the runtime's threads).
+        let flushed = tokio::task::spawn_blocking(move || otel.shutdown()).await;
+        if let Ok(Err(e)) = flushed {
+            eprintln!("warning: {e}");
+        }
+    }
+    code
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let server = match build(&cli) {
         Ok(s) => s,
         Err(e) => {

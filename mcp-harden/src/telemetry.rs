@@ -18,6 +18,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
+
 /// Metric names.
 pub mod names {
     /// Calls by tool, status and tier.
@@ -192,6 +195,9 @@ pub(crate) struct TraceIds {
     pub span_id: std::sync::Arc<str>,
     /// The caller's span, when a trace was continued.
     pub parent_span_id: Option<Box<str>>,
+    /// Whether the caller sampled its trace (`traceparent` flags); new traces are.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub sampled: bool,
 }
 
 impl TraceIds {
@@ -199,15 +205,17 @@ impl TraceIds {
     pub(crate) fn continue_or_start(traceparent: Option<&str>) -> Self {
         let span_id = new_span_id();
         match traceparent.and_then(parse_traceparent) {
-            Some((trace, parent)) => Self {
+            Some((trace, parent, sampled)) => Self {
                 trace_id: std::sync::Arc::from(trace),
                 span_id,
                 parent_span_id: Some(parent.into()),
+                sampled,
             },
             None => Self {
                 trace_id: crate::audit::new_trace_id(),
                 span_id,
                 parent_span_id: None,
+                sampled: true,
             },
         }
     }
@@ -234,7 +242,7 @@ pub fn new_span_id() -> std::sync::Arc<str> {
 
 /// `00-<trace id>-<parent id>-<flags>` (W3C Trace Context level 1; later versions' extra
 /// fields are ignored), refusing all-zero ids and version `ff`.
-fn parse_traceparent(s: &str) -> Option<(String, String)> {
+fn parse_traceparent(s: &str) -> Option<(&str, &str, bool)> {
     let mut parts = s.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -253,7 +261,8 @@ fn parse_traceparent(s: &str) -> Option<(String, String)> {
     if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
         return None;
     }
-    Some((trace.to_owned(), parent.to_owned()))
+    let sampled = u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1);
+    Some((trace, parent, sampled))
 }
 
 #[cfg(test)]
@@ -268,6 +277,12 @@ mod tests {
         assert_eq!(&*t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert_eq!(t.span_id.len(), 16);
+        assert!(t.sampled);
+        let unsampled = TraceIds::continue_or_start(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(!unsampled.sampled);
+        assert_eq!(&*unsampled.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",

@@ -277,23 +277,20 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             rc.extensions.get::<axum::http::request::Parts>(),
             &rc.meta.0 .0,
         );
-        let entry = inner.tools.get(&*name);
-        let info = CallInfo {
-            time: now_rfc3339(),
-            trace_id: trace.trace_id.clone(),
-            span_id: trace.span_id.clone(),
-            parent_span_id: trace.parent_span_id.clone(),
-            client: self.client_of(&rc),
-            tool: match entry {
-                Some(e) => std::borrow::Cow::Borrowed(e.spec.name),
-                None => std::borrow::Cow::Owned(crate::audit::cut_chars(&name, 128).to_owned()),
-            },
-            principal: principal.clone(),
-            transport: self.transport,
-            source,
-        };
+        let time = now_rfc3339();
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
-        let Some(entry) = entry else {
+        let Some(entry) = inner.tools.get(&*name) else {
+            let info = CallInfo {
+                time,
+                trace_id: trace.trace_id,
+                span_id: trace.span_id,
+                parent_span_id: trace.parent_span_id,
+                client: self.client_of(&rc),
+                tool: std::borrow::Cow::Owned(crate::audit::cut_chars(&name, 128).to_owned()),
+                principal,
+                transport: self.transport,
+                source,
+            };
             let refusal = pipeline::Refusal {
                 error: crate::ToolError::new(
                     crate::ErrorCode::InvalidArguments,
@@ -309,9 +306,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         };
         let _in_flight = entry.metrics.in_flight();
         // One span per call, named and attributed after OpenTelemetry's conventions for MCP
-        // and GenAI tools; `trace_id`/`span_id` tie it to the audit record.
+        // and GenAI tools. A root: a call starts its own trace unless the caller sent a
+        // `traceparent` (never the session's). `trace_id`/`span_id` tie it to the record.
         let span = tracing::info_span!(
             target: "mcp_harden::call",
+            parent: None,
             "tools/call",
             "otel.name" = %format_args!("tools/call {}", entry.spec.name),
             "otel.kind" = "server",
@@ -320,15 +319,36 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             "gen_ai.tool.name" = entry.spec.name,
             "network.transport" = self.transport,
             "client.address" = tracing::field::Empty,
-            trace_id = %trace.trace_id,
-            span_id = %trace.span_id,
-            parent_span_id = trace.parent_span_id.as_deref(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
             "error.type" = tracing::field::Empty,
             "otel.status_code" = tracing::field::Empty,
         );
-        if let Some(src) = source {
-            span.record("client.address", tracing::field::display(src.ip()));
+        // With an OpenTelemetry layer the span's own ids become the call's.
+        #[cfg(feature = "opentelemetry")]
+        let trace = crate::telemetry::otel::adopt(&span, trace);
+        if !span.is_disabled() {
+            span.record("trace_id", &*trace.trace_id);
+            span.record("span_id", &*trace.span_id);
+            if let Some(parent) = trace.parent_span_id.as_deref() {
+                span.record("parent_span_id", parent);
+            }
+            if let Some(src) = source {
+                span.record("client.address", tracing::field::display(src.ip()));
+            }
         }
+        let info = CallInfo {
+            time,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_span_id: trace.parent_span_id,
+            client: self.client_of(&rc),
+            tool: std::borrow::Cow::Borrowed(entry.spec.name),
+            principal: principal.clone(),
+            transport: self.transport,
+            source,
+        };
         let stages = async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
