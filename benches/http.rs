@@ -327,6 +327,36 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
         server_us: f64,
         calls: usize,
     }
+    // Paired per-round ratios: each round of a variant against the same round of the base
+    // (run minutes apart at most), so that drifts in machine load cancel out.
+    let base_index = variants
+        .iter()
+        .position(|v| v.name == "plain_rmcp_prebuilt")
+        .unwrap_or(0);
+    let paired: Vec<[(f64, f64, f64); 3]> = results
+        .iter()
+        .map(|rs| {
+            let b = &results[base_index];
+            let per_call = |r: &Round, d: Duration| d.as_secs_f64() / r.calls as f64;
+            let quartiles = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+                (q(0.25), q(0.5), q(0.75))
+            };
+            let ratios = |f: &dyn Fn(&Round, &Round) -> f64| {
+                quartiles(rs.iter().zip(b).map(|(r, b)| f(r, b)).collect())
+            };
+            [
+                ratios(&|r, b| {
+                    r.elapsed.as_secs_f64()
+                        / r.calls as f64
+                        / (b.elapsed.as_secs_f64() / b.calls as f64)
+                }),
+                ratios(&|r, b| per_call(r, r.cpu) / per_call(b, b.cpu)),
+                ratios(&|r, b| per_call(r, r.server_cpu) / per_call(b, b.server_cpu)),
+            ]
+        })
+        .collect();
     let summary: Vec<Summary> = results
         .into_iter()
         .map(|rs| {
@@ -358,11 +388,7 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
         })
         .collect();
     // Ratios against plain rmcp with a prebuilt router (or the first variant run).
-    let base = variants
-        .iter()
-        .position(|v| v.name == "plain_rmcp_prebuilt")
-        .unwrap_or(0);
-    let base = &summary[base];
+    let base = &summary[base_index];
     for (v, s) in variants.iter().zip(&summary) {
         println!(
             "| {} | {} | {:.0} | {} | {} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
@@ -380,6 +406,14 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
         );
     }
     println!("(calls/s and CPU per call: medians of the rounds; ratios: variant / plain_rmcp_prebuilt, above 1 = slower)");
+    println!();
+    println!("paired per-round ratios to plain_rmcp_prebuilt, median [first quartile, third quartile] over {rounds} rounds:");
+    println!("| variant | time per call | CPU per call, all | CPU per call, server |");
+    println!("|---|---|---|---|");
+    for (v, p) in variants.iter().zip(&paired) {
+        let f = |(q1, m, q3): (f64, f64, f64)| format!("{m:.3} [{q1:.3}, {q3:.3}]");
+        println!("| {} | {} | {} | {} |", v.name, f(p[0]), f(p[1]), f(p[2]));
+    }
 }
 
 fn main() {

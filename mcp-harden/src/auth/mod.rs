@@ -54,7 +54,8 @@ impl AuthMethod {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     subject: Arc<str>,
-    scopes: Box<[Box<str>]>,
+    // Shared: a clone (every cached-token hit) copies no string.
+    scopes: Arc<[Box<str>]>,
     tier: Option<Arc<str>>,
     method: AuthMethod,
     key_id: Option<Arc<str>>,
@@ -94,7 +95,7 @@ impl Principal {
         v.dedup();
         Self {
             subject: subject.into(),
-            scopes: v.into_boxed_slice(),
+            scopes: Arc::from(v),
             tier: None,
             method,
             key_id: None,

@@ -786,7 +786,7 @@ impl SessionOwner {
         Self {
             method: p.method(),
             subject: p.subject_arc().clone(),
-            key_id: p.key_id().map(Arc::from),
+            key_id: p.key_id_arc().cloned(),
         }
     }
 }
@@ -1125,10 +1125,11 @@ async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> R
         }
         req = Request::from_parts(parts, Body::from(bytes));
     }
-    let session = req
-        .headers()
-        .get(SESSION_HEADER)
-        .map(|v| v.to_str().unwrap_or("\u{fffd}").to_owned());
+    // A shared copy of the header (no allocation); not UTF-8: no session of ours.
+    let session_header = req.headers().get(SESSION_HEADER).cloned();
+    let session = session_header
+        .as_ref()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
     let owner = SessionOwner::of(&principal);
     if let (Some(sessions), Some(id)) = (&gate.sessions, &session) {
         match sessions.check(id, &owner) {
