@@ -256,11 +256,20 @@ pub fn new_trace_id() -> Arc<str> {
 
 /// The low `4 * N` bits of `v` as `N` lowercase hex digits, zero-padded, written into `buf`
 /// (no allocation).
-pub(crate) fn hex_into<const N: usize>(mut v: u128, buf: &mut [u8; N]) -> &str {
+pub(crate) fn hex_into<const N: usize>(v: u128, buf: &mut [u8; N]) -> &str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in buf.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+    // Two digits per byte, lowest byte last.
+    let mut v = v;
+    for pair in buf.rchunks_mut(2) {
+        let byte = (v & 0xff) as usize;
+        if let [hi, lo] = pair {
+            *hi = DIGITS[byte >> 4];
+            *lo = DIGITS[byte & 0xf];
+            v >>= 8;
+        } else {
+            pair[0] = DIGITS[byte & 0xf];
+            v >>= 4;
+        }
     }
     // Only ASCII hex digits were written.
     std::str::from_utf8(buf).unwrap_or_default()
@@ -280,24 +289,36 @@ pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    // Digits into a fixed buffer: this runs once per call.
-    let mut b = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut v: u64| {
+    rfc3339(now.as_secs(), now.subsec_millis())
+}
+
+/// `secs` since the epoch plus `millis` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. This runs once per
+/// call: the date and time of the last second formatted on this thread are kept, and only
+/// the milliseconds are written anew within the same second.
+fn rfc3339(secs: u64, millis: u32) -> String {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; 24])> =
+            const { std::cell::Cell::new((u64::MAX, *b"0000-00-00T00:00:00.000Z")) };
+    }
+    let (last, mut b) = LAST.get();
+    let put = |b: &mut [u8; 24], at: usize, width: usize, mut v: u64| {
         for i in (at..at + width).rev() {
             b[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
     };
-    put(0, 4, y.clamp(0, 9999) as u64);
-    put(5, 2, u64::from(m));
-    put(8, 2, u64::from(d));
-    put(11, 2, rem / 3600);
-    put(14, 2, (rem % 3600) / 60);
-    put(17, 2, rem % 60);
-    put(20, 3, u64::from(now.subsec_millis()));
+    if last != secs {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        put(&mut b, 0, 4, y.clamp(0, 9999) as u64);
+        put(&mut b, 5, 2, u64::from(m));
+        put(&mut b, 8, 2, u64::from(d));
+        put(&mut b, 11, 2, rem / 3600);
+        put(&mut b, 14, 2, (rem % 3600) / 60);
+        put(&mut b, 17, 2, rem % 60);
+        LAST.set((secs, b));
+    }
+    put(&mut b, 20, 3, u64::from(millis.min(999)));
     String::from_utf8_lossy(&b).into_owned()
 }
 
@@ -330,6 +351,12 @@ mod tests {
             hex_into(u128::MAX, &mut [0u8; 32]),
             "ffffffffffffffffffffffffffffffff"
         );
+        assert_eq!(hex_into(0x1234, &mut [0u8; 5]), "01234");
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_556_465, 7), "2026-11-24T21:41:05.007Z");
+        assert_eq!(rfc3339(1_795_556_465, 999), "2026-11-24T21:41:05.999Z");
+        assert_eq!(rfc3339(1_795_556_466, 0), "2026-11-24T21:41:06.000Z");
+        assert_eq!(rfc3339(951_782_400, 1), "2000-02-29T00:00:00.001Z");
         assert_eq!(cut_chars("héllo", 2), "hé");
         assert_eq!(cut_chars("hé", 5), "hé");
         let t = now_rfc3339();
