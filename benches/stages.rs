@@ -186,8 +186,8 @@ fn arguments_stage(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    // mcp-harden's decode (`definition::prepare`): from the borrowed value (kept for the
-    // audit record), tracking the field path for error messages.
+    // mcp-harden's decode of arguments that fail (`definition::prepare`'s second pass): from
+    // the borrowed value (kept for the audit record), tracking the field path for the error.
     g.bench_function("hardened_decode", |b| {
         b.iter(|| {
             black_box(
@@ -195,7 +195,8 @@ fn arguments_stage(c: &mut Criterion) {
             )
         })
     });
-    // The same decode without path tracking (what a fast path could do).
+    // The same decode without path tracking: what `definition::prepare` does first (the
+    // path-tracking pass above runs only when this one fails).
     g.bench_function("hardened_decode_no_path", |b| {
         b.iter(|| {
             black_box(<Args as serde::Deserialize>::deserialize(black_box(&raw)).expect("decodes"))
@@ -210,13 +211,15 @@ fn arguments_stage(c: &mut Criterion) {
             black_box(v)
         })
     });
-    // `definition::prepare` whole: decode, validate, build the tool's boxed future.
-    // (The context is cloned: the pipeline assembles it from `Arc`s it already holds.)
+    // `definition::prepare` whole (emulated, crate-private): decode (no path tracking: that
+    // second pass runs only for arguments that fail), validate, build the tool's boxed
+    // future. (The context is cloned: the pipeline assembles it from `Arc`s it holds.)
     let ctx = Ctx::new(App, local_principal());
     g.bench_function("hardened_prepare", |b| {
         b.iter(|| {
             let ctx = ctx.clone();
-            let args: Args = serde_path_to_error::deserialize(black_box(&raw)).expect("decodes");
+            let args: Args =
+                <Args as serde::Deserialize>::deserialize(black_box(&raw)).expect("decodes");
             let mut v = Vec::new();
             args.validate_into(&FieldPath::Root, &mut v);
             assert!(v.is_empty());

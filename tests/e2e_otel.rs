@@ -2,8 +2,7 @@
 //! attribute names, continues the caller's W3C trace, and shares its trace and span ids with
 //! the audit record; over OTLP/HTTP, the span reaches a collector.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mcp_harden::prelude::*;
 use mcp_harden::telemetry::otel::{Otel, Otlp};
@@ -15,7 +14,7 @@ use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 mod common;
-use common::{connect, Collect};
+use common::{collector, connect, first_export, holds, trace_id_bytes, Collect};
 
 struct App;
 
@@ -216,40 +215,6 @@ async fn spans_continue_the_callers_trace_and_share_ids_with_the_audit_record() 
     }
 }
 
-/// A minimal OTLP/HTTP collector on 127.0.0.1, on a runtime of its own: it keeps every
-/// request body posted to `/v1/traces`.
-fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let addr = listener.local_addr().expect("address");
-    let kept = bodies.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(move |body: axum::body::Bytes| {
-                    let kept = kept.clone();
-                    async move {
-                        kept.lock().expect("lock").push(body.to_vec());
-                        (
-                            [("content-type", "application/x-protobuf")],
-                            Vec::<u8>::new(),
-                        )
-                    }
-                }),
-            );
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let _ = axum::serve(listener, app).await;
-        });
-    });
-    (addr, bodies)
-}
-
 #[tokio::test]
 async fn otlp_http_export_reaches_a_collector() {
     let (addr, bodies) = collector();
@@ -272,23 +237,12 @@ async fn otlp_http_export_reaches_a_collector() {
         .expect("joins")
         .expect("flushes to the collector");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let body = loop {
-        if let Some(b) = bodies.lock().expect("lock").first().cloned() {
-            break b;
-        }
-        assert!(Instant::now() < deadline, "no export reached the collector");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let body = first_export(&bodies).await;
     // The protobuf request holds the trace id's 16 bytes, the span's name and the service.
-    let trace: Vec<u8> = (0..16)
-        .map(|i| u8::from_str_radix(&TRACE[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect();
-    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    assert!(has(&trace), "trace id");
-    assert!(has(b"tools/call echo"), "span name");
-    assert!(has(b"otel-e2e"), "service name");
-    assert!(!has(b"exported"), "no argument value");
+    assert!(holds(&body, &trace_id_bytes(TRACE)), "trace id");
+    assert!(holds(&body, b"tools/call echo"), "span name");
+    assert!(holds(&body, b"otel-e2e"), "service name");
+    assert!(!holds(&body, b"exported"), "no argument value");
 }
 
 #[test]

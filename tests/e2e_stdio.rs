@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
+mod common;
+
 /// `cargo test` builds the examples before running tests, next to the test binaries.
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -36,7 +38,12 @@ struct Server {
 }
 
 async fn spawn(db: &Path, scopes: &[&str]) -> Server {
+    spawn_with(db, scopes, &[]).await
+}
+
+async fn spawn_with(db: &Path, scopes: &[&str], extra: &[&str]) -> Server {
     let cmd = Command::new(example_binary()).configure(|c| {
+        c.args(extra);
         c.arg("--stdio")
             .arg("--db")
             .arg(db)
@@ -486,5 +493,33 @@ fn print_manifest_describes_every_tool() {
     assert!(
         q["input_schema"]["properties"]["table"].is_object()
             && q["output_schema"]["type"] == "object"
+    );
+}
+
+/// `--otlp`: the example exports each call's span to a collector, flushed when it exits, and
+/// the span carries the audit record's trace id.
+#[tokio::test]
+async fn the_example_exports_spans_over_otlp() {
+    let (addr, bodies) = common::collector();
+    let (_dir, db) = db();
+    let url = format!("http://{addr}");
+    let server = spawn_with(&db, &["db:read"], &["--otlp", &url]).await;
+    let r = server
+        .call("query_database", json!({"table": "users", "limit": 2}))
+        .await;
+    assert_eq!(rows(&r).len(), 2);
+    let records = server.stop().await;
+    let trace_id = records
+        .iter()
+        .find(|r| r["tool"] == "query_database")
+        .and_then(|r| r["trace_id"].as_str())
+        .expect("an audit record with a trace id")
+        .to_owned();
+    let body = common::first_export(&bodies).await;
+    assert!(common::holds(&body, b"tools/call query_database"));
+    assert!(common::holds(&body, b"query_database"), "service name");
+    assert!(
+        common::holds(&body, &common::trace_id_bytes(&trace_id)),
+        "the exported span has the record's trace id"
     );
 }

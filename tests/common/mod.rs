@@ -146,3 +146,64 @@ pub fn capture_logs(filter: &str) {
 pub fn logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
 }
+
+/// A minimal OTLP/HTTP collector on 127.0.0.1, on a runtime of its own (so that a test may
+/// block its own thread flushing spans): it keeps every request body posted to `/v1/traces`.
+pub fn collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    let bodies: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Default::default();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let addr = listener.local_addr().expect("address");
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let kept = kept.clone();
+                    async move {
+                        kept.lock().expect("lock").push(body.to_vec());
+                        (
+                            [("content-type", "application/x-protobuf")],
+                            Vec::<u8>::new(),
+                        )
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    (addr, bodies)
+}
+
+/// Waits up to 10 s for the collector's first request body.
+pub async fn first_export(bodies: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(b) = bodies.lock().expect("lock").first().cloned() {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "no export reached the collector");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `haystack` holds `needle` anywhere.
+pub fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// 32 hex digits as the 16 bytes of a trace id.
+pub fn trace_id_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
