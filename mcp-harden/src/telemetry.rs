@@ -185,6 +185,10 @@ pub fn install_prometheus(addr: std::net::SocketAddr) -> Result<(), PrometheusEr
 #[error("Prometheus exporter: {0}")]
 pub struct PrometheusError(String);
 
+/// The W3C trace-context header (a constant: no name parsing per request).
+pub(crate) const TRACEPARENT: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("traceparent");
+
 /// The trace context of one call: the caller's W3C `traceparent` continued (from the HTTP
 /// header, or from the request's `_meta` as in MCP's trace-context proposal), or a new trace.
 #[derive(Debug, Clone)]
@@ -226,7 +230,7 @@ impl TraceIds {
         meta: &rmcp::model::JsonObject,
     ) -> Self {
         let header = parts
-            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|p| p.headers.get(&TRACEPARENT))
             .and_then(|v| v.to_str().ok());
         let in_meta = meta.get("traceparent").and_then(serde_json::Value::as_str);
         Self::continue_or_start(header.or(in_meta))
