@@ -74,18 +74,6 @@ async fn plain_wrapped<S>(
 where
     S: rmcp::ServerHandler + Send + 'static,
 {
-    async fn passthrough(
-        req: axum::extract::Request,
-        next: axum::middleware::Next,
-    ) -> axum::response::Response {
-        use futures::StreamExt as _;
-        let response = next.run(req).await;
-        let (parts, body) = response.into_parts();
-        let stream = futures::stream::unfold(body.into_data_stream(), |mut s| async move {
-            Some((s.next().await?, s))
-        });
-        axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
-    }
     let service = StreamableHttpService::new(
         move || Ok(make()),
         Arc::new(LocalSessionManager::default()),

@@ -125,18 +125,6 @@ async fn plain_router() -> axum::Router {
 /// The same behind a middleware doing only what the guard does to every request besides
 /// its checks (a `from_fn` layer, the event-stream reply re-wrapped in a stream of its own).
 async fn plain_wrapped_router() -> axum::Router {
-    async fn passthrough(
-        req: axum::extract::Request,
-        next: axum::middleware::Next,
-    ) -> axum::response::Response {
-        use futures::StreamExt as _;
-        let response = next.run(req).await;
-        let (parts, body) = response.into_parts();
-        let stream = futures::stream::unfold(body.into_data_stream(), |mut s| async move {
-            Some((s.next().await?, s))
-        });
-        axum::response::Response::from_parts(parts, Body::from_stream(stream))
-    }
     let prebuilt = PlainPrebuilt::default();
     let service = StreamableHttpService::new(
         move || Ok(prebuilt.clone()),

@@ -389,3 +389,19 @@ pub fn load_average() -> String {
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned())
 }
+
+/// A middleware doing only what mcp-harden's HTTP guard does to every request besides its
+/// checks: an axum `from_fn` layer, and the event-stream reply re-wrapped in a stream of its
+/// own (the guard does it to learn when the reply ends).
+pub async fn passthrough(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures::StreamExt as _;
+    let response = next.run(req).await;
+    let (parts, body) = response.into_parts();
+    let stream = futures::stream::unfold(body.into_data_stream(), |mut s| async move {
+        Some((s.next().await?, s))
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}

@@ -278,19 +278,21 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             &rc.meta.0 .0,
         );
         let time = now_rfc3339();
+        let call_info = |trace: crate::telemetry::TraceIds, tool, principal| CallInfo {
+            time,
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_span_id: trace.parent_span_id,
+            client: self.client_of(&rc),
+            tool,
+            principal,
+            transport: self.transport,
+            source,
+        };
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
         let Some(entry) = inner.tools.get(&*name) else {
-            let info = CallInfo {
-                time,
-                trace_id: trace.trace_id,
-                span_id: trace.span_id,
-                parent_span_id: trace.parent_span_id,
-                client: self.client_of(&rc),
-                tool: std::borrow::Cow::Owned(crate::audit::cut_chars(&name, 128).to_owned()),
-                principal,
-                transport: self.transport,
-                source,
-            };
+            let tool = crate::audit::cut_chars(&name, 128).to_owned();
+            let info = call_info(trace, std::borrow::Cow::Owned(tool), principal);
             let refusal = pipeline::Refusal {
                 error: crate::ToolError::new(
                     crate::ErrorCode::InvalidArguments,
@@ -338,17 +340,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 span.record("client.address", tracing::field::display(src.ip()));
             }
         }
-        let info = CallInfo {
-            time,
-            trace_id: trace.trace_id,
-            span_id: trace.span_id,
-            parent_span_id: trace.parent_span_id,
-            client: self.client_of(&rc),
-            tool: std::borrow::Cow::Borrowed(entry.spec.name),
-            principal: principal.clone(),
-            transport: self.transport,
-            source,
-        };
+        let info = call_info(
+            trace,
+            std::borrow::Cow::Borrowed(entry.spec.name),
+            principal.clone(),
+        );
         let stages = async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
                 tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
