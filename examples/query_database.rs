@@ -547,7 +547,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let otel = match cli.otlp.as_deref().map(|url| {
         mcp_harden::telemetry::otel::Otlp::http(url)
-            .service_name("query_database")
+            .service_name("mcp-harden-example")
             .build()
     }) {
         None => None,

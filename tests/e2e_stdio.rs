@@ -517,7 +517,7 @@ async fn the_example_exports_spans_over_otlp() {
         .to_owned();
     let body = common::first_export(&bodies).await;
     assert!(common::holds(&body, b"tools/call query_database"));
-    assert!(common::holds(&body, b"query_database"), "service name");
+    assert!(common::holds(&body, b"mcp-harden-example"), "service name");
     assert!(
         common::holds(&body, &common::trace_id_bytes(&trace_id)),
         "the exported span has the record's trace id"

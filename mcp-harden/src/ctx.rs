@@ -20,7 +20,11 @@ pub struct Ctx<S> {
     state: Arc<S>,
     principal: Arc<Principal>,
     trace_id: Arc<str>,
-    cancellation: CancellationToken,
+    /// The call's token (the request's own): the client's cancellation and the timeout fire it.
+    call: CancellationToken,
+    /// A child of it, made when the tool first asks: cancelling it (to stop the tool's own
+    /// work) never aborts the call itself.
+    cancellation: std::sync::OnceLock<CancellationToken>,
 }
 
 impl<S> Ctx<S> {
@@ -30,7 +34,8 @@ impl<S> Ctx<S> {
             state: state.into(),
             principal: Arc::new(principal),
             trace_id: crate::audit::new_trace_id(),
-            cancellation: CancellationToken::new(),
+            call: CancellationToken::new(),
+            cancellation: std::sync::OnceLock::new(),
         }
     }
 
@@ -38,13 +43,14 @@ impl<S> Ctx<S> {
         state: Arc<S>,
         principal: Arc<Principal>,
         trace_id: Arc<str>,
-        cancellation: CancellationToken,
+        call: CancellationToken,
     ) -> Self {
         Self {
             state,
             principal,
             trace_id,
-            cancellation,
+            call,
+            cancellation: std::sync::OnceLock::new(),
         }
     }
 
@@ -66,7 +72,7 @@ impl<S> Ctx<S> {
     /// Fires when the client cancels the call or its timeout passes; long-running work
     /// should stop when it does.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.cancellation
+        self.cancellation.get_or_init(|| self.call.child_token())
     }
 }
 
@@ -76,6 +82,7 @@ impl<S> Clone for Ctx<S> {
             state: self.state.clone(),
             principal: self.principal.clone(),
             trace_id: self.trace_id.clone(),
+            call: self.call.clone(),
             cancellation: self.cancellation.clone(),
         }
     }
@@ -94,5 +101,35 @@ impl<S> std::fmt::Debug for Ctx<S> {
             .field("principal", &self.principal.subject())
             .field("trace_id", &self.trace_id)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_cancelling_its_token_never_aborts_its_call() {
+        let call = CancellationToken::new();
+        let ctx = Ctx::from_parts(
+            Arc::new(()),
+            Arc::new(Principal::local("t", ["x"])),
+            Arc::from("0"),
+            call.clone(),
+        );
+        ctx.cancellation().cancel();
+        assert!(!call.is_cancelled(), "the call goes on");
+        let ctx = Ctx::from_parts(
+            Arc::new(()),
+            Arc::new(Principal::local("t", ["x"])),
+            Arc::from("0"),
+            call.clone(),
+        );
+        let token = ctx.cancellation().clone();
+        call.cancel();
+        assert!(
+            token.is_cancelled(),
+            "a timeout or the client reaches the tool"
+        );
     }
 }

@@ -36,10 +36,10 @@ pub struct Hardened<S> {
     local: Option<Arc<Principal>>,
     /// The transport recorded in audit records.
     transport: &'static str,
-    /// The client as it named itself in `initialize`, kept once for every record of the
-    /// session this handle serves (each served handle is a new one: see `local_handle`,
-    /// `http_instance`).
-    client: Arc<std::sync::OnceLock<Arc<AuditClient>>>,
+    /// The client as it named itself in `initialize`, kept for every record of the session
+    /// this handle serves, with the handshake it came from: a clone serving another session
+    /// (another handshake) never borrows it.
+    client: Arc<std::sync::OnceLock<(Arc<rmcp::model::InitializeRequestParams>, Arc<AuditClient>)>>,
 }
 
 impl<S> Clone for Hardened<S> {
@@ -413,12 +413,16 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 version: crate::audit::cut_chars(version, 128).to_owned(),
             })
         };
-        if let Some(c) = self.client.get() {
-            return Some(c.clone());
-        }
         if let Some(info) = rc.peer.peer_info() {
+            if let Some((seen, c)) = self.client.get() {
+                if Arc::ptr_eq(seen, &info) {
+                    return Some(c.clone());
+                }
+            }
             let c = client(&info.client_info.name, &info.client_info.version);
-            return Some(self.client.get_or_init(|| c).clone());
+            // The first session's is kept; another session on a shared clone pays per call.
+            let _ = self.client.set((info, c.clone()));
+            return Some(c);
         }
         let meta = rc.meta.0 .0.get("io.modelcontextprotocol/clientInfo")?;
         Some(client(

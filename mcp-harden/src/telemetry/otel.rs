@@ -4,7 +4,9 @@
 //! [`tracing-opentelemetry`](https://docs.rs/tracing-opentelemetry): add [`Otel::layer`] to
 //! your `tracing` subscriber. The span continues the caller's W3C `traceparent` (HTTP header
 //! or the request's `_meta`) or starts a new trace, and the audit record carries the span's
-//! own trace and span ids, so a record leads straight to its trace.
+//! own trace and span ids, so a record leads straight to its trace. (That takes this
+//! layer, or `tracing-opentelemetry` 0.34 on [`Otel::tracer`], not behind a `reload` layer;
+//! with any other, records keep ids of their own.)
 //!
 //! ```no_run
 //! use tracing_subscriber::layer::SubscriberExt as _;
@@ -39,13 +41,29 @@ pub use opentelemetry_sdk;
 /// Only plain `http://` endpoints: the usual deployment sends to an OpenTelemetry Collector
 /// on the same host or pod, which forwards over TLS. For anything else (gRPC, TLS, a
 /// vendor's exporter), build an `SdkTracerProvider` yourself and use [`Otel::from_provider`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Otlp {
     endpoint: String,
     service_name: String,
     service_version: Option<String>,
     timeout: Duration,
     headers: Vec<(String, String)>,
+}
+
+/// Header values may be a collector's credentials: only their names are shown.
+impl std::fmt::Debug for Otlp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Otlp")
+            .field("endpoint", &self.endpoint)
+            .field("service_name", &self.service_name)
+            .field("service_version", &self.service_version)
+            .field("timeout", &self.timeout)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Otlp {
@@ -146,28 +164,32 @@ impl Otel {
     /// The `tracing` layer that turns spans into OpenTelemetry spans: add it to your
     /// subscriber (`tracing_subscriber::registry().with(otel.layer())`).
     ///
-    /// Events inside a span are exported as its span events, so the layer never takes rmcp's
-    /// below INFO: at DEBUG rmcp logs every request whole, arguments and secrets included.
+    /// It takes spans and events at INFO and above: events inside a span are exported as its
+    /// span events, and below INFO libraries log their inputs (rmcp logs whole requests,
+    /// secrets included, at DEBUG). For other levels build your own layer on
+    /// [`tracer`](Self::tracer) with `tracing-opentelemetry` 0.34 and a filter of your choice.
     pub fn layer<S>(&self) -> impl tracing_subscriber::Layer<S>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        use tracing_subscriber::filter::{LevelFilter, Targets};
+        use tracing_subscriber::filter::LevelFilter;
         use tracing_subscriber::Layer as _;
-        let tracer = self.provider.tracer_with_scope(
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer())
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(LevelFilter::INFO)
+    }
+
+    /// The provider's tracer, named `mcp-harden`, for a `tracing-opentelemetry` layer of your
+    /// own (it must be version 0.34, and not behind a `reload` layer, for the audit record's
+    /// ids to be the exported span's).
+    pub fn tracer(&self) -> opentelemetry_sdk::trace::Tracer {
+        self.provider.tracer_with_scope(
             opentelemetry::InstrumentationScope::builder("mcp-harden")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-        );
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_filter(
-                Targets::new()
-                    .with_default(LevelFilter::TRACE)
-                    .with_target("rmcp", LevelFilter::INFO),
-            )
+        )
     }
 
     /// The provider.
