@@ -70,21 +70,27 @@ fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, text).expect("writes");
 }
 
-/// A log of `n` records written through a sink (no server needed).
-fn log_with(dir: &Path, n: usize) -> PathBuf {
-    let path = dir.join("audit.jsonl");
+/// `n` calls through a server auditing to a sink opened with `config`, each call's record
+/// written before the next call (one record per batch: with tiny files, one file each).
+fn log_calls(config: FileAuditConfig, n: u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let sink = FileAuditConfig::new(&path).open().expect("opens");
+        let sink = config.open().expect("opens");
         let c = connect(server(sink.clone())).await;
         for i in 0..n {
             c.call_tool(args(&format!("w{i}"))).await.expect("answers");
+            written(&sink, i + 1).await;
         }
-        written(&sink, n as u64).await;
     });
+}
+
+/// A log of `n` records at `dir/audit.jsonl` (appended to, if it exists).
+fn log_with(dir: &Path, n: u64) -> PathBuf {
+    let path = dir.join("audit.jsonl");
+    log_calls(FileAuditConfig::new(&path), n);
     path
 }
 
@@ -246,23 +252,13 @@ fn the_chain_survives_a_crash_and_a_restart() {
 fn rotated_files_chain_together_and_retention_is_visible() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let sink = FileAuditConfig::new(&path)
+    // One record per batch, so each lands in its own file.
+    log_calls(
+        FileAuditConfig::new(&path)
             .rotate_bytes(Some(1))
-            .fsync(Fsync::Never)
-            .open()
-            .expect("opens");
-        let c = connect(server(sink.clone())).await;
-        for i in 0..6 {
-            c.call_tool(args(&format!("r{i}"))).await.expect("answers");
-            // One record per batch, so each lands in its own file.
-            written(&sink, i + 1).await;
-        }
-    });
+            .fsync(Fsync::Never),
+        6,
+    );
     let mut rotated = mcp_harden::audit::file::rotated_files(&path).expect("lists");
     rotated.sort();
     assert_eq!(rotated.len(), 5, "{rotated:?}");
@@ -321,23 +317,13 @@ async fn a_full_queue_refuses_calls_or_admits_and_counts() {
 fn retention_deletes_the_oldest_rotated_files_and_the_rest_still_verifies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let sink = FileAuditConfig::new(&path)
+    log_calls(
+        FileAuditConfig::new(&path)
             .rotate_bytes(Some(1))
             .retain(Some(2))
-            .fsync(Fsync::Never)
-            .open()
-            .expect("opens");
-        let c = connect(server(sink.clone())).await;
-        for i in 0..6 {
-            c.call_tool(args(&format!("k{i}"))).await.expect("answers");
-            written(&sink, i + 1).await;
-        }
-    });
+            .fsync(Fsync::Never),
+        6,
+    );
     let mut files = mcp_harden::audit::file::rotated_files(&path).expect("lists");
     assert_eq!(
         files.len(),

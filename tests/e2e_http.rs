@@ -1354,6 +1354,8 @@ async fn trace_context_continues_from_the_header_or_meta() {
         "a malformed traceparent starts a new trace"
     );
     assert_eq!(calls[2].trace_id.len(), 32);
+    assert_ne!(calls[2].trace_id, calls[0].trace_id);
+    assert_ne!(calls[2].trace_id, calls[1].trace_id);
     // A refused request's security event continues the caller's trace too.
     let r = srv
         .raw_call("read_rows", &[("traceparent", from_header)])

@@ -37,9 +37,12 @@ fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
     CallToolRequestParams::new(tool).with_arguments(o)
 }
 
-/// The value of the sample `name{labels}` in a Prometheus text page (labels in any order).
+/// The value of the sample `name{labels}` in a Prometheus text page (labels in any order;
+/// summed over the series that match). A series that is not there fails the test: a zero
+/// must be exported, not absent.
 fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    page.lines()
+    let values: Vec<f64> = page
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -51,7 +54,9 @@ fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .then(|| value.parse::<f64>().ok())
             .flatten()
         })
-        .sum()
+        .collect();
+    assert!(!values.is_empty(), "no {name}{labels:?} in:\n{page}");
+    values.iter().sum()
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ impl<S> Ctx<S> {
         Self {
             state: state.into(),
             principal: Arc::new(principal),
-            trace_id: crate::audit::new_trace_id(),
+            trace_id: crate::telemetry::new_trace_id(),
             call: CancellationToken::new(),
             cancellation: std::sync::OnceLock::new(),
         }
@@ -70,7 +70,8 @@ impl<S> Ctx<S> {
     }
 
     /// Fires when the client cancels the call or its timeout passes; long-running work
-    /// should stop when it does.
+    /// should stop when it does. The tool may cancel it itself to stop its own work: that
+    /// never aborts the call.
     pub fn cancellation(&self) -> &CancellationToken {
         self.cancellation.get_or_init(|| self.call.child_token())
     }

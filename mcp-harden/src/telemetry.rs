@@ -48,6 +48,8 @@ static METADATA: metrics::Metadata<'static> =
 /// labels or allocating.
 pub(crate) struct ToolMetrics {
     tool: &'static str,
+    /// The server's tier labels (shared by its tools).
+    tiers: std::sync::Arc<TierLabels>,
     /// `calls_total{status="success"}` by tier, in the order of [`TierLabels`].
     calls_ok: Box<[metrics::Key]>,
     duration: metrics::Key,
@@ -58,7 +60,7 @@ pub(crate) struct ToolMetrics {
 pub(crate) type TierLabels = [metrics::SharedString];
 
 /// The label index of a principal's tier in [`TierLabels`].
-pub(crate) fn tier_index(tiers: &TierLabels, tier: Option<&str>) -> usize {
+fn tier_index(tiers: &TierLabels, tier: Option<&str>) -> usize {
     match tier {
         None => 0,
         Some(t) => tiers
@@ -70,21 +72,24 @@ pub(crate) fn tier_index(tiers: &TierLabels, tier: Option<&str>) -> usize {
 }
 
 /// `none`, `other` and the configured tiers, as labels.
-pub(crate) fn tier_labels<'a>(configured: impl Iterator<Item = &'a str>) -> Box<TierLabels> {
+pub(crate) fn tier_labels<'a>(
+    configured: impl Iterator<Item = &'a std::sync::Arc<str>>,
+) -> std::sync::Arc<TierLabels> {
     ["none", "other"]
         .into_iter()
         .map(metrics::SharedString::const_str)
-        .chain(configured.map(|t| metrics::SharedString::from(t.to_owned())))
+        .chain(configured.map(|t| metrics::SharedString::from(t.clone())))
         .collect()
 }
 
 impl ToolMetrics {
-    pub(crate) fn new(tool: &'static str, tiers: &TierLabels) -> Self {
+    pub(crate) fn new(tool: &'static str, tiers: &std::sync::Arc<TierLabels>) -> Self {
         let key = |name: &'static str, labels: Vec<metrics::Label>| {
             metrics::Key::from_parts(name, labels)
         };
         Self {
             tool,
+            tiers: tiers.clone(),
             calls_ok: tiers
                 .iter()
                 .map(|t| {
@@ -103,14 +108,14 @@ impl ToolMetrics {
         }
     }
 
-    /// One finished call: `code` is the error code of a failed one.
+    /// One finished call by a caller of `tier`: `code` is the error code of a failed one.
     pub(crate) fn finished(
         &self,
         code: Option<&'static str>,
-        tiers: &TierLabels,
-        tier: usize,
+        tier: Option<&str>,
         elapsed: Duration,
     ) {
+        let tier = tier_index(&self.tiers, tier);
         metrics::with_recorder(|r| {
             r.register_histogram(&self.duration, &METADATA)
                 .record(elapsed.as_secs_f64());
@@ -120,7 +125,8 @@ impl ToolMetrics {
         });
         if let Some(code) = code {
             let tool = self.tool;
-            let tier = tiers
+            let tier = self
+                .tiers
                 .get(tier)
                 .cloned()
                 .unwrap_or(metrics::SharedString::const_str("other"));
@@ -216,7 +222,7 @@ impl TraceIds {
                 sampled,
             },
             None => Self {
-                trace_id: crate::audit::new_trace_id(),
+                trace_id: new_trace_id(),
                 span_id,
                 parent_span_id: None,
                 sampled: true,
@@ -235,6 +241,14 @@ impl TraceIds {
         let in_meta = meta.get("traceparent").and_then(serde_json::Value::as_str);
         Self::continue_or_start(header.or(in_meta))
     }
+}
+
+/// A new random non-zero 128-bit trace id as 32 lowercase hex digits (W3C trace-context
+/// format).
+#[doc(hidden)]
+pub fn new_trace_id() -> std::sync::Arc<str> {
+    let id = rand::random::<u128>().max(1);
+    std::sync::Arc::from(crate::audit::hex_into(id, &mut [0u8; 32]))
 }
 
 /// A random non-zero 64-bit span id as 16 hex digits.
@@ -281,6 +295,7 @@ mod tests {
         assert_eq!(&*t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert_eq!(t.span_id.len(), 16);
+        assert_eq!(new_trace_id().len(), 32);
         assert!(t.sampled);
         let unsampled = TraceIds::continue_or_start(Some(
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",

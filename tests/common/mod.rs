@@ -61,7 +61,13 @@ impl Redis {
                 panic!("redis-server is required (MCP_HARDEN_REQUIRE_REDIS) but cannot start: {e}")
             }
             Err(e) => {
-                eprintln!("SKIPPED: redis-server cannot start ({e}); install it to run this test");
+                // Straight to stderr, not `eprintln!`: the test harness captures that for a
+                // passing test, and a skip must be seen.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: redis-server cannot start ({e}); install it to run this test"
+                );
                 return None;
             }
         };
@@ -129,17 +135,22 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Captures every log event passing `filter` (e.g. `"trace"`) for [`logs`]; the first call
-/// in a test binary decides the filter.
+/// Captures every log event passing `filter` (e.g. `"trace"`) for [`logs`]. One filter per
+/// test binary: asking for another fails rather than capture less than asked.
 pub fn capture_logs(filter: &str) {
-    static INIT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INIT.get_or_init(|| {
+    static INIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let installed = INIT.get_or_init(|| {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_ansi(false)
             .with_writer(|| LogWriter)
             .try_init();
+        filter.to_owned()
     });
+    assert_eq!(
+        installed, filter,
+        "logs are already captured with another filter"
+    );
 }
 
 /// Everything logged so far.

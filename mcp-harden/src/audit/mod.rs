@@ -246,14 +246,6 @@ pub(crate) fn deliver(sink: &dyn AuditSink, slot: Option<AuditSlot>, record: &Au
     }
 }
 
-/// A new random non-zero 128-bit trace id as 32 lowercase hex digits (W3C trace-context
-/// format).
-#[doc(hidden)]
-pub fn new_trace_id() -> Arc<str> {
-    let mut buf = [0u8; 32];
-    Arc::from(hex_into(rand::random::<u128>().max(1), &mut buf))
-}
-
 /// The low `4 * N` bits of `v` as `N` lowercase hex digits, zero-padded, written into `buf`
 /// (no allocation).
 pub(crate) fn hex_into<const N: usize>(v: u128, buf: &mut [u8; N]) -> &str {
@@ -345,7 +337,6 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_781), (2026, 11, 24));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(new_trace_id().len(), 32);
         assert_eq!(hex_into(0xabc, &mut [0u8; 16]), "0000000000000abc");
         assert_eq!(
             hex_into(u128::MAX, &mut [0u8; 32]),

@@ -115,10 +115,9 @@ pub enum FailMode {
 }
 
 /// Where rate decisions are made.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) enum Backend {
     /// In this process (`governor`).
-    #[default]
     Memory,
     /// In a shared store.
     Store {

@@ -74,7 +74,8 @@ pub struct HardenedBuilder<S> {
     principal_rate: Option<Rate>,
     global_rates: Vec<(&'static str, Rate)>,
     concurrency: Vec<(&'static str, Concurrency)>,
-    backend: Backend,
+    /// A shared rate-limit store and what to do when it cannot decide (`None`: in memory).
+    store: Option<(Arc<dyn RateLimitStore>, FailMode)>,
     max_tracked: usize,
 }
 
@@ -94,7 +95,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             principal_rate: None,
             global_rates: Vec::new(),
             concurrency: Vec::new(),
-            backend: Backend::Memory,
+            store: None,
             max_tracked: DEFAULT_MAX_TRACKED,
         }
     }
@@ -181,11 +182,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// Makes rate decisions in a shared store (e.g. Redis, for several replicas) instead of
     /// in memory; `fail` says what happens when the store cannot decide.
     pub fn rate_limit_store(mut self, store: impl RateLimitStore, fail: FailMode) -> Self {
-        self.backend = Backend::Store {
-            store: Arc::new(store),
-            fail,
-            prefix: Arc::from(""),
-        };
+        self.store = Some((Arc::new(store), fail));
         self
     }
 
@@ -201,13 +198,12 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         if self.tools.is_empty() {
             return Err(BuildError::NoTools);
         }
-        let mut tools = HashMap::with_capacity(self.tools.len());
+        let mut names = std::collections::HashSet::with_capacity(self.tools.len());
         let mut order = Vec::with_capacity(self.tools.len());
         for t in &self.tools {
-            if tools.contains_key(t.spec.name) {
+            if !names.insert(t.spec.name) {
                 return Err(BuildError::DuplicateTool(t.spec.name));
             }
-            tools.insert(t.spec.name, ());
             order.push(t.spec.name);
         }
         for t in &self.tools {
@@ -239,7 +235,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         };
         let named = self.global_rates.iter().map(|(n, _)| *n);
         for name in named.chain(self.concurrency.iter().map(|(n, _)| *n)) {
-            if !tools.contains_key(name) {
+            if !names.contains(name) {
                 return Err(BuildError::UnknownTool(name));
             }
         }
@@ -247,8 +243,8 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             Some(r) => limit("principal".into(), r, true, "(principal_rate)")?,
             None => None,
         };
-        let tier_labels = crate::telemetry::tier_labels(self.tiers.iter().map(|(t, _)| &**t));
-        let mut entries = HashMap::with_capacity(self.tools.len());
+        let tier_labels = crate::telemetry::tier_labels(self.tiers.iter().map(|(t, _)| t));
+        let mut tools = HashMap::with_capacity(self.tools.len());
         for t in self.tools {
             let mut spec = t.spec;
             if let Some((_, c)) = self.concurrency.iter().rev().find(|(n, _)| *n == spec.name) {
@@ -278,16 +274,16 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 fns: t.fns,
                 metrics: crate::telemetry::ToolMetrics::new(spec.name, &tier_labels),
             };
-            entries.insert(spec.name, entry);
+            tools.insert(spec.name, entry);
         }
-        let tools = entries;
-        let backend = match self.backend {
-            Backend::Store { store, fail, .. } => Backend::Store {
+        // Store keys are namespaced by the server's name, so servers can share a store.
+        let backend = match self.store {
+            Some((store, fail)) => Backend::Store {
                 store,
                 fail,
                 prefix: Arc::from(format!("mcp-harden:{}:", self.name)),
             },
-            Backend::Memory => Backend::Memory,
+            None => Backend::Memory,
         };
         let mut info = default_info(&self.name, &self.version);
         if let Some(i) = self.instructions {
@@ -307,7 +303,6 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 backend,
                 principal_rate,
                 store_errors: std::sync::atomic::AtomicU64::new(0),
-                tier_labels,
             }),
             local: None,
             transport: "none",

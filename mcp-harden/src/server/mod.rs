@@ -71,8 +71,6 @@ pub(crate) struct Inner<S> {
     pub principal_rate: Option<Limit>,
     /// Rate decisions the store failed to make.
     pub store_errors: std::sync::atomic::AtomicU64,
-    /// Metric labels for tiers: `none`, `other`, then the configured ones (bounded).
-    pub tier_labels: Box<crate::telemetry::TierLabels>,
 }
 
 pub(crate) struct Entry<S> {
@@ -379,10 +377,6 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             span.record("error.type", r.error.code.as_str());
             span.record("otel.status_code", "ERROR");
         }
-        let tier = crate::telemetry::tier_index(
-            &inner.tier_labels,
-            principal.as_deref().and_then(Principal::tier),
-        );
         let code = outcome.as_ref().err().map(|r| r.error.code.as_str());
         let elapsed = started.elapsed();
         pipeline::record(
@@ -394,9 +388,8 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             outcome.as_ref().err(),
             elapsed,
         );
-        entry
-            .metrics
-            .finished(code, &inner.tier_labels, tier, elapsed);
+        let tier = principal.as_deref().and_then(Principal::tier);
+        entry.metrics.finished(code, tier, elapsed);
         Ok(match outcome {
             Ok(r) => r,
             Err(refusal) => pipeline::error_result(&refusal.error),
