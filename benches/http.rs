@@ -20,8 +20,6 @@ use mcp_harden::Hardened;
 use rmcp::model::JsonObject;
 use rmcp::service::{Peer, RoleClient};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceExt;
 use tokio::sync::oneshot;
@@ -35,18 +33,9 @@ struct Variant {
     tokens: Vec<Option<String>>,
 }
 
-/// Plain rmcp: `StreamableHttpService` (stateful, rmcp's defaults) mounted in axum, served
-/// by axum-server like mcp-harden's endpoint.
-async fn plain<S>(make: impl Fn() -> S + Send + Sync + 'static) -> (SocketAddr, oneshot::Sender<()>)
-where
-    S: rmcp::ServerHandler + Send + 'static,
-{
-    let service = StreamableHttpService::new(
-        move || Ok(make()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let app = axum::Router::new().nest_service("/mcp", service);
+/// Serves `app` with axum-server (as mcp-harden serves its endpoint) on a loopback port,
+/// with the peer address in each request when `connect_info` is set, until told to stop.
+fn serve_loopback(app: axum::Router, connect_info: bool) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("non-blocking");
     let addr = listener.local_addr().expect("address");
@@ -54,43 +43,13 @@ where
     let handle = axum_server::Handle::<SocketAddr>::new();
     let server = axum_server::from_tcp(listener)
         .expect("server")
-        .handle(handle.clone())
-        .serve(app.into_make_service());
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = server => {}
-            _ = stopped => handle.shutdown(),
-        }
-    });
-    (addr, stop)
-}
-
-/// Plain rmcp behind an axum middleware that only does what mcp-harden's guard does to every
-/// request besides its checks: a `from_fn` layer, the peer address (`ConnectInfo`), and the
-/// event-stream reply re-wrapped in a stream of its own (to learn when it ends).
-async fn plain_wrapped<S>(
-    make: impl Fn() -> S + Send + Sync + 'static,
-) -> (SocketAddr, oneshot::Sender<()>)
-where
-    S: rmcp::ServerHandler + Send + 'static,
-{
-    let service = StreamableHttpService::new(
-        move || Ok(make()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    let app = axum::Router::new()
-        .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn(passthrough));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let handle = axum_server::Handle::<SocketAddr>::new();
-    let server = axum_server::from_tcp(listener)
-        .expect("server")
-        .handle(handle.clone())
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>());
+        .handle(handle.clone());
+    let server = if connect_info {
+        Box::pin(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>
+    } else {
+        Box::pin(server.serve(app.into_make_service()))
+    };
     tokio::spawn(async move {
         tokio::select! {
             _ = server => {}
@@ -205,13 +164,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
     let (default_addr, prebuilt_addr, cached_url, uncached_url, wrapped_addr, _stops) = server_rt
         .spawn(async {
-            let (default_addr, s1) = plain(|| PlainDefault).await;
+            let (default_addr, s1) =
+                serve_loopback(plain_http_router(|| PlainDefault, false), false);
             let prebuilt = PlainPrebuilt::default();
-            let (prebuilt_addr, s2) = plain(move || prebuilt.clone()).await;
+            let (prebuilt_addr, s2) =
+                serve_loopback(plain_http_router(move || prebuilt.clone(), false), false);
             let (cached_url, s3) = hardened_http(None).await;
             let (uncached_url, s4) = hardened_http(Some(0)).await;
             let prebuilt = PlainPrebuilt::default();
-            let (wrapped_addr, s5) = plain_wrapped(move || prebuilt.clone()).await;
+            // The wrapped plain server also takes the peer address, as the guard does.
+            let (wrapped_addr, s5) =
+                serve_loopback(plain_http_router(move || prebuilt.clone(), true), true);
             (
                 default_addr,
                 prebuilt_addr,
@@ -264,14 +227,7 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
     ];
     // `MH_BENCH_ONLY=plain_rmcp_prebuilt,hardened_jwt_cached` runs only those variants
     // (`MH_BENCH_ROUNDS=N` sets the number of rounds).
-    let only = std::env::var("MH_BENCH_ONLY").ok();
-    let variants: Vec<Variant> = variants
-        .into_iter()
-        .filter(|v| {
-            only.as_deref()
-                .is_none_or(|o| o.split(',').any(|n| n.trim() == v.name))
-        })
-        .collect();
+    let variants: Vec<Variant> = variants.into_iter().filter(|v| selected(v.name)).collect();
     let mut peers = Vec::new();
     for v in &variants {
         let mut p = Vec::new();

@@ -5,12 +5,11 @@
 //! and Origin checks, the bearer token through the JWT cache, the session-owner check, the
 //! pipeline). Variants interleaved in blocks. See BENCHMARKS.md.
 //!
-//! `MH_BENCH_ONLY=hardened` runs one variant (for a profiler).
+//! `MH_BENCH_ONLY=hardened_jwt_cached` runs one variant (for a profiler).
 
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -20,8 +19,6 @@ use common::*;
 use mcp_harden::auth::JwtAuthenticator;
 use mcp_harden::server::http::HttpConfig;
 use mcp_harden::Hardened;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -112,30 +109,6 @@ impl Endpoint {
     }
 }
 
-async fn plain_router() -> axum::Router {
-    let prebuilt = PlainPrebuilt::default();
-    let service = StreamableHttpService::new(
-        move || Ok(prebuilt.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    axum::Router::new().nest_service("/mcp", service)
-}
-
-/// The same behind a middleware doing only what the guard does to every request besides
-/// its checks (a `from_fn` layer, the event-stream reply re-wrapped in a stream of its own).
-async fn plain_wrapped_router() -> axum::Router {
-    let prebuilt = PlainPrebuilt::default();
-    let service = StreamableHttpService::new(
-        move || Ok(prebuilt.clone()),
-        Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default(),
-    );
-    axum::Router::new()
-        .route_service("/mcp", service)
-        .layer(axum::middleware::from_fn(passthrough))
-}
-
 async fn hardened_router() -> (axum::Router, String) {
     let server = Hardened::builder(App)
         .tool::<search>()
@@ -163,24 +136,25 @@ async fn hardened_router() -> (axum::Router, String) {
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let (rounds, block) = if bench_mode { (40, 1000) } else { (1, 10) };
-    let only = std::env::var("MH_BENCH_ONLY").ok();
     let rt = current_thread();
     rt.block_on(async {
         let (hardened, token) = hardened_router().await;
         let mut endpoints = vec![
-            Endpoint::open("plain_rmcp_prebuilt", plain_router().await, None).await,
+            Endpoint::open(
+                "plain_rmcp_prebuilt",
+                plain_http_router(PlainPrebuilt::default, false),
+                None,
+            )
+            .await,
             Endpoint::open(
                 "plain_rmcp_prebuilt_wrapped",
-                plain_wrapped_router().await,
+                plain_http_router(PlainPrebuilt::default, true),
                 None,
             )
             .await,
             Endpoint::open("hardened_jwt_cached", hardened, Some(token)).await,
         ];
-        endpoints.retain(|e| {
-            only.as_deref()
-                .is_none_or(|o| o.split(',').any(|n| n.trim() == e.name))
-        });
+        endpoints.retain(|e| selected(e.name));
         let args = arguments();
         for e in &mut endpoints {
             for _ in 0..block {
@@ -208,18 +182,26 @@ fn main() {
         println!("| variant | calls | p50 (us) | p99 (us) | p50 / plain prebuilt |");
         println!("|---|---|---|---|---|");
         let stats: Vec<Latencies> = samples.into_iter().map(Latencies::new).collect();
-        let base = stats[0].quantile(0.5).as_secs_f64();
+        // The baseline, when it ran (`MH_BENCH_ONLY` may leave it out: no ratios then).
+        let base = endpoints
+            .iter()
+            .position(|e| e.name == "plain_rmcp_prebuilt")
+            .map(|i| stats[i].quantile(0.5).as_secs_f64());
         for (e, s) in endpoints.iter().zip(&stats) {
             println!(
-                "| {} | {} | {} | {} | {:.3} |",
+                "| {} | {} | {} | {} | {} |",
                 e.name,
                 s.len(),
                 us(s.quantile(0.5)),
                 us(s.quantile(0.99)),
-                s.quantile(0.5).as_secs_f64() / base,
+                base.map_or("-".to_owned(), |b| format!(
+                    "{:.3}",
+                    s.quantile(0.5).as_secs_f64() / b
+                )),
             );
         }
-        if let Some(h) = endpoints.iter().position(|e| e.name == "hardened_jwt_cached") {
+        let hardened = endpoints.iter().position(|e| e.name == "hardened_jwt_cached");
+        if let (Some(h), Some(base)) = (hardened, base) {
             let d = stats[h].quantile(0.5).as_secs_f64() - base;
             println!("hardening over HTTP at p50: {:+.2} us per call", d * 1e6);
         }

@@ -1,6 +1,7 @@
 //! Each stage of the pipeline alone. `mcp_harden::pipeline` is private, so each stage is
 //! measured through the public API that it calls (or, where a step is crate-private, through
-//! a faithful copy of it, marked "emulated"). BENCHMARKS.md says what each number covers.
+//! a faithful copy of it, "emulated" in its comment and in BENCHMARKS.md, which says what
+//! each number covers).
 
 mod common;
 
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use criterion::{BatchSize, Criterion};
 use mcp_harden::__private::rules::Pattern;
-use mcp_harden::audit::{redact_credentials, AuditPrincipal, Outcome};
+use mcp_harden::audit::now_rfc3339;
+use mcp_harden::audit::{redact_credentials, Outcome};
 use mcp_harden::auth::AuthMethod;
 use mcp_harden::limits::{RateDecision, RateLimiter};
+use mcp_harden::telemetry::{names, new_span_id, new_trace_id};
 use mcp_harden::{AuditRecord, AuditSink, Ctx, FieldPath, Principal, Tool, ToolArgs};
 use serde_json::Value;
 
@@ -41,14 +44,6 @@ struct Authenticated {
     source: std::net::SocketAddr,
 }
 
-/// Stand-in for the crate-private `SessionOwner` (same fields, same comparison).
-#[derive(Clone, PartialEq, Eq)]
-struct SessionOwner {
-    method: AuthMethod,
-    subject: Arc<str>,
-    key_id: Option<Arc<str>>,
-}
-
 fn identify(c: &mut Criterion) {
     let mut g = config(c, "stage_identify");
     let local: Option<Arc<Principal>> = Some(Arc::new(local_principal()));
@@ -57,7 +52,8 @@ fn identify(c: &mut Criterion) {
     });
 
     // Over HTTP: the request head in rmcp's extensions, the guard's identity in the head's
-    // extensions, then the session-owner check (emulated: the types are crate-private).
+    // extensions, the `Arc` cloned (emulated: the types are crate-private). The session-owner
+    // check is the guard's, before the handler (measured with it in `http_server`).
     let principal = Arc::new(Principal::new(
         "alice",
         ["catalog:read", "catalog:write", "orders:read"],
@@ -70,21 +66,13 @@ fn identify(c: &mut Criterion) {
     });
     let mut ext = rmcp::model::Extensions::new();
     ext.insert(parts);
-    let session: OnceLock<SessionOwner> = OnceLock::new();
     g.bench_function("http_emulated", |b| {
         b.iter(|| {
             let auth = black_box(&ext)
                 .get::<axum::http::request::Parts>()
                 .and_then(|p| p.extensions.get::<Authenticated>())
                 .expect("authenticated");
-            let p = auth.principal.clone();
-            let me = SessionOwner {
-                method: p.method(),
-                subject: Arc::from(p.subject()),
-                key_id: p.key_id().map(Arc::from),
-            };
-            let owner = *session.get_or_init(|| me.clone()) == me;
-            black_box((p, auth.source, owner))
+            black_box((auth.principal.clone(), auth.source))
         })
     });
     g.finish();
@@ -142,19 +130,15 @@ fn rate(c: &mut Criterion) {
     // Shared-store decisions: one `RedisStore::check` round trip (a Lua GCRA script) against
     // a redis-server started here on a free loopback port; skipped when none can start.
     if let Some(redis) = RedisChild::start() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = current_thread();
         let store = {
             let _entered = rt.enter();
             mcp_harden::limits::RedisStore::new(&format!("redis://127.0.0.1:{}", redis.port))
                 .expect("store")
         };
-        let quota = mcp_harden::limits::GcraQuota {
-            emission: Duration::from_micros(10),
-            burst: 1_000_000,
-        };
+        // The tool's own quota (never trips).
+        let quota = mcp_harden::limits::GcraQuota::from_rate(<search as Tool<App>>::SPEC.rate)
+            .expect("a limited tool");
         g.bench_function("redis_one_caller", |b| {
             b.to_async(&rt).iter(|| async {
                 let d = mcp_harden::limits::RateLimitStore::check(&store, "bench-user", quota)
@@ -202,7 +186,7 @@ fn arguments_stage(c: &mut Criterion) {
             black_box(<Args as serde::Deserialize>::deserialize(black_box(&raw)).expect("decodes"))
         })
     });
-    let args: Args = serde_path_to_error::deserialize(&raw).expect("decodes");
+    let args: Args = <Args as serde::Deserialize>::deserialize(&raw).expect("decodes");
     g.bench_function("hardened_validate", |b| {
         b.iter(|| {
             let mut v = Vec::new();
@@ -240,32 +224,19 @@ fn arguments_stage(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 // Stage 7: the audit record.
 
-/// The crate's own timestamp and trace id (doc-hidden re-exports for this bench).
-use mcp_harden::__private::{new_span_id, new_trace_id, now_rfc3339};
-
-fn build_record(
-    template: &AuditRecord,
-    raw: Value,
-    p: &Principal,
-    subject: &std::sync::Arc<str>,
-    started: Instant,
-) -> AuditRecord {
+/// `pipeline::record`'s work (emulated: crate-private). The principal is the template's,
+/// cloned: shared strings, as `AuditPrincipal::of` does.
+fn build_record(template: &AuditRecord, raw: Value, started: Instant) -> AuditRecord {
     let arguments = std::panic::catch_unwind(AssertUnwindSafe(move || {
         let mut a = raw;
         <Args as ToolArgs>::redact_json(&mut a);
         redact_credentials(&mut a);
         a
     }))
-    .unwrap_or(Value::Null);
+    .unwrap_or_else(|_| Value::String("[REDACTED: redaction failed]".to_owned()));
     let mut r = template.clone();
     r.time = now_rfc3339();
     r.trace_id = new_trace_id();
-    r.principal = AuditPrincipal {
-        subject: Some(std::sync::Arc::clone(subject)),
-        auth_method: p.method().as_str(),
-        tier: None,
-        key_id: None,
-    };
     r.tool = Some(std::borrow::Cow::Borrowed("search"));
     r.arguments = arguments;
     r.outcome = Outcome::Success;
@@ -274,7 +245,7 @@ fn build_record(
     r.reason = None;
     r.detail = None;
     r.duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    r.source = None::<std::net::SocketAddr>.map(|a| a.to_string());
+    r.source = None;
     r
 }
 
@@ -294,19 +265,15 @@ fn audit(c: &mut Criterion) {
     let record = sink.0.lock().expect("lock").clone().expect("a record");
     let mut template = record.clone();
     template.time = String::new();
-    template.principal.subject = None;
     template.tool = None;
     template.arguments = Value::Null;
 
     let mut g = config(c, "stage_audit");
     let raw = Value::Object(arguments());
-    let p = local_principal();
-    // The principal's own shared subject (crate-private in the library).
-    let subject: std::sync::Arc<str> = std::sync::Arc::from(p.subject());
     g.bench_function("build_emulated", |b| {
         b.iter_batched(
             || raw.clone(),
-            |raw| black_box(build_record(&template, raw, &p, &subject, Instant::now())),
+            |raw| black_box(build_record(&template, raw, Instant::now())),
             BatchSize::SmallInput,
         )
     });
@@ -327,7 +294,7 @@ fn audit(c: &mut Criterion) {
     g.bench_function("build_and_to_json", |b| {
         b.iter_batched(
             || raw.clone(),
-            |raw| black_box(build_record(&template, raw, &p, &subject, Instant::now()).to_json()),
+            |raw| black_box(build_record(&template, raw, Instant::now()).to_json()),
             BatchSize::SmallInput,
         )
     });
@@ -350,45 +317,40 @@ fn audit(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Other per-call work of the pipeline (emulated), for the breakdown.
+// Other per-call work of the pipeline, for the breakdown.
 
 fn other(c: &mut Criterion) {
     let mut g = config(c, "stage_other");
     g.bench_function("trace_id", |b| b.iter(new_trace_id));
     g.bench_function("rfc3339_time", |b| b.iter(now_rfc3339));
-    let parent = tokio_util::sync::CancellationToken::new();
-    g.bench_function("child_cancellation_token", |b| {
-        b.iter(|| black_box(parent.child_token()))
-    });
     // Per-call telemetry (telemetry.rs, server/mod.rs): a span id; the client's name and
     // version for the audit record (kept once per session: a shared `Arc` per call); and the
     // metrics of one call with no recorder installed, through keys built once (emulated:
     // `telemetry::ToolMetrics` is crate-private).
     g.bench_function("span_id", |b| b.iter(new_span_id));
-    let session_client: std::sync::OnceLock<Arc<(String, String)>> = std::sync::OnceLock::new();
-    session_client.get_or_init(|| Arc::new(("rmcp".to_owned(), "3.11.0".to_owned())));
+    let session_client: OnceLock<Arc<mcp_harden::audit::AuditClient>> = OnceLock::new();
+    session_client.get_or_init(|| {
+        Arc::new(mcp_harden::audit::AuditClient {
+            name: "rmcp".to_owned(),
+            version: "3.11.0".to_owned(),
+        })
+    });
     g.bench_function("client_name_version", |b| {
         b.iter(|| black_box(session_client.get().cloned()))
     });
     static META: metrics::Metadata<'static> =
         metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
     let label = |k: &'static str, v: &'static str| metrics::Label::new(k, v);
-    let in_flight = metrics::Key::from_parts(
-        "mcp_harden_tool_calls_in_flight",
-        vec![label("tool", "search")],
-    );
+    let in_flight = metrics::Key::from_parts(names::IN_FLIGHT, vec![label("tool", "search")]);
     let calls = metrics::Key::from_parts(
-        "mcp_harden_tool_calls_total",
+        names::CALLS,
         vec![
             label("tool", "search"),
             label("status", "success"),
             label("tier", "none"),
         ],
     );
-    let duration = metrics::Key::from_parts(
-        "mcp_harden_tool_call_duration_seconds",
-        vec![label("tool", "search")],
-    );
+    let duration = metrics::Key::from_parts(names::DURATION, vec![label("tool", "search")]);
     g.bench_function("metrics_noop_one_call", |b| {
         b.iter(|| {
             metrics::with_recorder(|r| r.register_gauge(&in_flight, &META).increment(1.0));

@@ -58,6 +58,17 @@ pub struct Found {
     pub hits: u32,
 }
 
+impl Found {
+    /// What every variant of the tool answers, whoever serves it.
+    pub fn new(query: String, filters: usize, limit: u32) -> Self {
+        Self {
+            query,
+            filters,
+            hits: limit / 2,
+        }
+    }
+}
+
 /// Search the catalogue with a query and structured filters.
 ///
 /// The rate is limited but high enough never to trip during a benchmark (100 000 calls per
@@ -74,11 +85,7 @@ pub async fn search(
     #[arg(max_items = 8, default = Vec::new())] filters: Vec<Filter>,
     #[arg(range = 1..=100, default = 20)] limit: u32,
 ) -> Found {
-    Found {
-        query,
-        filters: filters.len(),
-        hits: limit / 2,
-    }
+    Found::new(query, filters.len(), limit)
 }
 
 /// The same tool without a rate limit, to see the limiter's share of a round trip.
@@ -94,11 +101,7 @@ pub async fn search_unlimited(
     #[arg(max_items = 8, default = Vec::new())] filters: Vec<Filter>,
     #[arg(range = 1..=100, default = 20)] limit: u32,
 ) -> Found {
-    Found {
-        query,
-        filters: filters.len(),
-        hits: limit / 2,
-    }
+    Found::new(query, filters.len(), limit)
 }
 
 /// An audit sink that drops every record (the record is still built: that is the pipeline's
@@ -196,11 +199,7 @@ impl PlainDefault {
     /// Search the catalogue with a query and structured filters.
     #[rmcp::tool(name = "search", annotations(read_only_hint = true))]
     async fn search(&self, Parameters(a): Parameters<PlainArgs>) -> Json<Found> {
-        Json(Found {
-            query: a.query,
-            filters: a.filters.len(),
-            hits: a.limit / 2,
-        })
+        Json(Found::new(a.query, a.filters.len(), a.limit))
     }
 }
 
@@ -227,11 +226,7 @@ impl PlainPrebuilt {
     /// Search the catalogue with a query and structured filters.
     #[rmcp::tool(name = "search", annotations(read_only_hint = true))]
     async fn search(&self, Parameters(a): Parameters<PlainArgs>) -> Json<Found> {
-        Json(Found {
-            query: a.query,
-            filters: a.filters.len(),
-            hits: a.limit / 2,
-        })
+        Json(Found::new(a.query, a.filters.len(), a.limit))
     }
 }
 
@@ -404,4 +399,38 @@ pub async fn passthrough(
         Some((s.next().await?, s))
     });
     axum::response::Response::from_parts(parts, axum::body::Body::from_stream(stream))
+}
+
+/// Plain rmcp over Streamable HTTP: `StreamableHttpService` (stateful, rmcp's defaults) routed
+/// at `/mcp` as mcp-harden routes its own, and with `wrapped`, behind [`passthrough`].
+pub fn plain_http_router<S>(
+    make: impl Fn() -> S + Send + Sync + 'static,
+    wrapped: bool,
+) -> axum::Router
+where
+    S: ServerHandler + Send + 'static,
+{
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let service = StreamableHttpService::new(
+        move || Ok(make()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let router = axum::Router::new().route_service("/mcp", service);
+    if wrapped {
+        router.layer(axum::middleware::from_fn(passthrough))
+    } else {
+        router
+    }
+}
+
+/// Whether `MH_BENCH_ONLY` (a comma-separated list of variant names; unset: all) selects
+/// `name`.
+pub fn selected(name: &str) -> bool {
+    std::env::var("MH_BENCH_ONLY")
+        .ok()
+        .is_none_or(|only| only.split(',').any(|v| v.trim() == name))
 }

@@ -19,10 +19,6 @@ pub use ::core::time::Duration;
 
 use rmcp::model::JsonObject;
 
-/// The audit timestamp, trace id and span id, for the benchmarks.
-pub use crate::audit::now_rfc3339;
-pub use crate::telemetry::{new_span_id, new_trace_id};
-
 /// Asserts at compile time that a nested argument type derives `ToolArgs`; generated with
 /// the span of the user's type so the error points there.
 pub const fn assert_tool_args<T: ToolArgs + ?Sized>() {}
