@@ -707,6 +707,22 @@ async fn foreign_origin_and_host_get_403() {
         .await
         .expect("answer");
     assert_eq!(r.status(), 403);
+    // So does an unknown path (a 404 otherwise), and a Host with a userinfo part or a port
+    // that is not a number never matches an allowed one.
+    let r = http_client()
+        .get(srv.url("/nowhere"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 403);
+    for host in ["evil@127.0.0.1", "127.0.0.1:80x", "127.0.0.1:+80"] {
+        let r = srv
+            .raw_call("read_rows", &[("authorization", &auth), ("host", host)])
+            .await;
+        assert_eq!(r.status(), 403, "{host}");
+    }
+    assert_eq!(srv.runs(), 0);
 
     // A loopback browser origin (e.g. the MCP Inspector) passes.
     let r = srv
