@@ -10,11 +10,19 @@ const MAX_AUDIT_STRING: usize = 256;
 /// `Authorization`, `client_secret`, `accessToken`, ...). Compared without case and
 /// separators.
 pub fn is_credential_name(name: &str) -> bool {
-    // Lowercased alphanumerics of the name, on the stack (long names: on the heap).
+    let raw = name.as_bytes();
+    // Most names are already lower-case alphanumerics: then they are their own normal form.
+    if raw
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return matches_normalised(raw);
+    }
+    // Otherwise: the lowercased alphanumerics, on the stack (long names: on the heap).
     let mut stack = [0u8; 64];
     let mut heap = Vec::new();
     let mut len = 0;
-    for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+    for b in raw.iter().copied().filter(u8::is_ascii_alphanumeric) {
         let b = b.to_ascii_lowercase();
         if len < stack.len() {
             stack[len] = b;
@@ -26,28 +34,45 @@ pub fn is_credential_name(name: &str) -> bool {
         }
         len += 1;
     }
-    let n: &[u8] = if heap.is_empty() {
+    matches_normalised(if heap.is_empty() {
         &stack[..len]
     } else {
         &heap
-    };
-    n == b"pwd" || n == b"auth" || (0..n.len()).any(|i| starts_with_needle(&n[i..]))
+    })
 }
 
-/// The substrings that make a (normalised) name credential-like, by first byte: at each
-/// position of a name only the few needles starting with its byte are compared (this runs
-/// for every field name of every call's arguments).
+/// The shortest needle ("token"): a shorter name can only be one of the exact names.
+const SHORTEST_NEEDLE: usize = 5;
+
+fn matches_normalised(n: &[u8]) -> bool {
+    if n.len() < SHORTEST_NEEDLE {
+        return n == b"pwd" || n == b"auth";
+    }
+    (0..=n.len() - SHORTEST_NEEDLE).any(|i| starts_with_needle(&n[i..]))
+}
+
+/// The substrings that make a (normalised) name credential-like, by their first two bytes:
+/// at each position of a name only the needles starting with its two bytes are compared,
+/// byte by byte (this runs for every field name of every call's arguments; most positions
+/// fail on the first match).
 fn starts_with_needle(rest: &[u8]) -> bool {
-    let needles: &[&[u8]] = match rest.first() {
-        Some(b'p') => &[b"password", b"passwd", b"passphrase", b"privatekey"],
-        Some(b's') => &[b"secret", b"sessionid", b"signature"],
-        Some(b't') => &[b"token"],
-        Some(b'a') => &[b"apikey", b"authorization", b"accesskey"],
-        Some(b'c') => &[b"credential", b"cookie"],
-        Some(b'b') => &[b"bearer"],
+    let needles: &[&[u8]] = match rest {
+        [b'p', b'a', ..] => &[b"password", b"passwd", b"passphrase"],
+        [b'p', b'r', ..] => &[b"privatekey"],
+        [b's', b'e', ..] => &[b"secret", b"sessionid"],
+        [b's', b'i', ..] => &[b"signature"],
+        [b't', b'o', ..] => &[b"token"],
+        [b'a', b'p', ..] => &[b"apikey"],
+        [b'a', b'u', ..] => &[b"authorization"],
+        [b'a', b'c', ..] => &[b"accesskey"],
+        [b'c', b'r', ..] => &[b"credential"],
+        [b'c', b'o', ..] => &[b"cookie"],
+        [b'b', b'e', ..] => &[b"bearer"],
         _ => return false,
     };
-    needles.iter().any(|k| rest.starts_with(k))
+    needles
+        .iter()
+        .any(|k| k.len() <= rest.len() && k.iter().zip(rest).all(|(a, b)| a == b))
 }
 
 /// Replaces every value under a credential-like name, at any depth, and cuts very long
@@ -135,7 +160,11 @@ mod tests {
                 assert!(is_credential_name(&name), "{name}");
             }
             assert!(!is_credential_name(&k[..k.len() - 1]), "{k}");
+            assert!(is_credential_name(&k.to_ascii_uppercase()), "{k}");
+            assert!(SHORTEST_NEEDLE <= k.len(), "{k}");
         }
+        assert!(is_credential_name(&format!("{}Token", "x".repeat(80))));
+        assert!(!is_credential_name(&"x".repeat(80)));
         let mut v = serde_json::json!({"user": "a", "nested": [{"password": "hunter2"}], "long": "x".repeat(300)});
         redact_credentials(&mut v);
         assert_eq!(v["nested"][0]["password"], REDACTED);
@@ -143,5 +172,46 @@ mod tests {
         assert!(v["long"]
             .as_str()
             .is_some_and(|s| s.starts_with(&"x".repeat(256)) && s.ends_with("[44 more bytes]")));
+    }
+
+    /// The dispatching matcher agrees with the obvious one (normalise, then look for every
+    /// needle) on names built from needle pieces, separators and case changes.
+    #[test]
+    fn matcher_agrees_with_the_obvious_one() {
+        const NEEDLES: [&str; 14] = [
+            "password", "passwd", "passphrase", "privatekey", "secret", "sessionid",
+            "signature", "token", "apikey", "authorization", "accesskey", "credential",
+            "cookie", "bearer",
+        ];
+        let obvious = |name: &str| {
+            let n: String = name
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            n == "pwd" || n == "auth" || NEEDLES.iter().any(|k| n.contains(k))
+        };
+        let pieces = [
+            "pa", "ss", "wo", "rd", "Pass", "to", "ken", "_", "-", "x", "Au", "th", "se", "cret",
+            "co", "okie", "pwd", "api", "Key", "be", "arer", "é", "9", "acc", "ess", "sig",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut positives = 0;
+        for _ in 0..200_000 {
+            let mut name = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut r = seed;
+            for _ in 0..(r % 6) + 1 {
+                r /= 6;
+                name.push_str(pieces[(r % pieces.len() as u64) as usize]);
+                r /= pieces.len() as u64;
+            }
+            let expected = obvious(&name);
+            assert_eq!(is_credential_name(&name), expected, "{name}");
+            positives += usize::from(expected);
+        }
+        assert!((1_000..199_000).contains(&positives), "{positives}");
     }
 }
