@@ -196,28 +196,68 @@ pub mod rules {
 
     /// A regular expression compiled on first use. The macro checked its syntax at compile
     /// time; should it still fail to build, every value is refused (fail closed).
+    ///
+    /// Matched with a fully compiled DFA (`regex-automata`'s dense DFA: no cache to fetch,
+    /// a table step per byte) when the pattern makes a small one, which the short anchored
+    /// patterns of arguments do; otherwise, or when the DFA gives up on a value (a Unicode
+    /// word boundary before non-ASCII text), with `regex`.
     pub struct Pattern {
         source: &'static str,
-        re: OnceLock<Option<regex::Regex>>,
+        compiled: OnceLock<Option<Compiled>>,
+    }
+
+    pub(super) struct Compiled {
+        re: regex::Regex,
+        pub(super) dfa: Option<regex_automata::dfa::dense::DFA<Vec<u32>>>,
+    }
+
+    /// The largest DFA kept for one pattern; a larger one is not built (`regex` serves).
+    const DFA_BYTES: usize = 256 * 1024;
+
+    impl Compiled {
+        pub(super) fn new(source: &str) -> Option<Self> {
+            use regex_automata::dfa::dense;
+            let re = match regex::Regex::new(source) {
+                Ok(re) => re,
+                Err(e) => {
+                    tracing::error!(target: "mcp_harden", pattern = source, error = %e, "argument pattern failed to compile; refusing all values");
+                    return None;
+                }
+            };
+            let dfa = dense::Builder::new()
+                .configure(
+                    dense::Config::new()
+                        .dfa_size_limit(Some(DFA_BYTES))
+                        .determinize_size_limit(Some(4 * DFA_BYTES)),
+                )
+                .build(source)
+                .ok();
+            Some(Self { re, dfa })
+        }
+
+        pub(super) fn is_match(&self, v: &str) -> bool {
+            use regex_automata::dfa::Automaton as _;
+            let Some(dfa) = &self.dfa else {
+                return self.re.is_match(v);
+            };
+            match dfa.try_search_fwd(&regex_automata::Input::new(v).earliest(true)) {
+                Ok(found) => found.is_some(),
+                Err(_) => self.re.is_match(v),
+            }
+        }
     }
 
     impl Pattern {
         pub const fn new(source: &'static str) -> Self {
             Self {
                 source,
-                re: OnceLock::new(),
+                compiled: OnceLock::new(),
             }
         }
 
         pub fn check(&self, v: &str, path: &FieldPath<'_>, out: &mut Vec<Violation>) {
-            let re = self.re.get_or_init(|| match regex::Regex::new(self.source) {
-                Ok(re) => Some(re),
-                Err(e) => {
-                    tracing::error!(target: "mcp_harden", pattern = self.source, error = %e, "argument pattern failed to compile; refusing all values");
-                    None
-                }
-            });
-            if !re.as_ref().is_some_and(|re| re.is_match(v)) {
+            let compiled = self.compiled.get_or_init(|| Compiled::new(self.source));
+            if !compiled.as_ref().is_some_and(|c| c.is_match(v)) {
                 out.push(Violation::new(
                     path,
                     format!("must match the pattern {}", self.source),
@@ -268,5 +308,45 @@ mod tests {
             ]
         );
         assert!(out.iter().all(|v| v.path == "x"));
+    }
+
+    /// The DFA and `regex` agree, including where no DFA is built (a Unicode class too big
+    /// for the limit) and where the DFA gives up on a value (a Unicode word boundary).
+    #[test]
+    fn patterns_match_like_regex() {
+        let values = [
+            "",
+            "abc",
+            "ABC",
+            "a_b-9",
+            "x y",
+            "héllo",
+            "日本",
+            "a\nb",
+            "-",
+            "abc$",
+            "ab",
+            "ünï",
+            "word boundary",
+            "trailing ",
+            "\u{0}",
+        ];
+        for (source, dfa) in [
+            (r"^[A-Za-z_][A-Za-z0-9_]*$", true),
+            (r"^[A-Za-z0-9 _-]+$", true),
+            (r"b", true),
+            (r"^\p{L}+$", true),
+            (r"\bword\b", false),
+            (r"^(\w{1,10}\s?){1,5}$", false),
+            (r"(?i)^H", true),
+        ] {
+            let c = rules::Compiled::new(source).expect("compiles");
+            assert_eq!(c.dfa.is_some(), dfa, "{source}: a DFA or not");
+            let re = regex::Regex::new(source).expect("compiles");
+            for v in values {
+                assert_eq!(c.is_match(v), re.is_match(v), "{source} on {v:?}");
+            }
+        }
+        assert!(rules::Compiled::new("(").is_none(), "fails closed");
     }
 }

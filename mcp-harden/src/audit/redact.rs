@@ -179,9 +179,20 @@ mod tests {
     #[test]
     fn matcher_agrees_with_the_obvious_one() {
         const NEEDLES: [&str; 14] = [
-            "password", "passwd", "passphrase", "privatekey", "secret", "sessionid",
-            "signature", "token", "apikey", "authorization", "accesskey", "credential",
-            "cookie", "bearer",
+            "password",
+            "passwd",
+            "passphrase",
+            "privatekey",
+            "secret",
+            "sessionid",
+            "signature",
+            "token",
+            "apikey",
+            "authorization",
+            "accesskey",
+            "credential",
+            "cookie",
+            "bearer",
         ];
         let obvious = |name: &str| {
             let n: String = name
