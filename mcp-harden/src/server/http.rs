@@ -864,11 +864,12 @@ enum SessionCheck {
 }
 
 impl Sessions {
-    fn check(&self, id: &str, who: &SessionOwner) -> SessionCheck {
+    /// Whether `who` owns session `id`; the owner's use at `now` keeps it alive.
+    fn check(&self, id: &str, who: &SessionOwner, now: Instant) -> SessionCheck {
         let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
         match owners.get_mut(id) {
             Some((owner, seen)) if owner == who => {
-                *seen = Instant::now();
+                *seen = now;
                 SessionCheck::Owner
             }
             Some(_) => SessionCheck::Foreign,
@@ -1244,7 +1245,7 @@ where
     let session = req.headers().get(&SESSION_HEADER).cloned();
     let owner = SessionOwner::of(&principal);
     if let (Some(sessions), Some(id)) = (&gate.sessions, &session) {
-        match sessions.check(id.to_str().unwrap_or("\u{fffd}"), &owner) {
+        match sessions.check(id.to_str().unwrap_or("\u{fffd}"), &owner, started) {
             SessionCheck::Owner => {}
             SessionCheck::Foreign => {
                 gate.record(Event {
