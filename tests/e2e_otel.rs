@@ -130,22 +130,14 @@ async fn spans_continue_the_callers_trace_and_share_ids_with_the_audit_record() 
     assert!(first.parent_span_is_remote);
     assert_eq!(first.span_kind, SpanKind::Server);
     assert_eq!(first.status, Status::Unset);
-    assert_eq!(
-        attribute(first, "gen_ai.tool.name").as_deref(),
-        Some("echo")
-    );
-    assert_eq!(
-        attribute(first, "mcp.method.name").as_deref(),
-        Some("tools/call")
-    );
-    assert_eq!(
-        attribute(first, "gen_ai.operation.name").as_deref(),
-        Some("execute_tool")
-    );
-    assert_eq!(
-        attribute(first, "network.transport").as_deref(),
-        Some("local")
-    );
+    for (key, want) in [
+        ("gen_ai.tool.name", "echo"),
+        ("mcp.method.name", "tools/call"),
+        ("gen_ai.operation.name", "execute_tool"),
+        ("network.transport", "local"),
+    ] {
+        assert_eq!(attribute(first, key).as_deref(), Some(want), "{key}");
+    }
     // ... and the audit record names the very same trace and span.
     assert_eq!(&*records[0].trace_id, TRACE);
     assert_eq!(

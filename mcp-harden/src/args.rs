@@ -227,6 +227,9 @@ pub mod rules {
             let dfa = dense::Builder::new()
                 .configure(
                     dense::Config::new()
+                        // `\b` gets a DFA that stops at the first non-ASCII byte, where
+                        // `regex` takes over, instead of no DFA at all.
+                        .unicode_word_boundary(true)
                         .dfa_size_limit(Some(DFA_BYTES))
                         .determinize_size_limit(Some(4 * DFA_BYTES)),
                 )
@@ -328,6 +331,8 @@ mod tests {
             "ab",
             "ünï",
             "word boundary",
+            "ünï word",
+            "wordé",
             "trailing ",
             "\u{0}",
         ];
@@ -336,12 +341,20 @@ mod tests {
             (r"^[A-Za-z0-9 _-]+$", true),
             (r"b", true),
             (r"^\p{L}+$", true),
-            (r"\bword\b", false),
+            (r"\bword\b", true),
             (r"^(\w{1,10}\s?){1,5}$", false),
             (r"(?i)^H", true),
         ] {
             let c = rules::Compiled::new(source).expect("compiles");
             assert_eq!(c.dfa.is_some(), dfa, "{source}: a DFA or not");
+            if source.contains("\\b") {
+                // The DFA quits on non-ASCII text here: the fallback below is what answers.
+                use regex_automata::dfa::Automaton as _;
+                let dfa = c.dfa.as_ref().expect("a DFA");
+                assert!(dfa
+                    .try_search_fwd(&regex_automata::Input::new("ünï word"))
+                    .is_err());
+            }
             let re = regex::Regex::new(source).expect("compiles");
             for v in values {
                 assert_eq!(c.is_match(v), re.is_match(v), "{source} on {v:?}");

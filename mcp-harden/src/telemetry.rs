@@ -235,12 +235,15 @@ impl TraceIds {
         parts: Option<&axum::http::request::Parts>,
         meta: &rmcp::model::JsonObject,
     ) -> Self {
-        let header = parts
-            .and_then(|p| p.headers.get(&TRACEPARENT))
-            .and_then(|v| v.to_str().ok());
+        let header = parts.and_then(|p| traceparent(&p.headers));
         let in_meta = meta.get("traceparent").and_then(serde_json::Value::as_str);
         Self::continue_or_start(header.or(in_meta))
     }
+}
+
+/// The `traceparent` header of a request, if it is text (validated by whoever continues it).
+pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(&TRACEPARENT)?.to_str().ok()
 }
 
 /// A new random non-zero 128-bit trace id as 32 lowercase hex digits (W3C trace-context

@@ -106,6 +106,24 @@ pub fn redact_credentials(v: &mut Value) {
 mod tests {
     use super::*;
 
+    /// Every needle the matcher knows (its table is keyed by their first two bytes).
+    const NEEDLES: [&str; 14] = [
+        "password",
+        "passwd",
+        "passphrase",
+        "privatekey",
+        "secret",
+        "sessionid",
+        "signature",
+        "token",
+        "apikey",
+        "authorization",
+        "accesskey",
+        "credential",
+        "cookie",
+        "bearer",
+    ];
+
     #[test]
     fn credential_names_at_any_depth() {
         for n in [
@@ -135,22 +153,7 @@ mod tests {
             assert!(is_credential_name(n), "{n}");
         }
         // Every needle, anywhere in a name; and never a needle cut short.
-        for k in [
-            "password",
-            "passwd",
-            "passphrase",
-            "secret",
-            "token",
-            "apikey",
-            "authorization",
-            "credential",
-            "privatekey",
-            "accesskey",
-            "sessionid",
-            "cookie",
-            "bearer",
-            "signature",
-        ] {
+        for k in NEEDLES {
             for name in [
                 k.to_owned(),
                 format!("x_{k}"),
@@ -178,22 +181,6 @@ mod tests {
     /// needle) on names built from needle pieces, separators and case changes.
     #[test]
     fn matcher_agrees_with_the_obvious_one() {
-        const NEEDLES: [&str; 14] = [
-            "password",
-            "passwd",
-            "passphrase",
-            "privatekey",
-            "secret",
-            "sessionid",
-            "signature",
-            "token",
-            "apikey",
-            "authorization",
-            "accesskey",
-            "credential",
-            "cookie",
-            "bearer",
-        ];
         let obvious = |name: &str| {
             let n: String = name
                 .chars()

@@ -939,12 +939,8 @@ struct Event<'a> {
 
 impl Gate {
     fn record(&self, e: Event<'_>) {
-        let traceparent = e
-            .headers
-            .get(&crate::telemetry::TRACEPARENT)
-            .filter(|v| v.len() <= 128)
-            .and_then(|v| v.to_str().ok());
-        let trace = crate::telemetry::TraceIds::continue_or_start(traceparent);
+        let trace =
+            crate::telemetry::TraceIds::continue_or_start(crate::telemetry::traceparent(e.headers));
         if e.event == AuditEvent::Authentication {
             crate::telemetry::auth_failure(e.reason);
         }
@@ -1019,8 +1015,12 @@ impl Gate {
     /// the bearer credential is verified (or, where allowed, its absence makes the caller
     /// anonymous).
     #[allow(clippy::result_large_err)] // likewise
-    fn authenticate(&self, req: &Request, started: Instant) -> Result<Arc<Principal>, Response> {
-        let source = peer_of(req.extensions());
+    fn authenticate(
+        &self,
+        req: &Request,
+        source: SocketAddr,
+        started: Instant,
+    ) -> Result<Arc<Principal>, Response> {
         let headers = req.headers();
         let refuse = |reason| Event {
             event: AuditEvent::Authentication,
@@ -1192,7 +1192,8 @@ where
         if let Err(refused) = gate.admit(&req, started) {
             return GuardFuture::Done(Some(refused));
         }
-        let principal = match gate.authenticate(&req, started) {
+        let source = peer_of(req.extensions());
+        let principal = match gate.authenticate(&req, source, started) {
             Ok(p) => p,
             Err(refused) => return GuardFuture::Done(Some(refused)),
         };
@@ -1214,7 +1215,7 @@ where
                         tool: Some(&tool),
                         reason: "insufficient_scope",
                         code: ErrorCode::Forbidden,
-                        source: peer_of(&parts.extensions),
+                        source,
                         started,
                         headers: &parts.headers,
                     });
@@ -1222,11 +1223,12 @@ where
                 }
                 let req = Request::from_parts(parts, Body::from(bytes));
                 let Ok(()) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await;
-                let Ok(response) = dispatch(&gate, &mut inner, req, principal, started).await;
+                let Ok(response) =
+                    dispatch(&gate, &mut inner, req, principal, source, started).await;
                 response
             }));
         }
-        dispatch(gate, &mut self.inner, req, principal, started)
+        dispatch(gate, &mut self.inner, req, principal, source, started)
     }
 }
 
@@ -1236,6 +1238,7 @@ fn dispatch<T, B>(
     inner: &mut T,
     mut req: Request,
     principal: Arc<Principal>,
+    source: SocketAddr,
     started: Instant,
 ) -> GuardFuture<T::Future>
 where
@@ -1254,7 +1257,7 @@ where
                     tool: None,
                     reason: "session_owned_by_another_principal",
                     code: ErrorCode::Forbidden,
-                    source: peer_of(req.extensions()),
+                    source,
                     started,
                     headers: req.headers(),
                 });
@@ -1270,7 +1273,6 @@ where
         session,
         owner,
     };
-    let source = peer_of(req.extensions());
     req.extensions_mut()
         .insert(Authenticated { principal, source });
     GuardFuture::Call(inner.call(req), Some(after))
