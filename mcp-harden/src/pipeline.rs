@@ -269,7 +269,7 @@ pub(crate) fn record<S>(
         transport: info.transport,
         source: info.source.map(|a| a.to_string()),
     };
-    crate::telemetry::audit("recorded");
+    crate::telemetry::audit(crate::telemetry::AuditResult::Recorded);
     crate::audit::deliver(&*inner.audit, Some(slot), &record);
 }
 

@@ -163,8 +163,26 @@ pub(crate) fn rate_limited(tool: &'static str, limit: &'static str) {
 }
 
 /// One audit record handed to the sink, or one call refused for want of a slot.
-pub(crate) fn audit(result: &'static str) {
-    metrics::counter!(names::AUDIT_RECORDS, "result" => result).increment(1);
+pub(crate) fn audit(result: AuditResult) {
+    static RECORDED: [metrics::Label; 1] =
+        [metrics::Label::from_static_parts("result", "recorded")];
+    static REFUSED: [metrics::Label; 1] = [metrics::Label::from_static_parts("result", "refused")];
+    // Statics, not consts: a key caches its hash.
+    static KEYS: [metrics::Key; 2] = [
+        metrics::Key::from_static_parts(names::AUDIT_RECORDS, &RECORDED),
+        metrics::Key::from_static_parts(names::AUDIT_RECORDS, &REFUSED),
+    ];
+    let key = &KEYS[result as usize];
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
+}
+
+/// The `result` label of the audit records counter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AuditResult {
+    /// A record handed to the sink.
+    Recorded = 0,
+    /// A call refused for want of an audit slot.
+    Refused = 1,
 }
 
 /// Installs a Prometheus recorder and serves `/metrics` on `addr` (its own listener, apart
@@ -250,15 +268,30 @@ pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<&str> {
 /// format).
 #[doc(hidden)]
 pub fn new_trace_id() -> std::sync::Arc<str> {
-    let id = rand::random::<u128>().max(1);
+    let id = id_bits::<u128>().max(1);
     std::sync::Arc::from(crate::audit::hex_into(id, &mut [0u8; 32]))
 }
 
 /// A random non-zero 64-bit span id as 16 hex digits.
 #[doc(hidden)]
 pub fn new_span_id() -> std::sync::Arc<str> {
-    let id = rand::random::<u64>().max(1);
+    let id = id_bits::<u64>().max(1);
     std::sync::Arc::from(crate::audit::hex_into(u128::from(id), &mut [0u8; 16]))
+}
+
+/// Random bits for trace and span ids: a per-thread `SmallRng` seeded once from the
+/// thread's cryptographic generator. Ids must be unique, not secret (W3C Trace Context
+/// asks for randomness, as OpenTelemetry's SDKs do with a fast generator).
+fn id_bits<T>() -> T
+where
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
+    use rand::{Rng as _, SeedableRng as _};
+    thread_local! {
+        static IDS: std::cell::RefCell<rand::rngs::SmallRng> =
+            std::cell::RefCell::new(rand::rngs::SmallRng::from_rng(&mut rand::rng()));
+    }
+    IDS.with_borrow_mut(|rng| rng.random())
 }
 
 /// `00-<trace id>-<parent id>-<flags>` (W3C Trace Context level 1; later versions' extra

@@ -48,8 +48,32 @@ fn matches_normalised(n: &[u8]) -> bool {
     if n.len() < SHORTEST_NEEDLE {
         return n == b"pwd" || n == b"auth";
     }
-    (0..=n.len() - SHORTEST_NEEDLE).any(|i| starts_with_needle(&n[i..]))
+    // Most positions are ruled out by their first two bytes in a table lookup.
+    (0..=n.len() - SHORTEST_NEEDLE).any(|i| match n.get(i..) {
+        Some(rest @ [first, second, ..]) => {
+            let bit = second.wrapping_sub(b'a');
+            bit < 26 && NEXT[usize::from(*first)] & (1 << bit) != 0 && starts_with_needle(rest)
+        }
+        _ => false,
+    })
 }
+
+/// The first two bytes of the needles in [`starts_with_needle`].
+const PAIRS: [&[u8; 2]; 11] = [
+    b"pa", b"pr", b"se", b"si", b"to", b"ap", b"au", b"ac", b"cr", b"co", b"be",
+];
+
+/// For each byte, the (lower-case) bytes that may follow it at the start of a needle, as
+/// bits `b - b'a'`.
+const NEXT: [u32; 256] = {
+    let mut next = [0u32; 256];
+    let mut i = 0;
+    while i < PAIRS.len() {
+        next[PAIRS[i][0] as usize] |= 1 << (PAIRS[i][1] - b'a');
+        i += 1;
+    }
+    next
+};
 
 /// The substrings that make a (normalised) name credential-like, by their first two bytes:
 /// at each position of a name only the needles starting with its two bytes are compared,

@@ -258,7 +258,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         // Every call gets a slot in the audit queue before anything else: with a full queue
         // (a slow or failing disk) the call is refused rather than its record lost.
         let Ok(slot) = inner.audit.reserve() else {
-            crate::telemetry::audit("refused");
+            crate::telemetry::audit(crate::telemetry::AuditResult::Refused);
             let error = crate::ToolError::new(
                 crate::ErrorCode::Unavailable,
                 "the audit log is unavailable; retry shortly",
