@@ -237,6 +237,7 @@ fn build_record(template: &AuditRecord, raw: Value, started: Instant) -> AuditRe
     let mut r = template.clone();
     r.time = now_rfc3339();
     r.trace_id = new_trace_id();
+    r.span_id = Some(new_span_id());
     r.tool = Some(std::borrow::Cow::Borrowed("search"));
     r.arguments = arguments;
     r.outcome = Outcome::Success;
@@ -264,7 +265,6 @@ fn audit(c: &mut Criterion) {
     });
     let record = sink.0.lock().expect("lock").clone().expect("a record");
     let mut template = record.clone();
-    template.time = String::new();
     template.tool = None;
     template.arguments = Value::Null;
 

@@ -19,7 +19,7 @@ use crate::auth::Principal;
 pub struct Ctx<S> {
     state: Arc<S>,
     principal: Arc<Principal>,
-    trace_id: Arc<str>,
+    trace_id: crate::telemetry::TraceId,
     /// The call's token (the request's own): the client's cancellation and the timeout fire it.
     call: CancellationToken,
     /// A child of it, made when the tool first asks: cancelling it (to stop the tool's own
@@ -42,7 +42,7 @@ impl<S> Ctx<S> {
     pub(crate) fn from_parts(
         state: Arc<S>,
         principal: Arc<Principal>,
-        trace_id: Arc<str>,
+        trace_id: crate::telemetry::TraceId,
         call: CancellationToken,
     ) -> Self {
         Self {
@@ -82,7 +82,7 @@ impl<S> Clone for Ctx<S> {
         Self {
             state: self.state.clone(),
             principal: self.principal.clone(),
-            trace_id: self.trace_id.clone(),
+            trace_id: self.trace_id,
             call: self.call.clone(),
             cancellation: self.cancellation.clone(),
         }
@@ -115,7 +115,7 @@ mod tests {
         let ctx = Ctx::from_parts(
             Arc::new(()),
             Arc::new(Principal::local("t", ["x"])),
-            Arc::from("0"),
+            crate::telemetry::TraceId::from_u128(1),
             call.clone(),
         );
         ctx.cancellation().cancel();
@@ -123,7 +123,7 @@ mod tests {
         let ctx = Ctx::from_parts(
             Arc::new(()),
             Arc::new(Principal::local("t", ["x"])),
-            Arc::from("0"),
+            crate::telemetry::TraceId::from_u128(1),
             call.clone(),
         );
         let token = ctx.cancellation().clone();

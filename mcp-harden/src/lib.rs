@@ -32,6 +32,57 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The common impls of a fixed-size ASCII text kept inline (ids, timestamps): `as_str`,
+/// `Deref<Target = str>`, `Display`, `Debug`, `Serialize` as a string, comparisons with
+/// `str`. The wrapped bytes are ASCII by construction.
+macro_rules! inline_text {
+    ($t:ident) => {
+        impl $t {
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                // Always ASCII: every constructor writes or checks ASCII bytes.
+                std::str::from_utf8(&self.0).unwrap_or_default()
+            }
+        }
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                self.as_str()
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
 pub mod args;
 pub mod audit;
 pub mod auth;

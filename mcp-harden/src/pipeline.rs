@@ -49,10 +49,10 @@ impl Refusal {
 
 /// Everything known about one call, for the audit record.
 pub(crate) struct CallInfo {
-    pub time: String,
-    pub trace_id: Arc<str>,
-    pub span_id: Arc<str>,
-    pub parent_span_id: Option<Box<str>>,
+    pub time: crate::audit::Timestamp,
+    pub trace_id: crate::telemetry::TraceId,
+    pub span_id: crate::telemetry::SpanId,
+    pub parent_span_id: Option<crate::telemetry::SpanId>,
     pub client: Option<Arc<crate::audit::AuditClient>>,
     /// The tool's name (the requested one, cut, when no such tool exists).
     pub tool: std::borrow::Cow<'static, str>,
@@ -127,7 +127,7 @@ pub(crate) async fn limit<S>(
 /// cancellation fires it, and so does the timeout, for the tool's `Ctx::cancellation`.
 pub(crate) async fn run<S: Send + Sync + 'static>(
     entry: &Entry<S>,
-    ctx_parts: (Arc<S>, Arc<Principal>, Arc<str>),
+    ctx_parts: (Arc<S>, Arc<Principal>, crate::telemetry::TraceId),
     raw: &serde_json::Value,
     timeout: Duration,
     call_ct: &CancellationToken,
@@ -254,7 +254,7 @@ pub(crate) fn record<S>(
         time: info.time,
         trace_id: info.trace_id,
         span_id: Some(info.span_id),
-        parent_span_id: info.parent_span_id.map(String::from),
+        parent_span_id: info.parent_span_id,
         client: info.client,
         event: AuditEvent::ToolCall,
         principal,
@@ -267,7 +267,7 @@ pub(crate) fn record<S>(
         detail: refusal.and_then(|r| r.detail.clone()),
         duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         transport: info.transport,
-        source: info.source.map(|a| a.to_string()),
+        source: info.source,
     };
     crate::telemetry::audit(crate::telemetry::AuditResult::Recorded);
     crate::audit::deliver(&*inner.audit, Some(slot), &record);

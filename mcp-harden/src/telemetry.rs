@@ -217,12 +217,12 @@ pub(crate) const TRACEPARENT: axum::http::HeaderName =
 /// header, or from the request's `_meta` as in MCP's trace-context proposal), or a new trace.
 #[derive(Debug, Clone)]
 pub(crate) struct TraceIds {
-    /// 32 lowercase hex digits.
-    pub trace_id: std::sync::Arc<str>,
-    /// This call's span: 16 lowercase hex digits.
-    pub span_id: std::sync::Arc<str>,
+    /// The call's trace.
+    pub trace_id: TraceId,
+    /// This call's span.
+    pub span_id: SpanId,
     /// The caller's span, when a trace was continued.
-    pub parent_span_id: Option<Box<str>>,
+    pub parent_span_id: Option<SpanId>,
     /// Whether the caller sampled its trace (`traceparent` flags); new traces are.
     #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
     pub sampled: bool,
@@ -232,11 +232,17 @@ impl TraceIds {
     /// Continues `traceparent` if it is valid, or starts a new trace.
     pub(crate) fn continue_or_start(traceparent: Option<&str>) -> Self {
         let span_id = new_span_id();
-        match traceparent.and_then(parse_traceparent) {
-            Some((trace, parent, sampled)) => Self {
-                trace_id: std::sync::Arc::from(trace),
+        let continued =
+            traceparent
+                .and_then(parse_traceparent)
+                .and_then(|(trace, parent, sampled)| {
+                    Some((TraceId::parse(trace)?, SpanId::parse(parent)?, sampled))
+                });
+        match continued {
+            Some((trace_id, parent, sampled)) => Self {
+                trace_id,
                 span_id,
-                parent_span_id: Some(parent.into()),
+                parent_span_id: Some(parent),
                 sampled,
             },
             None => Self {
@@ -264,19 +270,69 @@ pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers.get(&TRACEPARENT)?.to_str().ok()
 }
 
-/// A new random non-zero 128-bit trace id as 32 lowercase hex digits (W3C trace-context
-/// format).
-#[doc(hidden)]
-pub fn new_trace_id() -> std::sync::Arc<str> {
-    let id = id_bits::<u128>().max(1);
-    std::sync::Arc::from(crate::audit::hex_into(id, &mut [0u8; 32]))
+/// A W3C trace id: 32 lowercase hex digits, not all zero, kept inline (no allocation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId([u8; 32]);
+inline_text!(TraceId);
+
+/// A span id: 16 lowercase hex digits, not all zero, kept inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId([u8; 16]);
+inline_text!(SpanId);
+
+impl TraceId {
+    /// A new random trace id.
+    pub fn random() -> Self {
+        Self::from_u128(id_bits::<u128>())
+    }
+    /// The id of these 128 bits (an all-zero value, which W3C forbids, becomes 1).
+    pub fn from_u128(v: u128) -> Self {
+        let mut b = [0u8; 32];
+        crate::audit::hex_into(v.max(1), &mut b);
+        Self(b)
+    }
+    /// Reads 32 lowercase hex digits, not all zero.
+    pub fn parse(s: &str) -> Option<Self> {
+        lower_hex(s).map(Self)
+    }
 }
 
-/// A random non-zero 64-bit span id as 16 hex digits.
+impl SpanId {
+    /// A new random span id.
+    pub fn random() -> Self {
+        Self::from_u64(id_bits::<u64>())
+    }
+    /// The id of these 64 bits (zero becomes 1).
+    pub fn from_u64(v: u64) -> Self {
+        let mut b = [0u8; 16];
+        crate::audit::hex_into(u128::from(v.max(1)), &mut b);
+        Self(b)
+    }
+    /// Reads 16 lowercase hex digits, not all zero.
+    pub fn parse(s: &str) -> Option<Self> {
+        lower_hex(s).map(Self)
+    }
+}
+
+/// `N` lowercase hex digits, not all zero.
+fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let b: [u8; N] = s.as_bytes().try_into().ok()?;
+    let hex = b
+        .iter()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    (hex && b.iter().any(|&c| c != b'0')).then_some(b)
+}
+
+/// A new random trace id.
 #[doc(hidden)]
-pub fn new_span_id() -> std::sync::Arc<str> {
-    let id = id_bits::<u64>().max(1);
-    std::sync::Arc::from(crate::audit::hex_into(u128::from(id), &mut [0u8; 16]))
+pub fn new_trace_id() -> TraceId {
+    TraceId::random()
+}
+
+/// A new random span id.
+#[doc(hidden)]
+pub fn new_span_id() -> SpanId {
+    SpanId::random()
 }
 
 /// Random bits for trace and span ids: a per-thread `SmallRng` seeded once from the
@@ -322,6 +378,35 @@ fn parse_traceparent(s: &str) -> Option<(&str, &str, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids are hex text kept inline: parsed strictly, serialized as strings, never zero.
+    #[test]
+    fn inline_ids() {
+        let t = TraceId::random();
+        assert_eq!(t.len(), 32);
+        assert_eq!(TraceId::parse(&t), Some(t));
+        assert_ne!(TraceId::random(), t);
+        assert_eq!(serde_json::to_string(&t).ok(), Some(format!("\"{t}\"")));
+        assert_eq!(format!("{t:?}"), format!("\"{t}\""));
+        for bad in [
+            "0".repeat(32),
+            "A".repeat(32),
+            "a".repeat(31),
+            "g".repeat(32),
+        ] {
+            assert_eq!(TraceId::parse(&bad), None, "{bad}");
+        }
+        assert_eq!(TraceId::from_u128(0).as_str(), format!("{:032x}", 1));
+        assert_eq!(TraceId::from_u128(u128::MAX).as_str(), "f".repeat(32));
+        let s = SpanId::parse("00f067aa0ba902b7");
+        assert_eq!(
+            s.map(|s| s.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(SpanId::from_u64(0).as_str(), "0000000000000001");
+        assert_eq!(SpanId::parse(&"0".repeat(16)), None);
+        assert_eq!(SpanId::random().len(), 16);
+    }
 
     #[test]
     fn traceparents() {

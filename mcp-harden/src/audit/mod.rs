@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use crate::telemetry::{SpanId, TraceId};
 pub use file::{FileAuditConfig, FileAuditSink, Fsync, QueueFull};
 pub use redact::{is_credential_name, redact_credentials, REDACTED};
 
@@ -98,16 +99,16 @@ impl AuditPrincipal {
 pub struct AuditRecord {
     /// The record format version ([`AUDIT_RECORD_VERSION`]).
     pub version: u32,
-    /// When the call arrived, RFC 3339 UTC.
-    pub time: String,
+    /// When the call arrived, RFC 3339 UTC with milliseconds.
+    pub time: Timestamp,
     /// The call's trace id (32 hex digits): the caller's when it sent a W3C `traceparent`.
-    pub trace_id: Arc<str>,
+    pub trace_id: TraceId,
     /// The call's span id (16 hex digits); absent for refused HTTP requests.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub span_id: Option<Arc<str>>,
+    pub span_id: Option<SpanId>,
     /// The caller's span, when it sent a `traceparent`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<SpanId>,
     /// The client application, from its `initialize`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<Arc<AuditClient>>,
@@ -141,9 +142,9 @@ pub struct AuditRecord {
     pub duration_us: u64,
     /// The transport the call came through (`stdio`, `local`, `http`).
     pub transport: &'static str,
-    /// The peer's address, over HTTP.
+    /// The peer's address, over HTTP (serialized as `ip:port`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<std::net::SocketAddr>,
 }
 
 impl AuditRecord {
@@ -275,9 +276,21 @@ pub(crate) fn cut_chars(s: &str, max: usize) -> &str {
     }
 }
 
+/// A UTC time as RFC 3339 with milliseconds (`YYYY-MM-DDTHH:MM:SS.mmmZ`), kept inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp([u8; 24]);
+inline_text!(Timestamp);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        now_rfc3339()
+    }
+}
+
 /// The current time as RFC 3339 UTC with milliseconds.
 #[doc(hidden)]
-pub fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> Timestamp {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -287,7 +300,7 @@ pub fn now_rfc3339() -> String {
 /// `secs` since the epoch plus `millis` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. This runs once per
 /// call: the date and time of the last second formatted on this thread are kept, and only
 /// the milliseconds are written anew within the same second.
-fn rfc3339(secs: u64, millis: u32) -> String {
+fn rfc3339(secs: u64, millis: u32) -> Timestamp {
     thread_local! {
         static LAST: std::cell::Cell<(u64, [u8; 24])> =
             const { std::cell::Cell::new((u64::MAX, *b"0000-00-00T00:00:00.000Z")) };
@@ -311,7 +324,7 @@ fn rfc3339(secs: u64, millis: u32) -> String {
         LAST.set((secs, b));
     }
     put(&mut b, 20, 3, u64::from(millis.min(999)));
-    String::from_utf8_lossy(&b).into_owned()
+    Timestamp(b)
 }
 
 /// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
@@ -348,6 +361,10 @@ mod tests {
         assert_eq!(rfc3339(1_795_556_465, 999), "2026-11-24T21:41:05.999Z");
         assert_eq!(rfc3339(1_795_556_466, 0), "2026-11-24T21:41:06.000Z");
         assert_eq!(rfc3339(951_782_400, 1), "2000-02-29T00:00:00.001Z");
+        assert_eq!(
+            serde_json::to_string(&rfc3339(0, 0)).ok().as_deref(),
+            Some("\"1970-01-01T00:00:00.000Z\"")
+        );
         assert_eq!(cut_chars("héllo", 2), "hé");
         assert_eq!(cut_chars("hé", 5), "hé");
         let t = now_rfc3339();

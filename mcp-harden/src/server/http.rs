@@ -950,7 +950,7 @@ impl Gate {
             time: now_rfc3339(),
             trace_id: trace.trace_id,
             span_id: Some(trace.span_id),
-            parent_span_id: trace.parent_span_id.map(String::from),
+            parent_span_id: trace.parent_span_id,
             client: None,
             event: e.event,
             principal: AuditPrincipal::of(e.principal),
@@ -965,7 +965,7 @@ impl Gate {
             detail: None,
             duration_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             transport: "http",
-            source: Some(e.source.to_string()),
+            source: Some(e.source),
         };
         self.hardened.audit(&record);
     }

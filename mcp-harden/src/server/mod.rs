@@ -358,7 +358,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             let timeout = entry.spec.timeout.unwrap_or(inner.default_timeout);
             let value = pipeline::run(
                 entry,
-                (inner.state.clone(), caller, info.trace_id.clone()),
+                (inner.state.clone(), caller, info.trace_id),
                 &raw,
                 timeout,
                 &rc.ct,

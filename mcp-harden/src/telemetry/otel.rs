@@ -226,8 +226,8 @@ pub(crate) fn adopt(span: &tracing::Span, ids: super::TraceIds) -> super::TraceI
     if span.is_disabled() {
         return ids;
     }
-    if let Some(parent) = ids.parent_span_id.as_deref() {
-        let (Ok(trace), Ok(parent)) = (TraceId::from_hex(&ids.trace_id), SpanId::from_hex(parent))
+    if let Some(parent) = ids.parent_span_id {
+        let (Ok(trace), Ok(parent)) = (TraceId::from_hex(&ids.trace_id), SpanId::from_hex(&parent))
         else {
             return ids;
         };
@@ -251,8 +251,8 @@ pub(crate) fn adopt(span: &tracing::Span, ids: super::TraceIds) -> super::TraceI
     let trace = u128::from_be_bytes(sc.trace_id().to_bytes());
     let own = u64::from_be_bytes(sc.span_id().to_bytes());
     super::TraceIds {
-        trace_id: std::sync::Arc::from(crate::audit::hex_into(trace, &mut [0u8; 32])),
-        span_id: std::sync::Arc::from(crate::audit::hex_into(u128::from(own), &mut [0u8; 16])),
+        trace_id: super::TraceId::from_u128(trace),
+        span_id: super::SpanId::from_u64(own),
         parent_span_id: ids.parent_span_id,
         sampled: sc.is_sampled(),
     }
