@@ -225,7 +225,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
     let rename_all = c.rename_all.as_ref().map(|r| quote!(, rename_all = #r));
     let shadow = format_ident!("__mcp_harden_shadow_{}", ident);
 
-    let (shadow_def, from_shadow, to_json, validate, redact, extra) = match body {
+    let (shadow_def, from_shadow, to_json, validate, redact, extra, audit) = match body {
         Body::Struct(fields, field_docs) => {
             let mut defs = Vec::new();
             let mut defaults = Vec::new();
@@ -234,6 +234,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
             let mut ref_inits = Vec::new();
             let mut checks = Vec::new();
             let mut redactions = Vec::new();
+            let mut audit_arms = Vec::new();
             let mut asserts = Vec::new();
             for (index, (f, fdocs)) in fields.iter().zip(field_docs).enumerate() {
                 let default = args::default_fn(f, &name, index);
@@ -259,6 +260,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                     true,
                 ));
                 redactions.push(args::redaction(f));
+                audit_arms.push(args::audit_arm(f));
                 asserts.push(args::assertions(f));
             }
             let shadow_ref = format_ident!("__mcp_harden_shadow_ref_{}", ident);
@@ -280,6 +282,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                 quote!(#(#checks)*),
                 quote!(#(#redactions)*),
                 TokenStream::new(),
+                args::audit_fn(&audit_arms),
             )
         }
         Body::Unit(variants) => {
@@ -305,6 +308,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                 },
                 quote!(match __s { #(#from,)* }),
                 quote!(__mh::serde::Serialize::serialize(&match self { #(#to,)* }, __serializer)),
+                TokenStream::new(),
                 TokenStream::new(),
                 TokenStream::new(),
                 TokenStream::new(),
@@ -359,6 +363,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                 quote!(match self { #(#checks)* }),
                 redact,
                 TokenStream::new(),
+                TokenStream::new(),
             )
         }
     };
@@ -408,6 +413,7 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                 fn redact_json(__value: &mut __mh::serde_json::Value) {
                     #redact
                 }
+                #audit
             }
         };
     }

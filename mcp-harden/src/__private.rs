@@ -11,6 +11,7 @@ pub use ::serde_json;
 
 pub use crate::args::rules;
 pub use crate::args::{FieldPath, ToolArgs, Violation};
+pub use crate::audit::{is_credential_name_const, redact_credentials};
 pub use crate::ctx::Ctx;
 pub use crate::definition::Tool;
 pub use crate::errors::{Failure, PublicError, ToolFailure};
@@ -247,6 +248,34 @@ pub fn each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
     }
 }
 
+/// The audit walk of an undeclared entry of an object: the whole walk.
+pub fn audit_entry(key: &str, child: &mut serde_json::Value) {
+    if crate::audit::is_credential_name(key) {
+        redact_value(child);
+    } else {
+        redact_credentials(child);
+    }
+}
+
+/// The audit walk of a sequence or map of argument values: `f` on each element of an array,
+/// or on each value of an object whose key is not credential-like (the whole walk on
+/// anything else). Equals `each` with the nested redaction, then `redact_credentials`.
+pub fn audit_each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
+    match value {
+        serde_json::Value::Array(a) => a.iter_mut().for_each(f),
+        serde_json::Value::Object(o) => {
+            for (k, c) in o.iter_mut() {
+                if crate::audit::is_credential_name(k) {
+                    redact_value(c);
+                } else {
+                    f(c);
+                }
+            }
+        }
+        other => redact_credentials(other),
+    }
+}
+
 /// Replaces a whole value (an untagged argument enum with a secret variant).
 pub fn redact_value(value: &mut serde_json::Value) {
     *value = serde_json::Value::String(crate::audit::REDACTED.to_owned());
@@ -286,6 +315,7 @@ impl<T: ?Sized> Copy for NestedType<T> {}
 pub trait ViaToolArgs {
     fn __mh_validate(self, path: &FieldPath<'_>, out: &mut Vec<Violation>);
     fn __mh_redact(self, value: &mut serde_json::Value);
+    fn __mh_audit(self, value: &mut serde_json::Value);
 }
 impl<T: ToolArgs + ?Sized> ViaToolArgs for &Nested<'_, T> {
     fn __mh_validate(self, path: &FieldPath<'_>, out: &mut Vec<Violation>) {
@@ -294,23 +324,36 @@ impl<T: ToolArgs + ?Sized> ViaToolArgs for &Nested<'_, T> {
     fn __mh_redact(self, value: &mut serde_json::Value) {
         T::redact_json(value);
     }
+    fn __mh_audit(self, value: &mut serde_json::Value) {
+        T::audit_json(value);
+    }
 }
 impl<T: ToolArgs + ?Sized> ViaToolArgs for &NestedType<T> {
     fn __mh_validate(self, _: &FieldPath<'_>, _: &mut Vec<Violation>) {}
     fn __mh_redact(self, value: &mut serde_json::Value) {
         T::redact_json(value);
     }
+    fn __mh_audit(self, value: &mut serde_json::Value) {
+        T::audit_json(value);
+    }
 }
 #[doc(hidden)]
 pub trait ViaNoToolArgs {
     fn __mh_validate(self, path: &FieldPath<'_>, out: &mut Vec<Violation>);
     fn __mh_redact(self, value: &mut serde_json::Value);
+    fn __mh_audit(self, value: &mut serde_json::Value);
 }
 impl<T: ?Sized> ViaNoToolArgs for Nested<'_, T> {
     fn __mh_validate(self, _: &FieldPath<'_>, _: &mut Vec<Violation>) {}
     fn __mh_redact(self, _: &mut serde_json::Value) {}
+    fn __mh_audit(self, value: &mut serde_json::Value) {
+        redact_credentials(value);
+    }
 }
 impl<T: ?Sized> ViaNoToolArgs for NestedType<T> {
     fn __mh_validate(self, _: &FieldPath<'_>, _: &mut Vec<Violation>) {}
     fn __mh_redact(self, _: &mut serde_json::Value) {}
+    fn __mh_audit(self, value: &mut serde_json::Value) {
+        redact_credentials(value);
+    }
 }

@@ -26,6 +26,18 @@ pub trait ToolArgs {
     fn redact_json(value: &mut serde_json::Value) {
         let _ = value;
     }
+
+    /// Readies a JSON value of this type for an audit record: `secret` fields and values
+    /// under credential-like names redacted, long strings cut. The default walks the whole
+    /// value ([`redact_json`](Self::redact_json), then
+    /// [`redact_credentials`](crate::audit::redact_credentials)); the impls that
+    /// `#[derive(ToolArgs)]` and `#[tool]` generate for structs give the same result without
+    /// checking the names of the fields they declare (decided at compile time). The value
+    /// may be invalid input: anything undeclared or of another shape gets the whole walk.
+    fn audit_json(value: &mut serde_json::Value) {
+        Self::redact_json(value);
+        crate::audit::redact_credentials(value);
+    }
 }
 
 macro_rules! bounded_by_type {

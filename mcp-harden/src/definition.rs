@@ -42,6 +42,7 @@ pub(crate) type Invocation = BoxFuture<'static, Result<serde_json::Value, Failur
 /// The type-erased operations the server needs from a tool.
 pub(crate) struct ToolFns<S> {
     pub prepare: fn(Ctx<S>, &serde_json::Value) -> Result<Invocation, Vec<Violation>>,
+    /// The audit walk of the tool's arguments (`ToolArgs::audit_json`).
     pub redact: fn(&mut serde_json::Value),
 }
 
@@ -49,7 +50,7 @@ impl<S> ToolFns<S> {
     pub(crate) fn of<T: Tool<S>>() -> Self {
         Self {
             prepare: prepare::<S, T>,
-            redact: <T::Args as ToolArgs>::redact_json,
+            redact: <T::Args as ToolArgs>::audit_json,
         }
     }
 }

@@ -236,14 +236,12 @@ pub(crate) fn record<S>(
     refusal: Option<&Refusal>,
     elapsed: Duration,
 ) {
-    // A hand-written `redact_json` could panic on odd input: never let that lose the
-    // record or the reply, and never record what it failed to redact.
+    // A hand-written `redact_json` or `audit_json` could panic on odd input: never let that
+    // lose the record or the reply, and never record what it failed to redact. `redact` is
+    // the tool's whole audit walk (`ToolArgs::audit_json`); without a tool, the generic one.
     let redacted = std::panic::catch_unwind(AssertUnwindSafe(move || {
         let mut arguments = arguments;
-        if let Some(redact) = redact {
-            redact(&mut arguments);
-        }
-        redact_credentials(&mut arguments);
+        redact.unwrap_or(redact_credentials)(&mut arguments);
         arguments
     }));
     let arguments = redacted

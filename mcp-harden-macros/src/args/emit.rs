@@ -287,6 +287,73 @@ pub fn redaction(f: &Field) -> TokenStream {
     }
 }
 
+/// The arm of a declared field in a struct's generated audit walk (`ToolArgs::audit_json`):
+/// a `secret` field or a credential-like name (decided at compile time) is redacted, any
+/// other value gets the audit walk of its type.
+pub fn audit_arm(f: &Field) -> TokenStream {
+    let name = &f.json_name;
+    if f.attr.secret.is_some() {
+        return quote!(#name => __mh::redact_value(__c),);
+    }
+    let walk = auditor(&f.shape);
+    quote! {
+        #name => {
+            const __CREDENTIAL: bool = __mh::is_credential_name_const(#name);
+            if __CREDENTIAL {
+                __mh::redact_value(__c)
+            } else {
+                (#walk)(__c)
+            }
+        }
+    }
+}
+
+/// The whole generated `audit_json` of a struct: declared fields by name, anything else
+/// (undeclared keys, a value that is not an object) by the whole walk.
+pub fn audit_fn(arms: &[TokenStream]) -> TokenStream {
+    quote! {
+        fn audit_json(__value: &mut __mh::serde_json::Value) {
+            match __value {
+                __mh::serde_json::Value::Object(__map) => {
+                    for (__k, __c) in __map.iter_mut() {
+                        #[allow(unreachable_patterns)]
+                        match __k.as_str() {
+                            #(#arms)*
+                            _ => __mh::audit_entry(__k, __c),
+                        }
+                    }
+                }
+                __other => __mh::redact_credentials(__other),
+            }
+        }
+    }
+}
+
+/// An expression of type `fn(&mut serde_json::Value)`: the audit walk of a value of this
+/// shape. Only shapes holding nested argument types differ from the whole walk.
+fn auditor(shape: &Shape) -> TokenStream {
+    let mut nested = false;
+    nested_types(shape, &mut |_| nested = true);
+    if !nested {
+        return quote!(__mh::redact_credentials);
+    }
+    match shape {
+        Shape::Option(s) => auditor(s),
+        Shape::Seq(s) | Shape::Map(s) => {
+            let inner = auditor(s);
+            quote!(|__v: &mut __mh::serde_json::Value| __mh::audit_each(__v, #inner))
+        }
+        Shape::Nested(ty) => quote! {
+            |__v: &mut __mh::serde_json::Value| {
+                #[allow(unused_imports)]
+                use __mh::{ViaToolArgs as _, ViaNoToolArgs as _};
+                (&__mh::NestedType::<#ty>::new()).__mh_audit(__v)
+            }
+        },
+        _ => quote!(__mh::redact_credentials),
+    }
+}
+
 /// An expression of type `fn(&mut serde_json::Value)` redacting a value of this field's type,
 /// when the type holds nested argument types.
 pub fn value_redactor(f: &Field) -> Option<TokenStream> {

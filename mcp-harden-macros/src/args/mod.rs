@@ -10,7 +10,8 @@ use syn::{Ident, Type};
 
 pub use attr::ArgAttr;
 pub use emit::{
-    assertions, default_fn, redaction, schema_attrs, serde_attrs, validation, value_redactor,
+    assertions, audit_arm, audit_fn, default_fn, redaction, schema_attrs, serde_attrs, validation,
+    value_redactor,
 };
 pub use shape::Shape;
 

@@ -82,6 +82,7 @@ pub fn tool(m: &Model) -> TokenStream {
     let mut struct_fields = Vec::new();
     let mut checks = Vec::new();
     let mut redactions = Vec::new();
+    let mut audit_arms = Vec::new();
     let mut assertions = Vec::new();
     for (index, f) in fields.iter().enumerate() {
         let default = args::default_fn(f, "arg", index);
@@ -99,6 +100,7 @@ pub fn tool(m: &Model) -> TokenStream {
             true,
         ));
         redactions.push(args::redaction(f));
+        audit_arms.push(args::audit_arm(f));
         assertions.push(args::assertions(f));
     }
 
@@ -207,6 +209,7 @@ pub fn tool(m: &Model) -> TokenStream {
         flag(&m.attr.open_world),
     );
 
+    let audit_fn = args::audit_fn(&audit_arms);
     quote! {
         #func
         #marker
@@ -235,6 +238,7 @@ pub fn tool(m: &Model) -> TokenStream {
                 fn redact_json(__value: &mut __mh::serde_json::Value) {
                     #(#redactions)*
                 }
+                #audit_fn
             }
 
             #[automatically_derived]

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use crate::telemetry::{SpanId, TraceId};
 pub use file::{FileAuditConfig, FileAuditSink, Fsync, QueueFull};
-pub use redact::{is_credential_name, redact_credentials, REDACTED};
+pub use redact::{is_credential_name, is_credential_name_const, redact_credentials, REDACTED};
 
 /// The version of the audit record format.
 pub const AUDIT_RECORD_VERSION: u32 = 2;

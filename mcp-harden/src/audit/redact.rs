@@ -99,6 +99,71 @@ fn starts_with_needle(rest: &[u8]) -> bool {
         .any(|k| k.len() <= rest.len() && k.iter().zip(rest).all(|(a, b)| a == b))
 }
 
+/// [`is_credential_name`] as a `const fn`, for names known at compile time (the audit walk
+/// that `#[derive(ToolArgs)]` and `#[tool]` generate decides declared fields with it). Slow:
+/// every needle at every position.
+#[doc(hidden)]
+pub const fn is_credential_name_const(name: &str) -> bool {
+    const NEEDLES: [&[u8]; 14] = [
+        b"password",
+        b"passwd",
+        b"passphrase",
+        b"privatekey",
+        b"secret",
+        b"sessionid",
+        b"signature",
+        b"token",
+        b"apikey",
+        b"authorization",
+        b"accesskey",
+        b"credential",
+        b"cookie",
+        b"bearer",
+    ];
+    let b = name.as_bytes();
+    // Whether the alphanumerics of `b` from index `at`, lower-cased, start with `needle`,
+    // and (`whole`) consist of it alone.
+    const fn matches_at(b: &[u8], mut at: usize, needle: &[u8], whole: bool) -> bool {
+        let mut k = 0;
+        while k < needle.len() {
+            while at < b.len() && !b[at].is_ascii_alphanumeric() {
+                at += 1;
+            }
+            if at == b.len() || b[at].to_ascii_lowercase() != needle[k] {
+                return false;
+            }
+            at += 1;
+            k += 1;
+        }
+        if whole {
+            while at < b.len() {
+                if b[at].is_ascii_alphanumeric() {
+                    return false;
+                }
+                at += 1;
+            }
+        }
+        true
+    }
+    if matches_at(b, 0, b"pwd", true) || matches_at(b, 0, b"auth", true) {
+        return true;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_alphanumeric() {
+            let mut n = 0;
+            while n < NEEDLES.len() {
+                if matches_at(b, i, NEEDLES[n], false) {
+                    return true;
+                }
+                n += 1;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Replaces every value under a credential-like name, at any depth, and cuts very long
 /// strings.
 pub fn redact_credentials(v: &mut Value) {
@@ -161,11 +226,13 @@ mod tests {
             "x-api-key",
         ] {
             assert!(is_credential_name(n), "{n}");
+            assert!(is_credential_name_const(n), "{n}");
         }
         for n in [
             "author", "name", "table", "limit", "column", "", "_", "pass", "tok",
         ] {
             assert!(!is_credential_name(n), "{n}");
+            assert!(!is_credential_name_const(n), "{n}");
         }
         for n in [
             "x_password",
@@ -232,6 +299,7 @@ mod tests {
             }
             let expected = obvious(&name);
             assert_eq!(is_credential_name(&name), expected, "{name}");
+            assert_eq!(is_credential_name_const(&name), expected, "const: {name}");
             positives += usize::from(expected);
         }
         assert!((1_000..199_000).contains(&positives), "{positives}");
