@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use criterion::{BatchSize, Criterion};
 use mcp_harden::__private::rules::Pattern;
-use mcp_harden::audit::now_rfc3339;
+use mcp_harden::audit::Timestamp;
 use mcp_harden::audit::{redact_credentials, Outcome};
 use mcp_harden::auth::AuthMethod;
 use mcp_harden::limits::{RateDecision, RateLimiter};
-use mcp_harden::telemetry::{names, new_span_id, new_trace_id};
+use mcp_harden::telemetry::{names, SpanId, TraceId};
 use mcp_harden::{AuditRecord, AuditSink, Ctx, FieldPath, Principal, Tool, ToolArgs};
 use serde_json::Value;
 
@@ -235,9 +235,9 @@ fn build_record(template: &AuditRecord, raw: Value, started: Instant) -> AuditRe
     }))
     .unwrap_or_else(|_| Value::String("[REDACTED: redaction failed]".to_owned()));
     let mut r = template.clone();
-    r.time = now_rfc3339();
-    r.trace_id = new_trace_id();
-    r.span_id = Some(new_span_id());
+    r.time = Timestamp::now();
+    r.trace_id = TraceId::random();
+    r.span_id = Some(SpanId::random());
     r.tool = Some(std::borrow::Cow::Borrowed("search"));
     r.arguments = arguments;
     r.outcome = Outcome::Success;
@@ -321,13 +321,13 @@ fn audit(c: &mut Criterion) {
 
 fn other(c: &mut Criterion) {
     let mut g = config(c, "stage_other");
-    g.bench_function("trace_id", |b| b.iter(new_trace_id));
-    g.bench_function("rfc3339_time", |b| b.iter(now_rfc3339));
+    g.bench_function("trace_id", |b| b.iter(TraceId::random));
+    g.bench_function("rfc3339_time", |b| b.iter(Timestamp::now));
     // Per-call telemetry (telemetry.rs, server/mod.rs): a span id; the client's name and
     // version for the audit record (kept once per session: a shared `Arc` per call); and the
     // metrics of one call with no recorder installed, through keys built once (emulated:
     // `telemetry::ToolMetrics` is crate-private).
-    g.bench_function("span_id", |b| b.iter(new_span_id));
+    g.bench_function("span_id", |b| b.iter(SpanId::random));
     let session_client: OnceLock<Arc<mcp_harden::audit::AuditClient>> = OnceLock::new();
     session_client.get_or_init(|| {
         Arc::new(mcp_harden::audit::AuditClient {

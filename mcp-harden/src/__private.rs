@@ -11,7 +11,7 @@ pub use ::serde_json;
 
 pub use crate::args::rules;
 pub use crate::args::{FieldPath, ToolArgs, Violation};
-pub use crate::audit::{is_credential_name_const, redact_credentials};
+pub use crate::audit::{is_credential_name_const, redact_credentials, redact_entry};
 pub use crate::ctx::Ctx;
 pub use crate::definition::Tool;
 pub use crate::errors::{Failure, PublicError, ToolFailure};
@@ -248,30 +248,13 @@ pub fn each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
     }
 }
 
-/// The audit walk of an undeclared entry of an object: the whole walk.
-pub fn audit_entry(key: &str, child: &mut serde_json::Value) {
-    if crate::audit::is_credential_name(key) {
-        redact_value(child);
-    } else {
-        redact_credentials(child);
-    }
-}
-
 /// The audit walk of a sequence or map of argument values: `f` on each element of an array,
 /// or on each value of an object whose key is not credential-like (the whole walk on
 /// anything else). Equals `each` with the nested redaction, then `redact_credentials`.
 pub fn audit_each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
     match value {
         serde_json::Value::Array(a) => a.iter_mut().for_each(f),
-        serde_json::Value::Object(o) => {
-            for (k, c) in o.iter_mut() {
-                if crate::audit::is_credential_name(k) {
-                    redact_value(c);
-                } else {
-                    f(c);
-                }
-            }
-        }
+        serde_json::Value::Object(o) => o.iter_mut().for_each(|(k, c)| redact_entry(k, c, f)),
         other => redact_credentials(other),
     }
 }

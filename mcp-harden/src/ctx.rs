@@ -33,7 +33,7 @@ impl<S> Ctx<S> {
         Self {
             state: state.into(),
             principal: Arc::new(principal),
-            trace_id: crate::telemetry::new_trace_id(),
+            trace_id: crate::telemetry::TraceId::random(),
             call: CancellationToken::new(),
             cancellation: std::sync::OnceLock::new(),
         }

@@ -231,14 +231,8 @@ pub(crate) struct TraceIds {
 impl TraceIds {
     /// Continues `traceparent` if it is valid, or starts a new trace.
     pub(crate) fn continue_or_start(traceparent: Option<&str>) -> Self {
-        let span_id = new_span_id();
-        let continued =
-            traceparent
-                .and_then(parse_traceparent)
-                .and_then(|(trace, parent, sampled)| {
-                    Some((TraceId::parse(trace)?, SpanId::parse(parent)?, sampled))
-                });
-        match continued {
+        let span_id = SpanId::random();
+        match traceparent.and_then(parse_traceparent) {
             Some((trace_id, parent, sampled)) => Self {
                 trace_id,
                 span_id,
@@ -246,7 +240,7 @@ impl TraceIds {
                 sampled,
             },
             None => Self {
-                trace_id: new_trace_id(),
+                trace_id: TraceId::random(),
                 span_id,
                 parent_span_id: None,
                 sampled: true,
@@ -323,18 +317,6 @@ fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     (hex && b.iter().any(|&c| c != b'0')).then_some(b)
 }
 
-/// A new random trace id.
-#[doc(hidden)]
-pub fn new_trace_id() -> TraceId {
-    TraceId::random()
-}
-
-/// A new random span id.
-#[doc(hidden)]
-pub fn new_span_id() -> SpanId {
-    SpanId::random()
-}
-
 /// Random bits for trace and span ids: a per-thread `SmallRng` seeded once from the
 /// thread's cryptographic generator. Ids must be unique, not secret (W3C Trace Context
 /// asks for randomness, as OpenTelemetry's SDKs do with a fast generator).
@@ -351,28 +333,20 @@ where
 }
 
 /// `00-<trace id>-<parent id>-<flags>` (W3C Trace Context level 1; later versions' extra
-/// fields are ignored), refusing all-zero ids and version `ff`.
-fn parse_traceparent(s: &str) -> Option<(&str, &str, bool)> {
+/// fields are ignored), refusing all-zero ids (the ids' own parsers) and version `ff`.
+fn parse_traceparent(s: &str) -> Option<(TraceId, SpanId, bool)> {
     let mut parts = s.trim().split('-');
     let (version, trace, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |p: &str, n: usize| {
-        p.len() == n
-            && p.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
+    let hex2 = |p: &str| p.len() == 2 && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !hex2(version) || version == "ff" || !hex2(flags) {
         return None;
     }
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
-        return None;
-    }
     let sampled = u8::from_str_radix(flags, 16).is_ok_and(|f| f & 1 == 1);
-    Some((trace, parent, sampled))
+    Some((TraceId::parse(trace)?, SpanId::parse(parent)?, sampled))
 }
 
 #[cfg(test)]
@@ -416,7 +390,7 @@ mod tests {
         assert_eq!(&*t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
         assert_eq!(t.span_id.len(), 16);
-        assert_eq!(new_trace_id().len(), 32);
+        assert_eq!(TraceId::random().len(), 32);
         assert!(t.sampled);
         let unsampled = TraceIds::continue_or_start(Some(
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",

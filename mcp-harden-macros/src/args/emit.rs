@@ -319,7 +319,7 @@ pub fn audit_fn(arms: &[TokenStream]) -> TokenStream {
                         #[allow(unreachable_patterns)]
                         match __k.as_str() {
                             #(#arms)*
-                            _ => __mh::audit_entry(__k, __c),
+                            _ => __mh::redact_entry(__k, __c, __mh::redact_credentials),
                         }
                     }
                 }

@@ -14,7 +14,9 @@ use serde::Serialize;
 
 pub use crate::telemetry::{SpanId, TraceId};
 pub use file::{FileAuditConfig, FileAuditSink, Fsync, QueueFull};
-pub use redact::{is_credential_name, is_credential_name_const, redact_credentials, REDACTED};
+pub use redact::{
+    is_credential_name, is_credential_name_const, redact_credentials, redact_entry, REDACTED,
+};
 
 /// The version of the audit record format.
 pub const AUDIT_RECORD_VERSION: u32 = 2;
@@ -284,17 +286,11 @@ inline_text!(Timestamp);
 impl Timestamp {
     /// The current time.
     pub fn now() -> Self {
-        now_rfc3339()
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        rfc3339(now.as_secs(), now.subsec_millis())
     }
-}
-
-/// The current time as RFC 3339 UTC with milliseconds.
-#[doc(hidden)]
-pub fn now_rfc3339() -> Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(now.as_secs(), now.subsec_millis())
 }
 
 /// `secs` since the epoch plus `millis` as `YYYY-MM-DDTHH:MM:SS.mmmZ`. This runs once per
@@ -367,7 +363,7 @@ mod tests {
         );
         assert_eq!(cut_chars("héllo", 2), "hé");
         assert_eq!(cut_chars("hé", 5), "hé");
-        let t = now_rfc3339();
+        let t = Timestamp::now();
         assert_eq!(t.len(), 24, "{t}");
         assert!(
             t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T",

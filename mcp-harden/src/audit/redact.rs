@@ -6,6 +6,28 @@ pub const REDACTED: &str = "[REDACTED]";
 /// Longest string kept whole in an audit record; longer ones are cut.
 const MAX_AUDIT_STRING: usize = 256;
 
+/// The substrings that make a (normalised) name credential-like. [`starts_with_needle`]
+/// dispatches on their first two bytes; [`NEXT`] is derived from them.
+const NEEDLES: [&[u8]; 14] = [
+    b"password",
+    b"passwd",
+    b"passphrase",
+    b"privatekey",
+    b"secret",
+    b"sessionid",
+    b"signature",
+    b"token",
+    b"apikey",
+    b"authorization",
+    b"accesskey",
+    b"credential",
+    b"cookie",
+    b"bearer",
+];
+
+/// Names that are credential-like only as the whole (normalised) name.
+const EXACT: [&[u8]; 2] = [b"pwd", b"auth"];
+
 /// Whether a field name looks like it holds a credential (`password`, `api_key`,
 /// `Authorization`, `client_secret`, `accessToken`, ...). Compared without case and
 /// separators.
@@ -46,7 +68,7 @@ const SHORTEST_NEEDLE: usize = 5;
 
 fn matches_normalised(n: &[u8]) -> bool {
     if n.len() < SHORTEST_NEEDLE {
-        return n == b"pwd" || n == b"auth";
+        return EXACT.contains(&n);
     }
     // Most positions are ruled out by their first two bytes in a table lookup.
     (0..=n.len() - SHORTEST_NEEDLE).any(|i| match n.get(i..) {
@@ -58,25 +80,20 @@ fn matches_normalised(n: &[u8]) -> bool {
     })
 }
 
-/// The first two bytes of the needles in [`starts_with_needle`].
-const PAIRS: [&[u8; 2]; 11] = [
-    b"pa", b"pr", b"se", b"si", b"to", b"ap", b"au", b"ac", b"cr", b"co", b"be",
-];
-
 /// For each byte, the (lower-case) bytes that may follow it at the start of a needle, as
 /// bits `b - b'a'`.
 const NEXT: [u32; 256] = {
     let mut next = [0u32; 256];
     let mut i = 0;
-    while i < PAIRS.len() {
-        next[PAIRS[i][0] as usize] |= 1 << (PAIRS[i][1] - b'a');
+    while i < NEEDLES.len() {
+        next[NEEDLES[i][0] as usize] |= 1 << (NEEDLES[i][1] - b'a');
         i += 1;
     }
     next
 };
 
-/// The substrings that make a (normalised) name credential-like, by their first two bytes:
-/// at each position of a name only the needles starting with its two bytes are compared,
+/// Whether a (normalised) name continues with one of [`NEEDLES`]: at each position of a name
+/// only the needles starting with its two bytes are compared,
 /// byte by byte (this runs for every field name of every call's arguments; most positions
 /// fail on the first match).
 fn starts_with_needle(rest: &[u8]) -> bool {
@@ -104,22 +121,6 @@ fn starts_with_needle(rest: &[u8]) -> bool {
 /// every needle at every position.
 #[doc(hidden)]
 pub const fn is_credential_name_const(name: &str) -> bool {
-    const NEEDLES: [&[u8]; 14] = [
-        b"password",
-        b"passwd",
-        b"passphrase",
-        b"privatekey",
-        b"secret",
-        b"sessionid",
-        b"signature",
-        b"token",
-        b"apikey",
-        b"authorization",
-        b"accesskey",
-        b"credential",
-        b"cookie",
-        b"bearer",
-    ];
     let b = name.as_bytes();
     // Whether the alphanumerics of `b` from index `at`, lower-cased, start with `needle`,
     // and (`whole`) consist of it alone.
@@ -145,8 +146,12 @@ pub const fn is_credential_name_const(name: &str) -> bool {
         }
         true
     }
-    if matches_at(b, 0, b"pwd", true) || matches_at(b, 0, b"auth", true) {
-        return true;
+    let mut e = 0;
+    while e < EXACT.len() {
+        if matches_at(b, 0, EXACT[e], true) {
+            return true;
+        }
+        e += 1;
     }
     let mut i = 0;
     while i < b.len() {
@@ -164,17 +169,24 @@ pub const fn is_credential_name_const(name: &str) -> bool {
     false
 }
 
+/// One entry of an object in an audit walk: its value redacted under a credential-like
+/// name, else walked by `walk`.
+#[doc(hidden)]
+pub fn redact_entry(key: &str, child: &mut Value, walk: fn(&mut Value)) {
+    if is_credential_name(key) {
+        *child = Value::String(REDACTED.to_owned());
+    } else {
+        walk(child);
+    }
+}
+
 /// Replaces every value under a credential-like name, at any depth, and cuts very long
 /// strings.
 pub fn redact_credentials(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, child) in map.iter_mut() {
-                if is_credential_name(k) {
-                    *child = Value::String(REDACTED.to_owned());
-                } else {
-                    redact_credentials(child);
-                }
+                redact_entry(k, child, redact_credentials);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(redact_credentials),
@@ -194,24 +206,6 @@ pub fn redact_credentials(v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every needle the matcher knows (its table is keyed by their first two bytes).
-    const NEEDLES: [&str; 14] = [
-        "password",
-        "passwd",
-        "passphrase",
-        "privatekey",
-        "secret",
-        "sessionid",
-        "signature",
-        "token",
-        "apikey",
-        "authorization",
-        "accesskey",
-        "credential",
-        "cookie",
-        "bearer",
-    ];
 
     #[test]
     fn credential_names_at_any_depth() {
@@ -244,7 +238,7 @@ mod tests {
             assert!(is_credential_name(n), "{n}");
         }
         // Every needle, anywhere in a name; and never a needle cut short.
-        for k in NEEDLES {
+        for k in NEEDLES.map(|k| std::str::from_utf8(k).expect("ASCII")) {
             for name in [
                 k.to_owned(),
                 format!("x_{k}"),
@@ -278,7 +272,10 @@ mod tests {
                 .filter(char::is_ascii_alphanumeric)
                 .map(|c| c.to_ascii_lowercase())
                 .collect();
-            n == "pwd" || n == "auth" || NEEDLES.iter().any(|k| n.contains(k))
+            EXACT.contains(&n.as_bytes())
+                || NEEDLES
+                    .iter()
+                    .any(|k| n.as_bytes().windows(k.len()).any(|w| w == *k))
         };
         let pieces = [
             "pa", "ss", "wo", "rd", "Pass", "to", "ken", "_", "-", "x", "Au", "th", "se", "cret",

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Hardened;
 use crate::audit::{
-    now_rfc3339, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
+    AuditEvent, AuditPrincipal, AuditRecord, Outcome, Timestamp, AUDIT_RECORD_VERSION,
 };
 use crate::auth::{AuthContext, AuthFailure, Authenticator, Authenticators, Principal};
 use crate::errors::{ErrorCode, ToolError};
@@ -947,7 +947,7 @@ impl Gate {
         tracing::warn!(target: "mcp_harden::security", event = ?e.event, reason = e.reason, source = %e.source, "request refused");
         let record = AuditRecord {
             version: AUDIT_RECORD_VERSION,
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             trace_id: trace.trace_id,
             span_id: Some(trace.span_id),
             parent_span_id: trace.parent_span_id,

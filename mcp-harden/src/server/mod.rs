@@ -15,7 +15,7 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer, RunningService};
 use rmcp::{ServerHandler, ServiceExt};
 
-use crate::audit::{now_rfc3339, AuditClient, AuditSink};
+use crate::audit::{AuditClient, AuditSink, Timestamp};
 use crate::auth::Principal;
 use crate::definition::ToolFns;
 use crate::limits::{Backend, ConcurrencyGate, Limit};
@@ -275,7 +275,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             rc.extensions.get::<axum::http::request::Parts>(),
             &rc.meta.0 .0,
         );
-        let time = now_rfc3339();
+        let time = Timestamp::now();
         let call_info = |trace: crate::telemetry::TraceIds, tool, principal| CallInfo {
             time,
             trace_id: trace.trace_id,
