@@ -101,24 +101,6 @@ struct Round {
     latencies: Vec<Duration>,
 }
 
-/// CPU time used so far by the threads of this process whose name starts with `prefix`
-/// (all threads for `""`), from Linux `schedstat` (nanoseconds); zero where unavailable.
-/// Less sensitive than wall time to other processes' load.
-fn cpu_of_threads(prefix: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
-}
-
 /// The servers run on their own runtime, whose threads are named so.
 const SERVER_THREADS: &str = "mh-server";
 
@@ -154,11 +136,6 @@ async fn round(clients: &[Client], args: &Arc<JsonObject>, calls: usize) -> Roun
         server_cpu: cpu_of_threads(SERVER_THREADS).saturating_sub(server_cpu),
         latencies,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
@@ -282,11 +259,6 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
         .map(|rs| {
             let b = &results[base_index];
             let per_call = |r: &Round, d: Duration| d.as_secs_f64() / r.calls as f64;
-            let quartiles = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
-                (q(0.25), q(0.5), q(0.75))
-            };
             let ratios = |f: &dyn Fn(&Round, &Round) -> f64| {
                 quartiles(rs.iter().zip(b).map(|(r, b)| f(r, b)).collect())
             };
@@ -304,21 +276,24 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
     let summary: Vec<Summary> = results
         .into_iter()
         .map(|rs| {
-            let rate = median(
+            let rate = quartiles(
                 rs.iter()
                     .map(|r| r.calls as f64 / r.elapsed.as_secs_f64())
                     .collect(),
-            );
-            let cpu_us = median(
+            )
+            .1;
+            let cpu_us = quartiles(
                 rs.iter()
                     .map(|r| r.cpu.as_secs_f64() * 1e6 / r.calls as f64)
                     .collect(),
-            );
-            let server_us = median(
+            )
+            .1;
+            let server_us = quartiles(
                 rs.iter()
                     .map(|r| r.server_cpu.as_secs_f64() * 1e6 / r.calls as f64)
                     .collect(),
-            );
+            )
+            .1;
             let calls = rs.iter().map(|r| r.calls).sum();
             let lat = Latencies::new(rs.into_iter().flat_map(|r| r.latencies).collect());
             Summary {
@@ -362,11 +337,7 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
 
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
-    let rounds = std::env::var("MH_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(8);
-    let (rounds, calls) = if bench_mode { (rounds, 300) } else { (1, 5) };
+    let (rounds, calls) = if bench_mode { (rounds(8), 300) } else { (1, 5) };
     // Servers and clients on runtimes of their own (two workers each, sharing the machine's
     // cores), so that the server's CPU time can be told apart from the clients'.
     let runtime = |name: &'static str| {

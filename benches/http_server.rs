@@ -5,7 +5,11 @@
 //! and Origin checks, the bearer token through the JWT cache, the session-owner check, the
 //! pipeline). Variants interleaved in blocks. See BENCHMARKS.md.
 //!
-//! `MH_BENCH_ONLY=hardened_jwt_cached` runs one variant (for a profiler).
+//! A second table drives 16 sessions at once on a two-worker runtime, to see whether threads
+//! contending for shared state make hardening dearer.
+//!
+//! `MH_BENCH_ONLY=hardened_jwt_cached` runs one variant (for a profiler); `MH_BENCH_ROUNDS=N`
+//! sets the number of rounds.
 
 mod common;
 
@@ -109,7 +113,7 @@ impl Endpoint {
     }
 }
 
-async fn hardened_router() -> (axum::Router, String) {
+async fn hardened_router() -> axum::Router {
     let server = Hardened::builder(App)
         .tool::<search>()
         .audit_sink(NullSink)
@@ -121,40 +125,52 @@ async fn hardened_router() -> (axum::Router, String) {
         .build()
         .expect("valid JWT configuration");
     let config = HttpConfig::new("127.0.0.1:0".parse().expect("address"))
-        .resource_url("http://127.0.0.1:8080/mcp")
+        .resource_url(RESOURCE)
         .authenticator(jwt);
-    let bound = server.bind_http(config).await.expect("binds");
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
-    let token = sign(
-        jsonwebtoken::Algorithm::HS256,
-        &key,
-        &claims("bench", bound.resource_url()),
-    );
-    (bound.router(), token)
+    server.bind_http(config).await.expect("binds").router()
 }
 
-fn main() {
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    let (rounds, block) = if bench_mode { (40, 1000) } else { (1, 10) };
+/// The resource URL the hardened endpoint names (tokens carry it as their audience).
+const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
+
+/// A valid token for `subject`.
+fn token(subject: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    sign(
+        jsonwebtoken::Algorithm::HS256,
+        &key,
+        &claims(subject, RESOURCE),
+    )
+}
+
+/// The three endpoints, each with its own router (and so its own sessions).
+async fn routers() -> Vec<(&'static str, axum::Router, bool)> {
+    vec![
+        (
+            "plain_rmcp_prebuilt",
+            plain_http_router(PlainPrebuilt::default, false),
+            false,
+        ),
+        (
+            "plain_rmcp_prebuilt_wrapped",
+            plain_http_router(PlainPrebuilt::default, true),
+            false,
+        ),
+        ("hardened_jwt_cached", hardened_router().await, true),
+    ]
+    .into_iter()
+    .filter(|(name, _, _)| selected(name))
+    .collect()
+}
+
+/// One thread: the server's work per call, alone.
+fn sequential(rounds: usize, block: usize) {
     let rt = current_thread();
     rt.block_on(async {
-        let (hardened, token) = hardened_router().await;
-        let mut endpoints = vec![
-            Endpoint::open(
-                "plain_rmcp_prebuilt",
-                plain_http_router(PlainPrebuilt::default, false),
-                None,
-            )
-            .await,
-            Endpoint::open(
-                "plain_rmcp_prebuilt_wrapped",
-                plain_http_router(PlainPrebuilt::default, true),
-                None,
-            )
-            .await,
-            Endpoint::open("hardened_jwt_cached", hardened, Some(token)).await,
-        ];
-        endpoints.retain(|e| selected(e.name));
+        let mut endpoints = Vec::new();
+        for (name, router, auth) in routers().await {
+            endpoints.push(Endpoint::open(name, router, auth.then(|| token("bench"))).await);
+        }
         let args = arguments();
         for e in &mut endpoints {
             for _ in 0..block {
@@ -206,4 +222,126 @@ fn main() {
             println!("hardening over HTTP at p50: {:+.2} us per call", d * 1e6);
         }
     });
+}
+
+/// Sessions driven at once from the tasks of a two-worker runtime: what the socket bench's
+/// server runtime sees, without the sockets and the clients. One session per simulated
+/// client, and (hardened) one caller each, as in `benches/http.rs`.
+const SESSIONS: usize = 16;
+const WORKERS: &str = "mh-bench";
+
+/// One round of one variant: every session makes `calls` calls, all sessions at once.
+/// Returns the wall time and the CPU time of the runtime's workers, per call.
+async fn concurrent_round(
+    sessions: Vec<Endpoint>,
+    args: &std::sync::Arc<rmcp::model::JsonObject>,
+    calls: usize,
+) -> (Vec<Endpoint>, f64, f64) {
+    let cpu = cpu_of_threads(WORKERS);
+    let started = Instant::now();
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .map(|mut e| {
+            let args = args.clone();
+            tokio::spawn(async move {
+                for _ in 0..calls {
+                    e.call(&args).await;
+                }
+                e
+            })
+        })
+        .collect();
+    let mut back = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        back.push(t.await.expect("a session task"));
+    }
+    let n = (calls * back.len()) as f64;
+    let wall = started.elapsed().as_secs_f64() * 1e6 / n;
+    let cpu = cpu_of_threads(WORKERS).saturating_sub(cpu).as_secs_f64() * 1e6 / n;
+    (back, wall, cpu)
+}
+
+fn concurrent(rounds: usize, calls: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(WORKERS)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut variants: Vec<(&'static str, Vec<Endpoint>)> = Vec::new();
+        for (name, router, auth) in routers().await {
+            let mut sessions = Vec::new();
+            for i in 0..SESSIONS {
+                let token = auth.then(|| token(&format!("client-{i}")));
+                sessions.push(Endpoint::open(name, router.clone(), token).await);
+            }
+            variants.push((name, sessions));
+        }
+        let args = std::sync::Arc::new(arguments());
+        for (_, sessions) in &mut variants {
+            let (back, _, _) = concurrent_round(std::mem::take(sessions), &args, calls).await;
+            *sessions = back;
+        }
+        let started = Instant::now();
+        // Per variant, per round: (wall, CPU) per call.
+        let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                let i = (k + round) % variants.len();
+                let sessions = std::mem::take(&mut variants[i].1);
+                let (back, wall, cpu) = concurrent_round(sessions, &args, calls).await;
+                variants[i].1 = back;
+                results[i].push((wall, cpu));
+            }
+        }
+        println!();
+        println!(
+            "http_server, concurrent: {SESSIONS} sessions at once on a two-worker runtime, no sockets, {rounds} rounds x {calls} calls per session per variant, interleaved ({:.1} s, load {})",
+            started.elapsed().as_secs_f64(),
+            load_average()
+        );
+        println!("| variant | calls | wall per call (us) | CPU per call (us) | paired wall ratio | paired CPU ratio |");
+        println!("|---|---|---|---|---|---|");
+        let base = variants
+            .iter()
+            .position(|(name, _)| *name == "plain_rmcp_prebuilt");
+        for ((name, _), rs) in variants.iter().zip(&results) {
+            let paired = |f: fn(&(f64, f64)) -> f64| match base {
+                Some(b) => {
+                    let (q1, m, q3) = quartiles(
+                        rs.iter()
+                            .zip(&results[b])
+                            .map(|(r, b)| f(r) / f(b))
+                            .collect(),
+                    );
+                    format!("{m:.3} [{q1:.3}, {q3:.3}]")
+                }
+                None => "-".to_owned(),
+            };
+            println!(
+                "| {name} | {} | {:.2} | {:.2} | {} | {} |",
+                rs.len() * SESSIONS * calls,
+                quartiles(rs.iter().map(|r| r.0).collect()).1,
+                quartiles(rs.iter().map(|r| r.1).collect()).1,
+                paired(|r| r.0),
+                paired(|r| r.1),
+            );
+        }
+        println!("(per call: medians of the rounds; paired: each round against the same round of plain_rmcp_prebuilt, median [first quartile, third quartile])");
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    // `MH_BENCH_ROUNDS=N` sets the number of rounds of both parts.
+    let (rounds, block) = if bench_mode {
+        (rounds(40), 1000)
+    } else {
+        (1, 10)
+    };
+    sequential(rounds, block);
+    let calls = if bench_mode { 60 } else { 2 };
+    concurrent(rounds, calls);
 }

@@ -169,11 +169,11 @@ fn main() {
 
     if "inprocess_latency".contains(filter.as_str()) {
         // `MH_BENCH_ROUNDS=N` sets the number of rounds (for callgrind: a few suffice).
-        let rounds = std::env::var("MH_BENCH_ROUNDS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(40);
-        let (rounds, block) = if bench_mode { (rounds, 1000) } else { (1, 10) };
+        let (rounds, block) = if bench_mode {
+            (rounds(40), 1000)
+        } else {
+            (1, 10)
+        };
         rt.block_on(latency_part(&clients, rounds, block));
     }
     rt.block_on(clients.close());
