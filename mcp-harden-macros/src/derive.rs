@@ -227,43 +227,26 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
 
     let (shadow_def, from_shadow, to_json, validate, redact, extra, audit) = match body {
         Body::Struct(fields, field_docs) => {
+            let mut impls = args::FieldImpls::default();
             let mut defs = Vec::new();
-            let mut defaults = Vec::new();
             let mut refs = Vec::new();
             let mut moves = Vec::new();
             let mut ref_inits = Vec::new();
-            let mut checks = Vec::new();
-            let mut redactions = Vec::new();
-            let mut audit_arms = Vec::new();
-            let mut asserts = Vec::new();
             for (index, (f, fdocs)) in fields.iter().zip(field_docs).enumerate() {
-                let default = args::default_fn(f, &name, index);
-                let serde_attrs = args::serde_attrs(f, default.as_ref().map(|d| &d.0));
+                let attrs = impls.add(f, &name, index);
                 let ref_serde = f
                     .attr
                     .rename
                     .as_ref()
                     .map(|r| quote!(#[serde(rename = #r)]));
-                if let Some((_, item)) = default {
-                    defaults.push(item);
-                }
-                let schema_attrs = args::schema_attrs(f);
                 let (fi, ty) = (&f.ident, &f.ty);
-                defs.push(quote!(#(#fdocs)* #schema_attrs #serde_attrs #fi: #ty));
+                defs.push(quote!(#(#fdocs)* #attrs #fi: #ty));
                 refs.push(quote!(#ref_serde #fi: &'__a #ty));
                 moves.push(quote!(#fi: __s.#fi));
                 ref_inits.push(quote!(#fi: &self.#fi));
-                checks.push(args::validation(
-                    f,
-                    quote!(&self.#fi),
-                    &quote!(__path),
-                    true,
-                ));
-                redactions.push(args::redaction(f));
-                audit_arms.push(args::audit_arm(f));
-                asserts.push(args::assertions(f));
             }
             let shadow_ref = format_ident!("__mcp_harden_shadow_ref_{}", ident);
+            let items = impls.items();
             (
                 quote! {
                     #[derive(__mh::serde::Deserialize, __mh::schemars::JsonSchema)]
@@ -274,15 +257,14 @@ fn emit(input: &DeriveInput, c: &Container, krate: &TokenStream, body: Body) -> 
                     #[derive(__mh::serde::Serialize)]
                     #[serde(crate = #serde_crate)]
                     struct #shadow_ref<'__a> { #(#refs,)* }
-                    #(#defaults)*
-                    #(#asserts)*
+                    #items
                 },
                 quote!(#ident { #(#moves,)* }),
                 quote!(__mh::serde::Serialize::serialize(&#shadow_ref { #(#ref_inits,)* }, __serializer)),
-                quote!(#(#checks)*),
-                quote!(#(#redactions)*),
+                impls.validate_body(),
+                impls.redact_body(),
                 TokenStream::new(),
-                args::audit_fn(&audit_arms),
+                impls.audit_fn(),
             )
         }
         Body::Unit(variants) => {

@@ -220,7 +220,7 @@ pub fn schema_attrs(f: &Field) -> TokenStream {
 }
 
 /// The `#[serde(...)]` attribute of the field (its default, its JSON name).
-pub fn serde_attrs(f: &Field, default_fn: Option<&proc_macro2::Ident>) -> TokenStream {
+fn serde_attrs(f: &Field, default_fn: Option<&proc_macro2::Ident>) -> TokenStream {
     let mut items = Vec::new();
     if let Some(d) = default_fn {
         let s = d.to_string();
@@ -236,12 +236,63 @@ pub fn serde_attrs(f: &Field, default_fn: Option<&proc_macro2::Ident>) -> TokenS
     }
 }
 
+/// The per-field pieces of an argument struct's items and `ToolArgs` impl, the same for
+/// `#[derive(ToolArgs)]` structs and `#[tool]` argument structs: collected field by field,
+/// then spliced by each caller into its own items.
+#[derive(Default)]
+pub struct FieldImpls {
+    defaults: Vec<TokenStream>,
+    assertions: Vec<TokenStream>,
+    checks: Vec<TokenStream>,
+    redactions: Vec<TokenStream>,
+    audit_arms: Vec<TokenStream>,
+}
+
+impl FieldImpls {
+    /// Adds `f`, the `index`th field (default functions are named after `prefix` and
+    /// `index`). Returns the field's schema and serde attributes, for the caller's struct.
+    pub fn add(&mut self, f: &Field, prefix: &str, index: usize) -> TokenStream {
+        let default = default_fn(f, prefix, index);
+        let serde_attrs = serde_attrs(f, default.as_ref().map(|d| &d.0));
+        if let Some((_, item)) = default {
+            self.defaults.push(item);
+        }
+        let fi = &f.ident;
+        self.checks
+            .push(validation(f, quote!(&self.#fi), &quote!(__path), true));
+        self.redactions.push(redaction(f));
+        self.audit_arms.push(audit_arm(f));
+        self.assertions.push(assertions(f));
+        let schema_attrs = schema_attrs(f);
+        quote!(#schema_attrs #serde_attrs)
+    }
+
+    /// The items beside the struct: default functions and compile-time assertions.
+    pub fn items(&self) -> TokenStream {
+        let (defaults, assertions) = (&self.defaults, &self.assertions);
+        quote!(#(#defaults)* #(#assertions)*)
+    }
+
+    /// The body of `validate_into` (`self`, `__path`, `__out` in scope).
+    pub fn validate_body(&self) -> TokenStream {
+        let checks = &self.checks;
+        quote!(#(#checks)*)
+    }
+
+    /// The body of `redact_json` (`__value` in scope).
+    pub fn redact_body(&self) -> TokenStream {
+        let redactions = &self.redactions;
+        quote!(#(#redactions)*)
+    }
+
+    /// The whole `audit_json` method.
+    pub fn audit_fn(&self) -> TokenStream {
+        audit_fn(&self.audit_arms)
+    }
+}
+
 /// A function returning the declared default, if any.
-pub fn default_fn(
-    f: &Field,
-    prefix: &str,
-    index: usize,
-) -> Option<(proc_macro2::Ident, TokenStream)> {
+fn default_fn(f: &Field, prefix: &str, index: usize) -> Option<(proc_macro2::Ident, TokenStream)> {
     let d = f.attr.default.as_ref()?;
     let ty = &f.ty;
     let ident = format_ident!("__mcp_harden_default_{}_{}", prefix, index);
@@ -276,7 +327,7 @@ pub fn default_fn(
 }
 
 /// Statements redacting this field inside `__value: &mut serde_json::Value`.
-pub fn redaction(f: &Field) -> TokenStream {
+fn redaction(f: &Field) -> TokenStream {
     let name = &f.json_name;
     if f.attr.secret.is_some() {
         return quote!(__mh::redact_field(__value, #name););
@@ -290,7 +341,7 @@ pub fn redaction(f: &Field) -> TokenStream {
 /// The arm of a declared field in a struct's generated audit walk (`ToolArgs::audit_json`):
 /// a `secret` field or a credential-like name (decided at compile time) is redacted, any
 /// other value gets the audit walk of its type.
-pub fn audit_arm(f: &Field) -> TokenStream {
+fn audit_arm(f: &Field) -> TokenStream {
     let name = &f.json_name;
     if f.attr.secret.is_some() {
         return quote!(#name => __mh::redact_value(__c),);
@@ -310,7 +361,7 @@ pub fn audit_arm(f: &Field) -> TokenStream {
 
 /// The whole generated `audit_json` of a struct: declared fields by name, anything else
 /// (undeclared keys, a value that is not an object) by the whole walk.
-pub fn audit_fn(arms: &[TokenStream]) -> TokenStream {
+fn audit_fn(arms: &[TokenStream]) -> TokenStream {
     quote! {
         fn audit_json(__value: &mut __mh::serde_json::Value) {
             match __value {

@@ -9,10 +9,7 @@ use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
 pub use attr::ArgAttr;
-pub use emit::{
-    assertions, audit_arm, audit_fn, default_fn, redaction, schema_attrs, serde_attrs, validation,
-    value_redactor,
-};
+pub use emit::{assertions, schema_attrs, validation, value_redactor, FieldImpls};
 pub use shape::Shape;
 
 use crate::ctxt::Ctxt;

@@ -78,30 +78,12 @@ pub fn tool(m: &Model) -> TokenStream {
             Param::Ctx { .. } => None,
         })
         .collect();
-    let mut defaults = Vec::new();
+    let mut impls = args::FieldImpls::default();
     let mut struct_fields = Vec::new();
-    let mut checks = Vec::new();
-    let mut redactions = Vec::new();
-    let mut audit_arms = Vec::new();
-    let mut assertions = Vec::new();
     for (index, f) in fields.iter().enumerate() {
-        let default = args::default_fn(f, "arg", index);
-        let serde_attrs = args::serde_attrs(f, default.as_ref().map(|d| &d.0));
-        if let Some((_, item)) = default {
-            defaults.push(item);
-        }
-        let schema_attrs = args::schema_attrs(f);
+        let attrs = impls.add(f, "arg", index);
         let (fi, ty) = (&f.ident, &f.ty);
-        struct_fields.push(quote!(#schema_attrs #serde_attrs pub #fi: #ty));
-        checks.push(args::validation(
-            f,
-            quote!(&self.#fi),
-            &quote!(__path),
-            true,
-        ));
-        redactions.push(args::redaction(f));
-        audit_arms.push(args::audit_arm(f));
-        assertions.push(args::assertions(f));
+        struct_fields.push(quote!(#attrs pub #fi: #ty));
     }
 
     let state = m.params.iter().find_map(|p| match p {
@@ -209,7 +191,12 @@ pub fn tool(m: &Model) -> TokenStream {
         flag(&m.attr.open_world),
     );
 
-    let audit_fn = args::audit_fn(&audit_arms);
+    let (items, checks, redactions, audit_fn) = (
+        impls.items(),
+        impls.validate_body(),
+        impls.redact_body(),
+        impls.audit_fn(),
+    );
     quote! {
         #func
         #marker
@@ -225,18 +212,17 @@ pub fn tool(m: &Model) -> TokenStream {
                 #(#struct_fields,)*
             }
 
-            #(#defaults)*
-            #(#assertions)*
+            #items
 
             #[automatically_derived]
             impl __mh::ToolArgs for #args_ident {
                 #[allow(unused_variables)]
                 fn validate_into(&self, __path: &__mh::FieldPath<'_>, __out: &mut ::std::vec::Vec<__mh::Violation>) {
-                    #(#checks)*
+                    #checks
                 }
                 #[allow(unused_variables)]
                 fn redact_json(__value: &mut __mh::serde_json::Value) {
-                    #(#redactions)*
+                    #redactions
                 }
                 #audit_fn
             }
