@@ -3,7 +3,7 @@
 //! is full.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mcp_harden::audit::file::{verify, ChainBreak};
 use mcp_harden::audit::{AuditSink, FileAuditConfig, FileAuditSink, Fsync, QueueFull};
@@ -37,23 +37,20 @@ fn server(sink: FileAuditSink) -> Hardened<App> {
 }
 
 fn args(word: &str) -> CallToolRequestParams {
-    let Value::Object(o) = serde_json::json!({"word": word, "password": "hunter2-secret"}) else {
-        unreachable!()
-    };
-    CallToolRequestParams::new("echo").with_arguments(o)
+    common::params(
+        "echo",
+        serde_json::json!({"word": word, "password": "hunter2-secret"}),
+    )
 }
 
 /// Waits until the sink has written `n` records.
 async fn written(sink: &FileAuditSink, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sink.written() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} records written",
-            sink.written()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::eventually(
+        &format!("{n} records written"),
+        Duration::from_secs(20),
+        || sink.written() >= n,
+    )
+    .await;
 }
 
 fn lines(path: &Path) -> Vec<String> {

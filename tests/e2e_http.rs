@@ -327,10 +327,7 @@ fn www_authenticate(r: &reqwest::Response) -> String {
 }
 
 fn call_args(tool: &'static str) -> CallToolRequestParams {
-    let Value::Object(args) = json!({"table": "users"}) else {
-        unreachable!()
-    };
-    CallToolRequestParams::new(tool).with_arguments(args)
+    common::params(tool, json!({"table": "users"}))
 }
 
 async fn call(c: &RunningService<RoleClient, ()>, tool: &'static str) -> CallToolResult {

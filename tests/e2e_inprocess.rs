@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 mod common;
-use common::{connect, Collect};
+use common::{connect, error_of, Collect};
 
 struct App {
     greeting: &'static str,
@@ -139,30 +139,9 @@ async fn call(
     tool: &'static str,
     args: Value,
 ) -> CallToolResult {
-    let Value::Object(obj) = args else {
-        panic!("arguments must be an object")
-    };
-    c.call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
+    c.call_tool(common::params(tool, args))
         .await
         .expect("call returns a result")
-}
-
-/// The `error` object of a refused call, checked for the wire shape of DESIGN.md.
-fn error_of(r: &CallToolResult) -> Value {
-    assert_eq!(r.is_error, Some(true), "expected an error result: {r:?}");
-    let structured = r.structured_content.clone().expect("structured error");
-    let text = r
-        .content
-        .first()
-        .and_then(|c| c.as_text())
-        .map(|t| t.text.clone())
-        .expect("text content");
-    assert_eq!(
-        serde_json::from_str::<Value>(&text).expect("text is JSON"),
-        structured,
-        "text mirrors structured content"
-    );
-    structured["error"].clone()
 }
 
 #[tokio::test]

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::{eventually, params};
 use mcp_harden::auth::JwtAuthenticator;
 use mcp_harden::limits::{GcraQuota, RateDecision, RateLimiter};
 use mcp_harden::prelude::*;
 use mcp_harden::server::http::HttpConfig;
 use mcp_harden::spec::{Concurrency, Rate};
 use mcp_harden::{BuildError, HardenedBuilder};
-use rmcp::model::{CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest};
+use rmcp::model::{CallToolRequest, CallToolResult, ClientRequest};
 use rmcp::service::{PeerRequestOptions, RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -150,14 +151,6 @@ fn builder(app: &Arc<App>) -> HardenedBuilder<App> {
 // ---------------------------------------------------------------------------------------
 // Results.
 
-/// Arguments of a call.
-fn params(tool: &'static str, args: Value) -> CallToolRequestParams {
-    let Value::Object(args) = args else {
-        panic!("arguments must be an object")
-    };
-    CallToolRequestParams::new(tool).with_arguments(args)
-}
-
 async fn call(c: &rmcp::Peer<RoleClient>, tool: &'static str) -> CallToolResult {
     call_with(c, tool, json!({})).await
 }
@@ -181,12 +174,7 @@ fn ok_text(r: &CallToolResult) -> String {
 
 /// The `error` object of a refused call, after checking its code.
 fn refusal(r: &CallToolResult, code: &str) -> Value {
-    assert_eq!(r.is_error, Some(true), "expected a {code} refusal: {r:?}");
-    let error = r
-        .structured_content
-        .as_ref()
-        .map(|s| s["error"].clone())
-        .unwrap_or_else(|| panic!("a structured error: {r:?}"));
+    let error = common::error_of(r);
     assert_eq!(error["code"], code, "{error}");
     error
 }
@@ -218,15 +206,6 @@ async fn successes_until_limited(
         ok_text(&r);
     }
     panic!("{max} calls of {tool} were never limited")
-}
-
-/// Waits (polling) until `cond` holds, failing after `limit`.
-async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn join(h: JoinHandle<CallToolResult>) -> CallToolResult {

@@ -5,8 +5,6 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use mcp_harden::prelude::*;
-use rmcp::model::CallToolRequestParams;
-use serde_json::Value;
 
 mod common;
 use common::connect;
@@ -28,13 +26,6 @@ async fn lookup(
 #[tool(scopes = "write", rate = "unlimited")]
 async fn change(_ctx: Ctx<App>, #[arg(max_len = 32)] word: String) -> String {
     word
-}
-
-fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
-    let Value::Object(o) = args else {
-        unreachable!()
-    };
-    CallToolRequestParams::new(tool).with_arguments(o)
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text page (labels in any order;
@@ -79,7 +70,7 @@ async fn scraped_metrics_match_the_calls() {
     // gold: 2 x 3/min = 6 calls, then RATE_LIMITED.
     for i in 0..8 {
         let r = c
-            .call_tool(call(
+            .call_tool(common::params(
                 "lookup",
                 serde_json::json!({"word": format!("w{i}"), "token": secret}),
             ))
@@ -93,7 +84,7 @@ async fn scraped_metrics_match_the_calls() {
     }
     assert_eq!((ok, limited), (6, 2));
     let r = c
-        .call_tool(call("change", serde_json::json!({"word": "x"})))
+        .call_tool(common::params("change", serde_json::json!({"word": "x"})))
         .await
         .expect("answers");
     assert_eq!(r.is_error, Some(true), "no write scope");

@@ -37,10 +37,7 @@ fn server(sink: Collect) -> Hardened<App> {
 }
 
 fn call(word: &str, traceparent: Option<&str>) -> CallToolRequestParams {
-    let Value::Object(args) = serde_json::json!({ "word": word }) else {
-        unreachable!()
-    };
-    let mut params = CallToolRequestParams::new("echo").with_arguments(args);
+    let mut params = common::params("echo", serde_json::json!({ "word": word }));
     if let Some(tp) = traceparent {
         let Value::Object(meta) = serde_json::json!({ "traceparent": tp }) else {
             unreachable!()

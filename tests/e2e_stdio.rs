@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::model::CallToolResult;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use rmcp::ServiceExt;
@@ -13,6 +13,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 mod common;
+use common::error_of;
 
 /// `cargo test` builds the examples before running tests, next to the test binaries.
 fn example_binary() -> PathBuf {
@@ -73,11 +74,8 @@ async fn spawn_with(db: &Path, scopes: &[&str], extra: &[&str]) -> Server {
 
 impl Server {
     async fn call(&self, tool: &'static str, args: Value) -> CallToolResult {
-        let Value::Object(obj) = args else {
-            panic!("arguments must be an object")
-        };
         self.client
-            .call_tool(CallToolRequestParams::new(tool).with_arguments(obj))
+            .call_tool(common::params(tool, args))
             .await
             .expect("call returns a result")
     }
@@ -97,11 +95,6 @@ impl Server {
             })
             .collect()
     }
-}
-
-fn error_of(r: &CallToolResult) -> Value {
-    assert_eq!(r.is_error, Some(true), "expected an error: {r:?}");
-    r.structured_content.as_ref().expect("structured error")["error"].clone()
 }
 
 fn rows(r: &CallToolResult) -> Vec<Value> {

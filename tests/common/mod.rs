@@ -9,6 +9,33 @@ use mcp_harden::Hardened;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::ServiceExt;
 
+/// The parameters of a `tools/call` of `tool` with `args` (a JSON object).
+pub fn params(tool: &'static str, args: serde_json::Value) -> rmcp::model::CallToolRequestParams {
+    let serde_json::Value::Object(args) = args else {
+        panic!("arguments must be a JSON object")
+    };
+    rmcp::model::CallToolRequestParams::new(tool).with_arguments(args)
+}
+
+/// The `error` object of a refused call, checked for the wire shape of DESIGN.md: an error
+/// result whose text is its structured content.
+pub fn error_of(r: &rmcp::model::CallToolResult) -> serde_json::Value {
+    assert_eq!(r.is_error, Some(true), "expected an error result: {r:?}");
+    let structured = r.structured_content.clone().expect("structured error");
+    let text = r
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .expect("text content");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).expect("text is JSON"),
+        structured,
+        "text mirrors structured content"
+    );
+    structured["error"].clone()
+}
+
 /// Serves `server` over an in-process duplex stream (its local principal is the caller) and
 /// connects a real rmcp client to it.
 pub async fn connect<S: Send + Sync + 'static>(
@@ -204,6 +231,15 @@ pub async fn first_export(bodies: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<u8> {
         }
         assert!(Instant::now() < deadline, "no export reached the collector");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (polling) until `cond` holds, failing after `limit`.
+pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
