@@ -26,6 +26,25 @@ use tokio::sync::oneshot;
 
 const CLIENTS: usize = 16;
 
+/// Calibration: plain rmcp plus a known amount of busy work per call (`MH_BENCH_SPIN_US`,
+/// default 4 µs), run only when `MH_BENCH_ONLY` names it. It shows how this benchmark reports
+/// a known server-side cost: what a ratio of the hardened variant means.
+const SPIN_VARIANT: &str = "plain_rmcp_prebuilt_spin";
+
+fn spin() -> Duration {
+    Duration::from_nanos(
+        std::env::var("MH_BENCH_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(4_000, |us| (us * 1000.0) as u64),
+    )
+}
+
+/// Whether `MH_BENCH_ONLY` names `name` explicitly.
+fn named(name: &str) -> bool {
+    std::env::var("MH_BENCH_ONLY").is_ok_and(|only| only.split(',').any(|v| v.trim() == name))
+}
+
 struct Variant {
     name: &'static str,
     url: String,
@@ -139,30 +158,35 @@ async fn round(clients: &[Client], args: &Arc<JsonObject>, calls: usize) -> Roun
 }
 
 async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
-    let (default_addr, prebuilt_addr, cached_url, uncached_url, wrapped_addr, _stops) = server_rt
-        .spawn(async {
-            let (default_addr, s1) =
-                serve_loopback(plain_http_router(|| PlainDefault, false), false);
-            let prebuilt = PlainPrebuilt::default();
-            let (prebuilt_addr, s2) =
-                serve_loopback(plain_http_router(move || prebuilt.clone(), false), false);
-            let (cached_url, s3) = hardened_http(None).await;
-            let (uncached_url, s4) = hardened_http(Some(0)).await;
-            let prebuilt = PlainPrebuilt::default();
-            // The wrapped plain server also takes the peer address, as the guard does.
-            let (wrapped_addr, s5) =
-                serve_loopback(plain_http_router(move || prebuilt.clone(), true), true);
-            (
-                default_addr,
-                prebuilt_addr,
-                cached_url,
-                uncached_url,
-                wrapped_addr,
-                [s1, s2, s3, s4, s5],
-            )
-        })
-        .await
-        .expect("the servers start");
+    let (default_addr, prebuilt_addr, cached_url, uncached_url, wrapped_addr, spin_addr, _stops) =
+        server_rt
+            .spawn(async {
+                let (default_addr, s1) =
+                    serve_loopback(plain_http_router(|| PlainDefault, false), false);
+                let prebuilt = PlainPrebuilt::default();
+                let (prebuilt_addr, s2) =
+                    serve_loopback(plain_http_router(move || prebuilt.clone(), false), false);
+                let (cached_url, s3) = hardened_http(None).await;
+                let (uncached_url, s4) = hardened_http(Some(0)).await;
+                let prebuilt = PlainPrebuilt::default();
+                // The wrapped plain server also takes the peer address, as the guard does.
+                let (wrapped_addr, s5) =
+                    serve_loopback(plain_http_router(move || prebuilt.clone(), true), true);
+                let spinning = PlainPrebuilt::spinning(spin());
+                let (spin_addr, s6) =
+                    serve_loopback(plain_http_router(move || spinning.clone(), false), false);
+                (
+                    default_addr,
+                    prebuilt_addr,
+                    cached_url,
+                    uncached_url,
+                    wrapped_addr,
+                    spin_addr,
+                    [s1, s2, s3, s4, s5, s6],
+                )
+            })
+            .await
+            .expect("the servers start");
     let tokens = |url: &str| -> Vec<Option<String>> {
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
         (0..CLIENTS)
@@ -201,10 +225,19 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             tokens: tokens(&uncached_url),
             url: uncached_url,
         },
+        Variant {
+            name: SPIN_VARIANT,
+            url: format!("http://{spin_addr}/mcp"),
+            tokens: vec![None; CLIENTS],
+        },
     ];
     // `MH_BENCH_ONLY=plain_rmcp_prebuilt,hardened_jwt_cached` runs only those variants
     // (`MH_BENCH_ROUNDS=N` sets the number of rounds).
-    let variants: Vec<Variant> = variants.into_iter().filter(|v| selected(v.name)).collect();
+    // The calibration variant runs only when named.
+    let variants: Vec<Variant> = variants
+        .into_iter()
+        .filter(|v| selected(v.name) && (v.name != SPIN_VARIANT || named(SPIN_VARIANT)))
+        .collect();
     let mut peers = Vec::new();
     for v in &variants {
         let mut p = Vec::new();
@@ -273,6 +306,21 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             ]
         })
         .collect();
+    // Whole-run ratios: every round's time (and CPU) summed, against the base's sums.
+    let sums: Vec<[f64; 3]> = results
+        .iter()
+        .map(|rs| {
+            let calls: usize = rs.iter().map(|r| r.calls).sum();
+            let total = |f: &dyn Fn(&Round) -> Duration| {
+                rs.iter().map(|r| f(r).as_secs_f64()).sum::<f64>() / calls as f64
+            };
+            [
+                total(&|r| r.elapsed),
+                total(&|r| r.cpu),
+                total(&|r| r.server_cpu),
+            ]
+        })
+        .collect();
     let summary: Vec<Summary> = results
         .into_iter()
         .map(|rs| {
@@ -333,16 +381,42 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
         let f = |(q1, m, q3): (f64, f64, f64)| format!("{m:.3} [{q1:.3}, {q3:.3}]");
         println!("| {} | {} | {} | {} |", v.name, f(p[0]), f(p[1]), f(p[2]));
     }
+    println!();
+    println!("whole-run ratios to plain_rmcp_prebuilt (sums over all rounds):");
+    println!("| variant | time per call | CPU per call, all | CPU per call, server |");
+    println!("|---|---|---|---|");
+    let b = sums[base_index];
+    for (v, s) in variants.iter().zip(&sums) {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} |",
+            v.name,
+            s[0] / b[0],
+            s[1] / b[1],
+            s[2] / b[2]
+        );
+    }
 }
 
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
-    let (rounds, calls) = if bench_mode { (rounds(8), 300) } else { (1, 5) };
+    let calls_per_round: usize = std::env::var("MH_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let (rounds, calls) = if bench_mode {
+        (rounds(8), calls_per_round)
+    } else {
+        (1, 5)
+    };
     // Servers and clients on runtimes of their own (two workers each, sharing the machine's
     // cores), so that the server's CPU time can be told apart from the clients'.
+    let workers: usize = std::env::var("MH_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let runtime = |name: &'static str| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .thread_name(name)
             .enable_all()
             .build()

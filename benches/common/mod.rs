@@ -211,12 +211,23 @@ impl ServerHandler for PlainDefault {}
 #[derive(Debug, Clone)]
 pub struct PlainPrebuilt {
     tool_router: Arc<ToolRouter<Self>>,
+    /// Busy work added to every call (zero but in the HTTP bench's calibration variant).
+    spin: std::time::Duration,
 }
 
 impl Default for PlainPrebuilt {
     fn default() -> Self {
+        Self::spinning(std::time::Duration::ZERO)
+    }
+}
+
+impl PlainPrebuilt {
+    /// The same server, burning `spin` of CPU in every call: a known cost, to see how a
+    /// benchmark reports it.
+    pub fn spinning(spin: std::time::Duration) -> Self {
         Self {
             tool_router: Arc::new(Self::tool_router()),
+            spin,
         }
     }
 }
@@ -226,6 +237,12 @@ impl PlainPrebuilt {
     /// Search the catalogue with a query and structured filters.
     #[rmcp::tool(name = "search", annotations(read_only_hint = true))]
     async fn search(&self, Parameters(a): Parameters<PlainArgs>) -> Json<Found> {
+        if !self.spin.is_zero() {
+            let started = std::time::Instant::now();
+            while started.elapsed() < self.spin {
+                std::hint::spin_loop();
+            }
+        }
         Json(Found::new(a.query, a.filters.len(), a.limit))
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use rand::RngCore as _;
@@ -111,7 +112,7 @@ pub enum ApiKeyError {
 
 struct Stored {
     hash: [u8; 32],
-    principal: Principal,
+    principal: Arc<Principal>,
 }
 
 /// Authenticates `mhk_…` bearer keys against their stored hashes.
@@ -156,7 +157,13 @@ impl ApiKeyAuthenticator {
                 principal = principal.with_tier(t.as_str());
             }
             if keys
-                .insert(e.id.to_ascii_lowercase(), Stored { hash, principal })
+                .insert(
+                    e.id.to_ascii_lowercase(),
+                    Stored {
+                        hash,
+                        principal: Arc::new(principal),
+                    },
+                )
                 .is_some()
             {
                 return Err(bad("duplicate id"));
@@ -185,8 +192,17 @@ impl Authenticator for ApiKeyAuthenticator {
     fn authenticate(
         &self,
         credential: &str,
-        _cx: &AuthContext<'_>,
+        cx: &AuthContext<'_>,
     ) -> Option<Result<Principal, AuthFailure>> {
+        self.authenticate_shared(credential, cx)
+            .map(|r| r.map(|p| Principal::clone(&p)))
+    }
+
+    fn authenticate_shared(
+        &self,
+        credential: &str,
+        _cx: &AuthContext<'_>,
+    ) -> Option<Result<Arc<Principal>, AuthFailure>> {
         let rest = credential.strip_prefix(API_KEY_PREFIX)?;
         let id = rest.get(..ID_HEX).unwrap_or("");
         let hash: [u8; 32] = Sha256::digest(credential.as_bytes()).into();

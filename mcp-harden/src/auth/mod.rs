@@ -211,6 +211,18 @@ pub trait Authenticator: Send + Sync + 'static {
         credential: &str,
         cx: &AuthContext<'_>,
     ) -> Option<Result<Principal, AuthFailure>>;
+
+    /// The same decision as [`authenticate`](Self::authenticate), with the principal shared:
+    /// what the HTTP guard calls for every request. The default puts `authenticate`'s
+    /// principal in a new `Arc`; an authenticator that keeps its principals (a key table, a
+    /// cache of verified tokens) hands out its own instead of copying one per request.
+    fn authenticate_shared(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Option<Result<Arc<Principal>, AuthFailure>> {
+        self.authenticate(credential, cx).map(|r| r.map(Arc::new))
+    }
 }
 
 impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
@@ -220,6 +232,13 @@ impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
         cx: &AuthContext<'_>,
     ) -> Option<Result<Principal, AuthFailure>> {
         (**self).authenticate(credential, cx)
+    }
+    fn authenticate_shared(
+        &self,
+        credential: &str,
+        cx: &AuthContext<'_>,
+    ) -> Option<Result<Arc<Principal>, AuthFailure>> {
+        (**self).authenticate_shared(credential, cx)
     }
 }
 
@@ -322,10 +341,10 @@ impl Authenticators {
         &self,
         credential: &str,
         cx: &AuthContext<'_>,
-    ) -> Result<Principal, AuthFailure> {
+    ) -> Result<Arc<Principal>, AuthFailure> {
         self.0
             .iter()
-            .find_map(|a| a.authenticate(credential, cx))
+            .find_map(|a| a.authenticate_shared(credential, cx))
             .unwrap_or(Err(AuthFailure::UnrecognizedCredential))
     }
 }

@@ -306,7 +306,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             }),
             local: None,
             transport: "none",
-            client: Arc::default(),
+            client: std::sync::OnceLock::new(),
         })
     }
 }

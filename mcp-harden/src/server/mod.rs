@@ -38,8 +38,9 @@ pub struct Hardened<S> {
     transport: &'static str,
     /// The client as it named itself in `initialize`, kept for every record of the session
     /// this handle serves, with the handshake it came from: a clone serving another session
-    /// (another handshake) never borrows it.
-    client: Arc<std::sync::OnceLock<(Arc<rmcp::model::InitializeRequestParams>, Arc<AuditClient>)>>,
+    /// (another handshake) never borrows it. Inline, so that the handle rmcp's HTTP service
+    /// makes for every request allocates nothing.
+    client: std::sync::OnceLock<(Arc<rmcp::model::InitializeRequestParams>, Arc<AuditClient>)>,
 }
 
 impl<S> Clone for Hardened<S> {
@@ -213,7 +214,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     fn local_handle(mut self, transport: &'static str) -> Self {
         self.local = self.inner.local_principal.clone();
         self.transport = transport;
-        self.client = Arc::default();
+        self.client = std::sync::OnceLock::new();
         self
     }
 
@@ -223,7 +224,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             inner: self.inner.clone(),
             local: None,
             transport: "http",
-            client: Arc::default(),
+            client: std::sync::OnceLock::new(),
         }
     }
 
