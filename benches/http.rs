@@ -210,6 +210,13 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             url: format!("http://{prebuilt_addr}/mcp"),
             tokens: vec![None; CLIENTS],
         },
+        // The same plain server, sent the same bearer tokens as the hardened one (which it
+        // ignores): what carrying a credential costs the client, the wire and hyper.
+        Variant {
+            name: "plain_rmcp_prebuilt_token",
+            url: format!("http://{prebuilt_addr}/mcp"),
+            tokens: tokens(&cached_url),
+        },
         Variant {
             name: "plain_rmcp_prebuilt_wrapped",
             url: format!("http://{wrapped_addr}/mcp"),

@@ -1,4 +1,4 @@
-//! JWT verification through `JwtAuthenticator::authenticate` (what the HTTP guard calls for
+//! JWT verification through `JwtAuthenticator::authenticate_shared` (what the HTTP guard calls for
 //! every request): HS256, RS256, ES256 and EdDSA with the cache off (full verification),
 //! a warm cache hit, and a miss with the cache on (verification plus insertion).
 
@@ -75,12 +75,12 @@ fn main() {
         let auth = build(a, Some(0));
         let token = sign(a.alg, &a.encoding, &claims("alice", RESOURCE));
         let p = auth
-            .authenticate(&token, &cx)
+            .authenticate_shared(&token, &cx)
             .expect("a JWT")
             .expect("valid");
         assert_eq!(p.subject(), "alice");
         g.bench_function(a.name, |b| {
-            b.iter(|| black_box(auth.authenticate(black_box(&token), &cx)))
+            b.iter(|| black_box(auth.authenticate_shared(black_box(&token), &cx)))
         });
     }
     g.finish();
@@ -92,11 +92,11 @@ fn main() {
     for a in &algs {
         let auth = build(a, None);
         let token = sign(a.alg, &a.encoding, &claims("alice", RESOURCE));
-        auth.authenticate(&token, &cx)
+        auth.authenticate_shared(&token, &cx)
             .expect("a JWT")
             .expect("valid");
         g.bench_function(a.name, |b| {
-            b.iter(|| black_box(auth.authenticate(black_box(&token), &cx)))
+            b.iter(|| black_box(auth.authenticate_shared(black_box(&token), &cx)))
         });
     }
     // A warm cache holding 5 000 callers' tokens (half the default capacity, so that every
@@ -113,13 +113,15 @@ fn main() {
         })
         .collect();
     for t in &tokens {
-        auth.authenticate(t, &cx).expect("a JWT").expect("valid");
+        auth.authenticate_shared(t, &cx)
+            .expect("a JWT")
+            .expect("valid");
     }
     let mut i = 0usize;
     g.bench_function("hs256_5k_callers", |b| {
         b.iter(|| {
             i = (i + 7919) % tokens.len();
-            black_box(auth.authenticate(black_box(&tokens[i]), &cx))
+            black_box(auth.authenticate_shared(black_box(&tokens[i]), &cx))
         })
     });
     g.finish();
@@ -141,7 +143,7 @@ fn main() {
                     &claims(&format!("fresh-{n}"), RESOURCE),
                 )
             },
-            |t| black_box(auth.authenticate(&t, &cx)),
+            |t| black_box(auth.authenticate_shared(&t, &cx)),
             BatchSize::SmallInput,
         )
     });

@@ -64,7 +64,9 @@ pub(crate) struct Inner<S> {
     pub default_timeout: Duration,
     pub max_output_bytes: usize,
     pub info: ServerConfig,
-    /// Calls in progress, so that shutdown can wait for them.
+    /// HTTP requests in progress, so that shutdown can wait for them: the guard holds a
+    /// token from a POST's arrival to its reply's last frame, which covers the call (only
+    /// HTTP shutdown waits; a second token per call would only add two shared atomics).
     pub inflight: tokio_util::task::TaskTracker,
     /// Where rate decisions are made.
     pub backend: Backend,
@@ -254,7 +256,6 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         rc: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let inner = &*self.inner;
-        let _inflight = inner.inflight.token();
         let started = Instant::now();
         // Every call gets a slot in the audit queue before anything else: with a full queue
         // (a slow or failing disk) the call is refused rather than its record lost.
