@@ -1110,6 +1110,65 @@ async fn graceful_shutdown_lets_a_running_call_finish() {
     );
 }
 
+#[tokio::test]
+async fn graceful_shutdown_waits_for_a_call_whose_client_left() {
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .shutdown_grace(Duration::from_secs(10)),
+    )
+    .await;
+    let alice = srv.token("alice", "db:read");
+    let (status, sid, _) = exchange(
+        &srv,
+        &alice,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "leaver", "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a session");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = exchange(&srv, &alice, Some(&sid), note).await;
+    assert!(status.is_success(), "{status}");
+
+    // The call's reply stream is opened, then dropped with its connection: no cancellation
+    // reaches the server, and in a stateful session the call runs on.
+    let napping = srv.app.napping.notified();
+    let auth = bearer(&alice);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "nap", "arguments": {}}});
+    let reply = srv
+        .raw_post(
+            &call.to_string(),
+            &[("authorization", &auth), ("mcp-session-id", &sid)],
+        )
+        .await;
+    assert_eq!(reply.status(), 200);
+    tokio::time::timeout(Duration::from_secs(10), napping)
+        .await
+        .expect("the tool starts");
+    drop(reply);
+
+    let app = srv.app.clone();
+    let audit = srv.audit.clone();
+    srv.stop().await.expect("serve_until returns Ok");
+    assert_eq!(
+        app.runs.load(Ordering::SeqCst),
+        1,
+        "shutdown waited for the call, though nobody reads its reply"
+    );
+    assert!(
+        audit
+            .records()
+            .iter()
+            .any(|r| r.tool.as_deref() == Some("nap") && r.outcome == Outcome::Success),
+        "and the call was recorded"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // TLS.
 

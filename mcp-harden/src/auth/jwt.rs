@@ -294,7 +294,7 @@ impl Authenticator for JwtAuthenticator {
         cx: &AuthContext<'_>,
     ) -> Option<Result<Principal, AuthFailure>> {
         self.authenticate_shared(credential, cx)
-            .map(|r| r.map(|p| Principal::clone(&p)))
+            .map(|r| r.map(|p| Arc::try_unwrap(p).unwrap_or_else(|p| Principal::clone(&p))))
     }
 
     /// A cached token's principal is the cache's own, shared: a hit copies nothing.

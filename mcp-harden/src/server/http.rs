@@ -540,16 +540,25 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         let inflight = self.hardened.inner.inflight.clone();
         inflight.close();
         let calls_done = tokio::time::timeout(self.grace, inflight.wait());
-        tokio::select! {
-            r = &mut server => return r.map_err(HttpError::Serve),
-            _ = calls_done => {}
+        tokio::pin!(calls_done);
+        let served = tokio::select! {
+            r = &mut server => Some(r),
+            _ = &mut calls_done => None,
+        };
+        if served.is_some() {
+            // The last connection closed first, but a call whose client has gone away runs
+            // on in its session: wait for it all the same (up to the grace period).
+            let _ = (&mut calls_done).await;
         }
         // Every call has answered: end the sessions and their streams.
         self.rmcp_ct.cancel();
         inflight.reopen();
-        match tokio::time::timeout(Duration::from_secs(5), server).await {
-            Ok(r) => r.map_err(HttpError::Serve),
-            Err(_) => Ok(()),
+        match served {
+            Some(r) => r.map_err(HttpError::Serve),
+            None => match tokio::time::timeout(Duration::from_secs(5), server).await {
+                Ok(r) => r.map_err(HttpError::Serve),
+                Err(_) => Ok(()),
+            },
         }
     }
 }

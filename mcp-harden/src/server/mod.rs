@@ -64,9 +64,7 @@ pub(crate) struct Inner<S> {
     pub default_timeout: Duration,
     pub max_output_bytes: usize,
     pub info: ServerConfig,
-    /// HTTP requests in progress, so that shutdown can wait for them: the guard holds a
-    /// token from a POST's arrival to its reply's last frame, which covers the call (only
-    /// HTTP shutdown waits; a second token per call would only add two shared atomics).
+    /// Calls and HTTP replies in progress, so that shutdown can wait for them.
     pub inflight: tokio_util::task::TaskTracker,
     /// Where rate decisions are made.
     pub backend: Backend,
@@ -256,6 +254,9 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         rc: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let inner = &*self.inner;
+        // The guard's token covers a POST until its reply ends; this one covers the call
+        // itself, which in a stateful session runs on after its client has gone away.
+        let _inflight = inner.inflight.token();
         let started = Instant::now();
         // Every call gets a slot in the audit queue before anything else: with a full queue
         // (a slow or failing disk) the call is refused rather than its record lost.
@@ -415,7 +416,8 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 }
             }
             let c = client(&info.client_info.name, &info.client_info.version);
-            // The first session's is kept; another session on a shared clone pays per call.
+            // The first session's is kept; a clone made after another session set it pays
+            // per call.
             let _ = self.client.set((info, c.clone()));
             return Some(c);
         }
