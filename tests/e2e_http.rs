@@ -984,31 +984,32 @@ async fn exchange(
     (status, sid, r.text().await.expect("body"))
 }
 
+/// A session opened with raw requests (`initialize`, then `notifications/initialized`) by
+/// the holder of `token`, as client `name`: its id.
+async fn open_session(srv: &Srv, token: &str, name: &str) -> String {
+    let (status, sid, _) = exchange(
+        srv,
+        token,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": name, "version": "1"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sid = sid.expect("a stateful server hands out a session id");
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = exchange(srv, token, Some(&sid), note).await;
+    assert!(status.is_success(), "{status}");
+    sid
+}
+
 #[tokio::test]
 async fn a_session_belongs_to_the_principal_that_opened_it() {
     let srv = start(config().authenticator(hs_auth())).await;
     let alice = srv.token("alice", "db:read");
     let bob = srv.token("bob", "db:read db:write admin");
-
-    let (status, sid, _) = exchange(
-        &srv,
-        &alice,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "alice-client", "version": "1"}}}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let sid = sid.expect("a stateful server hands out a session id");
-    let (status, _, _) = exchange(
-        &srv,
-        &alice,
-        Some(&sid),
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    )
-    .await;
-    assert!(status.is_success(), "{status}");
+    let sid = open_session(&srv, &alice, "alice-client").await;
 
     // Bob, validly authenticated, rides alice's session: as if it did not exist.
     for body in [
@@ -1119,20 +1120,7 @@ async fn graceful_shutdown_waits_for_a_call_whose_client_left() {
     )
     .await;
     let alice = srv.token("alice", "db:read");
-    let (status, sid, _) = exchange(
-        &srv,
-        &alice,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "leaver", "version": "1"}}}),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let sid = sid.expect("a session");
-    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-    let (status, _, _) = exchange(&srv, &alice, Some(&sid), note).await;
-    assert!(status.is_success(), "{status}");
+    let sid = open_session(&srv, &alice, "leaver").await;
 
     // The call's reply stream is opened, then dropped with its connection: no cancellation
     // reaches the server, and in a stateful session the call runs on.
