@@ -32,17 +32,7 @@ const CLIENTS: usize = 16;
 const SPIN_VARIANT: &str = "plain_rmcp_prebuilt_spin";
 
 fn spin() -> Duration {
-    Duration::from_nanos(
-        std::env::var("MH_BENCH_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(4_000, |us| (us * 1000.0) as u64),
-    )
-}
-
-/// Whether `MH_BENCH_ONLY` names `name` explicitly.
-fn named(name: &str) -> bool {
-    std::env::var("MH_BENCH_ONLY").is_ok_and(|only| only.split(',').any(|v| v.trim() == name))
+    Duration::from_secs_f64(env_or("MH_BENCH_SPIN_US", 4.0) / 1e6)
 }
 
 struct Variant {
@@ -406,21 +396,15 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
 
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
-    let calls_per_round: usize = std::env::var("MH_BENCH_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
     let (rounds, calls) = if bench_mode {
-        (rounds(8), calls_per_round)
+        (rounds(8), env_or("MH_BENCH_CALLS", 300))
     } else {
         (1, 5)
     };
-    // Servers and clients on runtimes of their own (two workers each, sharing the machine's
-    // cores), so that the server's CPU time can be told apart from the clients'.
-    let workers: usize = std::env::var("MH_BENCH_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    // Servers and clients on runtimes of their own (two workers each unless
+    // `MH_BENCH_WORKERS` says otherwise, sharing the machine's cores), so that the server's
+    // CPU time can be told apart from the clients'.
+    let workers: usize = env_or("MH_BENCH_WORKERS", 2).max(1);
     let runtime = |name: &'static str| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)

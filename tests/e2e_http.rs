@@ -1070,14 +1070,19 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
     assert_never_recorded(&srv.audit, &bob);
 }
 
-#[tokio::test]
-async fn graceful_shutdown_lets_a_running_call_finish() {
-    let srv = start(
+/// A server with JWT authentication and a 10-second shutdown grace.
+async fn start_with_grace() -> Srv {
+    start(
         config()
             .authenticator(hs_auth())
             .shutdown_grace(Duration::from_secs(10)),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_running_call_finish() {
+    let srv = start_with_grace().await;
     let c = srv.client(&srv.token("alice", "db:read")).await;
     let napping = srv.app.napping.notified();
     let call = tokio::spawn(async move {
@@ -1113,12 +1118,7 @@ async fn graceful_shutdown_lets_a_running_call_finish() {
 
 #[tokio::test]
 async fn graceful_shutdown_waits_for_a_call_whose_client_left() {
-    let srv = start(
-        config()
-            .authenticator(hs_auth())
-            .shutdown_grace(Duration::from_secs(10)),
-    )
-    .await;
+    let srv = start_with_grace().await;
     let alice = srv.token("alice", "db:read");
     let sid = open_session(&srv, &alice, "leaver").await;
 

@@ -472,16 +472,24 @@ where
 /// Whether `MH_BENCH_ONLY` (a comma-separated list of variant names; unset: all) selects
 /// `name`.
 pub fn selected(name: &str) -> bool {
-    std::env::var("MH_BENCH_ONLY")
+    std::env::var("MH_BENCH_ONLY").is_err() || named(name)
+}
+
+/// Whether `MH_BENCH_ONLY` names `name` explicitly (for variants that run only when asked).
+pub fn named(name: &str) -> bool {
+    std::env::var("MH_BENCH_ONLY").is_ok_and(|only| only.split(',').any(|v| v.trim() == name))
+}
+
+/// The environment variable `name` parsed, or `default` when it is unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
-        .is_none_or(|only| only.split(',').any(|v| v.trim() == name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The number of rounds: `MH_BENCH_ROUNDS` if set (a few suffice under callgrind), else
 /// `default`.
 pub fn rounds(default: usize) -> usize {
-    std::env::var("MH_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(default)
+    env_or("MH_BENCH_ROUNDS", default)
 }

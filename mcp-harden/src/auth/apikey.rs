@@ -195,7 +195,7 @@ impl Authenticator for ApiKeyAuthenticator {
         cx: &AuthContext<'_>,
     ) -> Option<Result<Principal, AuthFailure>> {
         self.authenticate_shared(credential, cx)
-            .map(|r| r.map(|p| Arc::try_unwrap(p).unwrap_or_else(|p| Principal::clone(&p))))
+            .map(|r| r.map(Arc::unwrap_or_clone))
     }
 
     fn authenticate_shared(

@@ -294,7 +294,7 @@ impl Authenticator for JwtAuthenticator {
         cx: &AuthContext<'_>,
     ) -> Option<Result<Principal, AuthFailure>> {
         self.authenticate_shared(credential, cx)
-            .map(|r| r.map(|p| Arc::try_unwrap(p).unwrap_or_else(|p| Principal::clone(&p))))
+            .map(|r| r.map(Arc::unwrap_or_clone))
     }
 
     /// A cached token's principal is the cache's own, shared: a hit copies nothing.
@@ -336,15 +336,9 @@ impl Authenticator for JwtAuthenticator {
     }
 }
 
-/// The dots in `bytes`, counted in byte-wide lanes (chunks of 255, so no lane overflows),
-/// which the compiler vectorises 16 bytes at a time. A `split('.')` runs a search per segment
-/// and a `usize` count widens every byte: both cost several times more on a ~350-byte token,
-/// every request.
+/// The dots in `bytes`, by vectorised search (`split('.')` compares char by char).
 fn count_dots(bytes: &[u8]) -> usize {
-    bytes
-        .chunks(255)
-        .map(|c| usize::from(c.iter().fold(0u8, |n, &b| n + u8::from(b == b'.'))))
-        .sum()
+    memchr::memchr_iter(b'.', bytes).count()
 }
 
 impl JwtAuthenticator {
@@ -853,7 +847,7 @@ mod tests {
     }
 
     #[test]
-    fn dots_are_counted_across_chunks() {
+    fn dots_are_counted_in_tokens_of_any_length() {
         for len in [0, 1, 254, 255, 256, 600] {
             let all = vec![b'.'; len];
             assert_eq!(count_dots(&all), len);
