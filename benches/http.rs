@@ -44,15 +44,25 @@ struct Variant {
 
 /// Serves `app` with axum-server (as mcp-harden serves its endpoint) on a loopback port,
 /// with the peer address in each request when `connect_info` is set, until told to stop.
-fn serve_loopback(app: axum::Router, connect_info: bool) -> (SocketAddr, oneshot::Sender<()>) {
+/// With `http1`, HTTP/1.1 only, as mcp-harden serves (no protocol sniffing); otherwise
+/// axum-server's default, which is also `axum::serve`'s, the way rmcp's examples serve:
+/// HTTP/1.1 or cleartext HTTP/2, told apart by a first read of 24 bytes on every connection.
+fn serve_loopback(
+    app: axum::Router,
+    connect_info: bool,
+    http1: bool,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("non-blocking");
     let addr = listener.local_addr().expect("address");
     let (stop, stopped) = oneshot::channel::<()>();
     let handle = axum_server::Handle::<SocketAddr>::new();
-    let server = axum_server::from_tcp(listener)
+    let mut server = axum_server::from_tcp(listener)
         .expect("server")
         .handle(handle.clone());
+    if http1 {
+        server = server.http1_only();
+    }
     let server = if connect_info {
         Box::pin(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()))
             as std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>
@@ -148,35 +158,59 @@ async fn round(clients: &[Client], args: &Arc<JsonObject>, calls: usize) -> Roun
 }
 
 async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
-    let (default_addr, prebuilt_addr, cached_url, uncached_url, wrapped_addr, spin_addr, _stops) =
-        server_rt
-            .spawn(async {
-                let (default_addr, s1) =
-                    serve_loopback(plain_http_router(|| PlainDefault, false), false);
-                let prebuilt = PlainPrebuilt::default();
-                let (prebuilt_addr, s2) =
-                    serve_loopback(plain_http_router(move || prebuilt.clone(), false), false);
-                let (cached_url, s3) = hardened_http(None).await;
-                let (uncached_url, s4) = hardened_http(Some(0)).await;
-                let prebuilt = PlainPrebuilt::default();
-                // The wrapped plain server also takes the peer address, as the guard does.
-                let (wrapped_addr, s5) =
-                    serve_loopback(plain_http_router(move || prebuilt.clone(), true), true);
-                let spinning = PlainPrebuilt::spinning(spin());
-                let (spin_addr, s6) =
-                    serve_loopback(plain_http_router(move || spinning.clone(), false), false);
-                (
-                    default_addr,
-                    prebuilt_addr,
-                    cached_url,
-                    uncached_url,
-                    wrapped_addr,
-                    spin_addr,
-                    [s1, s2, s3, s4, s5, s6],
-                )
-            })
-            .await
-            .expect("the servers start");
+    let (
+        default_addr,
+        prebuilt_addr,
+        http1_addr,
+        cached_url,
+        uncached_url,
+        wrapped_addr,
+        spin_addr,
+        _stops,
+    ) = server_rt
+        .spawn(async {
+            let (default_addr, s1) =
+                serve_loopback(plain_http_router(|| PlainDefault, false), false, false);
+            let prebuilt = PlainPrebuilt::default();
+            let (prebuilt_addr, s2) = serve_loopback(
+                plain_http_router(move || prebuilt.clone(), false),
+                false,
+                false,
+            );
+            let prebuilt = PlainPrebuilt::default();
+            let (http1_addr, s7) = serve_loopback(
+                plain_http_router(move || prebuilt.clone(), false),
+                false,
+                true,
+            );
+            let (cached_url, s3) = hardened_http(None).await;
+            let (uncached_url, s4) = hardened_http(Some(0)).await;
+            let prebuilt = PlainPrebuilt::default();
+            // The wrapped plain server also takes the peer address, as the guard does.
+            let (wrapped_addr, s5) = serve_loopback(
+                plain_http_router(move || prebuilt.clone(), true),
+                true,
+                false,
+            );
+            let spinning = PlainPrebuilt::spinning(spin());
+            let (spin_addr, s6) = serve_loopback(
+                plain_http_router(move || spinning.clone(), false),
+                false,
+                false,
+            );
+            (
+                default_addr,
+                prebuilt_addr,
+                http1_addr,
+                cached_url,
+                uncached_url,
+                wrapped_addr,
+                spin_addr,
+                [s1, s2, s3, s4, s5, s6, s7],
+            )
+        })
+        .await
+        .expect("the servers start");
     let tokens = |url: &str| -> Vec<Option<String>> {
         let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
         (0..CLIENTS)
@@ -198,6 +232,13 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
         Variant {
             name: "plain_rmcp_prebuilt",
             url: format!("http://{prebuilt_addr}/mcp"),
+            tokens: vec![None; CLIENTS],
+        },
+        // Plain rmcp served as mcp-harden serves (HTTP/1.1 only): the same transport, so
+        // that the ratio to it is hardening's own cost.
+        Variant {
+            name: "plain_rmcp_prebuilt_http1",
+            url: format!("http://{http1_addr}/mcp"),
             tokens: vec![None; CLIENTS],
         },
         // The same plain server, sent the same bearer tokens as the hardened one (which it

@@ -962,6 +962,102 @@ async fn oversized_bodies_get_413() {
     }
 }
 
+/// Reads `stream` until the server closes it (or resets it); what it sent, and when.
+async fn until_closed(mut stream: tokio::net::tcp::OwnedReadHalf) -> (Vec<u8>, std::time::Instant) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the server closes the connection");
+    (got, std::time::Instant::now())
+}
+
+#[tokio::test]
+async fn slow_request_heads_and_idle_connections_are_cut_off() {
+    let limit = Duration::from_millis(500);
+    let srv = start(config().authenticator(hs_auth()).header_read_timeout(limit)).await;
+
+    // A head trickled a line at a time, never finished (slowloris): closed once the time
+    // for the head has run out, although bytes keep coming.
+    let started = std::time::Instant::now();
+    let (read, mut write) = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let head = format!("POST /mcp HTTP/1.1\r\nhost: {}\r\n", srv.addr);
+    write.write_all(head.as_bytes()).await.expect("write");
+    let trickle = tokio::spawn(async move {
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if write
+                .write_all(format!("x-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let (answer, closed) = until_closed(read).await;
+    trickle.abort();
+    let took = closed - started;
+    assert!(took >= limit, "closed after {took:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    // A connection that never sends anything is closed too.
+    let started = std::time::Instant::now();
+    let (read, _write) = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let (_, closed) = until_closed(read).await;
+    assert!(
+        closed - started >= limit,
+        "closed after {:?}",
+        closed - started
+    );
+
+    // Nothing ran, and callers that send their requests in time are served.
+    assert_eq!(srv.runs(), 0);
+    let client = srv.client(&srv.token("alice", "db:read")).await;
+    assert_ne!(call(&client, "read_rows").await.is_error, Some(true));
+    assert_eq!(srv.runs(), 1);
+    client.cancel().await.expect("the client closes");
+}
+
+#[tokio::test]
+async fn cleartext_http2_is_not_served() {
+    let srv = start(config().authenticator(hs_auth())).await;
+    let (read, mut write) = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    // The HTTP/2 connection preface and an empty SETTINGS frame (prior knowledge, "h2c").
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    write.write_all(&preface).await.expect("write");
+    let (answer, _) = until_closed(read).await;
+    // An HTTP/2 server would answer with its own SETTINGS frame (type 4 in the 4th byte).
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(srv.runs(), 0);
+}
+
 /// A raw JSON-RPC exchange on a stateful server: the response head and message.
 async fn exchange(
     srv: &Srv,
@@ -1155,6 +1251,54 @@ async fn graceful_shutdown_waits_for_a_call_whose_client_left() {
             .any(|r| r.tool.as_deref() == Some("nap") && r.outcome == Outcome::Success),
         "and the call was recorded"
     );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_waits_for_a_body_the_scope_check_is_reading() {
+    // With an authorization server the guard reads the body itself (to challenge a missing
+    // scope): shutdown must wait for a request from its head on there too.
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .authorization_server("https://auth.example")
+            .shutdown_grace(Duration::from_secs(10)),
+    )
+    .await;
+    let alice = srv.token("alice", "db:read");
+    let sid = open_session(&srv, &alice, "slow-uploader").await;
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                      "params": {"name": "read_rows", "arguments": {"table": "users"}}})
+    .to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let (read, mut write) = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\nmcp-session-id: {sid}\r\n\
+         accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+         mcp-protocol-version: 2025-11-25\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        srv.addr,
+        bearer(&alice),
+        body.len()
+    );
+    write.write_all(head.as_bytes()).await.expect("write");
+    write.write_all(first).await.expect("write");
+    // The guard is reading the body when shutdown begins; the rest comes later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let app = srv.app.clone();
+    let stopped = tokio::spawn(srv.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write.write_all(rest).await.expect("write");
+    let (answer, _) = until_closed(read).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""rows":1"#), "{answer}");
+    assert_eq!(app.runs.load(Ordering::SeqCst), 1);
+    stopped
+        .await
+        .expect("no panic")
+        .expect("serve_until returns Ok");
 }
 
 // ---------------------------------------------------------------------------------------

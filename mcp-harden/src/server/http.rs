@@ -90,6 +90,7 @@ pub struct HttpConfig {
     auth_failures: (u32, u32),
     challenge: ScopeChallenge,
     grace: Duration,
+    header_read_timeout: Duration,
     allow_anonymous: bool,
 }
 
@@ -127,6 +128,7 @@ impl HttpConfig {
             auth_failures: (10, 10),
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             allow_anonymous: false,
         }
     }
@@ -229,6 +231,15 @@ impl HttpConfig {
         self
     }
 
+    /// How long a client may take to send a request's head (default 10 s), counted from
+    /// when the server starts waiting for it: on a new connection, and on a kept-alive one
+    /// between requests. A client that takes longer has its connection closed, so that slow
+    /// or idle clients cannot hold connections open (slowloris).
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
     /// Admit requests without credentials as an anonymous principal that can call only
     /// `public` tools. Off by default.
     pub fn allow_anonymous(mut self) -> Self {
@@ -276,6 +287,7 @@ pub struct HttpServer<S> {
     hardened: Hardened<S>,
     rmcp_ct: CancellationToken,
     grace: Duration,
+    header_read_timeout: Duration,
     gate: Arc<Gate>,
 }
 
@@ -474,6 +486,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             hardened: self.clone(),
             rmcp_ct,
             grace: config.grace,
+            header_read_timeout: config.header_read_timeout,
             gate,
         })
     }
@@ -516,18 +529,31 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
     ) -> Result<(), HttpError> {
         let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
         let make = self.app.into_make_service_with_connect_info::<SocketAddr>();
+        // HTTP/1.1 only, as over TLS (ALPN offers only `http/1.1`): no cleartext HTTP/2, and
+        // no protocol sniffing (an extra read of every connection's first 24 bytes).
+        let header_read_timeout = Some(self.header_read_timeout);
         let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
             match self.tls {
-                Some(tls) => Box::pin(
-                    axum_server::tls_rustls::from_tcp_rustls(self.listener, tls)?
+                Some(tls) => {
+                    let mut server = axum_server::tls_rustls::from_tcp_rustls(self.listener, tls)?
                         .handle(handle.clone())
-                        .serve(make),
-                ),
-                None => Box::pin(
-                    axum_server::from_tcp(self.listener)?
+                        .http1_only();
+                    server
+                        .http_builder()
+                        .http1()
+                        .header_read_timeout(header_read_timeout);
+                    Box::pin(server.serve(make))
+                }
+                None => {
+                    let mut server = axum_server::from_tcp(self.listener)?
                         .handle(handle.clone())
-                        .serve(make),
-                ),
+                        .http1_only();
+                    server
+                        .http_builder()
+                        .http1()
+                        .header_read_timeout(header_read_timeout);
+                    Box::pin(server.serve(make))
+                }
             };
         let mut server = server;
         tracing::info!(target: "mcp_harden::http", addr = %self.local_addr, resource = %self.gate.resource, "serving MCP over HTTP");
@@ -1220,7 +1246,11 @@ where
         if gate.challenge && req.method() == Method::POST {
             // The body must be read to see which tool is called: the one path that waits.
             let (gate, mut inner) = (gate.clone(), self.inner.clone());
+            // Shutdown waits for the request from its head on, as on the path without the
+            // challenge (where the reply's token is taken at once).
+            let reading = gate.hardened.inflight();
             return GuardFuture::Challenge(Box::pin(async move {
+                let _reading = reading;
                 let (parts, body) = req.into_parts();
                 let Ok(bytes) = axum::body::to_bytes(body, gate.max_body).await else {
                     return json_response(
