@@ -962,6 +962,60 @@ async fn oversized_bodies_get_413() {
     }
 }
 
+#[tokio::test]
+async fn unusable_configurations_are_refused_at_bind() {
+    let hardened = Hardened::builder(Arc::new(App::default()))
+        .tool::<read_rows>()
+        .build()
+        .expect("the server builds");
+    let cases: Vec<(HttpConfig, &str)> = vec![
+        (config(), "no authenticator"),
+        (
+            config().authenticator(hs_auth()).path("mcp"),
+            "must start with /",
+        ),
+        (
+            config()
+                .authenticator(hs_auth())
+                .header_read_timeout(Duration::ZERO),
+            "request-head timeout",
+        ),
+        (
+            config()
+                .authenticator(hs_auth())
+                .header_read_timeout(Duration::MAX),
+            "request-head timeout",
+        ),
+        (
+            HttpConfig::new("0.0.0.0:0".parse().expect("address")).authenticator(hs_auth()),
+            "set .resource_url",
+        ),
+        (
+            config()
+                .authenticator(hs_auth())
+                .resource_url("ftp://example.com/mcp"),
+            "must be http(s)",
+        ),
+        (
+            config().authenticator(hs_auth()).allowed_hosts(["a b"]),
+            "is not a host",
+        ),
+        (
+            config().authenticator(hs_auth()).auth_failure_limit(0, 1),
+            "at least 1/min",
+        ),
+    ];
+    for (cfg, expected) in cases {
+        match hardened.bind_http(cfg).await {
+            Err(HttpError::Config(message)) => {
+                assert!(message.contains(expected), "{expected}: {message}")
+            }
+            Err(other) => panic!("{expected}: {other}"),
+            Ok(_) => panic!("{expected}: the configuration was accepted"),
+        }
+    }
+}
+
 /// Reads `stream` until the server closes it (or resets it); what it sent, and when.
 async fn until_closed(mut stream: tokio::net::tcp::OwnedReadHalf) -> (Vec<u8>, std::time::Instant) {
     let mut got = Vec::new();

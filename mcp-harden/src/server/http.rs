@@ -234,7 +234,8 @@ impl HttpConfig {
     /// How long a client may take to send a request's head (default 10 s), counted from
     /// when the server starts waiting for it: on a new connection, and on a kept-alive one
     /// between requests. A client that takes longer has its connection closed, so that slow
-    /// or idle clients cannot hold connections open (slowloris).
+    /// or idle clients cannot hold connections open (slowloris). More than zero and at most
+    /// an hour, or [`bind_http`](Hardened::bind_http) refuses the configuration.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self
@@ -321,6 +322,12 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             return Err(HttpError::Config(format!(
                 "the path `{}` must start with / and name a route",
                 config.path
+            )));
+        }
+        if config.header_read_timeout.is_zero() || config.header_read_timeout > MAX_HEADER_READ {
+            return Err(HttpError::Config(format!(
+                "the request-head timeout ({:?}) must be more than zero and at most an hour",
+                config.header_read_timeout
             )));
         }
         let tls = match &config.tls {
@@ -647,6 +654,10 @@ async fn tls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, 
         Arc::new(config),
     ))
 }
+
+/// The longest request-head timeout accepted: longer is no defence (and hyper adds it to
+/// the current instant, which must not overflow).
+const MAX_HEADER_READ: Duration = Duration::from_secs(3600);
 
 const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
