@@ -234,8 +234,8 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             url: format!("http://{prebuilt_addr}/mcp"),
             tokens: vec![None; CLIENTS],
         },
-        // Plain rmcp served as mcp-harden serves (HTTP/1.1 only): the same transport, so
-        // that the ratio to it is hardening's own cost.
+        // Plain rmcp served as mcp-harden serves (HTTP/1.1 only, no protocol sniffing): the
+        // same transport; hardened's ratio divided by this one's is hardening's own cost.
         Variant {
             name: "plain_rmcp_prebuilt_http1",
             url: format!("http://{http1_addr}/mcp"),

@@ -128,7 +128,7 @@ impl HttpConfig {
             auth_failures: (10, 10),
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             allow_anonymous: false,
         }
     }
@@ -231,11 +231,16 @@ impl HttpConfig {
         self
     }
 
-    /// How long a client may take to send a request's head (default 10 s), counted from
-    /// when the server starts waiting for it: on a new connection, and on a kept-alive one
-    /// between requests. A client that takes longer has its connection closed, so that slow
-    /// or idle clients cannot hold connections open (slowloris). More than zero and at most
-    /// an hour, or [`bind_http`](Hardened::bind_http) refuses the configuration.
+    /// How long a client may take to send a request's head (default 30 s, hyper's own
+    /// default, which axum-server turns off), counted from when the server starts waiting
+    /// for it: on a new connection (over TLS, after the handshake, which has 10 s of its
+    /// own), and on a kept-alive one from the end of the previous response. A client that
+    /// takes longer has its connection closed without an answer: a head trickled a byte at a
+    /// time (slowloris) or a kept-alive connection left idle cannot hold a connection longer.
+    /// Bodies are not timed here: a body is bounded by
+    /// [`max_body_bytes`](Self::max_body_bytes) and a call by its tool's timeout.
+    /// More than zero and at most an hour, or [`bind_http`](Hardened::bind_http) refuses
+    /// the configuration.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
         self
@@ -1120,7 +1125,7 @@ impl Gate {
     fn host_allowed(&self, headers: &HeaderMap, uri: &Uri) -> bool {
         let host = match headers.get(header::HOST) {
             Some(h) => h.to_str().ok(),
-            // HTTP/2 carries the authority in the URI.
+            // Only an HTTP/1.0 request may come without a Host; the URI's authority if any.
             None => uri.authority().map(Authority::as_str),
         };
         let Some((host, port)) = host.and_then(split_host) else {
