@@ -42,16 +42,28 @@ struct Variant {
     tokens: Vec<Option<String>>,
 }
 
-/// Serves `app` with axum-server (as mcp-harden serves its endpoint) on a loopback port,
-/// with the peer address in each request when `connect_info` is set, until told to stop.
-/// With `http1`, HTTP/1.1 only, as mcp-harden serves (no protocol sniffing); otherwise
+impl Variant {
+    /// A variant whose clients send no credential.
+    fn plain(name: &'static str, url: String) -> Self {
+        Self {
+            name,
+            url,
+            tokens: vec![None; CLIENTS],
+        }
+    }
+}
+
+/// Serves plain rmcp's `server` with axum-server (as mcp-harden serves its endpoint) on a
+/// loopback port until told to stop; its endpoint URL. With `wrapped`, behind the
+/// [`passthrough`] middleware and with the peer address in each request, as the guard takes
+/// it. With `http1`, HTTP/1.1 only, as mcp-harden serves (no protocol sniffing); otherwise
 /// axum-server's default, which is also `axum::serve`'s, the way rmcp's examples serve:
 /// HTTP/1.1 or cleartext HTTP/2, told apart by a first read of 24 bytes on every connection.
-fn serve_loopback(
-    app: axum::Router,
-    connect_info: bool,
-    http1: bool,
-) -> (SocketAddr, oneshot::Sender<()>) {
+fn serve_plain<S>(server: S, wrapped: bool, http1: bool) -> (String, oneshot::Sender<()>)
+where
+    S: rmcp::ServerHandler + Clone + Send + Sync + 'static,
+{
+    let app = plain_http_router(move || server.clone(), wrapped);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("non-blocking");
     let addr = listener.local_addr().expect("address");
@@ -63,7 +75,7 @@ fn serve_loopback(
     if http1 {
         server = server.http1_only();
     }
-    let server = if connect_info {
+    let server = if wrapped {
         Box::pin(server.serve(app.into_make_service_with_connect_info::<SocketAddr>()))
             as std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>
     } else {
@@ -75,7 +87,7 @@ fn serve_loopback(
             _ = stopped => handle.shutdown(),
         }
     });
-    (addr, stop)
+    (format!("http://{addr}/mcp"), stop)
 }
 
 /// mcp-harden over HTTP with a JWT authenticator (cache on or off), audit to a null sink.
@@ -159,53 +171,32 @@ async fn round(clients: &[Client], args: &Arc<JsonObject>, calls: usize) -> Roun
 
 async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
     let (
-        default_addr,
-        prebuilt_addr,
-        http1_addr,
+        default_url,
+        prebuilt_url,
+        http1_url,
         cached_url,
         uncached_url,
-        wrapped_addr,
-        spin_addr,
+        wrapped_url,
+        spin_url,
         _stops,
     ) = server_rt
         .spawn(async {
-            let (default_addr, s1) =
-                serve_loopback(plain_http_router(|| PlainDefault, false), false, false);
             let prebuilt = PlainPrebuilt::default();
-            let (prebuilt_addr, s2) = serve_loopback(
-                plain_http_router(move || prebuilt.clone(), false),
-                false,
-                false,
-            );
-            let prebuilt = PlainPrebuilt::default();
-            let (http1_addr, s7) = serve_loopback(
-                plain_http_router(move || prebuilt.clone(), false),
-                false,
-                true,
-            );
-            let (cached_url, s3) = hardened_http(None).await;
-            let (uncached_url, s4) = hardened_http(Some(0)).await;
-            let prebuilt = PlainPrebuilt::default();
-            // The wrapped plain server also takes the peer address, as the guard does.
-            let (wrapped_addr, s5) = serve_loopback(
-                plain_http_router(move || prebuilt.clone(), true),
-                true,
-                false,
-            );
-            let spinning = PlainPrebuilt::spinning(spin());
-            let (spin_addr, s6) = serve_loopback(
-                plain_http_router(move || spinning.clone(), false),
-                false,
-                false,
-            );
+            let (default_url, s1) = serve_plain(PlainDefault, false, false);
+            let (prebuilt_url, s2) = serve_plain(prebuilt.clone(), false, false);
+            let (http1_url, s3) = serve_plain(prebuilt.clone(), false, true);
+            let (wrapped_url, s4) = serve_plain(prebuilt, true, false);
+            let (spin_url, s5) = serve_plain(PlainPrebuilt::spinning(spin()), false, false);
+            let (cached_url, s6) = hardened_http(None).await;
+            let (uncached_url, s7) = hardened_http(Some(0)).await;
             (
-                default_addr,
-                prebuilt_addr,
-                http1_addr,
+                default_url,
+                prebuilt_url,
+                http1_url,
                 cached_url,
                 uncached_url,
-                wrapped_addr,
-                spin_addr,
+                wrapped_url,
+                spin_url,
                 [s1, s2, s3, s4, s5, s6, s7],
             )
         })
@@ -224,35 +215,19 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             .collect()
     };
     let variants = [
-        Variant {
-            name: "plain_rmcp_default",
-            url: format!("http://{default_addr}/mcp"),
-            tokens: vec![None; CLIENTS],
-        },
-        Variant {
-            name: "plain_rmcp_prebuilt",
-            url: format!("http://{prebuilt_addr}/mcp"),
-            tokens: vec![None; CLIENTS],
-        },
+        Variant::plain("plain_rmcp_default", default_url),
+        Variant::plain("plain_rmcp_prebuilt", prebuilt_url.clone()),
         // Plain rmcp served as mcp-harden serves (HTTP/1.1 only, no protocol sniffing): the
         // same transport; hardened's ratio divided by this one's is hardening's own cost.
-        Variant {
-            name: "plain_rmcp_prebuilt_http1",
-            url: format!("http://{http1_addr}/mcp"),
-            tokens: vec![None; CLIENTS],
-        },
+        Variant::plain("plain_rmcp_prebuilt_http1", http1_url),
         // The same plain server, sent the same bearer tokens as the hardened one (which it
         // ignores): what carrying a credential costs the client, the wire and hyper.
         Variant {
             name: "plain_rmcp_prebuilt_token",
-            url: format!("http://{prebuilt_addr}/mcp"),
+            url: prebuilt_url,
             tokens: tokens(&cached_url),
         },
-        Variant {
-            name: "plain_rmcp_prebuilt_wrapped",
-            url: format!("http://{wrapped_addr}/mcp"),
-            tokens: vec![None; CLIENTS],
-        },
+        Variant::plain("plain_rmcp_prebuilt_wrapped", wrapped_url),
         Variant {
             name: "hardened_jwt_cached",
             tokens: tokens(&cached_url),
@@ -263,11 +238,7 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             tokens: tokens(&uncached_url),
             url: uncached_url,
         },
-        Variant {
-            name: SPIN_VARIANT,
-            url: format!("http://{spin_addr}/mcp"),
-            tokens: vec![None; CLIENTS],
-        },
+        Variant::plain(SPIN_VARIANT, spin_url),
     ];
     // `MH_BENCH_ONLY=plain_rmcp_prebuilt,hardened_jwt_cached` runs only those variants
     // (`MH_BENCH_ROUNDS=N` sets the number of rounds).

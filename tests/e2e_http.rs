@@ -176,6 +176,19 @@ impl Srv {
         ().serve(t).await.expect("the rmcp client connects")
     }
 
+    /// A bare TCP connection to the server, for requests no HTTP client would send.
+    async fn tcp(
+        &self,
+    ) -> (
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect")
+            .into_split()
+    }
+
     /// A raw `tools/call` POST of `tool` with `headers`.
     async fn raw_call(&self, tool: &str, headers: &[(&str, &str)]) -> reqwest::Response {
         let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
@@ -1016,21 +1029,10 @@ async fn unusable_configurations_are_refused_at_bind() {
     }
 }
 
-/// Reads `stream` until the server closes it (or resets it); what it sent, and when.
+/// Reads `stream` until the server closes it (or resets it): what it sent, and when.
 async fn until_closed(mut stream: tokio::net::tcp::OwnedReadHalf) -> (Vec<u8>, std::time::Instant) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let read = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the server closes the connection");
+    let (got, closed) = receive_for(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "the server closes the connection");
     (got, std::time::Instant::now())
 }
 
@@ -1062,10 +1064,7 @@ async fn slow_request_heads_and_idle_connections_are_cut_off() {
     // A head trickled a line at a time, never finished (slowloris): closed without an answer
     // once the time for the head has run out, although bytes keep coming.
     let started = std::time::Instant::now();
-    let (read, mut write) = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect")
-        .into_split();
+    let (read, mut write) = srv.tcp().await;
     let head = format!("POST /mcp HTTP/1.1\r\nhost: {}\r\n", srv.addr);
     write.write_all(head.as_bytes()).await.expect("write");
     let trickle = tokio::spawn(async move {
@@ -1091,10 +1090,7 @@ async fn slow_request_heads_and_idle_connections_are_cut_off() {
 
     // A connection that never sends anything is closed too.
     let started = std::time::Instant::now();
-    let (read, _write) = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect")
-        .into_split();
+    let (read, _write) = srv.tcp().await;
     let (_, closed) = until_closed(read).await;
     assert!(
         closed - started >= limit,
@@ -1103,10 +1099,7 @@ async fn slow_request_heads_and_idle_connections_are_cut_off() {
     );
 
     // A kept-alive connection is answered, then closed once idle for as long.
-    let (read, mut write) = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect")
-        .into_split();
+    let (read, mut write) = srv.tcp().await;
     let get = format!(
         "GET /.well-known/oauth-protected-resource HTTP/1.1\r\nhost: {}\r\n\r\n",
         srv.addr
@@ -1134,10 +1127,7 @@ async fn slow_request_heads_and_idle_connections_are_cut_off() {
 #[tokio::test]
 async fn cleartext_http2_is_not_served() {
     let srv = start(config().authenticator(hs_auth())).await;
-    let (mut read, mut write) = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect")
-        .into_split();
+    let (mut read, mut write) = srv.tcp().await;
     // The HTTP/2 connection preface and an empty SETTINGS frame (prior knowledge, "h2c").
     let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
@@ -1365,10 +1355,7 @@ async fn graceful_shutdown_waits_for_a_body_the_scope_check_is_reading() {
                       "params": {"name": "read_rows", "arguments": {"table": "users"}}})
     .to_string();
     let (first, rest) = body.as_bytes().split_at(body.len() / 2);
-    let (read, mut write) = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect")
-        .into_split();
+    let (read, mut write) = srv.tcp().await;
     let head = format!(
         "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\nmcp-session-id: {sid}\r\n\
          accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\

@@ -58,7 +58,9 @@ pub enum ScopeChallenge {
 ///
 /// Secure by default: binds where told (use a loopback address unless you mean otherwise),
 /// accepts only loopback `Host`s and `Origin`s plus the host of the resource URL,
-/// requires a bearer credential on every MCP request, caps bodies at 1 MiB.
+/// requires a bearer credential on every MCP request, caps bodies at 1 MiB, speaks
+/// HTTP/1.1 only (with or without TLS) and closes connections whose request head does not
+/// arrive within 30 s.
 ///
 /// ```no_run
 /// # use mcp_harden::server::http::HttpConfig;
@@ -543,31 +545,20 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         let make = self.app.into_make_service_with_connect_info::<SocketAddr>();
         // HTTP/1.1 only, as over TLS (ALPN offers only `http/1.1`): no cleartext HTTP/2, and
         // no protocol sniffing (an extra read of every connection's first 24 bytes).
-        let header_read_timeout = Some(self.header_read_timeout);
-        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+        let mut http = axum_server::from_tcp(self.listener)?
+            .handle(handle.clone())
+            .http1_only();
+        http.http_builder()
+            .http1()
+            .header_read_timeout(Some(self.header_read_timeout));
+        let mut server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
             match self.tls {
-                Some(tls) => {
-                    let mut server = axum_server::tls_rustls::from_tcp_rustls(self.listener, tls)?
-                        .handle(handle.clone())
-                        .http1_only();
-                    server
-                        .http_builder()
-                        .http1()
-                        .header_read_timeout(header_read_timeout);
-                    Box::pin(server.serve(make))
-                }
-                None => {
-                    let mut server = axum_server::from_tcp(self.listener)?
-                        .handle(handle.clone())
-                        .http1_only();
-                    server
-                        .http_builder()
-                        .http1()
-                        .header_read_timeout(header_read_timeout);
-                    Box::pin(server.serve(make))
-                }
+                Some(tls) => Box::pin(
+                    http.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls))
+                        .serve(make),
+                ),
+                None => Box::pin(http.serve(make)),
             };
-        let mut server = server;
         tracing::info!(target: "mcp_harden::http", addr = %self.local_addr, resource = %self.gate.resource, "serving MCP over HTTP");
         tokio::select! {
             r = &mut server => return r.map_err(HttpError::Serve),
