@@ -144,18 +144,17 @@ fn token(subject: &str) -> String {
 }
 
 /// The three endpoints, each with its own router (and so its own sessions).
+/// rmcp's HTTP service calls its factory for every POST: the plain ones hand out a clone of
+/// one prebuilt server (as the socket bench's do), not a server with a router built anew.
 async fn routers() -> Vec<(&'static str, axum::Router, bool)> {
+    let prebuilt = PlainPrebuilt::default();
+    let plain = |wrapped| {
+        let prebuilt = prebuilt.clone();
+        plain_http_router(move || prebuilt.clone(), wrapped)
+    };
     vec![
-        (
-            "plain_rmcp_prebuilt",
-            plain_http_router(PlainPrebuilt::default, false),
-            false,
-        ),
-        (
-            "plain_rmcp_prebuilt_wrapped",
-            plain_http_router(PlainPrebuilt::default, true),
-            false,
-        ),
+        ("plain_rmcp_prebuilt", plain(false), false),
+        ("plain_rmcp_prebuilt_wrapped", plain(true), false),
         ("hardened_jwt_cached", hardened_router().await, true),
     ]
     .into_iter()
