@@ -1000,6 +1000,18 @@ async fn unusable_configurations_are_refused_at_bind() {
             "request-head timeout",
         ),
         (
+            config()
+                .authenticator(hs_auth())
+                .body_read_timeout(Duration::ZERO),
+            "request-body timeout",
+        ),
+        (
+            config()
+                .authenticator(hs_auth())
+                .body_read_timeout(Duration::MAX),
+            "request-body timeout",
+        ),
+        (
             HttpConfig::new("0.0.0.0:0".parse().expect("address")).authenticator(hs_auth()),
             "set .resource_url",
         ),
@@ -1122,6 +1134,101 @@ async fn slow_request_heads_and_idle_connections_are_cut_off() {
     assert_ne!(call(&client, "read_rows").await.is_error, Some(true));
     assert_eq!(srv.runs(), 1);
     client.cancel().await.expect("the client closes");
+}
+
+#[tokio::test]
+async fn slow_request_bodies_get_408_and_run_nothing() {
+    let limit = Duration::from_secs(1);
+    // Without an authorization server rmcp reads the body; with one, the scope check does.
+    for with_as in [false, true] {
+        let mut cfg = config()
+            .stateless()
+            .authenticator(hs_auth())
+            .body_read_timeout(limit);
+        if with_as {
+            cfg = cfg.authorization_server("https://auth.example");
+        }
+        let srv = start(cfg).await;
+        let alice = srv.token("alice", "db:read");
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                          "params": {"name": "read_rows", "arguments": {"table": "users"}}})
+        .to_string();
+        let head = |len: usize| {
+            format!(
+                "POST /mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\n\
+                 accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+                 mcp-protocol-version: 2025-11-25\r\n\
+                 traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\
+                 content-length: {len}\r\n\r\n",
+                srv.addr,
+                bearer(&alice)
+            )
+        };
+
+        // The head at once, then the body a byte every 50 ms (it would take about 6 s):
+        // answered 408 once the time for the body has run out, and the connection closed,
+        // although bytes keep coming.
+        let started = std::time::Instant::now();
+        let (read, mut write) = srv.tcp().await;
+        write
+            .write_all(head(body.len()).as_bytes())
+            .await
+            .expect("write");
+        let trickled = body.clone();
+        let trickle = tokio::spawn(async move {
+            for b in trickled.bytes() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if write.write_all(&[b]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (answer, closed) = until_closed(read).await;
+        trickle.abort();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "authorization server: {with_as}: {answer}"
+        );
+        assert!(answer.contains("connection: close"), "{answer}");
+        assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+        assert!(
+            !answer.contains("Failed to read"),
+            "rmcp's own answer: {answer}"
+        );
+        let took = closed - started;
+        assert!(took >= limit && took < limit * 4, "closed after {took:?}");
+        assert_eq!(srv.runs(), 0, "authorization server: {with_as}");
+        let record = srv
+            .audit
+            .denied(AuditEvent::Transport, "request_body_timeout");
+        assert_eq!(record.error_code, Some("TIMEOUT"));
+        assert_eq!(record.principal.subject.as_deref(), Some("alice"));
+        assert_eq!(
+            &*record.trace_id, "0af7651916cd43dd8448eb211c80319c",
+            "the record continues the request's trace"
+        );
+        assert!(record.duration_us >= 1_000_000, "{record:?}");
+
+        // A body that pauses but arrives within the limit is served.
+        let (read, mut write) = srv.tcp().await;
+        let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+        write
+            .write_all(head(body.len()).as_bytes())
+            .await
+            .expect("write");
+        write.write_all(first).await.expect("write");
+        tokio::time::sleep(limit / 2).await;
+        write.write_all(rest).await.expect("write");
+        let mut read = read;
+        let (answer, _) = receive_for(&mut read, Duration::from_millis(1500)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(r#""rows":1"#), "{answer}");
+        assert_eq!(srv.runs(), 1);
+        assert_eq!(srv.audit.records().len(), 2, "{:#?}", srv.audit.records());
+        drop(write);
+    }
 }
 
 #[tokio::test]

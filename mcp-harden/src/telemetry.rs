@@ -1,6 +1,6 @@
 //! Metrics through the [`metrics`] facade: whatever recorder the application installs
 //! receives them (none installed: they cost next to nothing). With the `prometheus` feature,
-//! [`install_prometheus`] serves them for scraping on an address of their own.
+//! `install_prometheus` serves them for scraping on an address of their own.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|

@@ -54,7 +54,8 @@ pub enum AuditEvent {
     ToolCall,
     /// An HTTP request refused for its credentials (missing, invalid, throttled).
     Authentication,
-    /// An HTTP request refused before authentication: a foreign `Host` or `Origin`.
+    /// An HTTP request refused for how it arrived: a foreign `Host` or `Origin` (before
+    /// authentication), or a POST body not received in time.
     Transport,
     /// A request on a session that belongs to another principal.
     Session,

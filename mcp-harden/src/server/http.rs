@@ -59,8 +59,9 @@ pub enum ScopeChallenge {
 /// Secure by default: binds where told (use a loopback address unless you mean otherwise),
 /// accepts only loopback `Host`s and `Origin`s plus the host of the resource URL,
 /// requires a bearer credential on every MCP request, caps bodies at 1 MiB, speaks
-/// HTTP/1.1 only (with or without TLS) and closes connections whose request head does not
-/// arrive within 30 s.
+/// HTTP/1.1 only (with or without TLS), closes connections whose request head does not
+/// arrive within 30 s and answers 408 to a POST whose body has not arrived 30 s after its
+/// head.
 ///
 /// ```no_run
 /// # use mcp_harden::server::http::HttpConfig;
@@ -93,6 +94,7 @@ pub struct HttpConfig {
     challenge: ScopeChallenge,
     grace: Duration,
     header_read_timeout: Duration,
+    body_read_timeout: Duration,
     allow_anonymous: bool,
 }
 
@@ -131,6 +133,7 @@ impl HttpConfig {
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
             allow_anonymous: false,
         }
     }
@@ -239,12 +242,23 @@ impl HttpConfig {
     /// own), and on a kept-alive one from the end of the previous response. A client that
     /// takes longer has its connection closed without an answer: a head trickled a byte at a
     /// time (slowloris) or a kept-alive connection left idle cannot hold a connection longer.
-    /// Bodies are not timed here: a body is bounded by
-    /// [`max_body_bytes`](Self::max_body_bytes) and a call by its tool's timeout.
+    /// Bodies have their own limit, [`body_read_timeout`](Self::body_read_timeout).
     /// More than zero and at most an hour, or [`bind_http`](Hardened::bind_http) refuses
     /// the configuration.
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a POST's body may take to arrive in full, counted from the end of its head
+    /// (default 30 s: a 1 MiB body at 35 kB/s). A total, not a gap between chunks: a body
+    /// trickled a byte at a time cannot hold the connection, or delay shutdown, for longer.
+    /// A late body is answered `408 Request Timeout` with `Connection: close`, runs
+    /// nothing, and is audited as a [`Transport`](crate::audit::AuditEvent::Transport)
+    /// event with reason `request_body_timeout` and code `TIMEOUT`. More than zero and at
+    /// most an hour, or [`bind_http`](Hardened::bind_http) refuses the configuration.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout;
         self
     }
 
@@ -331,11 +345,15 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 config.path
             )));
         }
-        if config.header_read_timeout.is_zero() || config.header_read_timeout > MAX_HEADER_READ {
-            return Err(HttpError::Config(format!(
-                "the request-head timeout ({:?}) must be more than zero and at most an hour",
-                config.header_read_timeout
-            )));
+        for (timeout, what) in [
+            (config.header_read_timeout, "request-head"),
+            (config.body_read_timeout, "request-body"),
+        ] {
+            if timeout.is_zero() || timeout > MAX_READ_TIMEOUT {
+                return Err(HttpError::Config(format!(
+                    "the {what} timeout ({timeout:?}) must be more than zero and at most an hour"
+                )));
+            }
         }
         let tls = match &config.tls {
             None => None,
@@ -452,6 +470,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             throttle,
             max_credential: config.max_credential_bytes,
             max_body: config.max_body_bytes,
+            body_timeout: config.body_read_timeout,
             challenge,
             allow_anonymous: config.allow_anonymous,
             sessions: config.stateful.then(Arc::default),
@@ -651,9 +670,9 @@ async fn tls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, 
     ))
 }
 
-/// The longest request-head timeout accepted: longer is no defence (and hyper adds it to
-/// the current instant, which must not overflow).
-const MAX_HEADER_READ: Duration = Duration::from_secs(3600);
+/// The longest request-head or -body timeout accepted: longer is no defence (and each is
+/// added to the current instant, which must not overflow).
+const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
 
 const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
@@ -863,6 +882,8 @@ struct Gate {
     throttle: AuthThrottle,
     max_credential: usize,
     max_body: usize,
+    /// How long a POST's body may take after its head.
+    body_timeout: Duration,
     challenge: bool,
     allow_anonymous: bool,
     /// Stateful mode: which principal opened each session.
@@ -1223,7 +1244,7 @@ struct Guarded<T> {
 
 impl<T, B> tower_service::Service<Request> for Guarded<T>
 where
-    T: tower_service::Service<Request, Response = Response<B>, Error = Infallible>
+    T: tower_service::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -1250,7 +1271,27 @@ where
             Ok(p) => p,
             Err(refused) => return GuardFuture::Done(Some(refused)),
         };
-        if gate.challenge && req.method() == Method::POST {
+        if req.method() != Method::POST {
+            let req = req.map(TimedBody::untimed);
+            return dispatch(gate, &mut self.inner, req, principal, source, started, None);
+        }
+        // A POST's body has a deadline: its timer records a late one, and the reply is a 408.
+        let expired = Arc::new(AtomicBool::new(false));
+        let timer = BodyTimer {
+            deadline: tokio::time::Instant::from_std(started) + gate.body_timeout,
+            sleep: None,
+            expired: expired.clone(),
+            gate: gate.clone(),
+            principal: principal.clone(),
+            source,
+            started,
+            traceparent: req.headers().get(&crate::telemetry::TRACEPARENT).cloned(),
+        };
+        let req = req.map(|body| TimedBody {
+            body,
+            timer: Some(timer),
+        });
+        if gate.challenge {
             // The body must be read to see which tool is called: the one path that waits.
             let (gate, mut inner) = (gate.clone(), self.inner.clone());
             // Shutdown waits for the request from its head on, as on the path without the
@@ -1259,7 +1300,10 @@ where
             return GuardFuture::Challenge(Box::pin(async move {
                 let _reading = reading;
                 let (parts, body) = req.into_parts();
-                let Ok(bytes) = axum::body::to_bytes(body, gate.max_body).await else {
+                let Ok(bytes) = axum::body::to_bytes(Body::new(body), gate.max_body).await else {
+                    if expired.load(Ordering::Relaxed) {
+                        return body_timed_out();
+                    }
                     return json_response(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         serde_json::json!({"error": "payload_too_large"}),
@@ -1278,28 +1322,39 @@ where
                     });
                     return gate.insufficient_scope(&principal, missing, id);
                 }
-                let req = Request::from_parts(parts, Body::from(bytes));
+                let req = Request::from_parts(parts, TimedBody::untimed(Body::from(bytes)));
                 let Ok(()) = std::future::poll_fn(|cx| inner.poll_ready(cx)).await;
                 let Ok(response) =
-                    dispatch(&gate, &mut inner, req, principal, source, started).await;
+                    dispatch(&gate, &mut inner, req, principal, source, started, None).await;
                 response
             }));
         }
-        dispatch(gate, &mut self.inner, req, principal, source, started)
+        let expired = Some(expired);
+        dispatch(
+            gate,
+            &mut self.inner,
+            req,
+            principal,
+            source,
+            started,
+            expired,
+        )
     }
 }
 
 /// The session check, then the call into rmcp with the caller's identity attached.
+/// `expired` is set when rmcp's reply is to a body that came too late (see [`BodyTimer`]).
 fn dispatch<T, B>(
     gate: &Arc<Gate>,
     inner: &mut T,
-    mut req: Request,
+    mut req: Request<TimedBody>,
     principal: Arc<Principal>,
     source: SocketAddr,
     started: Instant,
+    expired: Option<Arc<AtomicBool>>,
 ) -> GuardFuture<T::Future>
 where
-    T: tower_service::Service<Request, Response = Response<B>, Error = Infallible>,
+    T: tower_service::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
 {
     // A shared copy of the header (no allocation); not UTF-8: no session of ours.
     let session = req.headers().get(&SESSION_HEADER).cloned();
@@ -1337,6 +1392,7 @@ where
     let after = After {
         change,
         reply: (req.method() == Method::POST).then(|| gate.hardened.inflight()),
+        expired,
     };
     req.extensions_mut()
         .insert(Authenticated { principal, source });
@@ -1383,6 +1439,8 @@ struct After {
     change: Option<SessionChange>,
     /// A POST's reply in progress (see [`Tracked`]).
     reply: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
+    /// Set by the POST's [`BodyTimer`] if its body came too late.
+    expired: Option<Arc<AtomicBool>>,
 }
 
 /// A request that can change the session table.
@@ -1399,6 +1457,10 @@ impl After {
         B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        if self.expired.is_some_and(|e| e.load(Ordering::Relaxed)) {
+            // rmcp answered the failed read with a 500 (and its error text): ours instead.
+            return body_timed_out();
+        }
         match self.change {
             Some(_) if !response.status().is_success() => {}
             Some(SessionChange::Open(sessions, owner)) => {
@@ -1453,6 +1515,109 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
+}
+
+/// The request body handed to rmcp: a POST's is timed from the end of its head (see
+/// [`HttpConfig::body_read_timeout`]); a body already read, or another method's, is not.
+///
+/// No timer is set while the body arrives without waiting (a small request usually
+/// arrives with its head): one starts the first time the body is not ready.
+struct TimedBody {
+    body: Body,
+    timer: Option<BodyTimer>,
+}
+
+/// A POST body's deadline, and what recording a late body needs.
+struct BodyTimer {
+    deadline: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Shared with the guard's [`After`] (or the scope challenge), which answers 408.
+    expired: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    principal: Arc<Principal>,
+    source: SocketAddr,
+    started: Instant,
+    traceparent: Option<HeaderValue>,
+}
+
+impl TimedBody {
+    fn untimed(body: Body) -> Self {
+        Self { body, timer: None }
+    }
+}
+
+impl BodyTimer {
+    /// Records the late body (once) and ends the body with an error.
+    fn expire(&mut self) -> axum::Error {
+        if !self.expired.swap(true, Ordering::Relaxed) {
+            let mut headers = HeaderMap::new();
+            if let Some(traceparent) = self.traceparent.take() {
+                headers.insert(crate::telemetry::TRACEPARENT, traceparent);
+            }
+            self.gate.record(Event {
+                event: AuditEvent::Transport,
+                principal: Some(&self.principal),
+                tool: None,
+                reason: "request_body_timeout",
+                code: ErrorCode::Timeout,
+                source: self.source,
+                started: self.started,
+                headers: &headers,
+            });
+        }
+        axum::Error::new("request body not received in time")
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let Some(timer) = &mut this.timer else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        if timer.expired.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(_)) if timer.sleep.as_ref().is_some_and(|s| s.is_elapsed()) => {
+                Poll::Ready(Some(Err(timer.expire())))
+            }
+            Poll::Ready(frame) => Poll::Ready(frame),
+            Poll::Pending => {
+                let deadline = timer.deadline;
+                let sleep = timer
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                std::task::ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(timer.expire())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The answer to a POST whose body did not arrive in time; the connection is not reused.
+fn body_timed_out() -> Response {
+    let mut r = json_response(
+        StatusCode::REQUEST_TIMEOUT,
+        serde_json::json!({"error": "request_timeout", "error_description": "the request body did not arrive in time"}),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Header names as constants: looking one up by `&str` parses the name on every request.
