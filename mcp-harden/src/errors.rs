@@ -37,7 +37,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The arguments failed decoding or validation; see `violations`.
     InvalidArguments,
-    /// The tool did not finish within its timeout.
+    /// The tool did not finish within its timeout (in the audit trail, also an HTTP request
+    /// body that did not arrive in time).
     Timeout,
     /// The server cannot take the call now.
     Unavailable,

@@ -29,7 +29,8 @@ pub enum Outcome {
     Success,
     /// Refused before the tool ran for an identity or permission reason (a security event).
     Denied,
-    /// Refused before the tool ran for another reason (rate, arguments, unknown tool).
+    /// Refused before the tool ran for another reason (rate, arguments, unknown tool, an
+    /// HTTP request body not received in time).
     Rejected,
     /// The tool ran and failed (its own error, a timeout, a panic, a cancellation).
     Failed,

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -253,10 +253,12 @@ impl HttpConfig {
     /// How long a POST's body may take to arrive in full, counted from the end of its head
     /// (default 30 s: a 1 MiB body at 35 kB/s). A total, not a gap between chunks: a body
     /// trickled a byte at a time cannot hold the connection, or delay shutdown, for longer.
-    /// A late body is answered `408 Request Timeout` with `Connection: close`, runs
-    /// nothing, and is audited as a [`Transport`](crate::audit::AuditEvent::Transport)
-    /// event with reason `request_body_timeout` and code `TIMEOUT`. More than zero and at
-    /// most an hour, or [`bind_http`](Hardened::bind_http) refuses the configuration.
+    /// A late body runs nothing, is audited as a
+    /// [`Transport`](crate::audit::AuditEvent::Transport) event (outcome `rejected`, reason
+    /// `request_body_timeout`, code `TIMEOUT`) and is answered `408 Request Timeout` with
+    /// `Connection: close` (a client still sending may see the connection reset instead:
+    /// closing a socket with unread data resets it). More than zero and at most an hour, or
+    /// [`bind_http`](Hardened::bind_http) refuses the configuration.
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
         self.body_read_timeout = timeout;
         self
@@ -1028,9 +1030,15 @@ impl Gate {
                 .tool
                 .map(|t| std::borrow::Cow::Owned(crate::audit::cut_chars(t, 128).to_owned())),
             arguments: serde_json::Value::Null,
-            outcome: Outcome::Denied,
+            // Identity and permission refusals are security events; a late body is not (and
+            // may be sent again).
+            outcome: if e.code.is_security_event() {
+                Outcome::Denied
+            } else {
+                Outcome::Rejected
+            },
             error_code: Some(e.code.as_str()),
-            retryable: false,
+            retryable: !e.code.is_security_event(),
             reason: Some(e.reason),
             detail: None,
             duration_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -1276,11 +1284,11 @@ where
             return dispatch(gate, &mut self.inner, req, principal, source, started, None);
         }
         // A POST's body has a deadline: its timer records a late one, and the reply is a 408.
-        let expired = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(BODY_OK));
         let timer = BodyTimer {
             deadline: tokio::time::Instant::from_std(started) + gate.body_timeout,
             sleep: None,
-            expired: expired.clone(),
+            state: state.clone(),
             gate: gate.clone(),
             principal: principal.clone(),
             source,
@@ -1301,13 +1309,12 @@ where
                 let _reading = reading;
                 let (parts, body) = req.into_parts();
                 let Ok(bytes) = axum::body::to_bytes(Body::new(body), gate.max_body).await else {
-                    if expired.load(Ordering::Relaxed) {
-                        return body_timed_out();
-                    }
-                    return json_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        serde_json::json!({"error": "payload_too_large"}),
-                    );
+                    return unread_body(state.load(Ordering::Relaxed)).unwrap_or_else(|| {
+                        json_response(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            serde_json::json!({"error": "payload_too_large"}),
+                        )
+                    });
                 };
                 if let Some((tool, missing, id)) = lacking_scope(&gate, &bytes, &principal) {
                     gate.record(Event {
@@ -1329,21 +1336,14 @@ where
                 response
             }));
         }
-        let expired = Some(expired);
-        dispatch(
-            gate,
-            &mut self.inner,
-            req,
-            principal,
-            source,
-            started,
-            expired,
-        )
+        let body = Some(state);
+        dispatch(gate, &mut self.inner, req, principal, source, started, body)
     }
 }
 
 /// The session check, then the call into rmcp with the caller's identity attached.
-/// `expired` is set when rmcp's reply is to a body that came too late (see [`BodyTimer`]).
+/// `body` says whether rmcp's reply is to a POST body that could not be read (see
+/// [`BodyTimer`]).
 fn dispatch<T, B>(
     gate: &Arc<Gate>,
     inner: &mut T,
@@ -1351,7 +1351,7 @@ fn dispatch<T, B>(
     principal: Arc<Principal>,
     source: SocketAddr,
     started: Instant,
-    expired: Option<Arc<AtomicBool>>,
+    body: Option<Arc<AtomicU8>>,
 ) -> GuardFuture<T::Future>
 where
     T: tower_service::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
@@ -1392,7 +1392,7 @@ where
     let after = After {
         change,
         reply: (req.method() == Method::POST).then(|| gate.hardened.inflight()),
-        expired,
+        body,
     };
     req.extensions_mut()
         .insert(Authenticated { principal, source });
@@ -1439,8 +1439,8 @@ struct After {
     change: Option<SessionChange>,
     /// A POST's reply in progress (see [`Tracked`]).
     reply: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
-    /// Set by the POST's [`BodyTimer`] if its body came too late.
-    expired: Option<Arc<AtomicBool>>,
+    /// A POST's body: whether it could be read (see [`BodyTimer`]).
+    body: Option<Arc<AtomicU8>>,
 }
 
 /// A request that can change the session table.
@@ -1457,9 +1457,12 @@ impl After {
         B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if self.expired.is_some_and(|e| e.load(Ordering::Relaxed)) {
-            // rmcp answered the failed read with a 500 (and its error text): ours instead.
-            return body_timed_out();
+        // rmcp answers a failed read with a 500 and the error's text: ours instead.
+        if let Some(refusal) = self
+            .body
+            .and_then(|b| unread_body(b.load(Ordering::Relaxed)))
+        {
+            return refusal;
         }
         match self.change {
             Some(_) if !response.status().is_success() => {}
@@ -1531,8 +1534,9 @@ struct TimedBody {
 struct BodyTimer {
     deadline: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Shared with the guard's [`After`] (or the scope challenge), which answers 408.
-    expired: Arc<AtomicBool>,
+    /// `BODY_OK`, `BODY_LATE` or `BODY_FAILED`; shared with the guard's [`After`] (or the
+    /// scope challenge), which answers for a body that could not be read.
+    state: Arc<AtomicU8>,
     gate: Arc<Gate>,
     principal: Arc<Principal>,
     source: SocketAddr,
@@ -1546,10 +1550,42 @@ impl TimedBody {
     }
 }
 
+/// A POST body as read so far: no error yet...
+const BODY_OK: u8 = 0;
+/// ...not received in full by its deadline...
+const BODY_LATE: u8 = 1;
+/// ...or broken off by the client or malformed (e.g. a bad chunk).
+const BODY_FAILED: u8 = 2;
+
+/// The answer to a POST whose body could not be read, if it could not; the connection is
+/// not reused.
+fn unread_body(state: u8) -> Option<Response> {
+    let (status, error, description) = match state {
+        BODY_LATE => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ),
+        BODY_FAILED => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the request body could not be read",
+        ),
+        _ => return None,
+    };
+    let mut r = json_response(
+        status,
+        serde_json::json!({"error": error, "error_description": description}),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
+}
+
 impl BodyTimer {
-    /// Records the late body (once) and ends the body with an error.
+    /// Records the late body (once) and ends the body with an error (again if polled again).
     fn expire(&mut self) -> axum::Error {
-        if !self.expired.swap(true, Ordering::Relaxed) {
+        if self.state.swap(BODY_LATE, Ordering::Relaxed) == BODY_OK {
             let mut headers = HeaderMap::new();
             if let Some(traceparent) = self.traceparent.take() {
                 headers.insert(crate::telemetry::TRACEPARENT, traceparent);
@@ -1567,6 +1603,15 @@ impl BodyTimer {
         }
         axum::Error::new("request body not received in time")
     }
+
+    /// The body's own error, kept from the client (rmcp would send its text).
+    fn failed(&self, e: axum::Error) -> axum::Error {
+        let _ =
+            self.state
+                .compare_exchange(BODY_OK, BODY_FAILED, Ordering::Relaxed, Ordering::Relaxed);
+        tracing::debug!(target: "mcp_harden::http", source = %self.source, error = %e, "request body not read");
+        e
+    }
 }
 
 impl HttpBody for TimedBody {
@@ -1581,13 +1626,14 @@ impl HttpBody for TimedBody {
         let Some(timer) = &mut this.timer else {
             return Pin::new(&mut this.body).poll_frame(cx);
         };
-        if timer.expired.load(Ordering::Relaxed) {
-            return Poll::Ready(None);
+        if timer.state.load(Ordering::Relaxed) == BODY_LATE {
+            return Poll::Ready(Some(Err(timer.expire())));
         }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(_)) if timer.sleep.as_ref().is_some_and(|s| s.is_elapsed()) => {
                 Poll::Ready(Some(Err(timer.expire())))
             }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(timer.failed(e)))),
             Poll::Ready(frame) => Poll::Ready(frame),
             Poll::Pending => {
                 let deadline = timer.deadline;
@@ -1607,17 +1653,6 @@ impl HttpBody for TimedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
     }
-}
-
-/// The answer to a POST whose body did not arrive in time; the connection is not reused.
-fn body_timed_out() -> Response {
-    let mut r = json_response(
-        StatusCode::REQUEST_TIMEOUT,
-        serde_json::json!({"error": "request_timeout", "error_description": "the request body did not arrive in time"}),
-    );
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
 }
 
 /// Header names as constants: looking one up by `&str` parses the name on every request.
