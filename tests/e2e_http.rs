@@ -725,6 +725,31 @@ async fn foreign_origin_and_host_get_403() {
     }
     assert_eq!(srv.runs(), 0);
 
+    // Two Host headers, the first one allowed: refused whatever the order (another hop may
+    // route by the other one).
+    for hosts in [
+        [srv.addr.to_string(), "evil.example".to_owned()],
+        ["evil.example".to_owned(), srv.addr.to_string()],
+    ] {
+        let (mut read, mut write) = srv.tcp().await;
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "read_rows", "arguments": {"table": "users"}}})
+        .to_string();
+        let request = format!(
+            "POST /mcp HTTP/1.1\r\nhost: {}\r\nhost: {}\r\nauthorization: {auth}\r\n\
+             accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+             mcp-protocol-version: 2025-11-25\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            hosts[0],
+            hosts[1],
+            body.len()
+        );
+        write.write_all(request.as_bytes()).await.expect("write");
+        let (answer, _) = receive_for(&mut read, Duration::from_secs(5)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 403"), "{hosts:?}: {answer}");
+    }
+    assert_eq!(srv.runs(), 0);
+
     // A loopback browser origin (e.g. the MCP Inspector) passes.
     let r = srv
         .raw_call(

@@ -1143,7 +1143,11 @@ impl Gate {
     }
 
     fn host_allowed(&self, headers: &HeaderMap, uri: &Uri) -> bool {
-        let host = match headers.get(header::HOST) {
+        let mut all = headers.get_all(header::HOST).iter();
+        let host = match all.next() {
+            // More than one is refused (RFC 9112 §3.2 makes it a bad request): another hop
+            // may read the other one.
+            Some(_) if all.next().is_some() => return false,
             Some(h) => h.to_str().ok(),
             // Only an HTTP/1.0 request may come without a Host; the URI's authority if any.
             None => uri.authority().map(Authority::as_str),
