@@ -466,6 +466,9 @@ struct Cli {
     /// Accept this `Host` too (repeatable); loopback names are always accepted.
     #[arg(long)]
     allowed_host: Vec<String>,
+    /// A proxy (address or network, repeatable) whose `X-Forwarded-For` names the client.
+    #[arg(long)]
+    trusted_proxy: Vec<String>,
     /// An OAuth authorization server for this resource (published in the metadata; turns
     /// a missing scope into an HTTP 403 step-up challenge).
     #[arg(long)]
@@ -677,6 +680,9 @@ async fn serve_http(cli: &Cli, server: Hardened<App>) -> Result<(), Box<dyn std:
     }
     for a in &cli.authorization_server {
         config = config.authorization_server(a);
+    }
+    if !cli.trusted_proxy.is_empty() {
+        config = config.trusted_proxies(cli.trusted_proxy.iter().cloned());
     }
     if cli.stateless {
         config = config.stateless();

@@ -854,6 +854,94 @@ async fn repeated_failures_throttle_the_source_even_with_a_valid_token() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_alone() {
+    // The test's requests come from 127.0.0.1: here, the proxy.
+    let srv = start(
+        config()
+            .stateless()
+            .authenticator(hs_auth())
+            .auth_failure_limit(1, 2)
+            .trusted_proxies(["127.0.0.0/8", "::1"]),
+    )
+    .await;
+    let bad = bearer(&hs256(&json!({"sub": "x", "aud": srv.resource, "exp": 1})));
+    let good = bearer(&srv.token("alice", "db:read"));
+    let from = |client: &'static str| ("x-forwarded-for", client);
+
+    // Mallory, behind the proxy, spends her failures and is throttled, also when she puts
+    // another address in front of her own...
+    for _ in 0..2 {
+        let r = srv
+            .raw_call("read_rows", &[("authorization", &bad), from("203.0.113.7")])
+            .await;
+        assert_eq!(r.status(), 401);
+    }
+    for forwarded in ["203.0.113.7", "198.51.100.99, 203.0.113.7"] {
+        let r = srv
+            .raw_call("read_rows", &[("authorization", &good), from(forwarded)])
+            .await;
+        assert_eq!(r.status(), 429, "{forwarded}");
+    }
+    // ...while Alice, behind the same proxy, is served.
+    let r = srv
+        .raw_call("read_rows", &[("authorization", &good), from("192.0.2.10")])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.runs(), 1);
+
+    // The records name the forwarded clients (port 0: the header has none).
+    let records = srv.audit.records();
+    let sources = |reason: Option<&str>| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r.reason == reason)
+            .filter_map(|r| r.source.map(|s| s.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        sources(Some("missing_claim")),
+        ["203.0.113.7:0", "203.0.113.7:0"]
+    );
+    assert_eq!(
+        sources(Some("throttled")),
+        ["203.0.113.7:0", "203.0.113.7:0"]
+    );
+    assert_eq!(sources(None), ["192.0.2.10:0"], "{records:#?}");
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    let configs = [
+        config().stateless(),
+        // A proxy elsewhere: this peer (127.0.0.1) is not it.
+        config().stateless().trusted_proxies(["10.0.0.0/8"]),
+    ];
+    for cfg in configs {
+        let srv = start(cfg.authenticator(hs_auth()).auth_failure_limit(1, 1)).await;
+        let bad = bearer(&hs256(&json!({"sub": "x", "aud": srv.resource, "exp": 1})));
+        let r = srv
+            .raw_call(
+                "read_rows",
+                &[("authorization", &bad), ("x-forwarded-for", "203.0.113.7")],
+            )
+            .await;
+        assert_eq!(r.status(), 401);
+        // Another forwarded address does not escape this peer's limit.
+        let r = srv
+            .raw_call(
+                "read_rows",
+                &[("authorization", &bad), ("x-forwarded-for", "192.0.2.10")],
+            )
+            .await;
+        assert_eq!(r.status(), 429);
+        let record = srv
+            .audit
+            .denied(AuditEvent::Authentication, "missing_claim");
+        check_denied(&record, AuditEvent::Authentication, "missing_claim");
+    }
+}
+
+#[tokio::test]
 async fn protected_resource_metadata() {
     let plain = stateless().await;
     let with_as = start(
@@ -1053,6 +1141,16 @@ async fn unusable_configurations_are_refused_at_bind() {
         (
             config().authenticator(hs_auth()).auth_failure_limit(0, 1),
             "at least 1/min",
+        ),
+        (
+            config()
+                .authenticator(hs_auth())
+                .trusted_proxies(["10.0.0.0/33"]),
+            "trusted proxy",
+        ),
+        (
+            config().authenticator(hs_auth()).trusted_proxies(["proxy"]),
+            "trusted proxy",
         ),
     ];
     for (cfg, expected) in cases {

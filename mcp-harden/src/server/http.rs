@@ -86,6 +86,7 @@ pub struct HttpConfig {
     authorization_servers: Vec<String>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Vec<String>,
     stateful: bool,
     tls: Option<Tls>,
     max_body_bytes: usize,
@@ -125,6 +126,7 @@ impl HttpConfig {
             authorization_servers: Vec::new(),
             allowed_hosts: None,
             allowed_origins: None,
+            trusted_proxies: Vec::new(),
             stateful: true,
             tls: None,
             max_body_bytes: 1024 * 1024,
@@ -261,6 +263,23 @@ impl HttpConfig {
     /// [`bind_http`](Hardened::bind_http) refuses the configuration.
     pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
         self.body_read_timeout = timeout;
+        self
+    }
+
+    /// Proxies (addresses or networks, e.g. `10.0.0.0/8`, `127.0.0.1`) whose
+    /// `X-Forwarded-For` is believed. A request from one of them is the client's the header
+    /// names: the right-most entry that is not itself a trusted proxy (entries to its left
+    /// were written by the client, and may be anything). That address, with port 0, is what
+    /// the failed-authentication limit counts, what anonymous callers are told apart by and
+    /// what the audit records as `source`. Without it behind a proxy, every client has the
+    /// proxy's address: ten bad credentials a minute from anyone would throttle everyone.
+    /// None by default: the header is ignored. A request from a trusted proxy without a
+    /// usable header keeps the proxy's address.
+    pub fn trusted_proxies<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        proxies: I,
+    ) -> Self {
+        self.trusted_proxies = proxies.into_iter().map(Into::into).collect();
         self
     }
 
@@ -456,6 +475,20 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             ScopeChallenge::Auto | ScopeChallenge::Http => true,
             ScopeChallenge::ToolError => false,
         };
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        HttpError::Config(format!(
+                            "the trusted proxy `{p}` is not an address or a network like 10.0.0.0/8"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (per_minute, burst) = config.auth_failures;
         let throttle = AuthThrottle::new(per_minute, burst).ok_or_else(|| {
             HttpError::Config("the failed-authentication limit must be at least 1/min".into())
@@ -470,6 +503,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             hosts,
             origins,
             throttle,
+            trusted_proxies,
             max_credential: config.max_credential_bytes,
             max_body: config.max_body_bytes,
             body_timeout: config.body_read_timeout,
@@ -882,6 +916,8 @@ struct Gate {
     hosts: Vec<HostRule>,
     origins: Vec<OriginRule>,
     throttle: AuthThrottle,
+    /// Whose `X-Forwarded-For` is believed (see [`HttpConfig::trusted_proxies`]).
+    trusted_proxies: Vec<ipnet::IpNet>,
     max_credential: usize,
     max_body: usize,
     /// How long a POST's body may take after its head.
@@ -1071,7 +1107,7 @@ impl Gate {
                 tool: None,
                 reason,
                 code: ErrorCode::Forbidden,
-                source: peer_of(req.extensions()),
+                source: self.client_of(req),
                 started,
                 headers: req.headers(),
             });
@@ -1142,6 +1178,26 @@ impl Gate {
         }
     }
 
+    /// The client's address: the TCP peer's or, when the peer is a trusted proxy, the one
+    /// it forwarded (port 0).
+    fn client_of(&self, req: &Request) -> SocketAddr {
+        let peer = peer_of(req.extensions());
+        if self.trusted_proxies.is_empty() {
+            return peer;
+        }
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        if !trusted(&peer.ip().to_canonical()) {
+            return peer;
+        }
+        match forwarded_client(req.headers(), trusted) {
+            Some(ip) => SocketAddr::new(ip, 0),
+            None => {
+                tracing::debug!(target: "mcp_harden::http", proxy = %peer, "no usable X-Forwarded-For from a trusted proxy: its own address counts");
+                peer
+            }
+        }
+    }
+
     fn host_allowed(&self, headers: &HeaderMap, uri: &Uri) -> bool {
         let mut all = headers.get_all(header::HOST).iter();
         let host = match all.next() {
@@ -1193,6 +1249,38 @@ async fn metadata_handler(State(gate): State<Arc<Gate>>) -> Response {
         HeaderValue::from_static("max-age=3600"),
     );
     r
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client named by `X-Forwarded-For` (all its lines, as one list): from the right, the
+/// first entry that is not a trusted proxy, or the left-most if all are. `None` when there
+/// is no entry or one that must be read is not an address (a proxy's mistake: the right-most
+/// entries are the trusted proxies' own).
+fn forwarded_client(headers: &HeaderMap, trusted: impl Fn(&IpAddr) -> bool) -> Option<IpAddr> {
+    let mut leftmost = None;
+    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        for entry in line.to_str().ok()?.rsplit(',') {
+            let ip = forwarded_ip(entry.trim_matches([' ', '\t']))?;
+            if !trusted(&ip) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
+        }
+    }
+    leftmost
+}
+
+/// `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:80`.
+fn forwarded_ip(s: &str) -> Option<IpAddr> {
+    let ip = match s.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => match s.parse::<SocketAddr>() {
+            Ok(a) => a.ip(),
+            Err(_) => s.strip_prefix('[')?.strip_suffix(']')?.parse().ok()?,
+        },
+    };
+    Some(ip.to_canonical())
 }
 
 /// The bearer credential of a request, or why there is none.
@@ -1278,7 +1366,7 @@ where
         if let Err(refused) = gate.admit(&req, started) {
             return GuardFuture::Done(Some(refused));
         }
-        let source = peer_of(req.extensions());
+        let source = gate.client_of(&req);
         let principal = match gate.authenticate(&req, source, started) {
             Ok(p) => p,
             Err(refused) => return GuardFuture::Done(Some(refused)),
@@ -1906,6 +1994,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn forwarded_for() {
+        let nets: Vec<ipnet::IpNet> = ["10.0.0.0/8", "2001:db8:1::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let trusted = |ip: &IpAddr| nets.iter().any(|n| n.contains(ip));
+        let client = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(l).unwrap());
+            }
+            forwarded_client(&h, trusted).map(|ip| ip.to_string())
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(client(&[]), None);
+        assert_eq!(client(&["192.0.2.7"]), some("192.0.2.7"));
+        // What the client wrote itself is left of the proxies' entries: not believed.
+        assert_eq!(client(&["198.51.100.1, 192.0.2.7"]), some("192.0.2.7"));
+        assert_eq!(
+            client(&["nonsense, 192.0.2.7, 10.1.2.3"]),
+            some("192.0.2.7")
+        );
+        // Several lines are one list, in order.
+        assert_eq!(
+            client(&["198.51.100.1", "192.0.2.7,10.0.0.2"]),
+            some("192.0.2.7")
+        );
+        // Ports, brackets, IPv4-mapped IPv6, tabs.
+        assert_eq!(client(&["192.0.2.7:4711"]), some("192.0.2.7"));
+        assert_eq!(client(&["[2001:db8::5]:80"]), some("2001:db8::5"));
+        assert_eq!(client(&["\t[2001:db8::5] "]), some("2001:db8::5"));
+        assert_eq!(client(&["::ffff:192.0.2.7"]), some("192.0.2.7"));
+        assert_eq!(client(&["2001:db8::5, 2001:db8:1::9"]), some("2001:db8::5"));
+        // Only trusted hops: the left-most of them.
+        assert_eq!(client(&["10.0.0.1, 10.0.0.2"]), some("10.0.0.1"));
+        // An entry that must be read and is not an address: none (the proxy's own counts).
+        assert_eq!(client(&["192.0.2.7, unknown"]), None);
+        assert_eq!(client(&["192.0.2.7, "]), None);
+        assert_eq!(client(&["192.0.2.7:x"]), None);
     }
 
     #[test]
