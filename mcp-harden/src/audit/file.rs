@@ -76,7 +76,11 @@ impl FileAuditConfig {
         }
     }
 
-    /// Records that may wait to be written (at least 1).
+    /// Records of calls that may wait to be written (at least 1). Records of HTTP requests
+    /// refused before any call (security events, which anyone can cause without
+    /// credentials) have a quarter of that again (at least 1) of their own: a flood of them
+    /// cannot make calls be refused for want of a slot; beyond it their records are
+    /// dropped and counted ([`FileAuditSink::dropped`]).
     pub fn queue(mut self, records: usize) -> Self {
         self.queue = records.max(1);
         self
@@ -137,6 +141,7 @@ impl FileAuditConfig {
         Ok(FileAuditSink {
             tx,
             slots: Arc::new(Semaphore::new(self.queue)),
+            events: Arc::new(Semaphore::new((self.queue / 4).max(1))),
             full: self.full,
             shared,
         })
@@ -155,7 +160,10 @@ struct Shared {
 #[derive(Clone)]
 pub struct FileAuditSink {
     tx: mpsc::UnboundedSender<(serde_json::Value, Option<OwnedSemaphorePermit>)>,
+    /// Queue slots of calls' records...
     slots: Arc<Semaphore>,
+    /// ...and of records of requests refused before any call.
+    events: Arc<Semaphore>,
     full: QueueFull,
     shared: Arc<Shared>,
 }
@@ -209,8 +217,9 @@ impl FileAuditSink {
 
 impl AuditSink for FileAuditSink {
     fn record(&self, record: &AuditRecord) {
-        // Not reserved (a security event before any call): take a slot if there is one.
-        match self.slots.clone().try_acquire_owned() {
+        // Not reserved (a security event before any call): take one of their own slots if
+        // there is one, never a call's.
+        match self.events.clone().try_acquire_owned() {
             Ok(p) => self.send(record, Some(p)),
             Err(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -630,4 +639,71 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBreak> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditEvent, AuditPrincipal, Outcome, Timestamp, AUDIT_RECORD_VERSION};
+
+    /// A record of an HTTP request refused before any call, as the HTTP guard writes them.
+    fn refusal() -> AuditRecord {
+        AuditRecord {
+            version: AUDIT_RECORD_VERSION,
+            time: Timestamp::now(),
+            trace_id: crate::telemetry::TraceId::random(),
+            span_id: None,
+            parent_span_id: None,
+            client: None,
+            event: AuditEvent::Authentication,
+            principal: AuditPrincipal::of(None),
+            tool: None,
+            arguments: serde_json::Value::Null,
+            outcome: Outcome::Denied,
+            error_code: Some("UNAUTHENTICATED"),
+            retryable: false,
+            reason: Some("missing"),
+            detail: None,
+            duration_us: 3,
+            transport: "http",
+            source: Some(([192, 0, 2, 7], 4711).into()),
+        }
+    }
+
+    async fn settled(sink: &FileAuditSink, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sink.written() + sink.dropped() < n {
+            assert!(Instant::now() < deadline, "the writer catches up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_requests_cannot_take_the_calls_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let sink = FileAuditConfig::new(&path).queue(8).open().expect("opens");
+        // Every call slot taken and held: a refusal is still recorded (in a slot of its own).
+        let held: Vec<_> = (0..8).map(|_| sink.reserve().expect("slot")).collect();
+        assert!(sink.reserve().is_err(), "the calls' queue is full");
+        sink.record(&refusal());
+        settled(&sink, 1).await;
+        assert_eq!((sink.written(), sink.dropped()), (1, 0));
+        drop(held);
+
+        // A flood of refusals (anyone can send them) faster than the writer's fsyncs: the
+        // calls' queue stays free, and what the refusals' share cannot hold is dropped and
+        // counted.
+        for _ in 0..2000 {
+            sink.record(&refusal());
+        }
+        let slots: Vec<_> = (0..8)
+            .map(|_| sink.reserve().expect("a call still gets a slot"))
+            .collect();
+        drop(slots);
+        settled(&sink, 2001).await;
+        assert_eq!(sink.refused(), 1, "only the reserve() that found the queue full");
+        let v = verify(std::slice::from_ref(&path)).expect("valid");
+        assert_eq!(v.records, sink.written());
+    }
 }
