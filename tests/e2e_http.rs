@@ -750,6 +750,34 @@ async fn foreign_origin_and_host_get_403() {
     }
     assert_eq!(srv.runs(), 0);
 
+    // An absolute-form target names the host that counts: a foreign one is refused even
+    // with an allowed Host header; an allowed one passes.
+    for (target, status) in [
+        ("http://evil.example", "403"),
+        ("http://localhost:1", "200"),
+    ] {
+        let (mut read, mut write) = srv.tcp().await;
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "read_rows", "arguments": {"table": "users"}}})
+        .to_string();
+        let request = format!(
+            "POST {target}/mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\n\
+             accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+             mcp-protocol-version: 2025-11-25\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            srv.addr,
+            body.len()
+        );
+        write.write_all(request.as_bytes()).await.expect("write");
+        let (answer, _) = receive_for(&mut read, Duration::from_secs(5)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{target}: {answer}"
+        );
+    }
+    assert_eq!(srv.runs(), 1);
+    srv.app.runs.store(0, Ordering::SeqCst);
+
     // A loopback browser origin (e.g. the MCP Inspector) passes.
     let r = srv
         .raw_call(

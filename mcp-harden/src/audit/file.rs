@@ -702,7 +702,11 @@ mod tests {
             .collect();
         drop(slots);
         settled(&sink, 2001).await;
-        assert_eq!(sink.refused(), 1, "only the reserve() that found the queue full");
+        assert_eq!(
+            sink.refused(),
+            1,
+            "only the reserve() that found the queue full"
+        );
         let v = verify(std::slice::from_ref(&path)).expect("valid");
         assert_eq!(v.records, sink.written());
     }

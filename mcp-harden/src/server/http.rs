@@ -1208,9 +1208,20 @@ impl Gate {
             // Only an HTTP/1.0 request may come without a Host; the URI's authority if any.
             None => uri.authority().map(Authority::as_str),
         };
+        // An absolute-form target (`POST http://host/mcp`) names the host that counts for
+        // HTTP (RFC 9112 §3.2.2): it must be allowed too.
+        if let Some(target) = uri.authority() {
+            if !split_host(target.as_str()).is_some_and(|(h, p)| self.host_matches(h, p)) {
+                return false;
+            }
+        }
         let Some((host, port)) = host.and_then(split_host) else {
             return false;
         };
+        self.host_matches(host, port)
+    }
+
+    fn host_matches(&self, host: &str, port: Option<u16>) -> bool {
         self.hosts.iter().any(|r| r.matches(host, port))
     }
 
