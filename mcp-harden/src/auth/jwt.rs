@@ -501,6 +501,11 @@ impl JwtBuilder {
 
     /// Accept tokens from this issuer (`iss`); repeat for several. Without any, `iss` is
     /// not checked.
+    ///
+    /// Several issuers share this authenticator's keys and its subjects: a token signed by
+    /// any of the keys may name any of the issuers, and `sub` alone is the caller (who
+    /// owns a session, whose rate limit, whose audit records). Configure several only for
+    /// one authority (an identity provider under two URLs), not for independent ones.
     pub fn issuer(mut self, iss: impl Into<String>) -> Self {
         self.issuers.push(iss.into());
         self
