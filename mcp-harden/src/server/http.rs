@@ -957,7 +957,16 @@ impl SessionOwner {
 /// stream or delete it (rmcp itself does not tie sessions to callers).
 #[derive(Default)]
 struct Sessions {
-    owners: Mutex<HashMap<Box<str>, (SessionOwner, Instant)>>,
+    table: Mutex<SessionTable>,
+}
+
+#[derive(Default)]
+struct SessionTable {
+    owners: HashMap<Box<str>, (SessionOwner, Instant)>,
+    /// The size at which forgotten sessions are next swept: twice what the last sweep left
+    /// (at least [`SESSION_SWEEP_AT`]), so that sweeps cost O(1) per session opened however
+    /// many are live, and the table stays within twice the live sessions.
+    sweep_at: usize,
 }
 
 /// A session unused this long is forgotten (rmcp closes idle sessions after 5 minutes).
@@ -974,8 +983,8 @@ enum SessionCheck {
 impl Sessions {
     /// Whether `who` owns session `id`; the owner's use at `now` keeps it alive.
     fn check(&self, id: &str, who: &Principal, now: Instant) -> SessionCheck {
-        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        match owners.get_mut(id) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        match table.owners.get_mut(id) {
             Some((owner, seen)) if owner.is(who) => {
                 *seen = now;
                 SessionCheck::Owner
@@ -986,18 +995,22 @@ impl Sessions {
     }
 
     fn opened(&self, id: &str, who: SessionOwner) {
-        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        if owners.len() >= SESSION_SWEEP_AT {
-            let now = Instant::now();
-            owners.retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_IDLE);
+        let now = Instant::now();
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table.owners.len() >= table.sweep_at.max(SESSION_SWEEP_AT) {
+            table
+                .owners
+                .retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_IDLE);
+            table.sweep_at = table.owners.len().saturating_mul(2);
         }
-        owners.insert(id.into(), (who, Instant::now()));
+        table.owners.insert(id.into(), (who, now));
     }
 
     fn closed(&self, id: &str) {
-        self.owners
+        self.table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .owners
             .remove(id);
     }
 }
@@ -2047,6 +2060,44 @@ mod tests {
         assert_eq!(client(&["192.0.2.7, unknown"]), None);
         assert_eq!(client(&["192.0.2.7, "]), None);
         assert_eq!(client(&["192.0.2.7:x"]), None);
+    }
+
+    #[test]
+    fn session_sweeps_are_amortized_and_forget_idle_sessions() {
+        let sessions = Sessions::default();
+        let owner = || SessionOwner::of(&Principal::local("alice", ["db:read"]));
+        let size = || sessions.table.lock().unwrap().owners.len();
+        let sweep_at = || sessions.table.lock().unwrap().sweep_at;
+        // Live sessions: the first sweep keeps them all and moves the next one to twice as
+        // many, instead of sweeping again on every session opened.
+        for i in 0..=SESSION_SWEEP_AT {
+            sessions.opened(&format!("s{i}"), owner());
+        }
+        assert_eq!(size(), SESSION_SWEEP_AT + 1);
+        assert_eq!(sweep_at(), 2 * SESSION_SWEEP_AT);
+        for i in SESSION_SWEEP_AT + 1..2 * SESSION_SWEEP_AT {
+            sessions.opened(&format!("s{i}"), owner());
+        }
+        assert_eq!(sweep_at(), 2 * SESSION_SWEEP_AT, "no sweep below it");
+        // Sessions idle for longer than SESSION_IDLE are forgotten at the next sweep.
+        let Some(long_ago) = Instant::now().checked_sub(SESSION_IDLE * 2) else {
+            return; // an uptime too short to backdate (not on any real machine)
+        };
+        for (_, seen) in sessions.table.lock().unwrap().owners.values_mut() {
+            *seen = long_ago;
+        }
+        sessions.opened("fresh", owner());
+        assert_eq!(size(), 1);
+        assert_eq!(sweep_at(), 0, "the next sweep at the minimum again");
+        let alice = Principal::local("alice", ["db:read"]);
+        assert!(matches!(
+            sessions.check("fresh", &alice, Instant::now()),
+            SessionCheck::Owner
+        ));
+        assert!(matches!(
+            sessions.check("s1", &alice, Instant::now()),
+            SessionCheck::Unknown
+        ));
     }
 
     #[test]
