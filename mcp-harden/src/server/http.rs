@@ -828,7 +828,8 @@ struct AuthThrottle {
     since_sweep: AtomicU32,
 }
 
-/// Most blocked sources remembered; beyond it expired entries are swept first.
+/// Most blocked sources remembered; beyond it expired entries are swept, then others are
+/// forgotten down to seven eighths.
 const MAX_BLOCKED: usize = 100_000;
 
 impl AuthThrottle {
@@ -896,10 +897,17 @@ impl AuthThrottle {
         if blocked.len() >= MAX_BLOCKED {
             let now = Instant::now();
             blocked.retain(|_, until| *until > now);
+            // Still nearly full (that many sources blocked at once): forget some, so that
+            // every new one is blocked too and the next sweep is an eighth of the table
+            // away. A forgotten source has its credentials checked once more, and its
+            // limiter state blocks it again.
+            let over = blocked.len().saturating_sub(MAX_BLOCKED / 8 * 7);
+            let forget: Vec<IpAddr> = blocked.keys().take(over).copied().collect();
+            for k in forget {
+                blocked.remove(&k);
+            }
         }
-        if blocked.len() < MAX_BLOCKED {
-            blocked.insert(key, Instant::now() + wait);
-        }
+        blocked.insert(key, Instant::now() + wait);
         self.any_blocked
             .store(!blocked.is_empty(), Ordering::Release);
         Some(wait)
@@ -2098,6 +2106,22 @@ mod tests {
             sessions.check("s1", &alice, Instant::now()),
             SessionCheck::Unknown
         ));
+    }
+
+    #[test]
+    fn a_full_throttle_table_still_blocks_new_sources() {
+        let t = AuthThrottle::new(1, 1).unwrap();
+        for i in 0..=MAX_BLOCKED as u32 {
+            let ip = IpAddr::V4((0x0a00_0000 + i).into());
+            assert!(
+                t.failed(ip).is_some(),
+                "the failure that uses up the burst blocks"
+            );
+        }
+        let last = IpAddr::V4((0x0a00_0000 + MAX_BLOCKED as u32).into());
+        assert!(t.blocked(last).is_some(), "the newest source is blocked");
+        let size = t.blocked.lock().unwrap().len();
+        assert!(size <= MAX_BLOCKED / 8 * 7 + 1, "{size}");
     }
 
     #[test]
