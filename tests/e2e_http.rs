@@ -749,6 +749,16 @@ async fn foreign_origin_and_host_get_403() {
         assert!(answer.starts_with("HTTP/1.1 403"), "{hosts:?}: {answer}");
     }
     assert_eq!(srv.runs(), 0);
+    let foreign = srv
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.reason == Some("foreign_host"))
+        .count();
+    assert_eq!(
+        foreign, 8,
+        "the two double-Host requests are recorded as foreign hosts (six before them)"
+    );
 
     // An absolute-form target names the host that counts: a foreign one is refused even
     // with an allowed Host header; an allowed one passes.
@@ -916,6 +926,10 @@ async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_alone() {
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(srv.runs(), 1);
+    // Without the header, a trusted proxy's request is its own (and not Mallory's).
+    let r = srv.raw_call("read_rows", &[("authorization", &good)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.runs(), 2);
 
     // The records name the forwarded clients (port 0: the header has none).
     let records = srv.audit.records();
@@ -934,7 +948,13 @@ async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_alone() {
         sources(Some("throttled")),
         ["203.0.113.7:0", "203.0.113.7:0"]
     );
-    assert_eq!(sources(None), ["192.0.2.10:0"], "{records:#?}");
+    let served = sources(None);
+    assert_eq!(served.len(), 2, "{records:#?}");
+    assert_eq!(served[0], "192.0.2.10:0");
+    assert!(
+        served[1].starts_with("127.0.0.1:") && !served[1].ends_with(":0"),
+        "{served:?}"
+    );
 }
 
 #[tokio::test]
@@ -1179,6 +1199,16 @@ async fn unusable_configurations_are_refused_at_bind() {
         (
             config().authenticator(hs_auth()).trusted_proxies(["proxy"]),
             "trusted proxy",
+        ),
+        (
+            config()
+                .authenticator(hs_auth())
+                .trusted_proxies(["10.0.0.5/8"]),
+            "host bits",
+        ),
+        (
+            config().authenticator(hs_auth()).trusted_proxies(["::/0"]),
+            "every address",
         ),
     ];
     for (cfg, expected) in cases {

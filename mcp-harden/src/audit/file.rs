@@ -76,11 +76,13 @@ impl FileAuditConfig {
         }
     }
 
-    /// Records of calls that may wait to be written (at least 1). Records of HTTP requests
-    /// refused before any call (security events, which anyone can cause without
-    /// credentials) have a quarter of that again (at least 1) of their own: a flood of them
-    /// cannot make calls be refused for want of a slot; beyond it their records are
-    /// dropped and counted ([`FileAuditSink::dropped`]).
+    /// Records of calls that may wait to be written (at least 1). Records not reserved by a
+    /// call (HTTP requests refused before any call, and a second sink's records when two are
+    /// combined) have a quarter of that again (at least 1) of their own: a flood of refused
+    /// requests, which anyone can send without credentials, cannot make calls be refused
+    /// for want of a slot; beyond it their records are dropped and counted
+    /// ([`FileAuditSink::dropped`]). An authenticated caller's refusal may also take a
+    /// call's slot, so that such a flood cannot hide it.
     pub fn queue(mut self, records: usize) -> Self {
         self.queue = records.max(1);
         self
@@ -184,7 +186,8 @@ impl FileAuditSink {
     }
 
     /// Records dropped: admitted calls when the queue was full ([`QueueFull::AdmitAndCount`]),
-    /// or security events that found the queue full.
+    /// or records not reserved (security events before any call) that found their share of
+    /// the queue full (see [`FileAuditConfig::queue`]).
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }
@@ -217,9 +220,15 @@ impl FileAuditSink {
 
 impl AuditSink for FileAuditSink {
     fn record(&self, record: &AuditRecord) {
-        // Not reserved (a security event before any call): take one of their own slots if
-        // there is one, never a call's.
-        match self.events.clone().try_acquire_owned() {
+        // Not reserved (a security event before any call): one of their own slots if there
+        // is one. Anyone can cause refusals of unauthenticated requests: those never take a
+        // call's slot. An authenticated caller's (a scope or session refusal, bounded by its
+        // credentials) may, so that a flood of the former cannot hide it.
+        let permit = match self.events.clone().try_acquire_owned() {
+            Err(_) if record.principal.subject.is_some() => self.slots.clone().try_acquire_owned(),
+            taken => taken,
+        };
+        match permit {
             Ok(p) => self.send(record, Some(p)),
             Err(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -709,5 +718,21 @@ mod tests {
         );
         let v = verify(std::slice::from_ref(&path)).expect("valid");
         assert_eq!(v.records, sink.written());
+
+        // An authenticated caller's refusal (e.g. a session not its own) is written even
+        // when the refusals' share is full, in a call's slot.
+        let held: Vec<_> = (0..2)
+            .map(|_| sink.events.clone().try_acquire_owned())
+            .collect();
+        assert!(held.iter().all(Result::is_ok));
+        let before = sink.dropped();
+        sink.record(&refusal());
+        let mut authenticated = refusal();
+        authenticated.principal =
+            AuditPrincipal::of(Some(&crate::Principal::local("alice", ["db:read"])));
+        sink.record(&authenticated);
+        assert_eq!(sink.dropped(), before + 1, "the anonymous one is dropped");
+        settled(&sink, 2003).await;
+        assert_eq!(sink.dropped(), before + 1);
     }
 }

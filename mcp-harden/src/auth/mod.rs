@@ -188,7 +188,8 @@ pub struct AuthContext<'a> {
     /// This server's resource identifier (RFC 8707/9728), e.g. `https://mcp.example.com/mcp`:
     /// the audience a token must name when no other audience is configured.
     pub resource: &'a str,
-    /// The peer's socket address.
+    /// The client's address: the peer's or, from a trusted proxy, the one it forwarded
+    /// (port 0; see `HttpConfig::trusted_proxies`).
     pub source: SocketAddr,
 }
 

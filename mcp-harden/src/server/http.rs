@@ -275,6 +275,13 @@ impl HttpConfig {
     /// proxy's address: ten bad credentials a minute from anyone would throttle everyone.
     /// None by default: the header is ignored. A request from a trusted proxy without a
     /// usable header keeps the proxy's address.
+    ///
+    /// Every host in a listed network can name any client, so list only the proxies, and
+    /// only proxies that append the address they received from (as nginx's
+    /// `$proxy_add_x_forwarded_for` and most load balancers do) or overwrite the header: a
+    /// layer-4 balancer that passes the client's header on must not be listed. At most 32
+    /// entries are read. [`bind_http`](Hardened::bind_http) refuses a network with host bits
+    /// and `/0`.
     pub fn trusted_proxies<I: IntoIterator<Item = S>, S: Into<String>>(
         mut self,
         proxies: I,
@@ -478,16 +485,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let trusted_proxies = config
             .trusted_proxies
             .iter()
-            .map(|p| {
-                p.parse::<ipnet::IpNet>()
-                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
-                    .map(|n| n.trunc())
-                    .map_err(|_| {
-                        HttpError::Config(format!(
-                            "the trusted proxy `{p}` is not an address or a network like 10.0.0.0/8"
-                        ))
-                    })
-            })
+            .map(|p| trusted_network(p))
             .collect::<Result<Vec<_>, _>>()?;
         let (per_minute, burst) = config.auth_failures;
         let throttle = AuthThrottle::new(per_minute, burst).ok_or_else(|| {
@@ -828,8 +826,8 @@ struct AuthThrottle {
     since_sweep: AtomicU32,
 }
 
-/// Most blocked sources remembered; beyond it expired entries are swept, then others are
-/// forgotten down to seven eighths.
+/// Most blocked sources remembered; beyond it expired entries are swept, then those whose
+/// blocks end soonest are forgotten down to seven eighths.
 const MAX_BLOCKED: usize = 100_000;
 
 impl AuthThrottle {
@@ -902,9 +900,14 @@ impl AuthThrottle {
             // away. A forgotten source has its credentials checked once more, and its
             // limiter state blocks it again.
             let over = blocked.len().saturating_sub(MAX_BLOCKED / 8 * 7);
-            let forget: Vec<IpAddr> = blocked.keys().take(over).copied().collect();
-            for k in forget {
-                blocked.remove(&k);
+            if over > 0 {
+                // Those whose blocks end soonest.
+                let mut by_end: Vec<(Instant, IpAddr)> =
+                    blocked.iter().map(|(k, until)| (*until, *k)).collect();
+                by_end.select_nth_unstable(over - 1);
+                for (_, k) in &by_end[..over] {
+                    blocked.remove(k);
+                }
             }
         }
         blocked.insert(key, Instant::now() + wait);
@@ -973,13 +976,15 @@ struct SessionTable {
     owners: HashMap<Box<str>, (SessionOwner, Instant)>,
     /// The size at which forgotten sessions are next swept: twice what the last sweep left
     /// (at least [`SESSION_SWEEP_AT`]), so that sweeps cost O(1) per session opened however
-    /// many are live, and the table stays within twice the live sessions.
+    /// many are live, and the table holds at most twice the sessions the last sweep kept
+    /// (or the minimum).
     sweep_at: usize,
 }
 
 /// A session unused this long is forgotten (rmcp closes idle sessions after 5 minutes).
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
-/// Forgotten sessions are swept once the table holds this many.
+/// The least size at which forgotten sessions are swept (see [`SessionTable::sweep_at`]).
+/// A sweep holds the table's lock for a pass over it (a few ms per 100k sessions).
 const SESSION_SWEEP_AT: usize = 4096;
 
 enum SessionCheck {
@@ -1002,8 +1007,7 @@ impl Sessions {
         }
     }
 
-    fn opened(&self, id: &str, who: SessionOwner) {
-        let now = Instant::now();
+    fn opened(&self, id: &str, who: SessionOwner, now: Instant) {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if table.owners.len() >= table.sweep_at.max(SESSION_SWEEP_AT) {
             table
@@ -1222,15 +1226,15 @@ impl Gate {
     fn host_allowed(&self, headers: &HeaderMap, uri: &Uri) -> bool {
         let mut all = headers.get_all(header::HOST).iter();
         let host = match all.next() {
-            // More than one is refused (RFC 9112 §3.2 makes it a bad request): another hop
-            // may read the other one.
+            // More than one is refused (RFC 9112 §3.2 asks for a 400; this is the guard's
+            // 403, audited as a foreign host): another hop may read the other one.
             Some(_) if all.next().is_some() => return false,
             Some(h) => h.to_str().ok(),
             // Only an HTTP/1.0 request may come without a Host; the URI's authority if any.
             None => uri.authority().map(Authority::as_str),
         };
         // An absolute-form target (`POST http://host/mcp`) names the host that counts for
-        // HTTP (RFC 9112 §3.2.2): it must be allowed too.
+        // HTTP (RFC 9112 §3.2.2, which would ignore Host): stricter, both must be allowed.
         if let Some(target) = uri.authority() {
             if !split_host(target.as_str()).is_some_and(|(h, p)| self.host_matches(h, p)) {
                 return false;
@@ -1285,23 +1289,65 @@ async fn metadata_handler(State(gate): State<Arc<Gate>>) -> Response {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// A trusted proxy's address or network, as compared with peers and forwarded entries
+/// (IPv4-mapped IPv6 as IPv4). Refused: a network with host bits (`10.0.0.5/8`, most likely
+/// a typo) and one that is everything (`0.0.0.0/0`: every client could name itself).
+fn trusted_network(p: &str) -> Result<ipnet::IpNet, HttpError> {
+    let bad = |why: &str| HttpError::Config(format!("the trusted proxy `{p}` {why}"));
+    let net = p
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| bad("is not an address or a network like 10.0.0.0/8"))?;
+    if net != net.trunc() {
+        return Err(bad(
+            "has host bits set: write its network (e.g. 10.0.0.0/8)",
+        ));
+    }
+    if net.prefix_len() == 0 {
+        return Err(bad("is every address: any client could name itself"));
+    }
+    let net = match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .map_err(|_| bad("is not a network"))?,
+            None => net,
+        },
+        _ => net,
+    };
+    Ok(net)
+}
+
 /// The client named by `X-Forwarded-For` (all its lines, as one list): from the right, the
 /// first entry that is not a trusted proxy, or the left-most if all are. `None` when there
 /// is no entry or one that must be read is not an address (a proxy's mistake: the right-most
 /// entries are the trusted proxies' own).
 fn forwarded_client(headers: &HeaderMap, trusted: impl Fn(&IpAddr) -> bool) -> Option<IpAddr> {
     let mut leftmost = None;
-    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-        for entry in line.to_str().ok()?.rsplit(',') {
-            let ip = forwarded_ip(entry.trim_matches([' ', '\t']))?;
-            if !trusted(&ip) {
-                return Some(ip);
-            }
-            leftmost = Some(ip);
+    let entries = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .rev()
+        .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','));
+    // Entries left of the client's are never read (they may be anything, even bytes that
+    // are not text); at most MAX_FORWARDED_HOPS are.
+    for (n, entry) in entries.enumerate() {
+        if n == MAX_FORWARDED_HOPS {
+            return None;
         }
+        let entry = std::str::from_utf8(entry).ok()?;
+        let ip = forwarded_ip(entry.trim_matches([' ', '\t']))?;
+        if !trusted(&ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
     }
     leftmost
 }
+
+/// The most `X-Forwarded-For` entries read: more trusted proxies in a row than that is a
+/// header made up (and each entry costs a parse).
+const MAX_FORWARDED_HOPS: usize = 32;
 
 /// `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:80`.
 fn forwarded_ip(s: &str) -> Option<IpAddr> {
@@ -1596,7 +1642,7 @@ impl After {
                     .get(&SESSION_HEADER)
                     .and_then(|v| v.to_str().ok())
                 {
-                    sessions.opened(id, owner);
+                    sessions.opened(id, owner, Instant::now());
                 }
             }
             Some(SessionChange::Close(sessions, id)) => {
@@ -2064,6 +2110,21 @@ mod tests {
         assert_eq!(client(&["2001:db8::5, 2001:db8:1::9"]), some("2001:db8::5"));
         // Only trusted hops: the left-most of them.
         assert_eq!(client(&["10.0.0.1, 10.0.0.2"]), some("10.0.0.1"));
+        // Bytes that are not text left of the client's entry are never read.
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\xff\xfe, 192.0.2.7").unwrap(),
+        );
+        assert_eq!(
+            forwarded_client(&h, trusted).map(|ip| ip.to_string()),
+            some("192.0.2.7")
+        );
+        // At most 32 entries are read.
+        let hops = vec!["10.0.0.1"; 40].join(", ");
+        assert_eq!(client(&[&format!("192.0.2.7, {hops}")]), None);
+        let hops = vec!["10.0.0.1"; 31].join(", ");
+        assert_eq!(client(&[&format!("192.0.2.7, {hops}")]), some("192.0.2.7"));
         // An entry that must be read and is not an address: none (the proxy's own counts).
         assert_eq!(client(&["192.0.2.7, unknown"]), None);
         assert_eq!(client(&["192.0.2.7, "]), None);
@@ -2079,33 +2140,47 @@ mod tests {
         // Live sessions: the first sweep keeps them all and moves the next one to twice as
         // many, instead of sweeping again on every session opened.
         for i in 0..=SESSION_SWEEP_AT {
-            sessions.opened(&format!("s{i}"), owner());
+            sessions.opened(&format!("s{i}"), owner(), Instant::now());
         }
         assert_eq!(size(), SESSION_SWEEP_AT + 1);
         assert_eq!(sweep_at(), 2 * SESSION_SWEEP_AT);
         for i in SESSION_SWEEP_AT + 1..2 * SESSION_SWEEP_AT {
-            sessions.opened(&format!("s{i}"), owner());
+            sessions.opened(&format!("s{i}"), owner(), Instant::now());
         }
         assert_eq!(sweep_at(), 2 * SESSION_SWEEP_AT, "no sweep below it");
         // Sessions idle for longer than SESSION_IDLE are forgotten at the next sweep.
-        let Some(long_ago) = Instant::now().checked_sub(SESSION_IDLE * 2) else {
-            return; // an uptime too short to backdate (not on any real machine)
-        };
-        for (_, seen) in sessions.table.lock().unwrap().owners.values_mut() {
-            *seen = long_ago;
-        }
-        sessions.opened("fresh", owner());
+        let later = Instant::now() + SESSION_IDLE * 2;
+        sessions.opened("fresh", owner(), later);
         assert_eq!(size(), 1);
         assert_eq!(sweep_at(), 0, "the next sweep at the minimum again");
         let alice = Principal::local("alice", ["db:read"]);
         assert!(matches!(
-            sessions.check("fresh", &alice, Instant::now()),
+            sessions.check("fresh", &alice, later),
             SessionCheck::Owner
         ));
         assert!(matches!(
-            sessions.check("s1", &alice, Instant::now()),
+            sessions.check("s1", &alice, later),
             SessionCheck::Unknown
         ));
+    }
+
+    #[test]
+    fn trusted_networks() {
+        let net = |s: &str| {
+            trusted_network(s)
+                .map(|n| n.to_string())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(net("10.0.0.0/8"), Ok("10.0.0.0/8".into()));
+        assert_eq!(net("127.0.0.1"), Ok("127.0.0.1/32".into()));
+        assert_eq!(net("::1"), Ok("::1/128".into()));
+        // IPv4-mapped, as a dual-stack listener shows IPv4 peers: compared as IPv4.
+        assert_eq!(net("::ffff:10.0.0.5"), Ok("10.0.0.5/32".into()));
+        assert_eq!(net("::ffff:10.0.0.0/104"), Ok("10.0.0.0/8".into()));
+        assert!(net("10.0.0.5/8").unwrap_err().contains("host bits"));
+        assert!(net("0.0.0.0/0").unwrap_err().contains("every address"));
+        assert!(net("::/0").unwrap_err().contains("every address"));
+        assert!(net("proxy").unwrap_err().contains("not an address"));
     }
 
     #[test]
@@ -2122,6 +2197,13 @@ mod tests {
         assert!(t.blocked(last).is_some(), "the newest source is blocked");
         let size = t.blocked.lock().unwrap().len();
         assert!(size <= MAX_BLOCKED / 8 * 7 + 1, "{size}");
+        // A forgotten source is blocked again by its next failure (its limiter remembers).
+        let forgotten = (0..MAX_BLOCKED as u32)
+            .map(|i| IpAddr::V4((0x0a00_0000 + i).into()))
+            .find(|ip| t.blocked(*ip).is_none())
+            .expect("some were forgotten");
+        assert!(t.failed(forgotten).is_some());
+        assert!(t.blocked(forgotten).is_some());
     }
 
     #[test]
