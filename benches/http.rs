@@ -170,16 +170,8 @@ async fn round(clients: &[Client], args: &Arc<JsonObject>, calls: usize) -> Roun
 }
 
 async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
-    let (
-        default_url,
-        prebuilt_url,
-        http1_url,
-        cached_url,
-        uncached_url,
-        wrapped_url,
-        spin_url,
-        _stops,
-    ) = server_rt
+    // The servers, on their runtime, and the variants that call them.
+    let (variants, _stops) = server_rt
         .spawn(async {
             let prebuilt = PlainPrebuilt::default();
             let (default_url, s1) = serve_plain(PlainDefault, false, false);
@@ -189,57 +181,50 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             let (spin_url, s5) = serve_plain(PlainPrebuilt::spinning(spin()), false, false);
             let (cached_url, s6) = hardened_http(None).await;
             let (uncached_url, s7) = hardened_http(Some(0)).await;
-            (
-                default_url,
-                prebuilt_url,
-                http1_url,
-                cached_url,
-                uncached_url,
-                wrapped_url,
-                spin_url,
-                [s1, s2, s3, s4, s5, s6, s7],
-            )
+            let tokens = |url: &str| -> Vec<Option<String>> {
+                let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+                (0..CLIENTS)
+                    .map(|i| {
+                        Some(sign(
+                            jsonwebtoken::Algorithm::HS256,
+                            &key,
+                            &claims(&format!("client-{i}"), url),
+                        ))
+                    })
+                    .collect()
+            };
+            let variants = [
+                Variant::plain("plain_rmcp_default", default_url),
+                Variant::plain("plain_rmcp_prebuilt", prebuilt_url.clone()),
+                // Plain rmcp served as mcp-harden serves (HTTP/1.1 only, no protocol
+                // sniffing): the same transport; hardened's ratio divided by this one's is
+                // hardening's own cost.
+                Variant::plain("plain_rmcp_prebuilt_http1", http1_url),
+                // The same plain server, sent the same bearer tokens as the hardened one
+                // (which it ignores): what carrying a credential costs the client, the wire
+                // and hyper.
+                Variant {
+                    name: "plain_rmcp_prebuilt_token",
+                    url: prebuilt_url,
+                    tokens: tokens(&cached_url),
+                },
+                Variant::plain("plain_rmcp_prebuilt_wrapped", wrapped_url),
+                Variant {
+                    name: "hardened_jwt_cached",
+                    tokens: tokens(&cached_url),
+                    url: cached_url,
+                },
+                Variant {
+                    name: "hardened_jwt_uncached",
+                    tokens: tokens(&uncached_url),
+                    url: uncached_url,
+                },
+                Variant::plain(SPIN_VARIANT, spin_url),
+            ];
+            (variants, [s1, s2, s3, s4, s5, s6, s7])
         })
         .await
         .expect("the servers start");
-    let tokens = |url: &str| -> Vec<Option<String>> {
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
-        (0..CLIENTS)
-            .map(|i| {
-                Some(sign(
-                    jsonwebtoken::Algorithm::HS256,
-                    &key,
-                    &claims(&format!("client-{i}"), url),
-                ))
-            })
-            .collect()
-    };
-    let variants = [
-        Variant::plain("plain_rmcp_default", default_url),
-        Variant::plain("plain_rmcp_prebuilt", prebuilt_url.clone()),
-        // Plain rmcp served as mcp-harden serves (HTTP/1.1 only, no protocol sniffing): the
-        // same transport; hardened's ratio divided by this one's is hardening's own cost.
-        Variant::plain("plain_rmcp_prebuilt_http1", http1_url),
-        // The same plain server, sent the same bearer tokens as the hardened one (which it
-        // ignores): what carrying a credential costs the client, the wire and hyper.
-        Variant {
-            name: "plain_rmcp_prebuilt_token",
-            url: prebuilt_url,
-            tokens: tokens(&cached_url),
-        },
-        Variant::plain("plain_rmcp_prebuilt_wrapped", wrapped_url),
-        Variant {
-            name: "hardened_jwt_cached",
-            tokens: tokens(&cached_url),
-            url: cached_url,
-        },
-        Variant {
-            name: "hardened_jwt_uncached",
-            tokens: tokens(&uncached_url),
-            url: uncached_url,
-        },
-        Variant::plain(SPIN_VARIANT, spin_url),
-    ];
     // `MH_BENCH_ONLY=plain_rmcp_prebuilt,hardened_jwt_cached` runs only those variants
     // (`MH_BENCH_ROUNDS=N` sets the number of rounds).
     // The calibration variant runs only when named.

@@ -189,6 +189,26 @@ impl Srv {
             .into_split()
     }
 
+    /// A `tools/call` of `read_rows` over a bare connection, for request heads no HTTP client
+    /// sends: `target` as the request target, a Host line for each of `hosts`; the answer,
+    /// read until the server closes the connection.
+    async fn bare_call(&self, target: &str, hosts: &[&str], authorization: &str) -> String {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "read_rows", "arguments": {"table": "users"}}})
+        .to_string();
+        let hosts: String = hosts.iter().map(|h| format!("host: {h}\r\n")).collect();
+        let request = format!(
+            "POST {target} HTTP/1.1\r\n{hosts}authorization: {authorization}\r\n\
+             accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+             mcp-protocol-version: 2025-11-25\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (read, mut write) = self.tcp().await;
+        write.write_all(request.as_bytes()).await.expect("write");
+        let (answer, _) = until_closed(read).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// A raw `tools/call` POST of `tool` with `headers`.
     async fn raw_call(&self, tool: &str, headers: &[(&str, &str)]) -> reqwest::Response {
         let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
@@ -727,25 +747,12 @@ async fn foreign_origin_and_host_get_403() {
 
     // Two Host headers, the first one allowed: refused whatever the order (another hop may
     // route by the other one).
+    let here = srv.addr.to_string();
     for hosts in [
-        [srv.addr.to_string(), "evil.example".to_owned()],
-        ["evil.example".to_owned(), srv.addr.to_string()],
+        [here.as_str(), "evil.example"],
+        ["evil.example", here.as_str()],
     ] {
-        let (mut read, mut write) = srv.tcp().await;
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                          "params": {"name": "read_rows", "arguments": {"table": "users"}}})
-        .to_string();
-        let request = format!(
-            "POST /mcp HTTP/1.1\r\nhost: {}\r\nhost: {}\r\nauthorization: {auth}\r\n\
-             accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
-             mcp-protocol-version: 2025-11-25\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            hosts[0],
-            hosts[1],
-            body.len()
-        );
-        write.write_all(request.as_bytes()).await.expect("write");
-        let (answer, _) = receive_for(&mut read, Duration::from_secs(5)).await;
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = srv.bare_call("/mcp", &hosts, &auth).await;
         assert!(answer.starts_with("HTTP/1.1 403"), "{hosts:?}: {answer}");
     }
     assert_eq!(srv.runs(), 0);
@@ -766,27 +773,15 @@ async fn foreign_origin_and_host_get_403() {
         ("http://evil.example", "403"),
         ("http://localhost:1", "200"),
     ] {
-        let (mut read, mut write) = srv.tcp().await;
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                          "params": {"name": "read_rows", "arguments": {"table": "users"}}})
-        .to_string();
-        let request = format!(
-            "POST {target}/mcp HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\n\
-             accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
-             mcp-protocol-version: 2025-11-25\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            srv.addr,
-            body.len()
-        );
-        write.write_all(request.as_bytes()).await.expect("write");
-        let (answer, _) = receive_for(&mut read, Duration::from_secs(5)).await;
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = srv
+            .bare_call(&format!("{target}/mcp"), &[&here], &auth)
+            .await;
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status}")),
             "{target}: {answer}"
         );
     }
     assert_eq!(srv.runs(), 1);
-    srv.app.runs.store(0, Ordering::SeqCst);
 
     // A loopback browser origin (e.g. the MCP Inspector) passes.
     let r = srv
@@ -799,7 +794,7 @@ async fn foreign_origin_and_host_get_403() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(srv.runs(), 1);
+    assert_eq!(srv.runs(), 2);
 }
 
 #[tokio::test]
@@ -1142,34 +1137,24 @@ async fn unusable_configurations_are_refused_at_bind() {
         .tool::<read_rows>()
         .build()
         .expect("the server builds");
+    let jwt = || config().authenticator(hs_auth());
     let cases: Vec<(HttpConfig, &str)> = vec![
         (config(), "no authenticator"),
+        (jwt().path("mcp"), "must start with /"),
         (
-            config().authenticator(hs_auth()).path("mcp"),
-            "must start with /",
-        ),
-        (
-            config()
-                .authenticator(hs_auth())
-                .header_read_timeout(Duration::ZERO),
+            jwt().header_read_timeout(Duration::ZERO),
             "request-head timeout",
         ),
         (
-            config()
-                .authenticator(hs_auth())
-                .header_read_timeout(Duration::MAX),
+            jwt().header_read_timeout(Duration::MAX),
             "request-head timeout",
         ),
         (
-            config()
-                .authenticator(hs_auth())
-                .body_read_timeout(Duration::ZERO),
+            jwt().body_read_timeout(Duration::ZERO),
             "request-body timeout",
         ),
         (
-            config()
-                .authenticator(hs_auth())
-                .body_read_timeout(Duration::MAX),
+            jwt().body_read_timeout(Duration::MAX),
             "request-body timeout",
         ),
         (
@@ -1177,39 +1162,15 @@ async fn unusable_configurations_are_refused_at_bind() {
             "set .resource_url",
         ),
         (
-            config()
-                .authenticator(hs_auth())
-                .resource_url("ftp://example.com/mcp"),
+            jwt().resource_url("ftp://example.com/mcp"),
             "must be http(s)",
         ),
-        (
-            config().authenticator(hs_auth()).allowed_hosts(["a b"]),
-            "is not a host",
-        ),
-        (
-            config().authenticator(hs_auth()).auth_failure_limit(0, 1),
-            "at least 1/min",
-        ),
-        (
-            config()
-                .authenticator(hs_auth())
-                .trusted_proxies(["10.0.0.0/33"]),
-            "trusted proxy",
-        ),
-        (
-            config().authenticator(hs_auth()).trusted_proxies(["proxy"]),
-            "trusted proxy",
-        ),
-        (
-            config()
-                .authenticator(hs_auth())
-                .trusted_proxies(["10.0.0.5/8"]),
-            "host bits",
-        ),
-        (
-            config().authenticator(hs_auth()).trusted_proxies(["::/0"]),
-            "every address",
-        ),
+        (jwt().allowed_hosts(["a b"]), "is not a host"),
+        (jwt().auth_failure_limit(0, 1), "at least 1/min"),
+        (jwt().trusted_proxies(["10.0.0.0/33"]), "trusted proxy"),
+        (jwt().trusted_proxies(["proxy"]), "trusted proxy"),
+        (jwt().trusted_proxies(["10.0.0.5/8"]), "host bits"),
+        (jwt().trusted_proxies(["::/0"]), "every address"),
     ];
     for (cfg, expected) in cases {
         match hardened.bind_http(cfg).await {

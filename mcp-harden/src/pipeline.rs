@@ -27,14 +27,9 @@ pub(crate) struct Refusal {
 
 impl Refusal {
     fn before_run(error: ToolError) -> Self {
-        let outcome = if error.code.is_security_event() {
-            Outcome::Denied
-        } else {
-            Outcome::Rejected
-        };
         Self {
+            outcome: Outcome::of_refusal(error.code),
             error,
-            outcome,
             detail: None,
         }
     }

@@ -36,6 +36,18 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// A refusal before any tool ran with `code`: a security event (identity, permission)
+    /// is `Denied`, anything else `Rejected`.
+    pub(crate) fn of_refusal(code: crate::errors::ErrorCode) -> Self {
+        if code.is_security_event() {
+            Outcome::Denied
+        } else {
+            Outcome::Rejected
+        }
+    }
+}
+
 /// The client application as it named itself (untrusted, recorded as given, cut to 128
 /// characters).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1066,14 +1066,13 @@ struct Event<'a> {
     code: ErrorCode,
     source: SocketAddr,
     started: Instant,
-    /// The request's headers: its W3C `traceparent` is continued by the record.
-    headers: &'a HeaderMap,
+    /// The request's W3C `traceparent`, which the record continues.
+    traceparent: Option<&'a str>,
 }
 
 impl Gate {
     fn record(&self, e: Event<'_>) {
-        let trace =
-            crate::telemetry::TraceIds::continue_or_start(crate::telemetry::traceparent(e.headers));
+        let trace = crate::telemetry::TraceIds::continue_or_start(e.traceparent);
         if e.event == AuditEvent::Authentication {
             crate::telemetry::auth_failure(e.reason);
         }
@@ -1091,13 +1090,8 @@ impl Gate {
                 .tool
                 .map(|t| std::borrow::Cow::Owned(crate::audit::cut_chars(t, 128).to_owned())),
             arguments: serde_json::Value::Null,
-            // Identity and permission refusals are security events; a late body is not (and
-            // may be sent again).
-            outcome: if e.code.is_security_event() {
-                Outcome::Denied
-            } else {
-                Outcome::Rejected
-            },
+            // A late body is not a security event (and may be sent again).
+            outcome: Outcome::of_refusal(e.code),
             error_code: Some(e.code.as_str()),
             retryable: !e.code.is_security_event(),
             reason: Some(e.reason),
@@ -1134,7 +1128,7 @@ impl Gate {
                 code: ErrorCode::Forbidden,
                 source: self.client_of(req),
                 started,
-                headers: req.headers(),
+                traceparent: crate::telemetry::traceparent(req.headers()),
             });
             json_response(
                 StatusCode::FORBIDDEN,
@@ -1169,7 +1163,7 @@ impl Gate {
             code: ErrorCode::Unauthenticated,
             source,
             started,
-            headers,
+            traceparent: crate::telemetry::traceparent(headers),
         };
         if let Some(wait) = self.throttle.blocked(source.ip()) {
             self.record(refuse(AuthFailure::Throttled.reason()));
@@ -1224,30 +1218,24 @@ impl Gate {
     }
 
     fn host_allowed(&self, headers: &HeaderMap, uri: &Uri) -> bool {
-        let mut all = headers.get_all(header::HOST).iter();
-        let host = match all.next() {
-            // More than one is refused (RFC 9112 §3.2 asks for a 400; this is the guard's
-            // 403, audited as a foreign host): another hop may read the other one.
-            Some(_) if all.next().is_some() => return false,
-            Some(h) => h.to_str().ok(),
-            // Only an HTTP/1.0 request may come without a Host; the URI's authority if any.
-            None => uri.authority().map(Authority::as_str),
+        let allowed = |h: &str| {
+            split_host(h)
+                .is_some_and(|(host, port)| self.hosts.iter().any(|r| r.matches(host, port)))
         };
         // An absolute-form target (`POST http://host/mcp`) names the host that counts for
         // HTTP (RFC 9112 §3.2.2, which would ignore Host): stricter, both must be allowed.
-        if let Some(target) = uri.authority() {
-            if !split_host(target.as_str()).is_some_and(|(h, p)| self.host_matches(h, p)) {
-                return false;
-            }
-        }
-        let Some((host, port)) = host.and_then(split_host) else {
+        if uri.authority().is_some_and(|a| !allowed(a.as_str())) {
             return false;
-        };
-        self.host_matches(host, port)
-    }
-
-    fn host_matches(&self, host: &str, port: Option<u16>) -> bool {
-        self.hosts.iter().any(|r| r.matches(host, port))
+        }
+        let mut all = headers.get_all(header::HOST).iter();
+        match (all.next(), all.next()) {
+            (Some(h), None) => h.to_str().is_ok_and(allowed),
+            // More than one is refused (RFC 9112 §3.2 asks for a 400; this is the guard's
+            // 403, audited as a foreign host): another hop may read the other one.
+            (Some(_), Some(_)) => false,
+            // Only an HTTP/1.0 request may come without a Host: its target's, checked above.
+            (None, _) => uri.authority().is_some(),
+        }
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
@@ -1495,7 +1483,7 @@ where
                         code: ErrorCode::Forbidden,
                         source,
                         started,
-                        headers: &parts.headers,
+                        traceparent: crate::telemetry::traceparent(&parts.headers),
                     });
                     return gate.insufficient_scope(&principal, missing, id);
                 }
@@ -1540,7 +1528,7 @@ where
                     code: ErrorCode::Forbidden,
                     source,
                     started,
-                    headers: req.headers(),
+                    traceparent: crate::telemetry::traceparent(req.headers()),
                 });
                 return GuardFuture::Done(Some(session_not_found()));
             }
@@ -1756,10 +1744,6 @@ impl BodyTimer {
     /// Records the late body (once) and ends the body with an error (again if polled again).
     fn expire(&mut self) -> axum::Error {
         if self.state.swap(BODY_LATE, Ordering::Relaxed) == BODY_OK {
-            let mut headers = HeaderMap::new();
-            if let Some(traceparent) = self.traceparent.take() {
-                headers.insert(crate::telemetry::TRACEPARENT, traceparent);
-            }
             self.gate.record(Event {
                 event: AuditEvent::Transport,
                 principal: Some(&self.principal),
@@ -1768,7 +1752,7 @@ impl BodyTimer {
                 code: ErrorCode::Timeout,
                 source: self.source,
                 started: self.started,
-                headers: &headers,
+                traceparent: self.traceparent.as_ref().and_then(|v| v.to_str().ok()),
             });
         }
         axum::Error::new("request body not received in time")
@@ -1871,7 +1855,7 @@ impl Gate {
             code: ErrorCode::Unauthenticated,
             source,
             started,
-            headers,
+            traceparent: crate::telemetry::traceparent(headers),
         });
         if let Some(wait) = self.throttle.failed(source.ip()) {
             tracing::warn!(target: "mcp_harden::security", source = %source, wait_ms = wait.as_millis() as u64, "too many failed authentications: source throttled");
@@ -2185,25 +2169,29 @@ mod tests {
 
     #[test]
     fn a_full_throttle_table_still_blocks_new_sources() {
-        let t = AuthThrottle::new(1, 1).unwrap();
-        for i in 0..=MAX_BLOCKED as u32 {
-            let ip = IpAddr::V4((0x0a00_0000 + i).into());
+        // A burst of 2: a source is blocked by its second failure, so a second failure
+        // blocking at once shows that its limiter state was kept.
+        let t = AuthThrottle::new(1, 2).unwrap();
+        let ip = |i: usize| IpAddr::V4((0x0a00_0000 + i as u32).into());
+        for i in 0..=MAX_BLOCKED {
             assert!(
-                t.failed(ip).is_some(),
-                "the failure that uses up the burst blocks"
+                t.failed(ip(i)).is_none(),
+                "the first failure is within the burst"
             );
+            assert!(t.failed(ip(i)).is_some(), "the second blocks");
         }
-        let last = IpAddr::V4((0x0a00_0000 + MAX_BLOCKED as u32).into());
-        assert!(t.blocked(last).is_some(), "the newest source is blocked");
+        assert!(
+            t.blocked(ip(MAX_BLOCKED)).is_some(),
+            "the newest source is blocked"
+        );
         let size = t.blocked.lock().unwrap().len();
         assert!(size <= MAX_BLOCKED / 8 * 7 + 1, "{size}");
+        // Those whose blocks end soonest (the oldest here) were forgotten, the latest kept.
+        assert!((MAX_BLOCKED - 1000..MAX_BLOCKED).all(|i| t.blocked(ip(i)).is_some()));
+        assert!(t.blocked(ip(0)).is_none());
         // A forgotten source is blocked again by its next failure (its limiter remembers).
-        let forgotten = (0..MAX_BLOCKED as u32)
-            .map(|i| IpAddr::V4((0x0a00_0000 + i).into()))
-            .find(|ip| t.blocked(*ip).is_none())
-            .expect("some were forgotten");
-        assert!(t.failed(forgotten).is_some());
-        assert!(t.blocked(forgotten).is_some());
+        assert!(t.failed(ip(0)).is_some());
+        assert!(t.blocked(ip(0)).is_some());
     }
 
     #[test]
