@@ -1122,6 +1122,8 @@ async fn oversized_bodies_get_413() {
             .raw_post(&body.to_string(), &[("authorization", &auth)])
             .await;
         assert_eq!(r.status(), 413, "authorization server: {with_as}");
+        // The same JSON-RPC error on both paths (rmcp's reads the body, or the scope check).
+        assert_refusal(r, 413, -32000, "Payload Too Large").await;
         assert_eq!(srv.runs(), 0);
 
         // A small call still works.
@@ -1129,6 +1131,134 @@ async fn oversized_bodies_get_413() {
         assert_eq!(r.status(), 200);
         assert_eq!(srv.runs(), 1);
     }
+}
+
+/// Checks a transport refusal: `status`, a JSON-RPC error with no id, `code`, and a message
+/// that starts with `message`; none of rmcp's own text.
+async fn assert_refusal(r: reqwest::Response, status: u16, code: i64, message: &str) -> Value {
+    assert_eq!(r.status(), status);
+    let content_type = r.headers().get("content-type").cloned();
+    let text = r.text().await.expect("a body");
+    assert_eq!(
+        content_type.as_ref().map(|v| v.as_bytes()),
+        Some(&b"application/json"[..]),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(body["jsonrpc"], "2.0", "{text}");
+    assert_eq!(body["id"], Value::Null, "{text}");
+    assert_eq!(body["error"]["code"], code, "{text}");
+    let said = body["error"]["message"].as_str().expect("a message");
+    assert!(said.starts_with(message), "{text}");
+    for internal in [
+        "deserialize",
+        "JsonRpcMessage",
+        "Encounter",
+        "line 1",
+        "1024",
+    ] {
+        assert!(!text.contains(internal), "{internal:?} in {text}");
+    }
+    body
+}
+
+#[tokio::test]
+async fn rmcp_refusals_are_fixed_json_rpc_errors() {
+    let srv = start(config().authenticator(hs_auth())).await;
+    let auth = bearer(&srv.token("alice", "db:read"));
+    let post = |content_type: &'static str, accept: &'static str, body: &'static str| {
+        http_client()
+            .post(&srv.resource)
+            .header("authorization", &auth)
+            .header("content-type", content_type)
+            .header("accept", accept)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body)
+    };
+    let both = "application/json, text/event-stream";
+    let tool_call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_rows","arguments":{"table":"t"}}}"#;
+
+    // Not JSON: rmcp's answer named its own types and quoted the parser.
+    let r = post("application/json", both, "{not json")
+        .send()
+        .await
+        .expect("answers");
+    assert_refusal(r, 415, -32700, "Parse error").await;
+    let r = post("application/json", both, r#"{"jsonrpc":"2.0","id":1}"#)
+        .send()
+        .await
+        .expect("answers");
+    assert_refusal(r, 415, -32700, "Parse error").await;
+    let r = post("text/plain", both, tool_call)
+        .send()
+        .await
+        .expect("answers");
+    assert_refusal(r, 415, -32700, "Parse error").await;
+    // An Accept rmcp cannot serve.
+    let r = post("application/json", "application/json", tool_call)
+        .send()
+        .await
+        .expect("answers");
+    assert_refusal(r, 406, -32000, "Not Acceptable").await;
+    // A call without a session (this server keeps sessions).
+    let r = post("application/json", both, tool_call)
+        .send()
+        .await
+        .expect("answers");
+    assert_refusal(r, 400, -32600, "Bad Request").await;
+    // An unknown protocol version, which rmcp's text quoted back.
+    let r = http_client()
+        .post(&srv.resource)
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .header("accept", both)
+        .header("mcp-protocol-version", "1999-01-01-<b>quoted</b>")
+        .body(tool_call)
+        .send()
+        .await
+        .expect("answers");
+    let body = assert_refusal(r, 400, -32600, "Bad Request").await;
+    assert!(!body.to_string().contains("quoted"), "{body}");
+    // A method rmcp does not serve: its Allow header stays.
+    let r = http_client()
+        .put(&srv.resource)
+        .header("authorization", &auth)
+        .send()
+        .await
+        .expect("answers");
+    let allow = r.headers().get("allow").cloned();
+    assert_refusal(r, 405, -32000, "Method Not Allowed").await;
+    assert_eq!(
+        allow.as_ref().map(|v| v.as_bytes()),
+        Some(&b"GET, POST, DELETE"[..])
+    );
+    assert_eq!(srv.runs(), 0, "nothing ran");
+
+    // rmcp's JSON-RPC errors pass as they are: an initialize whose MCP-Protocol-Version
+    // header disagrees with its body keeps its id and rmcp's message.
+    let init = r#"{"jsonrpc":"2.0","id":9,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let r = http_client()
+        .post(&srv.resource)
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .header("accept", both)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(init)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), 400);
+    let body: Value = serde_json::from_str(&r.text().await.expect("a body")).expect("JSON");
+    assert_eq!(body["id"], 9, "{body}");
+    let said = body["error"]["message"].as_str().expect("a message");
+    assert!(said.contains("does not match"), "{body}");
+
+    // And the server still serves.
+    let client = srv.client(&srv.token("alice", "db:read")).await;
+    assert_eq!(call(&client, "read_rows").await.is_error, Some(false));
+    assert_eq!(srv.runs(), 1);
+    drop(client);
+    srv.stop().await.expect("stops");
 }
 
 #[tokio::test]

@@ -1397,7 +1397,8 @@ fn peer_of(extensions: &axum::http::Extensions) -> SocketAddr {
 
 /// The MCP endpoint: rmcp's service behind the guard. Host, Origin, the bearer credential,
 /// the scope challenge and the session's owner are checked before rmcp sees the request; a
-/// POST's reply stream is tracked for graceful shutdown.
+/// POST's reply stream is tracked for graceful shutdown; rmcp's plain-text refusals become
+/// JSON-RPC errors ([`transport_refusal`]).
 ///
 /// A service of its own rather than a `from_fn` middleware: the checks run synchronously
 /// in `call` and the reply needs no second boxed future, stream or service clone (about
@@ -1467,12 +1468,8 @@ where
                 let _reading = reading;
                 let (parts, body) = req.into_parts();
                 let Ok(bytes) = axum::body::to_bytes(Body::new(body), gate.max_body).await else {
-                    return unread_body(state.load(Ordering::Relaxed)).unwrap_or_else(|| {
-                        json_response(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            serde_json::json!({"error": "payload_too_large"}),
-                        )
-                    });
+                    return unread_body(state.load(Ordering::Relaxed))
+                        .unwrap_or_else(|| transport_refusal(StatusCode::PAYLOAD_TOO_LARGE));
                 };
                 if let Some((tool, missing, id)) = lacking_scope(&gate, &bytes, &principal) {
                     gate.record(Event {
@@ -1622,6 +1619,14 @@ impl After {
         {
             return refusal;
         }
+        // rmcp's own refusals (headers it cannot serve, a body that is not one JSON-RPC
+        // message, an internal failure) are plain text, some carrying an error's text or the
+        // request's own: a fixed JSON-RPC error instead. Its JSON-RPC errors pass as they are.
+        if !response.status().is_success()
+            && !content_type_is(response.headers(), "application/json")
+        {
+            return rewrite_refusal(response);
+        }
         match self.change {
             Some(_) if !response.status().is_success() => {}
             Some(SessionChange::Open(sessions, owner)) => {
@@ -1640,7 +1645,9 @@ impl After {
             }
             None => {}
         }
-        let reply = self.reply.filter(|_| is_event_stream(response.headers()));
+        let reply = self
+            .reply
+            .filter(|_| content_type_is(response.headers(), "text/event-stream"));
         response.map(|body| Body::new(Tracked { body, reply }))
     }
 }
@@ -1812,11 +1819,58 @@ impl HttpBody for TimedBody {
 /// Header names as constants: looking one up by `&str` parses the name on every request.
 const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
+/// Whether the reply's `Content-Type` is `media` (parameters allowed).
+fn content_type_is(headers: &HeaderMap, media: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
+        .is_some_and(|v| v.as_bytes().starts_with(media.as_bytes()))
+}
+
+/// rmcp's plain-text refusal as [`transport_refusal`] for its status, its other headers
+/// (`Allow`, say) kept; the text is dropped unread.
+fn rewrite_refusal<B>(response: Response<B>) -> Response {
+    let (parts, _text) = response.into_parts();
+    tracing::debug!(target: "mcp_harden::http", status = parts.status.as_u16(), "rmcp refused the request");
+    let mut r = transport_refusal(parts.status);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            r.headers_mut().append(name, value.clone());
+        }
+    }
+    r
+}
+
+/// A refusal of the transport's (not the guard's, not a tool's) as a JSON-RPC error with no
+/// id, as the official SDKs answer them: a fixed message per status, never an error's text.
+fn transport_refusal(status: StatusCode) -> Response {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => return session_not_found(),
+        StatusCode::BAD_REQUEST => (
+            -32600,
+            "Bad Request: a request other than initialize needs its session's Mcp-Session-Id, \
+             and MCP-Protocol-Version must be a version this server supports",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (-32000, "Method Not Allowed"),
+        StatusCode::NOT_ACCEPTABLE => (
+            -32000,
+            "Not Acceptable: Accept must include application/json and text/event-stream \
+             (a GET: text/event-stream)",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            -32000,
+            "Payload Too Large: the request body exceeds this server's limit",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            -32700,
+            "Parse error: the body must be one JSON-RPC message, sent as application/json",
+        ),
+        s if s.is_server_error() => (-32603, "Internal error"),
+        s => (-32000, s.canonical_reason().unwrap_or("Request refused")),
+    };
+    json_response(
+        status,
+        serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}}),
+    )
 }
 
 /// What rmcp answers for a session it does not know: the client starts a new one.
@@ -1951,6 +2005,34 @@ fn lacking_scope(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn rmcp_failures_lose_their_text_and_keep_their_headers() {
+        let failed = Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .header("x-kept", "1")
+            .header(header::CONTENT_LENGTH, "64")
+            .body(Body::from(
+                "Encounter an error when create session: /srv/app/secret.db",
+            ))
+            .unwrap();
+        let r = rewrite_refusal(failed);
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()["x-kept"], "1");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert!(r.headers().get(header::CONTENT_LENGTH).is_none());
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"jsonrpc": "2.0", "id": null,
+                               "error": {"code": -32603, "message": "Internal error"}})
+        );
+        // A status without a message of its own gets its reason phrase.
+        let r = transport_refusal(StatusCode::CONFLICT);
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(r#""message":"Conflict""#));
+    }
 
     #[test]
     fn origins_and_hosts() {
