@@ -1122,8 +1122,8 @@ async fn oversized_bodies_get_413() {
             .raw_post(&body.to_string(), &[("authorization", &auth)])
             .await;
         assert_eq!(r.status(), 413, "authorization server: {with_as}");
-        // The same JSON-RPC error on both paths (rmcp's reads the body, or the scope check).
-        assert_refusal(r, 413, -32000, "Payload Too Large").await;
+        // The same refusal on both paths (rmcp's reads the body, or the scope check).
+        assert_refusal(r, 413, "payload_too_large").await;
         assert_eq!(srv.runs(), 0);
 
         // A small call still works.
@@ -1133,23 +1133,21 @@ async fn oversized_bodies_get_413() {
     }
 }
 
-/// Checks a transport refusal: `status`, a JSON-RPC error with no id, `code`, and a message
-/// that starts with `message`; none of rmcp's own text.
-async fn assert_refusal(r: reqwest::Response, status: u16, code: i64, message: &str) -> Value {
+/// Checks a transport refusal: `status`, one `Content-Type` (JSON), the guard's shape with
+/// `error`, and none of rmcp's own text (a parser's, its type names, the body limit).
+async fn assert_refusal(r: reqwest::Response, status: u16, error: &str) -> Value {
     assert_eq!(r.status(), status);
-    let content_type = r.headers().get("content-type").cloned();
+    let types: Vec<_> = r
+        .headers()
+        .get_all("content-type")
+        .iter()
+        .cloned()
+        .collect();
     let text = r.text().await.expect("a body");
-    assert_eq!(
-        content_type.as_ref().map(|v| v.as_bytes()),
-        Some(&b"application/json"[..]),
-        "{text}"
-    );
+    assert_eq!(types, ["application/json"], "{text}");
     let body: Value = serde_json::from_str(&text).expect("JSON");
-    assert_eq!(body["jsonrpc"], "2.0", "{text}");
-    assert_eq!(body["id"], Value::Null, "{text}");
-    assert_eq!(body["error"]["code"], code, "{text}");
-    let said = body["error"]["message"].as_str().expect("a message");
-    assert!(said.starts_with(message), "{text}");
+    assert_eq!(body["error"], error, "{text}");
+    assert!(body["error_description"].is_string(), "{text}");
     for internal in [
         "deserialize",
         "JsonRpcMessage",
@@ -1163,7 +1161,7 @@ async fn assert_refusal(r: reqwest::Response, status: u16, code: i64, message: &
 }
 
 #[tokio::test]
-async fn rmcp_refusals_are_fixed_json_rpc_errors() {
+async fn rmcp_refusals_get_fixed_descriptions() {
     let srv = start(config().authenticator(hs_auth())).await;
     let auth = bearer(&srv.token("alice", "db:read"));
     let post = |content_type: &'static str, accept: &'static str, body: &'static str| {
@@ -1183,29 +1181,29 @@ async fn rmcp_refusals_are_fixed_json_rpc_errors() {
         .send()
         .await
         .expect("answers");
-    assert_refusal(r, 415, -32700, "Parse error").await;
+    assert_refusal(r, 415, "unsupported_media_type").await;
     let r = post("application/json", both, r#"{"jsonrpc":"2.0","id":1}"#)
         .send()
         .await
         .expect("answers");
-    assert_refusal(r, 415, -32700, "Parse error").await;
+    assert_refusal(r, 415, "unsupported_media_type").await;
     let r = post("text/plain", both, tool_call)
         .send()
         .await
         .expect("answers");
-    assert_refusal(r, 415, -32700, "Parse error").await;
+    assert_refusal(r, 415, "unsupported_media_type").await;
     // An Accept rmcp cannot serve.
     let r = post("application/json", "application/json", tool_call)
         .send()
         .await
         .expect("answers");
-    assert_refusal(r, 406, -32000, "Not Acceptable").await;
+    assert_refusal(r, 406, "not_acceptable").await;
     // A call without a session (this server keeps sessions).
     let r = post("application/json", both, tool_call)
         .send()
         .await
         .expect("answers");
-    assert_refusal(r, 400, -32600, "Bad Request").await;
+    assert_refusal(r, 400, "invalid_request").await;
     // An unknown protocol version, which rmcp's text quoted back.
     let r = http_client()
         .post(&srv.resource)
@@ -1217,7 +1215,7 @@ async fn rmcp_refusals_are_fixed_json_rpc_errors() {
         .send()
         .await
         .expect("answers");
-    let body = assert_refusal(r, 400, -32600, "Bad Request").await;
+    let body = assert_refusal(r, 400, "invalid_request").await;
     assert!(!body.to_string().contains("quoted"), "{body}");
     // A method rmcp does not serve: its Allow header stays.
     let r = http_client()
@@ -1227,7 +1225,7 @@ async fn rmcp_refusals_are_fixed_json_rpc_errors() {
         .await
         .expect("answers");
     let allow = r.headers().get("allow").cloned();
-    assert_refusal(r, 405, -32000, "Method Not Allowed").await;
+    assert_refusal(r, 405, "method_not_allowed").await;
     assert_eq!(
         allow.as_ref().map(|v| v.as_bytes()),
         Some(&b"GET, POST, DELETE"[..])
@@ -1253,12 +1251,67 @@ async fn rmcp_refusals_are_fixed_json_rpc_errors() {
     let said = body["error"]["message"].as_str().expect("a message");
     assert!(said.contains("does not match"), "{body}");
 
+    // A stream (GET) that does not accept an event stream.
+    let r = http_client()
+        .get(&srv.resource)
+        .header("authorization", &auth)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("answers");
+    assert_refusal(r, 406, "not_acceptable").await;
+
     // And the server still serves.
     let client = srv.client(&srv.token("alice", "db:read")).await;
     assert_eq!(call(&client, "read_rows").await.is_error, Some(false));
     assert_eq!(srv.runs(), 1);
     drop(client);
     srv.stop().await.expect("stops");
+
+    // Stateless, rmcp serves POST alone: GET and DELETE get 405 with `Allow: POST`.
+    let srv = stateless().await;
+    let auth = bearer(&srv.token("alice", "db:read"));
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let r = http_client()
+            .request(method.clone(), &srv.resource)
+            .header("authorization", &auth)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("answers");
+        let allow = r.headers().get("allow").cloned();
+        assert_refusal(r, 405, "method_not_allowed").await;
+        assert_eq!(
+            allow.as_ref().map(|v| v.as_bytes()),
+            Some(&b"POST"[..]),
+            "{method}"
+        );
+    }
+    srv.stop().await.expect("stops");
+}
+
+/// rmcp's client drops a JSON-RPC error without an id and waits for ever: a refusal it
+/// reads must fail its call at once, on rmcp's path and on the scope check's.
+#[tokio::test]
+async fn the_rmcp_client_sees_a_refused_call_fail() {
+    for with_as in [false, true] {
+        let mut cfg = config().authenticator(hs_auth()).max_body_bytes(2048);
+        if with_as {
+            cfg = cfg.authorization_server("https://auth.example");
+        }
+        let srv = start(cfg).await;
+        let client = srv.client(&srv.token("alice", "db:read")).await;
+        let big = common::params("read_rows", json!({"table": "x".repeat(4096)}));
+        let answer = tokio::time::timeout(Duration::from_secs(10), client.call_tool(big))
+            .await
+            .unwrap_or_else(|_| panic!("the call fails at once (authorization server: {with_as})"));
+        let error = answer.expect_err("an oversized call fails").to_string();
+        assert!(error.contains("413"), "{error}");
+        assert!(!error.contains("2048"), "{error}");
+        assert_eq!(srv.runs(), 0);
+        drop(client);
+        srv.stop().await.expect("stops");
+    }
 }
 
 #[tokio::test]

@@ -1397,8 +1397,8 @@ fn peer_of(extensions: &axum::http::Extensions) -> SocketAddr {
 
 /// The MCP endpoint: rmcp's service behind the guard. Host, Origin, the bearer credential,
 /// the scope challenge and the session's owner are checked before rmcp sees the request; a
-/// POST's reply stream is tracked for graceful shutdown; rmcp's plain-text refusals become
-/// JSON-RPC errors ([`transport_refusal`]).
+/// POST's reply stream is tracked for graceful shutdown; rmcp's plain-text refusals get a
+/// fixed description ([`transport_refusal`]).
 ///
 /// A service of its own rather than a `from_fn` middleware: the checks run synchronously
 /// in `call` and the reply needs no second boxed future, stream or service clone (about
@@ -1621,7 +1621,7 @@ impl After {
         }
         // rmcp's own refusals (headers it cannot serve, a body that is not one JSON-RPC
         // message, an internal failure) are plain text, some carrying an error's text or the
-        // request's own: a fixed JSON-RPC error instead. Its JSON-RPC errors pass as they are.
+        // request's own: a fixed description instead. Its JSON-RPC errors pass as they are.
         if !response.status().is_success()
             && !content_type_is(response.headers(), "application/json")
         {
@@ -1840,36 +1840,47 @@ fn rewrite_refusal<B>(response: Response<B>) -> Response {
     r
 }
 
-/// A refusal of the transport's (not the guard's, not a tool's) as a JSON-RPC error with no
-/// id, as the official SDKs answer them: a fixed message per status, never an error's text.
+/// A refusal of the transport's (not a tool's), in the guard's own shape: a fixed
+/// description per status, never an error's text.
+///
+/// Not a JSON-RPC error: one without the request's id (which rmcp has read, not the guard)
+/// is dropped by rmcp's client, whose request then waits for ever. A 404 is the one
+/// exception, as rmcp's client reads its status alone (the session has expired).
 fn transport_refusal(status: StatusCode) -> Response {
-    let (code, message) = match status {
+    let (error, description) = match status {
         StatusCode::NOT_FOUND => return session_not_found(),
         StatusCode::BAD_REQUEST => (
-            -32600,
-            "Bad Request: a request other than initialize needs its session's Mcp-Session-Id, \
-             and MCP-Protocol-Version must be a version this server supports",
+            "invalid_request",
+            "the request's MCP headers are missing or not supported: a request other than \
+             initialize needs its session's Mcp-Session-Id, and MCP-Protocol-Version must be \
+             a version this server supports",
         ),
-        StatusCode::METHOD_NOT_ALLOWED => (-32000, "Method Not Allowed"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint serves the methods in Allow",
+        ),
         StatusCode::NOT_ACCEPTABLE => (
-            -32000,
-            "Not Acceptable: Accept must include application/json and text/event-stream \
-             (a GET: text/event-stream)",
+            "not_acceptable",
+            "Accept must include application/json and text/event-stream (a GET: \
+             text/event-stream)",
         ),
         StatusCode::PAYLOAD_TOO_LARGE => (
-            -32000,
-            "Payload Too Large: the request body exceeds this server's limit",
+            "payload_too_large",
+            "the request body exceeds this server's limit",
         ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            -32700,
-            "Parse error: the body must be one JSON-RPC message, sent as application/json",
+            "unsupported_media_type",
+            "the body must be one JSON-RPC message, sent as application/json",
         ),
-        s if s.is_server_error() => (-32603, "Internal error"),
-        s => (-32000, s.canonical_reason().unwrap_or("Request refused")),
+        s if s.is_server_error() => ("server_error", "the request could not be served"),
+        s => (
+            "request_refused",
+            s.canonical_reason().unwrap_or("the request was refused"),
+        ),
     };
     json_response(
         status,
-        serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}}),
+        serde_json::json!({"error": error, "error_description": description}),
     )
 }
 
@@ -2011,6 +2022,9 @@ mod tests {
         let failed = Response::builder()
             .status(StatusCode::INTERNAL_SERVER_ERROR)
             .header("x-kept", "1")
+            .header("x-twice", "a")
+            .header("x-twice", "b")
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .header(header::CONTENT_LENGTH, "64")
             .body(Body::from(
                 "Encounter an error when create session: /srv/app/secret.db",
@@ -2019,19 +2033,22 @@ mod tests {
         let r = rewrite_refusal(failed);
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(r.headers()["x-kept"], "1");
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let twice: Vec<_> = r.headers().get_all("x-twice").iter().collect();
+        assert_eq!(twice, ["a", "b"]);
+        let types: Vec<_> = r.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        assert_eq!(types, ["application/json"]);
         assert!(r.headers().get(header::CONTENT_LENGTH).is_none());
         let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             body,
-            serde_json::json!({"jsonrpc": "2.0", "id": null,
-                               "error": {"code": -32603, "message": "Internal error"}})
+            serde_json::json!({"error": "server_error",
+                               "error_description": "the request could not be served"})
         );
-        // A status without a message of its own gets its reason phrase.
+        // A status without a description of its own gets its reason phrase.
         let r = transport_refusal(StatusCode::CONFLICT);
         let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
-        assert!(String::from_utf8_lossy(&body).contains(r#""message":"Conflict""#));
+        assert!(String::from_utf8_lossy(&body).contains(r#""error_description":"Conflict""#));
     }
 
     #[test]
