@@ -216,17 +216,26 @@ impl Srv {
         self.raw_post(&body.to_string(), headers).await
     }
 
+    /// A raw POST of `body` with `headers`, which replace the defaults of the same name
+    /// (`accept` both media types, `content-type` JSON, `mcp-protocol-version` 2025-11-25).
     async fn raw_post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let mut req = http_client()
+        let mut given = reqwest::header::HeaderMap::new();
+        for (k, v) in headers {
+            given.append(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                reqwest::header::HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        http_client()
             .post(&self.resource)
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .header("mcp-protocol-version", "2025-11-25")
-            .body(body.to_owned());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send().await.expect("the server answers")
+            .headers(given)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("the server answers")
     }
 
     /// Stops the server and waits for `serve_until` to return.
@@ -962,21 +971,16 @@ async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
     for cfg in configs {
         let srv = start(cfg.authenticator(hs_auth()).auth_failure_limit(1, 1)).await;
         let bad = bearer(&hs256(&json!({"sub": "x", "aud": srv.resource, "exp": 1})));
-        let r = srv
-            .raw_call(
-                "read_rows",
-                &[("authorization", &bad), ("x-forwarded-for", "203.0.113.7")],
-            )
-            .await;
-        assert_eq!(r.status(), 401);
         // Another forwarded address does not escape this peer's limit.
-        let r = srv
-            .raw_call(
-                "read_rows",
-                &[("authorization", &bad), ("x-forwarded-for", "192.0.2.10")],
-            )
-            .await;
-        assert_eq!(r.status(), 429);
+        for (forwarded, status) in [("203.0.113.7", 401), ("192.0.2.10", 429)] {
+            let r = srv
+                .raw_call(
+                    "read_rows",
+                    &[("authorization", &bad), ("x-forwarded-for", forwarded)],
+                )
+                .await;
+            assert_eq!(r.status(), status, "{forwarded}");
+        }
         let record = srv
             .audit
             .denied(AuditEvent::Authentication, "missing_claim");
@@ -1164,63 +1168,39 @@ async fn assert_refusal(r: reqwest::Response, status: u16, error: &str) -> Value
 async fn rmcp_refusals_get_fixed_descriptions() {
     let srv = start(config().authenticator(hs_auth())).await;
     let auth = bearer(&srv.token("alice", "db:read"));
-    let post = |content_type: &'static str, accept: &'static str, body: &'static str| {
-        http_client()
-            .post(&srv.resource)
-            .header("authorization", &auth)
-            .header("content-type", content_type)
-            .header("accept", accept)
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(body)
-    };
-    let both = "application/json, text/event-stream";
+    let auth = ("authorization", auth.as_str());
     let tool_call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_rows","arguments":{"table":"t"}}}"#;
 
     // Not JSON: rmcp's answer named its own types and quoted the parser.
-    let r = post("application/json", both, "{not json")
-        .send()
-        .await
-        .expect("answers");
+    let r = srv.raw_post("{not json", &[auth]).await;
     assert_refusal(r, 415, "unsupported_media_type").await;
-    let r = post("application/json", both, r#"{"jsonrpc":"2.0","id":1}"#)
-        .send()
-        .await
-        .expect("answers");
+    let r = srv.raw_post(r#"{"jsonrpc":"2.0","id":1}"#, &[auth]).await;
     assert_refusal(r, 415, "unsupported_media_type").await;
-    let r = post("text/plain", both, tool_call)
-        .send()
-        .await
-        .expect("answers");
+    let r = srv
+        .raw_post(tool_call, &[auth, ("content-type", "text/plain")])
+        .await;
     assert_refusal(r, 415, "unsupported_media_type").await;
     // An Accept rmcp cannot serve.
-    let r = post("application/json", "application/json", tool_call)
-        .send()
-        .await
-        .expect("answers");
+    let r = srv
+        .raw_post(tool_call, &[auth, ("accept", "application/json")])
+        .await;
     assert_refusal(r, 406, "not_acceptable").await;
     // A call without a session (this server keeps sessions).
-    let r = post("application/json", both, tool_call)
-        .send()
-        .await
-        .expect("answers");
+    let r = srv.raw_post(tool_call, &[auth]).await;
     assert_refusal(r, 400, "invalid_request").await;
     // An unknown protocol version, which rmcp's text quoted back.
-    let r = http_client()
-        .post(&srv.resource)
-        .header("authorization", &auth)
-        .header("content-type", "application/json")
-        .header("accept", both)
-        .header("mcp-protocol-version", "1999-01-01-<b>quoted</b>")
-        .body(tool_call)
-        .send()
-        .await
-        .expect("answers");
+    let r = srv
+        .raw_post(
+            tool_call,
+            &[auth, ("mcp-protocol-version", "1999-01-01-<b>quoted</b>")],
+        )
+        .await;
     let body = assert_refusal(r, 400, "invalid_request").await;
     assert!(!body.to_string().contains("quoted"), "{body}");
     // A method rmcp does not serve: its Allow header stays.
     let r = http_client()
         .put(&srv.resource)
-        .header("authorization", &auth)
+        .header(auth.0, auth.1)
         .send()
         .await
         .expect("answers");
@@ -1235,16 +1215,9 @@ async fn rmcp_refusals_get_fixed_descriptions() {
     // rmcp's JSON-RPC errors pass as they are: an initialize whose MCP-Protocol-Version
     // header disagrees with its body keeps its id and rmcp's message.
     let init = r#"{"jsonrpc":"2.0","id":9,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-    let r = http_client()
-        .post(&srv.resource)
-        .header("authorization", &auth)
-        .header("content-type", "application/json")
-        .header("accept", both)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(init)
-        .send()
-        .await
-        .expect("answers");
+    let r = srv
+        .raw_post(init, &[auth, ("mcp-protocol-version", "2025-06-18")])
+        .await;
     assert_eq!(r.status(), 400);
     let body: Value = serde_json::from_str(&r.text().await.expect("a body")).expect("JSON");
     assert_eq!(body["id"], 9, "{body}");
@@ -1254,7 +1227,7 @@ async fn rmcp_refusals_get_fixed_descriptions() {
     // A stream (GET) that does not accept an event stream.
     let r = http_client()
         .get(&srv.resource)
-        .header("authorization", &auth)
+        .header(auth.0, auth.1)
         .header("accept", "application/json")
         .send()
         .await

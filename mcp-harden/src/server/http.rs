@@ -1130,10 +1130,7 @@ impl Gate {
                 started,
                 traceparent: crate::telemetry::traceparent(req.headers()),
             });
-            json_response(
-                StatusCode::FORBIDDEN,
-                serde_json::json!({"error": "forbidden", "error_description": description}),
-            )
+            error_response(StatusCode::FORBIDDEN, "forbidden", description)
         };
         if !self.host_allowed(req.headers(), req.uri()) {
             return Err(refuse("foreign_host", "Host not allowed"));
@@ -1185,9 +1182,10 @@ impl Gate {
             ))),
             Err(AuthFailure::Missing) => {
                 self.record(refuse(AuthFailure::Missing.reason()));
-                let mut r = json_response(
+                let mut r = error_response(
                     StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"error": "unauthorized", "error_description": AuthFailure::Missing.client_message()}),
+                    "unauthorized",
+                    AuthFailure::Missing.client_message(),
                 );
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, self.challenge(""));
@@ -1251,6 +1249,15 @@ impl Gate {
         };
         self.origins.iter().any(|r| r.matches(&scheme, &host, port))
     }
+}
+
+/// The guard's refusal: `{"error", "error_description"}` (the OAuth shape, RFC 6750 §3),
+/// for its own refusals and the transport's alike.
+fn error_response(status: StatusCode, error: &str, description: &str) -> Response {
+    json_response(
+        status,
+        serde_json::json!({"error": error, "error_description": description}),
+    )
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
@@ -1738,10 +1745,7 @@ fn unread_body(state: u8) -> Option<Response> {
         ),
         _ => return None,
     };
-    let mut r = json_response(
-        status,
-        serde_json::json!({"error": error, "error_description": description}),
-    );
+    let mut r = error_response(status, error, description);
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     Some(r)
@@ -1878,10 +1882,7 @@ fn transport_refusal(status: StatusCode) -> Response {
             s.canonical_reason().unwrap_or("the request was refused"),
         ),
     };
-    json_response(
-        status,
-        serde_json::json!({"error": error, "error_description": description}),
-    )
+    error_response(status, error, description)
 }
 
 /// What rmcp answers for a session it does not know: the client starts a new one.
@@ -1894,9 +1895,10 @@ fn session_not_found() -> Response {
 
 fn throttled(wait: Duration) -> Response {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = json_response(
+    let mut r = error_response(
         StatusCode::TOO_MANY_REQUESTS,
-        serde_json::json!({"error": "too_many_requests", "error_description": AuthFailure::Throttled.client_message()}),
+        "too_many_requests",
+        AuthFailure::Throttled.client_message(),
     );
     if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
         r.headers_mut().insert(header::RETRY_AFTER, v);
@@ -1930,10 +1932,7 @@ impl Gate {
         } else {
             "invalid_token"
         };
-        let mut r = json_response(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": error, "error_description": failure.client_message()}),
-        );
+        let mut r = error_response(StatusCode::UNAUTHORIZED, error, failure.client_message());
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             self.challenge(&format!(
