@@ -109,11 +109,14 @@ impl ToolAttr {
                     a.scopes = parse_scopes(cx, &e);
                 }
                 "rate" => {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    a.rate = parse_rate(cx, &lit).map(|r| (r, lit.span()));
+                    if let Some(lit) = str_value(cx, &meta, &key, "\"60/min\"")? {
+                        a.rate = parse_rate(cx, &lit).map(|r| (r, lit.span()));
+                    }
                 }
                 "burst" => {
-                    let lit: LitInt = meta.value()?.parse()?;
+                    let Some(lit) = int_value(cx, &meta, &key, "10")? else {
+                        return Ok(());
+                    };
                     match lit.base10_parse::<u32>() {
                         Ok(n) if n > 0 => a.burst = Some((n, lit.span())),
                         _ => cx.error_spanned(&lit, "`burst` must be a positive integer"),
@@ -124,11 +127,14 @@ impl ToolAttr {
                     a.retryable_on = parse_variants(cx, &e);
                 }
                 "timeout" => {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    a.timeout_ms = parse_duration_ms(cx, &lit, "timeout");
+                    if let Some(lit) = str_value(cx, &meta, &key, "\"5s\"")? {
+                        a.timeout_ms = parse_duration_ms(cx, &lit, "timeout");
+                    }
                 }
                 "max_concurrency" => {
-                    let lit: LitInt = meta.value()?.parse()?;
+                    let Some(lit) = int_value(cx, &meta, &key, "4")? else {
+                        return Ok(());
+                    };
                     match lit.base10_parse::<u32>() {
                         Ok(n) if n > 0 => a.max_concurrency = Some(n),
                         _ => cx.error_spanned(
@@ -138,22 +144,26 @@ impl ToolAttr {
                     }
                 }
                 "queue_timeout" => {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    a.queue_timeout =
-                        parse_duration_ms(cx, &lit, "queue_timeout").map(|ms| (ms, lit.span()));
+                    if let Some(lit) = str_value(cx, &meta, &key, "\"2s\"")? {
+                        a.queue_timeout =
+                            parse_duration_ms(cx, &lit, "queue_timeout").map(|ms| (ms, lit.span()));
+                    }
                 }
                 "name" => {
-                    let lit: LitStr = meta.value()?.parse()?;
-                    check_tool_name(cx, &lit.value(), lit.span());
-                    a.name = Some(lit);
+                    if let Some(lit) = str_value(cx, &meta, &key, "\"query_database\"")? {
+                        check_tool_name(cx, &lit.value(), lit.span());
+                        a.name = Some(lit);
+                    }
                 }
-                "title" => a.title = Some(meta.value()?.parse()?),
+                "title" => a.title = str_value(cx, &meta, &key, "\"Query the database\"")?,
                 "read_only" => a.read_only = Some(flag(cx, &meta)?),
                 "destructive" => a.destructive = Some(flag(cx, &meta)?),
                 "idempotent" => a.idempotent = Some(flag(cx, &meta)?),
                 "open_world" => a.open_world = Some(flag(cx, &meta)?),
                 "crate" => {
-                    let lit: LitStr = meta.value()?.parse()?;
+                    let Some(lit) = str_value(cx, &meta, &key, "\"::mcp_harden\"")? else {
+                        return Ok(());
+                    };
                     match lit.parse::<Path>() {
                         Ok(p) => a.krate = Some(p),
                         Err(_) => cx.error_spanned(
@@ -174,6 +184,49 @@ impl ToolAttr {
         }
         a.present = seen;
         a
+    }
+}
+
+/// The string literal of `key = "..."`. Another value is reported without ending the parse,
+/// so the keys after it are still read (and not also reported missing).
+fn str_value(
+    cx: &mut Ctxt,
+    meta: &syn::meta::ParseNestedMeta,
+    key: &str,
+    example: &str,
+) -> syn::Result<Option<LitStr>> {
+    match meta.value()?.parse::<Expr>()? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(Some(s)),
+        other => {
+            cx.error_spanned(
+                &other,
+                format!("`{key}` takes a string: write e.g. `{key} = {example}`"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The integer literal of `key = N`; like [`str_value`].
+fn int_value(
+    cx: &mut Ctxt,
+    meta: &syn::meta::ParseNestedMeta,
+    key: &str,
+    example: &str,
+) -> syn::Result<Option<LitInt>> {
+    match meta.value()?.parse::<Expr>()? {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(n), ..
+        }) => Ok(Some(n)),
+        other => {
+            cx.error_spanned(
+                &other,
+                format!("`{key}` takes an integer: write e.g. `{key} = {example}`, without quotes"),
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -264,10 +317,11 @@ fn parse_rate(cx: &mut Ctxt, lit: &LitStr) -> Option<Rate> {
     };
     match n.trim().replace('_', "").parse::<u32>() {
         Ok(count) if count > 0 => {
+            // At most one call per microsecond.
             let max = match per {
                 "sec" => 1_000_000,
                 "min" => 60_000_000,
-                _ => u32::MAX,
+                _ => 3_600_000_000,
             };
             if count > max {
                 cx.error_spanned(lit, format!("a rate above {max}/{per} cannot be enforced: lower it, or write `rate = \"unlimited\"`"));

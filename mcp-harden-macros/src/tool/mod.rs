@@ -107,6 +107,22 @@ fn check(cx: &mut Ctxt, attr: ToolAttr, mut func: ItemFn) -> Model {
     ) {
         cx.error_at(*span, "`burst` needs a limited `rate` such as `\"60/min\"`");
     }
+    if let (Some((burst, span)), Some((attr::Rate::Limited { count, per }, _))) =
+        (&attr.burst, &attr.rate)
+    {
+        // The burst window (burst × period / count) is at most ten years, as `build()` needs.
+        let period: u128 = match *per {
+            "sec" => 1,
+            "min" => 60,
+            _ => 3600,
+        };
+        if period * u128::from(*burst) > 10 * 365 * 24 * 3600 * u128::from(*count) {
+            cx.error_at(
+                *span,
+                format!("a burst of {burst} at {count}/{per} refills over more than ten years: lower the burst"),
+            );
+        }
+    }
     if let (Some((_, span)), None, false) = (
         &attr.queue_timeout,
         attr.max_concurrency,
