@@ -443,6 +443,31 @@ async fn rejects_a_second_call(server: &Hardened<App>, app: &Arc<App>, tool: &'s
     assert_eq!(server.running(tool), 0);
 }
 
+/// A call refused as busy never ran: it spends none of the tool's global rate, which every
+/// caller shares (the global rate is checked once the call holds its slot).
+#[tokio::test]
+async fn busy_refusals_spend_no_global_rate() {
+    let app = Arc::new(App::default());
+    let server = builder(&app)
+        .tool::<exclusive>()
+        .global_rate::<exclusive>(Rate::per_minute(2))
+        .build()
+        .expect("builds");
+    let c = connect(&server).await;
+    let first = start_holding(&c, &app, "exclusive").await;
+    for _ in 0..3 {
+        retryable(&call(&c, "exclusive").await, "UNAVAILABLE");
+    }
+    app.release.notify_one();
+    ok_text(&join(first).await);
+    // One call of a 2/min tool ran: the next runs, and the one after is rate limited.
+    let second = start_holding(&c, &app, "exclusive").await;
+    app.release.notify_one();
+    ok_text(&join(second).await);
+    let e = refusal(&call(&c, "exclusive").await, "RATE_LIMITED");
+    assert_eq!(e["message"], "this tool's overall rate limit is reached");
+}
+
 #[tokio::test]
 async fn max_concurrency_refuses_the_next_call_at_once() {
     let app = Arc::new(App::default());
@@ -537,15 +562,34 @@ async fn the_builder_sets_and_checks_concurrency() {
         err(builder(&app)
             .tool::<unbounded>()
             .concurrency::<unbounded>(Concurrency::reject_over(0))),
-        Some(BuildError::InvalidConcurrency("unbounded"))
+        Some(BuildError::InvalidConcurrency {
+            tool: "unbounded",
+            reason: "it must be at least 1"
+        })
     );
     assert_eq!(
         err(builder(&app)
             .tool::<exclusive>()
             .concurrency::<exclusive>(Concurrency::wait_up_to(0, Duration::from_secs(1)))),
-        Some(BuildError::InvalidConcurrency("exclusive")),
+        Some(BuildError::InvalidConcurrency {
+            tool: "exclusive",
+            reason: "it must be at least 1"
+        }),
         "an override of a declared limit is checked too"
     );
+    // Queue waits as `#[tool]` allows them: more than zero, at most an hour.
+    for wait in [Duration::ZERO, Duration::from_secs(3601), Duration::MAX] {
+        assert!(
+            matches!(
+                err(builder(&app)
+                    .tool::<unbounded>()
+                    .concurrency::<unbounded>(Concurrency::wait_up_to(1, wait))),
+                Some(BuildError::InvalidConcurrency { tool: "unbounded", reason })
+                    if reason.contains("queue wait")
+            ),
+            "{wait:?}"
+        );
+    }
     for factor in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert_eq!(
             err(builder(&app).tool::<tiered>().tier("x", factor)),
@@ -555,30 +599,71 @@ async fn the_builder_sets_and_checks_concurrency() {
     }
 }
 
-/// A tier factor that scales a rate beyond what can be enforced is `InvalidTier`, and a long
-/// period with a huge burst is `InvalidRate`: never a panic or an overflow in `build()`.
+/// A rate that cannot be enforced, as declared or once a tier scales it, is `InvalidRate`
+/// naming the limit (and the tier) and saying why: never a panic or an overflow in
+/// `build()`, and never a silent default.
 #[test]
-fn unusable_tier_factors_and_bursts_are_build_errors() {
+fn unusable_rates_are_build_errors_that_say_why() {
     let app = Arc::new(App::default());
     let build = |b: HardenedBuilder<App>| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.build().err()))
             .unwrap_or_else(|_| panic!("build() panicked"))
     };
-    for factor in [1e-300, 1e-9, 1e9] {
-        assert_eq!(
-            build(builder(&app).tool::<tiered>().tier("x", factor)),
-            Some(BuildError::InvalidTier("x".to_owned())),
-            "factor {factor}"
-        );
+    let invalid = |e: Option<BuildError>| match e {
+        Some(BuildError::InvalidRate { limit, reason }) => (limit, reason),
+        other => panic!("expected InvalidRate: {other:?}"),
+    };
+    // `tiered` is 2/min: a factor of 1e9 makes it 33 million a second.
+    let (limit, reason) = invalid(build(builder(&app).tool::<tiered>().tier("x", 1e9)));
+    assert_eq!(limit, "the rate of tool `tiered` for tier `x`");
+    assert!(reason.contains("one call per microsecond"), "{reason}");
+    for factor in [1e-300, 1e-9] {
+        let (limit, reason) = invalid(build(builder(&app).tool::<tiered>().tier("x", factor)));
+        assert_eq!(limit, "the rate of tool `tiered` for tier `x`", "{factor}");
+        assert!(!reason.contains("microsecond"), "{factor}: {reason}");
     }
+    let principal =
+        |rate: Rate| invalid(build(builder(&app).tool::<tiered>().principal_rate(rate)));
+    let (limit, reason) = principal(Rate::per_hour(1).with_burst(10_000_000));
+    assert_eq!(limit, "`principal_rate`");
+    assert!(reason.contains("ten years"), "{reason}");
+    let (_, reason) = principal(Rate::per_minute(0));
+    assert!(reason.contains("a rate of 0"), "{reason}");
+    // A burst of 0 is refused, not read as "the count" (as `#[tool(burst = 0)]` is).
+    let (_, reason) = principal(Rate::per_minute(3).with_burst(0));
+    assert!(reason.contains("a burst of 0"), "{reason}");
+    let (limit, reason) = invalid(build(
+        builder(&app)
+            .tool::<shared>()
+            .global_rate::<shared>(Rate::per_second(1_000_001)),
+    ));
+    assert_eq!(limit, "the global rate of tool `shared`");
+    assert!(reason.contains("one call per microsecond"), "{reason}");
+    let e = BuildError::InvalidRate {
+        limit: "`principal_rate`".into(),
+        reason: "a rate of 0 admits no call",
+    };
     assert_eq!(
-        build(
-            builder(&app)
-                .tool::<tiered>()
-                .principal_rate(Rate::per_hour(1).with_burst(10_000_000))
-        ),
-        Some(BuildError::InvalidRate("(principal_rate)"))
+        e.to_string(),
+        "`principal_rate` cannot be enforced: a rate of 0 admits no call"
     );
+}
+
+/// Setting a tier again replaces its factor (as every other builder setting is replaced).
+#[tokio::test]
+async fn a_tier_set_twice_keeps_the_last_factor() {
+    let app = Arc::new(App::default());
+    let server = builder(&app)
+        .tool::<tiered>()
+        .tier("gold", 10.0)
+        .tier("gold", 2.0)
+        .build()
+        .expect("builds");
+    let resource = serve_http(&server).await;
+    let gold = http_client(&resource, "gilda", Some("gold")).await;
+    // 2/min scaled by 2: a burst of 4, not 20.
+    let (admitted, _, _) = successes_until_limited(&gold, "tiered", 30).await;
+    assert_eq!(admitted, 4);
 }
 
 /// A limiter never tracks more callers than its bound: newcomers beyond it are `Full`.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use mcp_harden::limits::{FailMode, GcraQuota, RateDecision, RateLimitStore, RedisStore};
 use mcp_harden::prelude::*;
+use mcp_harden::spec::Rate;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
 use serde_json::Value;
@@ -21,6 +22,25 @@ struct App;
 #[tool(scopes = "count", rate = "4/min")]
 async fn count(_ctx: Ctx<App>) -> String {
     "counted".to_owned()
+}
+
+/// Count something else, with every kind of rate limit on it (see `fully_limited`).
+#[tool(scopes = "count", rate = "100/min")]
+async fn tally(_ctx: Ctx<App>) -> String {
+    "tallied".to_owned()
+}
+
+/// `tally` per caller, across tools per caller, and across callers, all in `store`.
+fn fully_limited(store: RedisStore, fail: FailMode) -> Hardened<App> {
+    Hardened::builder(App)
+        .server_info("redis-e2e-full", "1")
+        .tool::<tally>()
+        .global_rate::<tally>(Rate::per_minute(1000))
+        .principal_rate(Rate::per_minute(1000))
+        .local_principal(Principal::local("alice", ["count"]))
+        .rate_limit_store(store, fail)
+        .build()
+        .expect("builds")
 }
 
 fn server(store: RedisStore, fail: FailMode) -> Hardened<App> {
@@ -149,4 +169,90 @@ async fn redis_going_away_fails_closed_by_default_and_open_on_request() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A hung Redis (connections open, nothing answers) costs a decision one timeout, however it
+/// hangs: before the first connection (a connect, its retry and the backoff between them
+/// took 650 ms against a 250 ms timeout) or after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_costs_a_decision_one_timeout() {
+    let Some(redis) = Redis::start() else { return };
+    let quota = GcraQuota {
+        emission: Duration::from_millis(10),
+        burst: 1000,
+    };
+    let timed = |store: RedisStore| async move {
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(20), store.check("k", quota))
+            .await
+            .expect("a decision ends");
+        (started.elapsed(), r)
+    };
+    let before_first_use = RedisStore::new(&redis.url()).expect("store");
+    let connected = RedisStore::new(&redis.url()).expect("store");
+    assert_eq!(
+        connected.check("k", quota).await.expect("decides"),
+        RateDecision::Allow
+    );
+    redis.pause();
+    for store in [&before_first_use, &connected] {
+        for _ in 0..3 {
+            let (took, r) = timed(store.clone()).await;
+            assert!(r.is_err(), "a hung Redis decides nothing: {r:?}");
+            // 250 ms, with room for a loaded machine: the whole, not each attempt.
+            assert!(took < Duration::from_millis(500), "{took:?}");
+        }
+    }
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for store in [&before_first_use, &connected] {
+        while !matches!(timed(store.clone()).await.1, Ok(RateDecision::Allow)) {
+            assert!(Instant::now() < deadline, "decisions resume after SIGCONT");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A call's first failed decision ends its questions to the store: failing open, the call
+/// goes on without asking for its other limits (each would wait out the same timeout);
+/// failing closed, it is refused. One failure is counted per call either way.
+#[tokio::test]
+async fn a_call_asks_a_failed_store_once() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let open = fully_limited(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Open,
+    );
+    let closed = fully_limited(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Closed,
+    );
+    let (o, c) = (connect(open.clone()).await, connect(closed.clone()).await);
+    let tally = || CallToolRequestParams::new("tally");
+    for client in [&o, &c] {
+        let r = client.call_tool(tally()).await.expect("answers");
+        assert_eq!(r.is_error, Some(false), "{r:?}");
+    }
+    redis.stop();
+    for n in 1..=3 {
+        let r = o.call_tool(tally()).await.expect("answers");
+        assert_eq!(r.is_error, Some(false), "fail open admits: {r:?}");
+        assert_eq!(
+            open.rate_store_errors(),
+            n,
+            "one failure per call, not three"
+        );
+        let r = c.call_tool(tally()).await.expect("answers");
+        assert_eq!(error_code(&r).as_deref(), Some("UNAVAILABLE"), "{r:?}");
+        assert_eq!(closed.rate_store_errors(), n);
+    }
+}
+
+/// Outside a Tokio runtime the store cannot start its connection: an error, not a panic.
+#[test]
+fn a_store_made_outside_a_runtime_is_an_error() {
+    let e = RedisStore::new("redis://127.0.0.1:6379").expect_err("no runtime");
+    assert!(e.to_string().contains("Tokio runtime"), "{e}");
 }

@@ -15,6 +15,7 @@ use crate::audit::{
 use crate::auth::{AuthMethod, Principal};
 use crate::ctx::Ctx;
 use crate::errors::{ErrorCode, Failure, ToolError};
+use crate::limits::Checked;
 use crate::server::{Entry, Inner};
 use crate::spec::Scopes;
 
@@ -91,28 +92,34 @@ pub(crate) fn visible(scopes: Scopes, principal: Option<&Arc<Principal>>) -> boo
     }
 }
 
-/// Stage 3: the rate limits (per caller and tool, global per tool, per caller across tools),
-/// then a concurrency slot, held until the returned permit is dropped.
+/// Stage 3: the caller's own rate limits (per caller and tool, per caller across tools),
+/// a concurrency slot (held until the returned permit is dropped), then the tool's global
+/// rate, so that calls refused as busy never spend the budget every caller shares.
 pub(crate) async fn limit<S>(
     inner: &Inner<S>,
     entry: &Entry<S>,
     principal: &Principal,
     cancel: &CancellationToken,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ToolError> {
-    crate::limits::check_all(
-        entry.spec.name,
-        &inner.backend,
+    let tool = entry.spec.name;
+    let (backend, errors) = (&inner.backend, &inner.store_errors);
+    let own = crate::limits::check_own(
+        tool,
+        backend,
         entry.rate.as_ref(),
-        entry.global.as_ref(),
         inner.principal_rate.as_ref(),
         principal,
-        &inner.store_errors,
+        errors,
     )
     .await?;
-    match &entry.concurrency {
-        Some(gate) => gate.acquire(cancel).await.map(Some),
-        None => Ok(None),
+    let permit = match &entry.concurrency {
+        Some(gate) => Some(gate.acquire(cancel).await?),
+        None => None,
+    };
+    if let (Some(global), Checked::Admitted) = (&entry.global, own) {
+        crate::limits::check_global(tool, backend, global, errors).await?;
     }
+    Ok(permit)
 }
 
 /// Stages 4 and 5: decode and validate, then run under the timeout with panics caught and

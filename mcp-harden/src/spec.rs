@@ -172,7 +172,8 @@ impl Rate {
         }
     }
 
-    /// This rate with bursts of up to `burst` calls at once.
+    /// This rate with bursts of up to `burst` calls at once (at least 1: `build()` refuses
+    /// a burst of 0, as `#[tool]` does).
     pub const fn with_burst(self, burst: u32) -> Self {
         match self {
             Rate::Limited { count, period, .. } => Rate::Limited {

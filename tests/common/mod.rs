@@ -115,6 +115,24 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes it (`SIGSTOP`): connections stay open and nothing answers, as a hung server.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused one go on (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal}");
+    }
+
     /// Kills it (as an outage would).
     pub fn stop(&mut self) {
         let _ = self.child.kill();

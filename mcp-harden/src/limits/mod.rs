@@ -4,8 +4,12 @@
 //!
 //! Up to three rate limits apply to a call, in this order, the first refusal winning:
 //! the tool's own rate per caller (`rate = "50/min"`, scaled by the caller's tier), the
-//! tool's global rate across all callers ([`HardenedBuilder::global_rate`]), and the caller's
-//! total across all tools ([`HardenedBuilder::principal_rate`], scaled by tier).
+//! caller's total across all tools ([`HardenedBuilder::principal_rate`], scaled by tier),
+//! then, once the call holds its concurrency slot (if the tool limits concurrency), the
+//! tool's global rate across all callers ([`HardenedBuilder::global_rate`]). The caller's
+//! own limits come first so that a call they refuse, or one refused as busy, never spends
+//! the budget every caller shares; a limit that admitted a call keeps its cell when a later
+//! one refuses it.
 //!
 //! [`HardenedBuilder::global_rate`]: crate::HardenedBuilder::global_rate
 //! [`HardenedBuilder::principal_rate`]: crate::HardenedBuilder::principal_rate
@@ -38,53 +42,71 @@ pub struct GcraQuota {
 }
 
 impl GcraQuota {
-    /// The quota of a declared rate; `None` for `unlimited`, a zero count, or more than one
-    /// call per microsecond (which cannot be enforced meaningfully).
+    /// The quota of a declared rate; `None` for `unlimited`, and for a rate that cannot be
+    /// enforced (see [`try_from_rate`](Self::try_from_rate)).
     pub fn from_rate(rate: Rate) -> Option<Self> {
+        Self::try_from_rate(rate).ok().flatten()
+    }
+
+    /// The quota of a declared rate: `Ok(None)` for `unlimited`; an error saying why for a
+    /// count or burst of zero, more than one call per microsecond, or a burst window
+    /// (`burst × period / count`) longer than ten years.
+    pub fn try_from_rate(rate: Rate) -> Result<Option<Self>, &'static str> {
         let Rate::Limited {
             count,
             period,
             burst,
         } = rate
         else {
-            return None;
+            return Ok(None);
         };
         if count == 0 {
-            return None;
+            return Err(ZERO_RATE);
         }
-        Self::checked(
-            period.as_duration() / count,
-            burst.filter(|b| *b > 0).unwrap_or(count),
-        )
+        Self::checked(period.as_duration() / count, burst.unwrap_or(count)).map(Some)
     }
 
-    /// A quota that can be enforced: at least a microsecond per call, and a burst window
-    /// (`emission * burst`) of at most ten years.
-    fn checked(emission: Duration, burst: u32) -> Option<Self> {
+    /// A quota that can be enforced: at least a microsecond per call, a burst of at least
+    /// one, and a burst window (`emission * burst`) of at most ten years.
+    fn checked(emission: Duration, burst: u32) -> Result<Self, &'static str> {
         const MAX_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-        if emission < Duration::from_micros(1) || burst == 0 {
-            return None;
+        if burst == 0 {
+            return Err("a burst of 0 admits no call");
+        }
+        if emission < Duration::from_micros(1) {
+            return Err(TOO_FAST);
         }
         if emission.checked_mul(burst).is_none_or(|w| w > MAX_WINDOW) {
-            return None;
+            return Err("its burst window (burst × period / count) is longer than ten years: lower the burst");
         }
-        Some(Self { emission, burst })
+        Ok(Self { emission, burst })
     }
 
     /// This quota scaled by `factor` (a tier's multiplier): `factor` times the rate and the
     /// burst. `None` if the result cannot be enforced.
     pub fn scaled(self, factor: f64) -> Option<Self> {
+        self.try_scaled(factor).ok()
+    }
+
+    fn try_scaled(self, factor: f64) -> Result<Self, &'static str> {
         if !(factor.is_finite() && factor > 0.0) {
-            return None;
+            return Err("a tier's multiplier must be a finite number above 0");
         }
         let secs = self.emission.as_secs_f64() / factor;
         let burst = (f64::from(self.burst) * factor).round().max(1.0);
-        if !(1e-6..=1e9).contains(&secs) || burst > f64::from(u32::MAX) {
-            return None;
+        if secs < 1e-6 {
+            return Err(TOO_FAST);
+        }
+        if secs > 1e9 || burst > f64::from(u32::MAX) {
+            return Err("scaled by the tier, it is out of range: use a smaller multiplier");
         }
         Self::checked(Duration::from_secs_f64(secs), burst as u32)
     }
 }
+
+const ZERO_RATE: &str = "a rate of 0 admits no call (for no limit, use `unlimited`)";
+const TOO_FAST: &str =
+    "more than one call per microsecond cannot be enforced (lower it, or use `unlimited`)";
 
 /// A shared store of rate-limit state: one atomic GCRA decision per call. Implement it for a
 /// store shared by every replica (see `RedisStore` with the `redis` feature).
@@ -136,31 +158,34 @@ pub(crate) struct Limit {
 }
 
 impl Limit {
-    /// A limit of `rate`, scaled per tier; `Err(None)` if the rate cannot be enforced,
-    /// `Err(Some(tier))` if its scaled version for `tier` cannot.
+    /// A limit of `rate`, scaled per tier; if the rate cannot be enforced, why, with the tier
+    /// whose scaled version cannot be (`None`: the rate itself).
     pub(crate) fn new(
         id: String,
         rate: Rate,
         tiers: &[(Arc<str>, f64)],
         max_tracked: usize,
-    ) -> Result<Self, Option<Arc<str>>> {
-        let quota = GcraQuota::from_rate(rate).ok_or(None)?;
-        let base = RateLimiter::with_quota(quota, max_tracked).ok_or(None)?;
+    ) -> Result<Option<Self>, (Option<Arc<str>>, &'static str)> {
+        let Some(quota) = GcraQuota::try_from_rate(rate).map_err(|e| (None, e))? else {
+            return Ok(None);
+        };
+        let limiter = |q| RateLimiter::with_quota(q, max_tracked).ok_or(TOO_FAST);
+        let base = limiter(quota).map_err(|e| (None, e))?;
         let tiers = tiers
             .iter()
             .map(|(t, f)| {
                 quota
-                    .scaled(*f)
-                    .and_then(|q| RateLimiter::with_quota(q, max_tracked))
+                    .try_scaled(*f)
+                    .and_then(limiter)
                     .map(|l| (t.clone(), l))
-                    .ok_or_else(|| Some(t.clone()))
+                    .map_err(|e| (Some(t.clone()), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+        Ok(Some(Self {
             id: id.into(),
             base,
             tiers: tiers.into_boxed_slice(),
-        })
+        }))
     }
 
     fn for_tier(&self, tier: Option<&str>) -> (&str, &RateLimiter) {
@@ -190,7 +215,7 @@ impl Limit {
         tier: Option<&str>,
         errors: &AtomicU64,
         message: &'static str,
-    ) -> Result<(), ToolError> {
+    ) -> Result<Checked, ToolError> {
         let (tier_name, limiter) = self.for_tier(tier);
         let decision = match backend {
             Backend::Memory => limiter.check(key),
@@ -206,7 +231,7 @@ impl Limit {
                         errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(target: "mcp_harden::limits", limit = %self.id, error = %e, fail_open = (*fail == FailMode::Open), "rate-limit store failed");
                         return match fail {
-                            FailMode::Open => Ok(()),
+                            FailMode::Open => Ok(Checked::StoreDown),
                             FailMode::Closed => Err(ToolError::new(
                                 ErrorCode::Unavailable,
                                 "rate limiting is unavailable; retry shortly",
@@ -219,53 +244,77 @@ impl Limit {
             }
         };
         match decision {
-            RateDecision::Allow => Ok(()),
+            RateDecision::Allow => Ok(Checked::Admitted),
             RateDecision::Deny(wait) => Err(ToolError::rate_limited(wait, message)),
             RateDecision::Full => Err(ToolError::new(
                 ErrorCode::Unavailable,
                 "the server is tracking too many callers; retry shortly",
                 true,
             )
-            .with_retry_after(Duration::from_secs(1))),
+            .with_retry_after(rate::FULL_RETRY)),
         }
     }
 }
 
-/// The rate limits of one call, in order: per caller for the tool, per caller across tools,
-/// global for the tool.
-pub(crate) async fn check_all(
+/// A limit's decision that let the call on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// The limit admitted the call.
+    Admitted,
+    /// The store could not decide and fails open: the call goes on, and the call's other
+    /// limits are not asked (each would wait for the same store), so that a store that is
+    /// down costs a call at most one of its timeouts.
+    StoreDown,
+}
+
+/// The caller's own rate limits, in order: per caller for the tool, then per caller across
+/// tools. Checked before the call waits for a concurrency slot, and before the global rate
+/// ([`check_global`]), so that a call they refuse never spends what every caller shares. A
+/// limit that admits takes its cell, and a later refusal does not give it back: a refused
+/// call may cost the caller, never anyone else.
+pub(crate) async fn check_own(
     tool: &'static str,
     backend: &Backend,
     per_caller: Option<&Limit>,
-    global: Option<&Limit>,
     per_principal: Option<&Limit>,
     principal: &Principal,
     errors: &AtomicU64,
-) -> Result<(), ToolError> {
-    // The caller's own limits first: a call they refuse never spends the budget every
-    // caller shares. (A limit that admits takes its cell; a later refusal does not give it
-    // back, so a refused call may cost the caller, never anyone else.)
+) -> Result<Checked, ToolError> {
     let tier = principal.tier();
     let me = principal.subject_arc();
     if let Some(l) = per_caller {
         let m = "rate limit exceeded for this tool";
-        l.check(backend, me, tier, errors, m)
+        let c = l
+            .check(backend, me, tier, errors, m)
             .await
             .inspect_err(|e| count_refusal(e, tool, "tool"))?;
+        if c == Checked::StoreDown {
+            return Ok(c);
+        }
     }
     if let Some(l) = per_principal {
         let m = "rate limit exceeded across tools for this caller";
-        l.check(backend, me, tier, errors, m)
+        return l
+            .check(backend, me, tier, errors, m)
             .await
-            .inspect_err(|e| count_refusal(e, tool, "principal"))?;
+            .inspect_err(|e| count_refusal(e, tool, "principal"));
     }
-    if let Some(l) = global {
-        let m = "this tool's overall rate limit is reached";
-        l.check(backend, &global_key(), None, errors, m)
-            .await
-            .inspect_err(|e| count_refusal(e, tool, "global"))?;
-    }
-    Ok(())
+    Ok(Checked::Admitted)
+}
+
+/// The tool's global rate across all callers: checked last, once the call holds its
+/// concurrency slot, so that only calls about to run spend it.
+pub(crate) async fn check_global(
+    tool: &'static str,
+    backend: &Backend,
+    global: &Limit,
+    errors: &AtomicU64,
+) -> Result<Checked, ToolError> {
+    let m = "this tool's overall rate limit is reached";
+    global
+        .check(backend, &global_key(), None, errors, m)
+        .await
+        .inspect_err(|e| count_refusal(e, tool, "global"))
 }
 
 fn count_refusal(e: &ToolError, tool: &'static str, limit: &'static str) {
@@ -290,9 +339,19 @@ pub(crate) struct ConcurrencyGate {
 const BUSY_RETRY: Duration = Duration::from_millis(250);
 
 impl ConcurrencyGate {
-    pub(crate) fn new(c: Concurrency) -> Option<Self> {
-        let max = usize::try_from(c.max).ok().filter(|m| *m > 0)?;
-        Some(Self {
+    /// A gate for `c`, or why it is unusable (as `#[tool]` refuses: a limit of zero, a
+    /// queue wait of zero or over an hour).
+    pub(crate) fn new(c: Concurrency) -> Result<Self, &'static str> {
+        let max = usize::try_from(c.max)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or("it must be at least 1")?;
+        if c.wait
+            .is_some_and(|w| w.is_zero() || w > Duration::from_secs(3600))
+        {
+            return Err("a queue wait must be more than 0 and at most an hour");
+        }
+        Ok(Self {
             max,
             permits: Arc::new(tokio::sync::Semaphore::new(max)),
             wait: c.wait,

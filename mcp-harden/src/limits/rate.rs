@@ -1,8 +1,8 @@
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -32,6 +32,10 @@ pub const DEFAULT_MAX_TRACKED: usize = 1_000_000;
 
 /// Decisions between two sweeps of idle keys.
 const SWEEP_EVERY: u32 = 4096;
+
+/// While a limiter stays full, a newcomer sweeps again at most this often (the retry hint
+/// given to the newcomers it refuses meanwhile).
+pub(crate) const FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// governor's keyed state store, shared so that the limiter can ask whether it knows a key.
 struct Shared<K: Hash + Eq + Clone>(Arc<DefaultKeyedStateStore<K>>);
@@ -64,22 +68,26 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Shared<K> {
 /// An in-memory GCRA limiter (`governor`), keyed by caller. Memory stays bounded: keys idle
 /// long enough to be indistinguishable from fresh ones are evicted as decisions go by, and
 /// once `max_tracked` callers are tracked a new caller is refused ([`RateDecision::Full`],
-/// fail closed) until eviction makes room.
+/// fail closed) until eviction makes room: the newcomer that finds it full sweeps at once,
+/// and while it stays full one newcomer a second sweeps again.
 pub struct RateLimiter {
     limiter: governor::RateLimiter<Arc<str>, Shared<Arc<str>>, DefaultClock, NoOpMiddleware>,
     store: Arc<DefaultKeyedStateStore<Arc<str>>>,
     clock: DefaultClock,
     since_sweep: AtomicU32,
     /// Set when the limiter filled up and a sweep did not make room; cleared by a sweep
-    /// that does. While set, newcomers are refused without sweeping again.
+    /// that does. While set, newcomers are refused, one a [`FULL_RETRY`] sweeping again.
     full: AtomicBool,
+    /// When the last sweep started, in milliseconds since `born`.
+    swept_ms: AtomicU64,
+    born: Instant,
     max_tracked: usize,
     quota: GcraQuota,
 }
 
 impl RateLimiter {
-    /// A limiter for `rate`; `None` for [`Rate::Unlimited`], and for a rate of zero or of more
-    /// than one call per microsecond (both refused by `#[tool]` and by `build()`).
+    /// A limiter for `rate`; `None` for [`Rate::Unlimited`], and for a rate that cannot be
+    /// enforced (see [`GcraQuota::try_from_rate`]; refused by `#[tool]` and by `build()`).
     pub fn new(rate: Rate) -> Option<Self> {
         Self::with_quota(GcraQuota::from_rate(rate)?, DEFAULT_MAX_TRACKED)
     }
@@ -100,6 +108,8 @@ impl RateLimiter {
             clock,
             since_sweep: AtomicU32::new(0),
             full: AtomicBool::new(false),
+            swept_ms: AtomicU64::new(0),
+            born: Instant::now(),
             max_tracked: max_tracked.max(1),
             quota,
         })
@@ -120,10 +130,11 @@ impl RateLimiter {
         if !self.store.contains_key(key)
             && ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked
         {
-            if self.full.swap(true, Ordering::Relaxed) {
+            // Just filled up, or full for a while: make room before refusing (one newcomer
+            // a `FULL_RETRY` while it stays full; the others are refused meanwhile).
+            if self.full.swap(true, Ordering::Relaxed) && !self.claim_retry() {
                 return RateDecision::Full;
             }
-            // Just filled up: try to make room once before refusing.
             self.sweep();
             if ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked {
                 return RateDecision::Full;
@@ -135,9 +146,26 @@ impl RateLimiter {
         }
     }
 
+    /// Whether this newcomer sweeps a full limiter again: the first to ask a
+    /// [`FULL_RETRY`] after the last sweep.
+    fn claim_retry(&self) -> bool {
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        let now = self.elapsed_ms();
+        now.saturating_sub(last) >= FULL_RETRY.as_millis() as u64
+            && self
+                .swept_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Evicts idle keys now.
     pub fn sweep(&self) {
         self.since_sweep.store(0, Ordering::Relaxed);
+        self.swept_ms.store(self.elapsed_ms(), Ordering::Relaxed);
         self.limiter.retain_recent();
         let len = self.tracked_keys();
         // Another immediate sweep is allowed once this one has made room.
@@ -213,6 +241,30 @@ mod tests {
             "known callers go on"
         );
         assert_eq!(l.tracked_keys(), 3);
+    }
+
+    #[test]
+    fn a_full_limiter_makes_room_once_its_callers_are_idle() {
+        // One call per 100 ms: a caller is idle again 100 ms after its call.
+        let quota = GcraQuota::from_rate(Rate::per_second(10).with_burst(1)).expect("quota");
+        let l = RateLimiter::with_quota(quota, 2).expect("limited");
+        let [a, b, c, d]: [Arc<str>; 4] = ["a", "b", "c", "d"].map(Arc::from);
+        assert_eq!(l.check(&a), RateDecision::Allow);
+        assert_eq!(l.check(&b), RateDecision::Allow);
+        assert_eq!(
+            l.check(&c),
+            RateDecision::Full,
+            "the sweep frees nothing yet"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        // a and b are idle now, but the limiter swept less than FULL_RETRY ago.
+        assert_eq!(l.check(&c), RateDecision::Full);
+        std::thread::sleep(FULL_RETRY);
+        // Long after, with few decisions between (not the periodic sweep's 4096): a newcomer
+        // sweeps again and gets in, and so does the next (room was made for both).
+        assert_eq!(l.check(&c), RateDecision::Allow);
+        assert_eq!(l.check(&d), RateDecision::Allow);
+        assert_eq!(l.tracked_keys(), 2);
     }
 
     #[test]

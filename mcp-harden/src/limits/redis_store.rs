@@ -38,10 +38,15 @@ return {1, 0}
 /// # let _ = (store, FailMode::Closed);
 /// # Ok(()) }
 /// ```
+///
+/// Times are whole microseconds on Redis's clock; a call's interval (period / count) is
+/// rounded up to one, so a rate whose interval is not a whole number of microseconds (say
+/// 300 000/s, 3.33 µs) is enforced stricter than declared (250 000/s), never looser.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     script: redis::Script,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -52,15 +57,22 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A store for the Redis at `url` (`redis://host:port/db`, `rediss://` for TLS is not
-    /// compiled in). Connects lazily and reconnects by itself; each decision times out after
-    /// 250 ms, so an unreachable Redis costs a call at most that (then the configured
-    /// [`FailMode`](super::FailMode) applies). Call it inside a Tokio runtime.
+    /// compiled in). Connects lazily and reconnects by itself. Each decision, connecting
+    /// included, times out after 250 ms, and a call whose first decision fails asks the
+    /// store nothing more, so an unreachable or hung Redis costs a call at most that (then
+    /// the configured [`FailMode`](super::FailMode) applies). Call it inside a Tokio runtime
+    /// (outside one it returns an error).
     pub fn new(url: &str) -> Result<Self, StoreError> {
         Self::with_timeout(url, Duration::from_millis(250))
     }
 
     /// Like [`new`](Self::new) with another per-decision timeout.
     pub fn with_timeout(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError(
+                "RedisStore must be created inside a Tokio runtime".to_owned(),
+            ));
+        }
         let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -72,6 +84,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             script: redis::Script::new(GCRA),
+            timeout,
         })
     }
 }
@@ -84,16 +97,17 @@ impl RateLimitStore for RedisStore {
     ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let emission = u64::try_from(quota.emission.as_micros())
+            let emission = u64::try_from(quota.emission.as_nanos().div_ceil(1000))
                 .unwrap_or(u64::MAX)
                 .max(1);
-            let (allowed, wait_us): (i64, i64) = self
-                .script
-                .key(key)
-                .arg(emission)
-                .arg(quota.burst)
-                .invoke_async(&mut conn)
+            // The connection's own timeouts bound each attempt; this bounds the whole (a
+            // reconnection and its retry, a `NOSCRIPT` reload).
+            let mut invocation = self.script.key(key);
+            invocation.arg(emission).arg(quota.burst);
+            let decision = invocation.invoke_async(&mut conn);
+            let (allowed, wait_us): (i64, i64) = tokio::time::timeout(self.timeout, decision)
                 .await
+                .map_err(|_| StoreError(format!("no answer within {:?}", self.timeout)))?
                 .map_err(|e| StoreError(e.to_string()))?;
             Ok(if allowed == 1 {
                 RateDecision::Allow

@@ -31,18 +31,27 @@ pub enum BuildError {
         /// The tool it names.
         other: &'static str,
     },
-    /// A rate too high to enforce (more than one call per microsecond).
-    #[error(
-        "the rate of tool `{0}` is too high to enforce; use `rate = \"unlimited\"` or a lower rate"
-    )]
-    InvalidRate(&'static str),
-    /// A tier multiplier that is not a finite number above zero, or that scales a rate
-    /// beyond what can be enforced.
-    #[error("the tier `{0}` has an unusable multiplier; use a finite factor above 0 (e.g. 10.0)")]
+    /// A rate limit that cannot be enforced: a count or burst of zero, more than one call
+    /// per microsecond, or a burst window longer than ten years, as declared or once scaled
+    /// by a tier.
+    #[error("{limit} cannot be enforced: {reason}")]
+    InvalidRate {
+        /// Which limit, e.g. "the rate of tool `search` for tier `enterprise`".
+        limit: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A tier multiplier that is not a finite number above zero.
+    #[error("the tier `{0}` has an unusable multiplier: it must be a finite number above 0")]
     InvalidTier(String),
-    /// A concurrency limit of zero.
-    #[error("the concurrency limit of tool `{0}` must be at least 1")]
-    InvalidConcurrency(&'static str),
+    /// A concurrency limit of zero, or a queue wait of zero or over an hour.
+    #[error("the concurrency limit of tool `{tool}` is unusable: {reason}")]
+    InvalidConcurrency {
+        /// The tool.
+        tool: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
     /// A per-tool setting names a tool that is not registered.
     #[error("`{0}` is not a registered tool; register it with .tool::<{0}>() first")]
     UnknownTool(&'static str),
@@ -150,23 +159,29 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
-    /// A tier and its quota multiplier: a principal with this tier (from a JWT's tier claim or
-    /// an API key's entry) gets `factor` times every per-caller rate and burst, e.g.
-    /// `.tier("enterprise", 10.0)`. Principals without a listed tier get the declared rates.
+    /// A tier and its quota multiplier: a principal with this tier (from a JWT's tier claim,
+    /// see `JwtAuthenticatorBuilder::tier_claim`, or an API key's entry) gets `factor` times
+    /// every per-caller rate and burst, e.g. `.tier("enterprise", 10.0)`. Names are
+    /// case-sensitive; principals without a listed tier get the declared rates. Setting a
+    /// tier again replaces its factor.
     pub fn tier(mut self, name: impl Into<Arc<str>>, factor: f64) -> Self {
-        self.tiers.push((name.into(), factor));
+        let name = name.into();
+        self.tiers.retain(|(n, _)| *n != name);
+        self.tiers.push((name, factor));
         self
     }
 
     /// A limit on each caller's calls across all tools (tier-scaled), checked after the
-    /// tool's own: `.principal_rate(Rate::per_minute(600))`.
+    /// tool's own: `.principal_rate(Rate::per_minute(600))`. Setting it again replaces it.
     pub fn principal_rate(mut self, rate: Rate) -> Self {
         self.principal_rate = Some(rate);
         self
     }
 
-    /// A limit on a tool's calls across all callers, checked after the per-caller one:
-    /// `.global_rate::<query_database>(Rate::per_second(200))`.
+    /// A limit on a tool's calls across all callers, checked last (after the caller's own
+    /// limits and once the call holds its concurrency slot, so that only calls about to run
+    /// spend it): `.global_rate::<query_database>(Rate::per_second(200))`. Setting it again
+    /// for the same tool replaces it.
     pub fn global_rate<T: Tool<S>>(mut self, rate: Rate) -> Self {
         self.global_rates.push((T::SPEC.name, rate));
         self
@@ -174,6 +189,8 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
 
     /// Sets (or overrides `max_concurrency`) how many calls of a tool run at once:
     /// `.concurrency::<query_database>(Concurrency::wait_up_to(8, Duration::from_secs(2)))`.
+    /// At least 1, and a wait of more than zero and at most an hour, as `#[tool]` requires.
+    /// Setting it again for the same tool replaces it.
     pub fn concurrency<T: Tool<S>>(mut self, limit: Concurrency) -> Self {
         self.concurrency.push((T::SPEC.name, limit));
         self
@@ -186,8 +203,10 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
-    /// The most callers each in-memory limiter tracks (default one million); beyond it new
-    /// callers are refused (`UNAVAILABLE`, retryable) until idle ones are evicted.
+    /// The most callers each in-memory limiter tracks (default one million; at least 1):
+    /// every limit has one limiter per configured tier and one for the other callers, each
+    /// with this bound. Beyond it new callers are refused (`UNAVAILABLE`, retryable) until
+    /// idle ones are evicted.
     pub fn max_tracked_callers(mut self, max: usize) -> Self {
         self.max_tracked = max;
         self
@@ -223,15 +242,17 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             }
         }
         let (tiers, max_tracked) = (&self.tiers, self.max_tracked);
-        // A rate limit, or why it cannot be enforced.
-        let limit = |id: String, rate: Rate, scaled: bool, name: &'static str| match rate {
-            Rate::Unlimited => Ok(None),
-            _ => Limit::new(id, rate, if scaled { tiers } else { &[] }, max_tracked)
-                .map(Some)
-                .map_err(|tier| match tier {
-                    Some(t) => BuildError::InvalidTier(t.to_string()),
-                    None => BuildError::InvalidRate(name),
-                }),
+        // A rate limit (`None`: unlimited), or why it cannot be enforced. `what` names it.
+        let limit = |id: String, rate: Rate, scaled: bool, what: &dyn Fn() -> String| {
+            Limit::new(id, rate, if scaled { tiers } else { &[] }, max_tracked).map_err(
+                |(tier, reason)| BuildError::InvalidRate {
+                    limit: match tier {
+                        Some(t) => format!("{} for tier `{t}`", what()),
+                        None => what(),
+                    },
+                    reason,
+                },
+            )
         };
         let named = self.global_rates.iter().map(|(n, _)| *n);
         for name in named.chain(self.concurrency.iter().map(|(n, _)| *n)) {
@@ -240,7 +261,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             }
         }
         let principal_rate = match self.principal_rate {
-            Some(r) => limit("principal".into(), r, true, "(principal_rate)")?,
+            Some(r) => limit("principal".into(), r, true, &|| "`principal_rate`".into())?,
             None => None,
         };
         let tier_labels = crate::telemetry::tier_labels(self.tiers.iter().map(|(t, _)| t));
@@ -251,9 +272,12 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 spec.concurrency = Some(*c);
             }
             let concurrency = match spec.concurrency {
-                Some(c) => {
-                    Some(ConcurrencyGate::new(c).ok_or(BuildError::InvalidConcurrency(spec.name))?)
-                }
+                Some(c) => Some(ConcurrencyGate::new(c).map_err(|reason| {
+                    BuildError::InvalidConcurrency {
+                        tool: spec.name,
+                        reason,
+                    }
+                })?),
                 None => None,
             };
             let global = match self
@@ -262,13 +286,17 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 .rev()
                 .find(|(n, _)| *n == spec.name)
             {
-                Some((_, r)) => limit(format!("global:{}", spec.name), *r, false, spec.name)?,
+                Some((_, r)) => limit(format!("global:{}", spec.name), *r, false, &|| {
+                    format!("the global rate of tool `{}`", spec.name)
+                })?,
                 None => None,
             };
             let entry = Entry {
                 spec,
                 definition: definition(&spec, t.input_schema, t.output_schema),
-                rate: limit(format!("tool:{}", spec.name), spec.rate, true, spec.name)?,
+                rate: limit(format!("tool:{}", spec.name), spec.rate, true, &|| {
+                    format!("the rate of tool `{}`", spec.name)
+                })?,
                 global,
                 concurrency,
                 fns: t.fns,
