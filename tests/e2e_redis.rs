@@ -256,3 +256,63 @@ fn a_store_made_outside_a_runtime_is_an_error() {
     let e = RedisStore::new("redis://127.0.0.1:6379").expect_err("no runtime");
     assert!(e.to_string().contains("Tokio runtime"), "{e}");
 }
+
+/// One command to the Redis on `port` over RESP; the reply's strings (bulk, simple, integer).
+fn redis_command(port: u16, args: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    conn.write_all(out.as_bytes()).expect("writes");
+    let mut reader = BufReader::new(conn);
+    let mut line = || {
+        let mut l = String::new();
+        reader.read_line(&mut l).expect("reads");
+        l.trim_end().to_owned()
+    };
+    let first = line();
+    let items = match first.as_bytes().first() {
+        Some(b'*') => first[1..].parse().expect("array length"),
+        Some(b'$') => return vec![line()],
+        _ => return vec![first[1..].to_owned()],
+    };
+    (0..items)
+        .map(|_| {
+            let head = line();
+            if head.starts_with('$') {
+                line()
+            } else {
+                head[1..].to_owned()
+            }
+        })
+        .collect()
+}
+
+/// Intervals are whole microseconds in Redis, rounded up (stricter, never looser): at
+/// 300 000 a second (3.33 µs a call) a caller's theoretical arrival time moves 4 µs a call.
+#[tokio::test]
+async fn fractional_intervals_round_up() {
+    let Some(redis) = Redis::start() else { return };
+    let store = RedisStore::new(&redis.url()).expect("store");
+    let quota = GcraQuota::from_rate(Rate::per_second(300_000)).expect("quota");
+    // A burst large enough to admit a caller whose arrival time is far ahead of now.
+    let quota = GcraQuota {
+        burst: 500_000_000,
+        ..quota
+    };
+    let time = redis_command(redis.port, &["TIME"]);
+    let now: u64 = time[0].parse::<u64>().expect("seconds") * 1_000_000
+        + time[1].parse::<u64>().expect("microseconds");
+    let ahead = (now + 1_000_000_000).to_string();
+    redis_command(redis.port, &["SET", "k", &ahead]);
+    assert_eq!(
+        store.check("k", quota).await.expect("decides"),
+        RateDecision::Allow
+    );
+    let after: u64 = redis_command(redis.port, &["GET", "k"])[0]
+        .parse()
+        .expect("a whole number of microseconds");
+    assert_eq!(after - (now + 1_000_000_000), 4);
+}

@@ -78,7 +78,8 @@ impl Concurrency {
         Self { max, wait: None }
     }
 
-    /// At most `max` at once; the next call waits up to `wait` for a slot.
+    /// At most `max` at once; the next call waits up to `wait` for a slot (more than zero
+    /// and at most an hour: `build()` refuses others, as `#[tool]` does).
     pub const fn wait_up_to(max: u32, wait: Duration) -> Self {
         Self {
             max,

@@ -195,7 +195,7 @@ fn str_value(
     key: &str,
     example: &str,
 ) -> syn::Result<Option<LitStr>> {
-    match meta.value()?.parse::<Expr>()? {
+    match ungrouped(meta.value()?.parse::<Expr>()?) {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
         }) => Ok(Some(s)),
@@ -209,6 +209,15 @@ fn str_value(
     }
 }
 
+/// `e` without the invisible groups `macro_rules!` wraps around a forwarded `$x:literal` or
+/// `$x:expr`.
+fn ungrouped(mut e: Expr) -> Expr {
+    while let Expr::Group(g) = e {
+        e = *g.expr;
+    }
+    e
+}
+
 /// The integer literal of `key = N`; like [`str_value`].
 fn int_value(
     cx: &mut Ctxt,
@@ -216,7 +225,7 @@ fn int_value(
     key: &str,
     example: &str,
 ) -> syn::Result<Option<LitInt>> {
-    match meta.value()?.parse::<Expr>()? {
+    match ungrouped(meta.value()?.parse::<Expr>()?) {
         Expr::Lit(ExprLit {
             lit: Lit::Int(n), ..
         }) => Ok(Some(n)),

@@ -108,8 +108,13 @@ const ZERO_RATE: &str = "a rate of 0 admits no call (for no limit, use `unlimite
 const TOO_FAST: &str =
     "more than one call per microsecond cannot be enforced (lower it, or use `unlimited`)";
 
-/// A shared store of rate-limit state: one atomic GCRA decision per call. Implement it for a
-/// store shared by every replica (see `RedisStore` with the `redis` feature).
+/// A shared store of rate-limit state: one atomic GCRA decision per limit a call meets.
+/// Implement it for a store shared by every replica (see `RedisStore` with the `redis`
+/// feature).
+///
+/// An error means the store cannot decide for now, not for this key alone: the call asks it
+/// nothing more, and the [`FailMode`] applies to the whole call (failing open, its other
+/// limits are not checked). Bound each decision's time yourself: the call waits for it.
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one cell of `quota` for `key`, or says how long until one is free.
     fn check<'a>(
@@ -132,7 +137,8 @@ pub enum FailMode {
     /// Refuse the call with `UNAVAILABLE` (retryable). The default.
     #[default]
     Closed,
-    /// Let the call through unlimited. Opt in only where availability beats the limit.
+    /// Let the call through unlimited: none of its rate limits is checked further. Opt in only
+    /// where availability beats the limit.
     Open,
 }
 

@@ -1,6 +1,6 @@
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +33,9 @@ pub const DEFAULT_MAX_TRACKED: usize = 1_000_000;
 /// Decisions between two sweeps of idle keys.
 const SWEEP_EVERY: u32 = 4096;
 
-/// While a limiter stays full, a newcomer sweeps again at most this often (the retry hint
-/// given to the newcomers it refuses meanwhile).
+/// A newcomer that finds a limiter full sweeps it only if no sweep ran for this long (one
+/// newcomer does; the others are refused with this as their retry hint): a pass over up to
+/// `max_tracked` keys is never paid by every newcomer, however fast callers churn.
 pub(crate) const FULL_RETRY: Duration = Duration::from_secs(1);
 
 /// governor's keyed state store, shared so that the limiter can ask whether it knows a key.
@@ -68,17 +69,14 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Shared<K> {
 /// An in-memory GCRA limiter (`governor`), keyed by caller. Memory stays bounded: keys idle
 /// long enough to be indistinguishable from fresh ones are evicted as decisions go by, and
 /// once `max_tracked` callers are tracked a new caller is refused ([`RateDecision::Full`],
-/// fail closed) until eviction makes room: the newcomer that finds it full sweeps at once,
-/// and while it stays full one newcomer a second sweeps again.
+/// fail closed) until eviction makes room: a newcomer that finds it full sweeps if no sweep
+/// ran for a second (one newcomer; the others are refused meanwhile).
 pub struct RateLimiter {
     limiter: governor::RateLimiter<Arc<str>, Shared<Arc<str>>, DefaultClock, NoOpMiddleware>,
     store: Arc<DefaultKeyedStateStore<Arc<str>>>,
     clock: DefaultClock,
     since_sweep: AtomicU32,
-    /// Set when the limiter filled up and a sweep did not make room; cleared by a sweep
-    /// that does. While set, newcomers are refused, one a [`FULL_RETRY`] sweeping again.
-    full: AtomicBool,
-    /// When the last sweep started, in milliseconds since `born`.
+    /// When the last sweep started, in milliseconds since `born` plus one (0: never).
     swept_ms: AtomicU64,
     born: Instant,
     max_tracked: usize,
@@ -107,7 +105,6 @@ impl RateLimiter {
             store,
             clock,
             since_sweep: AtomicU32::new(0),
-            full: AtomicBool::new(false),
             swept_ms: AtomicU64::new(0),
             born: Instant::now(),
             max_tracked: max_tracked.max(1),
@@ -130,9 +127,9 @@ impl RateLimiter {
         if !self.store.contains_key(key)
             && ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked
         {
-            // Just filled up, or full for a while: make room before refusing (one newcomer
-            // a `FULL_RETRY` while it stays full; the others are refused meanwhile).
-            if self.full.swap(true, Ordering::Relaxed) && !self.claim_retry() {
+            // Make room before refusing, if no sweep ran for a `FULL_RETRY` (one newcomer
+            // sweeps; the others are refused meanwhile).
+            if !self.claim_sweep() {
                 return RateDecision::Full;
             }
             self.sweep();
@@ -146,12 +143,12 @@ impl RateLimiter {
         }
     }
 
-    /// Whether this newcomer sweeps a full limiter again: the first to ask a
-    /// [`FULL_RETRY`] after the last sweep.
-    fn claim_retry(&self) -> bool {
+    /// Whether this newcomer sweeps the full limiter: the first to ask once no sweep ran
+    /// for a [`FULL_RETRY`] (or none ever did).
+    fn claim_sweep(&self) -> bool {
         let last = self.swept_ms.load(Ordering::Relaxed);
         let now = self.elapsed_ms();
-        now.saturating_sub(last) >= FULL_RETRY.as_millis() as u64
+        (last == 0 || now.saturating_sub(last) >= FULL_RETRY.as_millis() as u64)
             && self
                 .swept_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -159,7 +156,9 @@ impl RateLimiter {
     }
 
     fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
     }
 
     /// Evicts idle keys now.
@@ -168,10 +167,6 @@ impl RateLimiter {
         self.swept_ms.store(self.elapsed_ms(), Ordering::Relaxed);
         self.limiter.retain_recent();
         let len = self.tracked_keys();
-        // Another immediate sweep is allowed once this one has made room.
-        if len < self.max_tracked {
-            self.full.store(false, Ordering::Relaxed);
-        }
         if len < self.max_tracked / 2 {
             self.limiter.shrink_to_fit();
         }
@@ -265,6 +260,13 @@ mod tests {
         assert_eq!(l.check(&c), RateDecision::Allow);
         assert_eq!(l.check(&d), RateDecision::Allow);
         assert_eq!(l.tracked_keys(), 2);
+        // Full again, its callers soon idle: a sweep that made room does not let the next
+        // newcomer sweep at once either (under churn every newcomer would pay a pass).
+        std::thread::sleep(Duration::from_millis(200));
+        let e: Arc<str> = Arc::from("e");
+        assert_eq!(l.check(&e), RateDecision::Full);
+        std::thread::sleep(FULL_RETRY);
+        assert_eq!(l.check(&e), RateDecision::Allow);
     }
 
     #[test]

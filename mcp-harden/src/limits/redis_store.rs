@@ -1,6 +1,6 @@
-//! A [`RateLimitStore`] in Redis: one atomic GCRA decision per call, one round trip (a Lua
-//! script run with `EVALSHA`), the clock being Redis's own `TIME` so that every replica
-//! agrees on it.
+//! A [`RateLimitStore`] in Redis: one atomic GCRA decision per limit checked, one round trip
+//! (a Lua script run with `EVALSHA`), the clock being Redis's own `TIME` so that every
+//! replica agrees on it.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -35,6 +35,7 @@ pub enum BuildError {
     /// per microsecond, or a burst window longer than ten years, as declared or once scaled
     /// by a tier.
     #[error("{limit} cannot be enforced: {reason}")]
+    #[non_exhaustive]
     InvalidRate {
         /// Which limit, e.g. "the rate of tool `search` for tier `enterprise`".
         limit: String,
@@ -46,6 +47,7 @@ pub enum BuildError {
     InvalidTier(String),
     /// A concurrency limit of zero, or a queue wait of zero or over an hour.
     #[error("the concurrency limit of tool `{tool}` is unusable: {reason}")]
+    #[non_exhaustive]
     InvalidConcurrency {
         /// The tool.
         tool: &'static str,
