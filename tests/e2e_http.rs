@@ -1164,6 +1164,18 @@ async fn assert_refusal(r: reqwest::Response, status: u16, error: &str) -> Value
     body
 }
 
+/// Checks a 405 refusal of a `method` request (see [`assert_refusal`]) that keeps rmcp's
+/// `Allow: allow`.
+async fn assert_not_allowed(r: reqwest::Response, method: &str, allow: &str) {
+    let allowed = r.headers().get("allow").cloned();
+    assert_refusal(r, 405, "method_not_allowed").await;
+    assert_eq!(
+        allowed.as_ref().map(|v| v.as_bytes()),
+        Some(allow.as_bytes()),
+        "{method}"
+    );
+}
+
 #[tokio::test]
 async fn rmcp_refusals_get_fixed_descriptions() {
     let srv = start(config().authenticator(hs_auth())).await;
@@ -1204,12 +1216,7 @@ async fn rmcp_refusals_get_fixed_descriptions() {
         .send()
         .await
         .expect("answers");
-    let allow = r.headers().get("allow").cloned();
-    assert_refusal(r, 405, "method_not_allowed").await;
-    assert_eq!(
-        allow.as_ref().map(|v| v.as_bytes()),
-        Some(&b"GET, POST, DELETE"[..])
-    );
+    assert_not_allowed(r, "PUT", "GET, POST, DELETE").await;
     assert_eq!(srv.runs(), 0, "nothing ran");
 
     // rmcp's JSON-RPC errors pass as they are: an initialize whose MCP-Protocol-Version
@@ -1252,13 +1259,7 @@ async fn rmcp_refusals_get_fixed_descriptions() {
             .send()
             .await
             .expect("answers");
-        let allow = r.headers().get("allow").cloned();
-        assert_refusal(r, 405, "method_not_allowed").await;
-        assert_eq!(
-            allow.as_ref().map(|v| v.as_bytes()),
-            Some(&b"POST"[..]),
-            "{method}"
-        );
+        assert_not_allowed(r, method.as_str(), "POST").await;
     }
     srv.stop().await.expect("stops");
 }

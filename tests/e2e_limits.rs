@@ -619,7 +619,20 @@ fn unusable_rates_are_build_errors_that_say_why() {
         let (limit, reason) = invalid(build(builder(&app).tool::<tiered>().tier("x", factor)));
         assert_eq!(limit, "the rate of tool `tiered` for tier `x`", "{factor}");
         assert!(!reason.contains("microsecond"), "{factor}: {reason}");
+        assert!(
+            reason.contains("use a larger multiplier"),
+            "{factor}: {reason}"
+        );
     }
+    // 1/hour with a burst of 1000 scaled by 5 million: 0.72 ms a call, a burst of 5e9.
+    let (limit, reason) = invalid(build(
+        builder(&app)
+            .tool::<tiered>()
+            .principal_rate(Rate::per_hour(1).with_burst(1000))
+            .tier("x", 5e6),
+    ));
+    assert_eq!(limit, "`principal_rate` for tier `x`");
+    assert!(reason.contains("use a smaller multiplier"), "{reason}");
     let principal =
         |rate: Rate| invalid(build(builder(&app).tool::<tiered>().principal_rate(rate)));
     let (limit, reason) = principal(Rate::per_hour(1).with_burst(10_000_000));

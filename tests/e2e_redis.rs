@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mcp_harden::limits::{FailMode, GcraQuota, RateDecision, RateLimitStore, RedisStore};
 use mcp_harden::prelude::*;
 use mcp_harden::spec::Rate;
+use mcp_harden::HardenedBuilder;
 use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{RoleClient, RunningService};
 use serde_json::Value;
@@ -32,23 +33,25 @@ async fn tally(_ctx: Ctx<App>) -> String {
 
 /// `tally` per caller, across tools per caller, and across callers, all in `store`.
 fn fully_limited(store: RedisStore, fail: FailMode) -> Hardened<App> {
-    Hardened::builder(App)
-        .server_info("redis-e2e-full", "1")
+    builder("redis-e2e-full", store, fail)
         .tool::<tally>()
         .global_rate::<tally>(Rate::per_minute(1000))
         .principal_rate(Rate::per_minute(1000))
-        .local_principal(Principal::local("alice", ["count"]))
-        .rate_limit_store(store, fail)
         .build()
         .expect("builds")
 }
 
-fn server(store: RedisStore, fail: FailMode) -> Hardened<App> {
+/// A server named `name` whose caller is alice, its limits in `store`.
+fn builder(name: &str, store: RedisStore, fail: FailMode) -> HardenedBuilder<App> {
     Hardened::builder(App)
-        .server_info("redis-e2e", "1")
-        .tool::<count>()
+        .server_info(name, "1")
         .local_principal(Principal::local("alice", ["count"]))
         .rate_limit_store(store, fail)
+}
+
+fn server(store: RedisStore, fail: FailMode) -> Hardened<App> {
+    builder("redis-e2e", store, fail)
+        .tool::<count>()
         .build()
         .expect("builds")
 }

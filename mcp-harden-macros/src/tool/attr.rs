@@ -187,56 +187,57 @@ impl ToolAttr {
     }
 }
 
-/// The string literal of `key = "..."`. Another value is reported without ending the parse,
-/// so the keys after it are still read (and not also reported missing).
+/// The string literal of `key = "..."`.
 fn str_value(
     cx: &mut Ctxt,
     meta: &syn::meta::ParseNestedMeta,
     key: &str,
     example: &str,
 ) -> syn::Result<Option<LitStr>> {
-    match ungrouped(meta.value()?.parse::<Expr>()?) {
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(s), ..
-        }) => Ok(Some(s)),
-        other => {
-            cx.error_spanned(
-                &other,
-                format!("`{key}` takes a string: write e.g. `{key} = {example}`"),
-            );
-            Ok(None)
-        }
-    }
+    let hint = format!("a string: write e.g. `{key} = {example}`");
+    literal(cx, meta, key, &hint, |lit| match lit {
+        Lit::Str(s) => Some(s),
+        _ => None,
+    })
 }
 
-/// `e` without the invisible groups `macro_rules!` wraps around a forwarded `$x:literal` or
-/// `$x:expr`.
-fn ungrouped(mut e: Expr) -> Expr {
-    while let Expr::Group(g) = e {
-        e = *g.expr;
-    }
-    e
-}
-
-/// The integer literal of `key = N`; like [`str_value`].
+/// The integer literal of `key = N`.
 fn int_value(
     cx: &mut Ctxt,
     meta: &syn::meta::ParseNestedMeta,
     key: &str,
     example: &str,
 ) -> syn::Result<Option<LitInt>> {
-    match ungrouped(meta.value()?.parse::<Expr>()?) {
-        Expr::Lit(ExprLit {
-            lit: Lit::Int(n), ..
-        }) => Ok(Some(n)),
-        other => {
-            cx.error_spanned(
-                &other,
-                format!("`{key}` takes an integer: write e.g. `{key} = {example}`, without quotes"),
-            );
-            Ok(None)
-        }
+    let hint = format!("an integer: write e.g. `{key} = {example}`, without quotes");
+    literal(cx, meta, key, &hint, |lit| match lit {
+        Lit::Int(n) => Some(n),
+        _ => None,
+    })
+}
+
+/// The literal of `key = ...` that `pick` accepts. Another value is reported ("`key` takes
+/// {hint}") without ending the parse, so the keys after it are still read (and not also
+/// reported missing). Values forwarded by `macro_rules!` (`$x:literal`, `$x:expr`) arrive in
+/// invisible groups, looked through.
+fn literal<T>(
+    cx: &mut Ctxt,
+    meta: &syn::meta::ParseNestedMeta,
+    key: &str,
+    hint: &str,
+    pick: fn(Lit) -> Option<T>,
+) -> syn::Result<Option<T>> {
+    let mut e: Expr = meta.value()?.parse()?;
+    while let Expr::Group(g) = e {
+        e = *g.expr;
     }
+    let picked = match &e {
+        Expr::Lit(ExprLit { lit, .. }) => pick(lit.clone()),
+        _ => None,
+    };
+    if picked.is_none() {
+        cx.error_spanned(&e, format!("`{key}` takes {hint}"));
+    }
+    Ok(picked)
 }
 
 fn parse_scopes(cx: &mut Ctxt, e: &Expr) -> Option<Scopes> {

@@ -97,8 +97,13 @@ impl GcraQuota {
         if secs < 1e-6 {
             return Err(TOO_FAST);
         }
-        if secs > 1e9 || burst > f64::from(u32::MAX) {
-            return Err("scaled by the tier, it is out of range: use a smaller multiplier");
+        if secs > 1e9 {
+            return Err("scaled by the tier, one call would take more than 30 years: use a larger multiplier");
+        }
+        if burst > f64::from(u32::MAX) {
+            return Err(
+                "scaled by the tier, its burst exceeds 4 294 967 295: use a smaller multiplier",
+            );
         }
         Self::checked(Duration::from_secs_f64(secs), burst as u32)
     }

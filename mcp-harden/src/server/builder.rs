@@ -245,12 +245,12 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         }
         let (tiers, max_tracked) = (&self.tiers, self.max_tracked);
         // A rate limit (`None`: unlimited), or why it cannot be enforced. `what` names it.
-        let limit = |id: String, rate: Rate, scaled: bool, what: &dyn Fn() -> String| {
+        let limit = |id: String, rate: Rate, scaled: bool, what: String| {
             Limit::new(id, rate, if scaled { tiers } else { &[] }, max_tracked).map_err(
                 |(tier, reason)| BuildError::InvalidRate {
                     limit: match tier {
-                        Some(t) => format!("{} for tier `{t}`", what()),
-                        None => what(),
+                        Some(t) => format!("{what} for tier `{t}`"),
+                        None => what,
                     },
                     reason,
                 },
@@ -263,7 +263,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             }
         }
         let principal_rate = match self.principal_rate {
-            Some(r) => limit("principal".into(), r, true, &|| "`principal_rate`".into())?,
+            Some(r) => limit("principal".into(), r, true, "`principal_rate`".into())?,
             None => None,
         };
         let tier_labels = crate::telemetry::tier_labels(self.tiers.iter().map(|(t, _)| t));
@@ -288,17 +288,23 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 .rev()
                 .find(|(n, _)| *n == spec.name)
             {
-                Some((_, r)) => limit(format!("global:{}", spec.name), *r, false, &|| {
-                    format!("the global rate of tool `{}`", spec.name)
-                })?,
+                Some((_, r)) => limit(
+                    format!("global:{}", spec.name),
+                    *r,
+                    false,
+                    format!("the global rate of tool `{}`", spec.name),
+                )?,
                 None => None,
             };
             let entry = Entry {
                 spec,
                 definition: definition(&spec, t.input_schema, t.output_schema),
-                rate: limit(format!("tool:{}", spec.name), spec.rate, true, &|| {
-                    format!("the rate of tool `{}`", spec.name)
-                })?,
+                rate: limit(
+                    format!("tool:{}", spec.name),
+                    spec.rate,
+                    true,
+                    format!("the rate of tool `{}`", spec.name),
+                )?,
                 global,
                 concurrency,
                 fns: t.fns,

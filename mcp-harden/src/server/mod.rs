@@ -94,7 +94,8 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     }
 
     /// How many rate decisions the shared [`RateLimitStore`](crate::limits::RateLimitStore)
-    /// failed to make (each answered per the configured [`FailMode`](crate::limits::FailMode)).
+    /// failed to make (each answered per the configured [`FailMode`](crate::limits::FailMode)):
+    /// at most one per call, which asks the store nothing more after a failure.
     pub fn rate_store_errors(&self) -> u64 {
         self.inner
             .store_errors
