@@ -127,6 +127,20 @@ fn rate(c: &mut Criterion) {
             black_box(limiter.check(black_box(&keys[i])))
         })
     });
+    // A million callers of a tool limited to 60/hour, each tracked for a minute after its
+    // call: the keyed store's cache misses and the periodic sweeps' passes over it.
+    let limiter = RateLimiter::new(mcp_harden::spec::Rate::per_hour(60)).expect("limited");
+    let keys: Vec<Arc<str>> = (0..1_000_000)
+        .map(|i| Arc::from(format!("user-{i}")))
+        .collect();
+    let mut i = 0usize;
+    g.bench_function("memory_1m_callers", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(limiter.check(black_box(&keys[i])))
+        })
+    });
+    drop((limiter, keys));
     // Shared-store decisions: one `RedisStore::check` round trip (a Lua GCRA script) against
     // a redis-server started here on a free loopback port; skipped when none can start.
     if let Some(redis) = RedisChild::start() {
