@@ -1,6 +1,6 @@
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_TRACKED: usize = 1_000_000;
 /// Decisions between two sweeps of idle keys, at least. A limiter tracking more keys waits
 /// for a quarter of their number in decisions (see [`RateLimiter::sweep`]).
 const SWEEP_EVERY: u32 = 4096;
+
+/// Keys beyond which a limiter's periodic sweep runs in the background (within a runtime).
+const BACKGROUND_SWEEP: usize = 4 * SWEEP_EVERY as usize;
 
 /// A newcomer that finds a limiter full sweeps it only if no sweep ran for this long (one
 /// newcomer does; the others are refused with this as their retry hint): a pass over up to
@@ -68,11 +71,15 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for Shared<K> {
 }
 
 /// An in-memory GCRA limiter (`governor`), keyed by caller. Memory stays bounded: keys idle
-/// long enough to be indistinguishable from fresh ones are evicted as decisions go by, and
-/// once `max_tracked` callers are tracked a new caller is refused ([`RateDecision::Full`],
-/// fail closed) until eviction makes room: a newcomer that finds it full sweeps if no sweep
-/// ran for a second (one newcomer; the others are refused meanwhile).
-pub struct RateLimiter {
+/// long enough to be indistinguishable from fresh ones are evicted as decisions go by (a large
+/// limiter's sweeps run on Tokio's blocking pool within a runtime), and once `max_tracked` callers are tracked a new
+/// caller is refused ([`RateDecision::Full`], fail closed) until eviction makes room: a
+/// newcomer that finds it full sweeps if no sweep ran for a second (one newcomer; the others
+/// are refused meanwhile).
+pub struct RateLimiter(Arc<Core>);
+
+/// A limiter's state, shared with a sweep running in the background.
+struct Core {
     limiter: governor::RateLimiter<Arc<str>, Shared<Arc<str>>, DefaultClock, NoOpMiddleware>,
     store: Arc<DefaultKeyedStateStore<Arc<str>>>,
     clock: DefaultClock,
@@ -80,11 +87,16 @@ pub struct RateLimiter {
     /// Decisions before the next sweep: [`SWEEP_EVERY`], or a quarter of the keys the last
     /// sweep left if more, so that a sweep's pass costs each decision at most five keys.
     sweep_after: AtomicU32,
+    /// Whether a periodic sweep is under way (one at a time).
+    sweeping: AtomicBool,
     /// When the last sweep started, in milliseconds since `born` plus one (0: never).
     swept_ms: AtomicU64,
     born: Instant,
     max_tracked: usize,
     quota: GcraQuota,
+    /// The thread of the last sweep.
+    #[cfg(test)]
+    swept_on: std::sync::Mutex<Option<std::thread::ThreadId>>,
 }
 
 impl RateLimiter {
@@ -100,7 +112,7 @@ impl RateLimiter {
         let governor_quota = Quota::with_period(quota.emission)?.allow_burst(burst);
         let store: Arc<DefaultKeyedStateStore<Arc<str>>> = Arc::default();
         let clock = DefaultClock::default();
-        Some(Self {
+        Some(Self(Arc::new(Core {
             limiter: governor::RateLimiter::new(
                 governor_quota,
                 Shared(store.clone()),
@@ -110,46 +122,100 @@ impl RateLimiter {
             clock,
             since_sweep: AtomicU32::new(0),
             sweep_after: AtomicU32::new(SWEEP_EVERY),
+            sweeping: AtomicBool::new(false),
             swept_ms: AtomicU64::new(0),
             born: Instant::now(),
             max_tracked: max_tracked.max(1),
             quota,
-        })
+            #[cfg(test)]
+            swept_on: std::sync::Mutex::new(None),
+        })))
     }
 
     /// The quota this limiter enforces.
     pub fn quota(&self) -> GcraQuota {
-        self.quota
+        self.0.quota
     }
 
     /// Takes one cell for `key`, or says how long until one is free.
     pub fn check(&self, key: &Arc<str>) -> RateDecision {
-        if self.since_sweep.fetch_add(1, Ordering::Relaxed)
-            >= self.sweep_after.load(Ordering::Relaxed)
+        let core = &*self.0;
+        if core.since_sweep.fetch_add(1, Ordering::Relaxed)
+            >= core.sweep_after.load(Ordering::Relaxed)
         {
-            self.sweep();
+            self.sweep_soon();
         }
         // A newcomer is admitted only while there is room (a few racing newcomers may
         // overshoot by as many as race).
-        if !self.store.contains_key(key)
-            && ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked
-        {
+        if !core.store.contains_key(key) && core.tracked_keys() >= core.max_tracked {
             // Make room before refusing, if no sweep ran for a `FULL_RETRY` (one newcomer
             // sweeps; the others are refused meanwhile).
-            if !self.claim_sweep() {
+            if !core.claim_sweep() {
                 return RateDecision::Full;
             }
-            self.sweep();
-            if ShrinkableKeyedStateStore::len(&*self.store) >= self.max_tracked {
+            core.sweep();
+            if core.tracked_keys() >= core.max_tracked {
                 return RateDecision::Full;
             }
         }
-        match self.limiter.check_key(key) {
+        match core.limiter.check_key(key) {
             Ok(()) => RateDecision::Allow,
-            Err(not_until) => RateDecision::Deny(not_until.wait_time_from(self.clock.now())),
+            Err(not_until) => RateDecision::Deny(not_until.wait_time_from(core.clock.now())),
         }
     }
 
+    /// The periodic sweep, one at a time. A large limiter's (one whose last sweep left more
+    /// than [`BACKGROUND_SWEEP`] keys) runs on Tokio's blocking pool when the decision is made
+    /// within a runtime, so that neither that call nor, on a current-thread runtime, every
+    /// other call waits for a pass over the keys (3.5 ms at a million). A small limiter's
+    /// pass (tens of µs) runs here, as does every sweep outside a runtime.
+    fn sweep_soon(&self) {
+        let core = &self.0;
+        core.since_sweep.store(0, Ordering::Relaxed);
+        let large = core.sweep_after.load(Ordering::Relaxed) as usize > BACKGROUND_SWEEP / 4;
+        if !large {
+            core.sweep();
+            return;
+        }
+        if core.sweeping.swap(true, Ordering::Acquire) {
+            return;
+        }
+        // Clears the flag however the sweep ends: done, panicked, or dropped unrun by a
+        // runtime shutting down.
+        struct Sweeping(Arc<Core>);
+        impl Drop for Sweeping {
+            fn drop(&mut self) {
+                self.0.sweeping.store(false, Ordering::Release);
+            }
+        }
+        let job = Sweeping(self.0.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || job.0.sweep())),
+            Err(_) => job.0.sweep(),
+        }
+    }
+
+    /// Evicts idle keys now, on this thread.
+    ///
+    /// Decisions sweep as they go: after 4096 of them, or after a quarter as many
+    /// as the keys this sweep leaves if that is more. A pass over `n` keys then comes after at
+    /// least `n / 4` decisions, each of which adds at most one key: at most five keys visited
+    /// per decision, however many callers are tracked (a fixed interval made a limiter with a
+    /// million callers pay a 3.5 ms pass every 4096 decisions, 0.8 µs on each). Those sweeps
+    /// run in the decision that starts them, or on Tokio's blocking pool for a limiter whose
+    /// last sweep left more than 16 384 keys, within a runtime. An idle key stays tracked until
+    /// the next sweep, within the `max_tracked` bound.
+    pub fn sweep(&self) {
+        self.0.sweep();
+    }
+
+    /// How many callers the limiter currently tracks.
+    pub fn tracked_keys(&self) -> usize {
+        self.0.tracked_keys()
+    }
+}
+
+impl Core {
     /// Whether this newcomer sweeps the full limiter: the first to ask once no sweep ran
     /// for a [`FULL_RETRY`] (or none ever did).
     fn claim_sweep(&self) -> bool {
@@ -168,15 +234,11 @@ impl RateLimiter {
             .saturating_add(1)
     }
 
-    /// Evicts idle keys now.
-    ///
-    /// Decisions sweep as they go: after [`SWEEP_EVERY`] of them, or after a quarter as many
-    /// as the keys this sweep leaves if that is more. A pass over `n` keys then comes after at
-    /// least `n / 4` decisions, each of which adds at most one key: at most five keys visited
-    /// per decision, however many callers are tracked (a fixed interval made a limiter with a
-    /// million callers pay a 3.5 ms pass every 4096 decisions, 0.8 µs on each). An idle key
-    /// stays tracked until the next sweep, within the `max_tracked` bound.
-    pub fn sweep(&self) {
+    fn sweep(&self) {
+        #[cfg(test)]
+        if let Ok(mut on) = self.swept_on.lock() {
+            *on = Some(std::thread::current().id());
+        }
         self.since_sweep.store(0, Ordering::Relaxed);
         self.swept_ms.store(self.elapsed_ms(), Ordering::Relaxed);
         self.limiter.retain_recent();
@@ -189,8 +251,7 @@ impl RateLimiter {
             .store(quarter.max(SWEEP_EVERY), Ordering::Relaxed);
     }
 
-    /// How many callers the limiter currently tracks.
-    pub fn tracked_keys(&self) -> usize {
+    fn tracked_keys(&self) -> usize {
         ShrinkableKeyedStateStore::len(&*self.store)
     }
 }
@@ -198,7 +259,7 @@ impl RateLimiter {
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("quota", &self.quota)
+            .field("quota", &self.0.quota)
             .field("tracked_keys", &self.tracked_keys())
             .finish()
     }
@@ -296,7 +357,7 @@ mod tests {
         }
         l.sweep();
         assert_eq!(l.tracked_keys(), 40_000, "nobody is idle yet");
-        let swept = || l.since_sweep.load(Ordering::Relaxed);
+        let swept = || l.0.since_sweep.load(Ordering::Relaxed);
         // 9 999 decisions later (more than SWEEP_EVERY), no sweep: the counter runs on.
         for k in &keys[..9_999] {
             l.check(k);
@@ -320,7 +381,59 @@ mod tests {
         for _ in 0..=SWEEP_EVERY {
             small.check(&k);
         }
-        assert_eq!(small.since_sweep.load(Ordering::Relaxed), 0, "swept");
+        assert_eq!(small.0.since_sweep.load(Ordering::Relaxed), 0, "swept");
+    }
+
+    #[test]
+    fn within_a_runtime_a_large_limiters_sweep_runs_on_the_blocking_pool() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let quota = GcraQuota::from_rate(Rate::per_hour(60)).expect("quota");
+        let l = RateLimiter::with_quota(quota, 100_000).expect("limited");
+        let keys: Vec<Arc<str>> = (0..20_000).map(|i| Arc::from(format!("k{i}"))).collect();
+        let here = std::thread::current().id();
+        let swept_on = || *l.0.swept_on.lock().expect("lock");
+        let _inside = runtime.enter();
+        // A small limiter sweeps in the decision, even within a runtime.
+        for k in keys.iter().cycle().take(SWEEP_EVERY as usize + 1) {
+            l.check(k);
+        }
+        assert_eq!(swept_on(), Some(here), "a small limiter's pass is cheap");
+        for k in &keys {
+            l.check(k);
+        }
+        l.sweep();
+        assert_eq!(
+            l.0.sweep_after.load(Ordering::Relaxed),
+            5_000,
+            "20 000 tracked"
+        );
+        *l.0.swept_on.lock().expect("lock") = None;
+        for k in keys.iter().take(5_001) {
+            l.check(k);
+        }
+        runtime.block_on(async {
+            for _ in 0..500 {
+                if swept_on().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let on = swept_on();
+        assert!(
+            on.is_some_and(|t| t != here),
+            "swept on another thread: {on:?}"
+        );
+        assert!(!l.0.sweeping.load(Ordering::Relaxed), "the flag is cleared");
+        drop(_inside);
+        // Outside a runtime, the decision sweeps itself.
+        for k in keys.iter().take(5_001) {
+            l.check(k);
+        }
+        assert_eq!(swept_on(), Some(here));
     }
 
     #[test]
