@@ -14,7 +14,7 @@
 //! [`HardenedBuilder::global_rate`]: crate::HardenedBuilder::global_rate
 //! [`HardenedBuilder::principal_rate`]: crate::HardenedBuilder::principal_rate
 
-mod rate;
+pub(crate) mod rate;
 #[cfg(feature = "redis")]
 mod redis_store;
 

@@ -37,6 +37,46 @@ const SWEEP_EVERY: u32 = 4096;
 /// Keys beyond which a limiter's periodic sweep runs in the background (within a runtime).
 const BACKGROUND_SWEEP: usize = 4 * SWEEP_EVERY as usize;
 
+/// When a keyed store is swept of its idle keys: after [`SWEEP_EVERY`] decisions, or after a
+/// quarter as many as the keys the last sweep left if that is more. A pass over `n` keys then
+/// comes after at least `n / 4` decisions, each of which adds at most one key: at most five
+/// keys visited per decision, however many are tracked.
+pub(crate) struct SweepPace {
+    since: AtomicU32,
+    after: AtomicU32,
+}
+
+impl SweepPace {
+    pub(crate) const fn new() -> Self {
+        Self {
+            since: AtomicU32::new(0),
+            after: AtomicU32::new(SWEEP_EVERY),
+        }
+    }
+
+    /// Counts one decision: whether a sweep is due (the count then starts again).
+    pub(crate) fn due(&self) -> bool {
+        let due = self.since.fetch_add(1, Ordering::Relaxed) >= self.after.load(Ordering::Relaxed);
+        if due {
+            self.since.store(0, Ordering::Relaxed);
+        }
+        due
+    }
+
+    /// A sweep left `keys` keys.
+    pub(crate) fn swept(&self, keys: usize) {
+        self.since.store(0, Ordering::Relaxed);
+        let quarter = u32::try_from(keys / 4).unwrap_or(u32::MAX).min(1 << 30);
+        self.after
+            .store(quarter.max(SWEEP_EVERY), Ordering::Relaxed);
+    }
+
+    /// Whether the last sweep left more than [`BACKGROUND_SWEEP`] keys.
+    fn large(&self) -> bool {
+        self.after.load(Ordering::Relaxed) as usize > BACKGROUND_SWEEP / 4
+    }
+}
+
 /// A newcomer that finds a limiter full sweeps it only if no sweep ran for this long (one
 /// newcomer does; the others are refused with this as their retry hint): a pass over up to
 /// `max_tracked` keys is never paid by every newcomer, however fast callers churn.
@@ -83,10 +123,7 @@ struct Core {
     limiter: governor::RateLimiter<Arc<str>, Shared<Arc<str>>, DefaultClock, NoOpMiddleware>,
     store: Arc<DefaultKeyedStateStore<Arc<str>>>,
     clock: DefaultClock,
-    since_sweep: AtomicU32,
-    /// Decisions before the next sweep: [`SWEEP_EVERY`], or a quarter of the keys the last
-    /// sweep left if more, so that a sweep's pass costs each decision at most five keys.
-    sweep_after: AtomicU32,
+    pace: SweepPace,
     /// Whether a periodic sweep is under way (one at a time).
     sweeping: AtomicBool,
     /// When the last sweep started, in milliseconds since `born` plus one (0: never).
@@ -120,8 +157,7 @@ impl RateLimiter {
             ),
             store,
             clock,
-            since_sweep: AtomicU32::new(0),
-            sweep_after: AtomicU32::new(SWEEP_EVERY),
+            pace: SweepPace::new(),
             sweeping: AtomicBool::new(false),
             swept_ms: AtomicU64::new(0),
             born: Instant::now(),
@@ -140,9 +176,7 @@ impl RateLimiter {
     /// Takes one cell for `key`, or says how long until one is free.
     pub fn check(&self, key: &Arc<str>) -> RateDecision {
         let core = &*self.0;
-        if core.since_sweep.fetch_add(1, Ordering::Relaxed)
-            >= core.sweep_after.load(Ordering::Relaxed)
-        {
+        if core.pace.due() {
             self.sweep_soon();
         }
         // A newcomer is admitted only while there is room (a few racing newcomers may
@@ -171,9 +205,7 @@ impl RateLimiter {
     /// pass (tens of µs) runs here, as does every sweep outside a runtime.
     fn sweep_soon(&self) {
         let core = &self.0;
-        core.since_sweep.store(0, Ordering::Relaxed);
-        let large = core.sweep_after.load(Ordering::Relaxed) as usize > BACKGROUND_SWEEP / 4;
-        if !large {
+        if !core.pace.large() {
             core.sweep();
             return;
         }
@@ -239,16 +271,13 @@ impl Core {
         if let Ok(mut on) = self.swept_on.lock() {
             *on = Some(std::thread::current().id());
         }
-        self.since_sweep.store(0, Ordering::Relaxed);
         self.swept_ms.store(self.elapsed_ms(), Ordering::Relaxed);
         self.limiter.retain_recent();
         let len = self.tracked_keys();
         if len < self.max_tracked / 2 {
             self.limiter.shrink_to_fit();
         }
-        let quarter = u32::try_from(len / 4).unwrap_or(u32::MAX).min(1 << 30);
-        self.sweep_after
-            .store(quarter.max(SWEEP_EVERY), Ordering::Relaxed);
+        self.pace.swept(len);
     }
 
     fn tracked_keys(&self) -> usize {
@@ -357,7 +386,7 @@ mod tests {
         }
         l.sweep();
         assert_eq!(l.tracked_keys(), 40_000, "nobody is idle yet");
-        let swept = || l.0.since_sweep.load(Ordering::Relaxed);
+        let swept = || l.0.pace.since.load(Ordering::Relaxed);
         // 9 999 decisions later (more than SWEEP_EVERY), no sweep: the counter runs on.
         for k in &keys[..9_999] {
             l.check(k);
@@ -381,7 +410,7 @@ mod tests {
         for _ in 0..=SWEEP_EVERY {
             small.check(&k);
         }
-        assert_eq!(small.0.since_sweep.load(Ordering::Relaxed), 0, "swept");
+        assert_eq!(small.0.pace.since.load(Ordering::Relaxed), 0, "swept");
     }
 
     #[test]
@@ -406,7 +435,7 @@ mod tests {
         }
         l.sweep();
         assert_eq!(
-            l.0.sweep_after.load(Ordering::Relaxed),
+            l.0.pace.after.load(Ordering::Relaxed),
             5_000,
             "20 000 tracked"
         );

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -823,7 +823,7 @@ struct AuthThrottle {
     /// Whether `blocked` has entries: the common case (none) takes no lock.
     any_blocked: AtomicBool,
     clock: DefaultClock,
-    since_sweep: AtomicU32,
+    pace: crate::limits::rate::SweepPace,
 }
 
 /// Most blocked sources remembered; beyond it expired entries are swept, then those whose
@@ -840,7 +840,7 @@ impl AuthThrottle {
             blocked: Mutex::new(HashMap::new()),
             any_blocked: AtomicBool::new(false),
             clock: DefaultClock::default(),
-            since_sweep: AtomicU32::new(0),
+            pace: crate::limits::rate::SweepPace::new(),
         })
     }
 
@@ -879,9 +879,9 @@ impl AuthThrottle {
     /// is refused without its credentials being checked.
     fn failed(&self, ip: IpAddr) -> Option<Duration> {
         let key = Self::key(ip);
-        if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= 4096 {
-            self.since_sweep.store(0, Ordering::Relaxed);
+        if self.pace.due() {
             self.limiter.retain_recent();
+            self.pace.swept(self.limiter.len());
         }
         let denied = match self.limiter.check_key(&key) {
             Ok(state) if state.remaining_burst_capacity() > 0 => return None,
@@ -2290,6 +2290,22 @@ mod tests {
         // A forgotten source is blocked again by its next failure (its limiter remembers).
         assert!(t.failed(ip(0)).is_some());
         assert!(t.blocked(ip(0)).is_some());
+    }
+
+    #[test]
+    fn the_throttle_forgets_idle_sources() {
+        // 600 000 failures a minute: a source is idle again 100 µs after one failure.
+        let t = AuthThrottle::new(600_000, 1).unwrap();
+        let source = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        for i in 0..4000 {
+            t.failed(source(i));
+        }
+        assert_eq!(t.limiter.len(), 4000);
+        std::thread::sleep(Duration::from_millis(5));
+        for i in 4000..4097 {
+            t.failed(source(i));
+        }
+        assert!(t.limiter.len() < 100, "{} tracked", t.limiter.len());
     }
 
     #[test]
