@@ -1297,6 +1297,15 @@ async fn unusable_configurations_are_refused_at_bind() {
     let jwt = || config().authenticator(hs_auth());
     let cases: Vec<(HttpConfig, &str)> = vec![
         (config(), "no authenticator"),
+        // A second of a kind would never be asked: the first decides every credential.
+        (jwt().authenticator(hs_auth()), "two JwtAuthenticators"),
+        (
+            config()
+                .authenticator(ApiKeyAuthenticator::new([]).expect("keys"))
+                .authenticator(hs_auth())
+                .authenticator(ApiKeyAuthenticator::new([]).expect("keys")),
+            "two ApiKeyAuthenticators",
+        ),
         (jwt().path("mcp"), "must start with /"),
         (
             jwt().header_read_timeout(Duration::ZERO),

@@ -52,6 +52,8 @@ pub struct JwtAuthenticator {
     /// Whether any key has a `kid`: then a token's `kid` must name one.
     any_kid: bool,
     audiences: Vec<String>,
+    /// Whether issuers are configured: then `iss` must be one string.
+    check_issuer: bool,
     tier_claim: Option<String>,
     /// Seconds of clock skew allowed on `exp` and `nbf`.
     leeway: u64,
@@ -236,6 +238,11 @@ impl JwtAuthenticator {
             None => return Err(AuthFailure::MissingClaim),
             Some(_) => return Err(AuthFailure::WrongAudience),
         }
+        // One issuer, a string (RFC 7519): jsonwebtoken accepts an array naming any
+        // configured issuer among others.
+        if self.check_issuer && !matches!(claims.get("iss"), Some(Value::String(_))) {
+            return Err(AuthFailure::WrongIssuer);
+        }
         let subject = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SUBJECT => s.as_str(),
             _ => return Err(AuthFailure::MissingClaim),
@@ -256,15 +263,31 @@ impl JwtAuthenticator {
 }
 
 /// The granted scopes: `scope` (RFC 8693/9068, space-separated), else `scp` or `scopes`
-/// (an array of strings, or a space-separated string). `None` if present but malformed.
+/// (an array of strings, or a space-separated string). `None` if present but malformed:
+/// every scope must be an RFC 6749 scope-token (printable ASCII but `"` and `\\`), and only
+/// the ASCII space separates them, so that no other blank (a no-break space, say, in a scope
+/// an authorization server copied from a request) splits one granted scope into several.
 fn scopes_of(claims: &Map<String, Value>) -> Option<Vec<&str>> {
     let claim = ["scope", "scp", "scopes"]
         .iter()
         .find_map(|n| claims.get(*n));
+    let token = |t: &str| {
+        t.bytes()
+            .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
+            .then_some(())
+    };
     match claim {
         None => Some(Vec::new()),
-        Some(Value::String(s)) => Some(s.split_whitespace().collect()),
-        Some(Value::Array(v)) => v.iter().map(Value::as_str).collect(),
+        Some(Value::String(s)) => s
+            .split(' ')
+            .filter(|t| !t.is_empty())
+            .map(|t| token(t).map(|()| t))
+            .collect(),
+        Some(Value::Array(v)) => v
+            .iter()
+            .filter(|t| t.as_str() != Some(""))
+            .map(|t| t.as_str().filter(|t| token(t).is_some()))
+            .collect(),
         Some(_) => None,
     }
 }
@@ -586,6 +609,7 @@ impl JwtBuilder {
             keys,
             any_kid,
             audiences: self.audiences,
+            check_issuer: !issuers.is_empty(),
             tier_claim: self.tier_claim,
             leeway,
             cache: TokenCache::new(self.cache.unwrap_or(DEFAULT_CACHE_CAPACITY)),
@@ -849,6 +873,59 @@ mod tests {
         assert_eq!(check(&a, &t, RESOURCE).expect("valid"), *first);
         let uncached = auth(JwtAuthenticator::builder().cache(0));
         assert!(!Arc::ptr_eq(&shared(&uncached), &shared(&uncached)));
+    }
+
+    #[test]
+    fn scopes_are_split_on_the_ascii_space_alone() {
+        let a = auth(JwtAuthenticator::builder().cache(0));
+        let with = |scope: Value| {
+            let mut c = claims("u");
+            c["scope"] = scope;
+            check(&a, &token(&c), RESOURCE)
+                .map(|p| p.scopes().map(str::to_owned).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            with(serde_json::json!("db:read  db:write")).expect("valid"),
+            ["db:read", "db:write"]
+        );
+        assert_eq!(
+            with(serde_json::json!(["db:read", "", "db:write"])).expect("valid"),
+            ["db:read", "db:write"]
+        );
+        // Another blank would split one granted scope into two: refused as malformed.
+        for bad in [
+            serde_json::json!("group:x\u{a0}admin"),
+            serde_json::json!("group:x\u{3000}admin"),
+            serde_json::json!("db:read\tadmin"),
+            serde_json::json!(["files:read admin"]),
+            serde_json::json!(["files:read\u{2003}admin"]),
+            serde_json::json!(["quote\"d"]),
+            serde_json::json!(["db:read", 7]),
+        ] {
+            assert_eq!(with(bad.clone()), Err(AuthFailure::MissingClaim), "{bad}");
+        }
+    }
+
+    #[test]
+    fn issuer_must_be_one_string() {
+        let a = auth(
+            JwtAuthenticator::builder()
+                .issuer("https://issuer.example")
+                .cache(0),
+        );
+        let with = |iss: Value| {
+            let mut c = claims("u");
+            c["iss"] = iss;
+            check(&a, &token(&c), RESOURCE).map(|_| ())
+        };
+        assert_eq!(with(serde_json::json!("https://issuer.example")), Ok(()));
+        for bad in [
+            serde_json::json!(["https://evil.example", "https://issuer.example"]),
+            serde_json::json!(["https://issuer.example"]),
+            serde_json::json!("https://evil.example"),
+        ] {
+            assert_eq!(with(bad.clone()), Err(AuthFailure::WrongIssuer), "{bad}");
+        }
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Principal {
     tier: Option<Arc<str>>,
     method: AuthMethod,
     key_id: Option<Arc<str>>,
+    /// Whose quota a call spends: the method and the subject (`jwt:alice`), so that a JWT's
+    /// `sub` never spends an API key's quota of the same name, nor the other way round.
+    rate_key: Arc<str>,
 }
 
 impl Principal {
@@ -76,7 +79,8 @@ impl Principal {
         Self::new(subject, scopes, AuthMethod::Local)
     }
 
-    /// A principal authenticated by `method`. Scopes are deduplicated; empty ones dropped.
+    /// A principal authenticated by `method`. Each item may hold several scopes separated by
+    /// ASCII whitespace; scopes are deduplicated, empty ones dropped.
     pub fn new<I, S>(subject: impl Into<Arc<str>>, scopes: I, method: AuthMethod) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -86,15 +90,17 @@ impl Principal {
             .into_iter()
             .flat_map(|s| {
                 s.as_ref()
-                    .split_whitespace()
+                    .split_ascii_whitespace()
                     .map(Box::from)
                     .collect::<Vec<_>>()
             })
             .collect();
         v.sort_unstable();
         v.dedup();
+        let subject: Arc<str> = subject.into();
         Self {
-            subject: subject.into(),
+            rate_key: format!("{}:{subject}", method.as_str()).into(),
+            subject,
             scopes: Arc::from(v),
             tier: None,
             method,
@@ -136,6 +142,11 @@ impl Principal {
 
     pub(crate) fn subject_arc(&self) -> &Arc<str> {
         &self.subject
+    }
+
+    /// The key of this caller's rate limits: its method and subject.
+    pub(crate) fn rate_key(&self) -> &Arc<str> {
+        &self.rate_key
     }
 
     pub(crate) fn tier_arc(&self) -> Option<&Arc<str>> {
@@ -329,11 +340,15 @@ impl fmt::Display for AuthFailure {
 
 /// Authenticators asked in order: the first that recognises a credential decides.
 #[derive(Clone, Default)]
-pub(crate) struct Authenticators(Vec<Arc<dyn Authenticator>>);
+pub(crate) struct Authenticators(Vec<(std::any::TypeId, Arc<dyn Authenticator>)>);
 
 impl Authenticators {
-    pub(crate) fn push(&mut self, a: Arc<dyn Authenticator>) {
-        self.0.push(a);
+    pub(crate) fn push<A: Authenticator>(&mut self, a: Arc<A>) {
+        self.0.push((std::any::TypeId::of::<A>(), a));
+    }
+    /// Whether an authenticator of this type is already there.
+    pub(crate) fn contains(&self, kind: std::any::TypeId) -> bool {
+        self.0.iter().any(|(k, _)| *k == kind)
     }
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -345,7 +360,7 @@ impl Authenticators {
     ) -> Result<Arc<Principal>, AuthFailure> {
         self.0
             .iter()
-            .find_map(|a| a.authenticate_shared(credential, cx))
+            .find_map(|(_, a)| a.authenticate_shared(credential, cx))
             .unwrap_or(Err(AuthFailure::UnrecognizedCredential))
     }
 }

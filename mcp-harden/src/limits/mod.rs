@@ -218,7 +218,7 @@ impl Limit {
                 .sum::<usize>()
     }
 
-    /// One decision for `key` (the caller's subject, or `*` for a global limit).
+    /// One decision for `key` (the caller's method and subject, `jwt:alice`, or `*` for a global limit).
     pub(crate) async fn check(
         &self,
         backend: &Backend,
@@ -292,7 +292,7 @@ pub(crate) async fn check_own(
     errors: &AtomicU64,
 ) -> Result<Checked, ToolError> {
     let tier = principal.tier();
-    let me = principal.subject_arc();
+    let me = principal.rate_key();
     if let Some(l) = per_caller {
         let m = "rate limit exceeded for this tool";
         let c = l
@@ -419,6 +419,28 @@ mod tests {
         assert_eq!(q.scaled(0.0), None);
         assert_eq!(q.scaled(f64::NAN), None);
         assert_eq!(GcraQuota::from_rate(Rate::Unlimited), None);
+    }
+
+    #[tokio::test]
+    async fn a_caller_is_its_method_and_subject() {
+        use crate::auth::{AuthMethod, Principal};
+        let limit = Limit::new("tool:t".into(), Rate::per_hour(1), &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit");
+        let errors = AtomicU64::new(0);
+        let own = |p: Principal| {
+            let (limit, errors) = (&limit, &errors);
+            async move { check_own("t", &Backend::Memory, Some(limit), None, &p, errors).await }
+        };
+        let bot = |m| Principal::new("ci-bot", ["s"], m);
+        assert!(own(bot(AuthMethod::ApiKey)).await.is_ok());
+        assert!(
+            own(bot(AuthMethod::Jwt)).await.is_ok(),
+            "a JWT naming the API key's subject has its own quota"
+        );
+        let again = own(bot(AuthMethod::ApiKey)).await.map(|_| ());
+        assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::RateLimited));
     }
 
     #[tokio::test]

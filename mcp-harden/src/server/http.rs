@@ -83,6 +83,9 @@ pub struct HttpConfig {
     path: String,
     resource_url: Option<String>,
     authenticators: Authenticators,
+    /// A built-in authenticator added twice (why that is refused): the first would decide
+    /// every credential of its kind and the second would never be asked.
+    repeated: Option<&'static str>,
     authorization_servers: Vec<String>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -123,6 +126,7 @@ impl HttpConfig {
             path: "/mcp".to_owned(),
             resource_url: None,
             authenticators: Authenticators::default(),
+            repeated: None,
             authorization_servers: Vec::new(),
             allowed_hosts: None,
             allowed_origins: None,
@@ -142,7 +146,31 @@ impl HttpConfig {
 
     /// Adds an authenticator. Several compose: the first that recognises a credential's
     /// format decides. At least one is required (or [`allow_anonymous`](Self::allow_anonymous)).
-    pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
+    ///
+    /// One [`JwtAuthenticator`](crate::auth::JwtAuthenticator) and one
+    /// [`ApiKeyAuthenticator`](crate::auth::ApiKeyAuthenticator) at most: the first of a kind
+    /// decides every credential of that kind, so a second would never be asked, and binding
+    /// refuses it. Give one JWT authenticator every key of its issuer (a JWKS).
+    pub fn authenticator<A: Authenticator>(mut self, authenticator: A) -> Self {
+        use std::any::TypeId;
+        let kind = TypeId::of::<A>();
+        let builtin = [
+            (
+                TypeId::of::<crate::auth::JwtAuthenticator>(),
+                "two JwtAuthenticators: the first decides every JWT, so the second would never \
+                 be asked; give one authenticator every key (a JWKS) of one issuer",
+            ),
+            (
+                TypeId::of::<crate::auth::ApiKeyAuthenticator>(),
+                "two ApiKeyAuthenticators: the first decides every API key, so the second would \
+                 never be asked; keep every key in one keys file",
+            ),
+        ];
+        if let Some((_, why)) = builtin.iter().find(|(k, _)| *k == kind) {
+            if self.authenticators.contains(kind) {
+                self.repeated.get_or_insert(why);
+            }
+        }
         self.authenticators.push(Arc::new(authenticator));
         self
     }
@@ -363,6 +391,9 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             return Err(HttpError::Config(
                 "no authenticator: add one with .authenticator(...) (a JwtAuthenticator or an ApiKeyAuthenticator)".into(),
             ));
+        }
+        if let Some(why) = config.repeated {
+            return Err(HttpError::Config(why.into()));
         }
         if !config.path.starts_with('/')
             || config.path.len() < 2
@@ -1363,7 +1394,7 @@ fn bearer(headers: &HeaderMap, max: usize) -> Result<&str, AuthFailure> {
     if all.next().is_some() {
         return Err(AuthFailure::MalformedHeader);
     }
-    if value.len() > max + "Bearer ".len() {
+    if value.len().saturating_sub("Bearer ".len()) > max {
         return Err(AuthFailure::Oversized);
     }
     let value = value.to_str().map_err(|_| AuthFailure::MalformedHeader)?;
@@ -2107,6 +2138,7 @@ mod tests {
             HeaderValue::from_static("Bearer abc"),
         );
         assert_eq!(bearer(&h, 100), Ok("abc"));
+        assert_eq!(bearer(&h, usize::MAX), Ok("abc"), "no limit: no overflow");
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer  abc "),
