@@ -1722,6 +1722,8 @@ async fn graceful_shutdown_lets_a_running_call_finish() {
         .expect("the tool starts");
     let addr = srv.addr;
     let app = srv.app.clone();
+    let audit = srv.audit.clone();
+    assert_eq!(audit.flushes(), 0, "not before the shutdown");
     let stopped = tokio::spawn(srv.stop());
 
     let r = tokio::time::timeout(Duration::from_secs(10), call)
@@ -1740,6 +1742,11 @@ async fn graceful_shutdown_lets_a_running_call_finish() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "nothing listens any more"
+    );
+    assert_eq!(
+        audit.flushes(),
+        1,
+        "the audit sink is flushed before serve_until returns"
     );
 }
 

@@ -465,6 +465,34 @@ async fn exactly_one_audit_record_per_call_on_stderr() {
         && a["span_id"].as_str().is_some_and(|s| s.len() == 16)));
 }
 
+/// The audit log holds every call's record once the server has exited: the records still
+/// queued when the client left are written before the process ends.
+#[tokio::test]
+async fn the_audit_log_holds_every_record_after_the_server_exits() {
+    let (dir, path) = db();
+    let log = dir.path().join("audit.jsonl");
+    let s = spawn_with(
+        &path,
+        &["db:read"],
+        &["--audit-log", log.to_str().expect("a UTF-8 path")],
+    )
+    .await;
+    const CALLS: usize = 300;
+    let calls = (0..CALLS).map(|i| {
+        s.client.call_tool(common::params(
+            "query_database",
+            json!({"table": "users", "limit": 1 + i % 5}),
+        ))
+    });
+    let answers = futures::future::join_all(calls).await;
+    assert!(answers.iter().all(Result::is_ok));
+    // Gone at once: the server exits when its stdin closes (its stderr then ends).
+    let _ = s.client.cancel().await;
+    let _ = s.stderr.await;
+    let v = mcp_harden::audit::file::verify(std::slice::from_ref(&log)).expect("a valid chain");
+    assert_eq!(v.records, CALLS as u64, "every call's record is on disk");
+}
+
 #[test]
 fn print_manifest_describes_every_tool() {
     let out = std::process::Command::new(example_binary())

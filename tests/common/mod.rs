@@ -146,13 +146,20 @@ impl Drop for Redis {
     }
 }
 
-/// An audit sink that keeps every record, for assertions.
+/// An audit sink that keeps every record, for assertions, and counts its flushes.
 #[derive(Clone, Default)]
-pub struct Collect(pub std::sync::Arc<std::sync::Mutex<Vec<mcp_harden::AuditRecord>>>);
+pub struct Collect(
+    pub std::sync::Arc<std::sync::Mutex<Vec<mcp_harden::AuditRecord>>>,
+    pub std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
 
 impl mcp_harden::AuditSink for Collect {
     fn record(&self, record: &mcp_harden::AuditRecord) {
         self.0.lock().expect("audit lock").push(record.clone());
+    }
+    fn flush(&self, _timeout: std::time::Duration) -> bool {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        true
     }
 }
 
@@ -160,6 +167,11 @@ impl Collect {
     /// The records so far.
     pub fn records(&self) -> Vec<mcp_harden::AuditRecord> {
         self.0.lock().expect("audit lock").clone()
+    }
+
+    /// How many times the sink was flushed.
+    pub fn flushes(&self) -> usize {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -12,16 +12,24 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{AuditRecord, AuditSink, AuditSlot, AuditUnavailable};
 
 /// The `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The last sequence number a record can have: one less than `u64::MAX`, so that the number
+/// after any record's is representable (a record numbered `u64::MAX` is forged).
+const LAST_SEQ: u64 = u64::MAX - 1;
+
+/// How long [`FileAuditConfig::open`] waits for the lock of a sink that is stopping.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// When the log is flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +38,8 @@ pub enum Fsync {
     /// After every batch of records, before their calls' slots are released (the default):
     /// a record whose slot was released survives a crash.
     Always,
-    /// At most this often (records of the last interval may be lost in a power failure).
+    /// At most this often, and at most this long after a write (records of the last
+    /// interval may be lost in a power failure).
     Every(Duration),
     /// Never explicitly (the operating system decides).
     Never,
@@ -120,15 +129,26 @@ impl FileAuditConfig {
 
     /// Opens the log (resuming its chain, and cutting off a partial record left by a crash)
     /// and starts its writer thread.
+    ///
+    /// One sink at a time writes a log: each holds an exclusive lock on `path.lock` (which
+    /// rotation leaves in place) until its writer stops, after its last clone is dropped and
+    /// its queue written. A lock held by another sink, in this process or another, is waited
+    /// for up to 2 seconds (time for a sink just dropped to finish), then `open` fails, as it
+    /// does where the file system cannot lock. It also fails when the log's last record has
+    /// the last sequence number.
     pub fn open(self) -> std::io::Result<FileAuditSink> {
+        // Before the log is read or cut: another sink may be writing it.
+        let lock = lock(&self.path)?;
         let (file, state) = open_active(&self.path)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            #[cfg(test)]
+            faults: Faults::default(),
         });
         let writer = Writer {
             config: self.clone(),
@@ -136,6 +156,10 @@ impl FileAuditConfig {
             state,
             shared: shared.clone(),
             last_sync: Instant::now(),
+            unsynced: false,
+            uncut: false,
+            renamed: false,
+            _lock: lock,
         };
         std::thread::Builder::new()
             .name("mcp-harden-audit".into())
@@ -156,12 +180,52 @@ struct Shared {
     refused: AtomicU64,
     failures: AtomicU64,
     healthy: AtomicBool,
+    #[cfg(test)]
+    faults: Faults,
 }
 
+/// Failures injected by tests: each of `create` and `sync` is how many of the next such
+/// operations fail.
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// Creations of the new active file in a rotation.
+    create: std::sync::atomic::AtomicU32,
+    /// Data syncs.
+    sync: std::sync::atomic::AtomicU32,
+    /// Data syncs that succeeded.
+    synced: AtomicU64,
+}
+
+#[cfg(test)]
+impl Faults {
+    /// Fails if `which` has failures left, taking one.
+    fn take(which: &std::sync::atomic::AtomicU32) -> std::io::Result<()> {
+        match which.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => Err(std::io::Error::other("an injected failure")),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// What the writer receives.
+enum Item {
+    /// A record, with the queue slot it holds until it is written.
+    Record(Record),
+    /// A flush, acknowledged once everything before it is written and synced per the policy.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// A record and its queue slot.
+type Record = (serde_json::Value, Option<OwnedSemaphorePermit>);
+
 /// The hash-chained file sink. Cloning shares the log.
+///
+/// Records are written by a thread of its own: call [`flush`](AuditSink::flush) before the
+/// process exits, or records still queued are lost.
 #[derive(Clone)]
 pub struct FileAuditSink {
-    tx: mpsc::UnboundedSender<(serde_json::Value, Option<OwnedSemaphorePermit>)>,
+    tx: mpsc::Sender<Item>,
     /// Queue slots of calls' records...
     slots: Arc<Semaphore>,
     /// ...and of records of requests refused before any call.
@@ -211,7 +275,7 @@ impl FileAuditSink {
         let value = serde_json::to_value(record).unwrap_or_else(|e| {
             serde_json::json!({"version": record.version, "error": format!("audit record not serializable: {e}")})
         });
-        if self.tx.send((value, permit)).is_err() {
+        if self.tx.send(Item::Record((value, permit))).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(target: "mcp_harden::audit", "the audit writer has stopped; a record is lost");
         }
@@ -257,6 +321,17 @@ impl AuditSink for FileAuditSink {
             }
         }
     }
+
+    /// Waits for the writer to write, and sync per the [`Fsync`] policy, every record queued
+    /// before the call. `false` when `timeout` passes first (the disk is failing: the writer
+    /// is still retrying) or a sync fails.
+    fn flush(&self, timeout: Duration) -> bool {
+        let (reply, done) = mpsc::sync_channel(1);
+        if self.tx.send(Item::Flush(reply)).is_err() {
+            return false;
+        }
+        done.recv_timeout(timeout).is_ok()
+    }
 }
 
 /// Where the chain stands.
@@ -273,51 +348,127 @@ struct Writer {
     file: File,
     state: ChainState,
     shared: Arc<Shared>,
+    /// When the file was last synced, or a sync of its tail last failed.
     last_sync: Instant,
+    /// Records were written since the last sync ([`Fsync::Every`]).
+    unsynced: bool,
+    /// A failed attempt may have left part or all of its batch after `state.file_bytes`.
+    uncut: bool,
+    /// A rotation renamed the active file but has not created the new one yet.
+    renamed: bool,
+    /// The log's lock, held until the writer stops.
+    _lock: File,
 }
 
 impl Writer {
-    fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<(serde_json::Value, Option<OwnedSemaphorePermit>)>,
-    ) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < 512 {
-                match rx.try_recv() {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
+    fn run(mut self, rx: mpsc::Receiver<Item>) {
+        loop {
+            // Records written but not synced are synced within the interval, even when no
+            // other record follows.
+            let wait = match self.config.fsync {
+                Fsync::Every(d) if self.unsynced => {
+                    Some(d.saturating_sub(self.last_sync.elapsed()))
+                }
+                _ => None,
+            };
+            let received = match wait {
+                Some(wait) => rx.recv_timeout(wait),
+                None => rx.recv().map_err(RecvTimeoutError::from),
+            };
+            let first = match received {
+                Ok(item) => item,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sync_tail();
+                    continue;
+                }
+                // Every sender is gone and the queue is empty.
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch = Vec::new();
+            let mut item = Some(first);
+            let flush = loop {
+                match item {
+                    Some(Item::Record(record)) => batch.push(record),
+                    Some(Item::Flush(reply)) => break Some(reply),
+                    None => break None,
+                }
+                if batch.len() >= 512 {
+                    break None;
+                }
+                item = rx.try_recv().ok();
+            };
+            if !batch.is_empty() {
+                self.write(&batch);
+            }
+            // Dropping the batch releases the slots of records now on disk.
+            drop(batch);
+            if let Some(reply) = flush {
+                if !self.unsynced || self.sync_tail() {
+                    let _ = reply.send(());
                 }
             }
-            let mut backoff = Duration::from_millis(10);
-            // Never drop a record: retry until the disk takes it (the queue fills meanwhile,
-            // and new calls are refused).
-            while let Err(e) = self.write_batch(&batch) {
-                self.shared.failures.fetch_add(1, Ordering::Relaxed);
-                self.shared.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(target: "mcp_harden::audit", error = %e, "cannot write the audit log; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            self.shared.healthy.store(true, Ordering::Relaxed);
-            self.shared
-                .written
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            // Dropping the batch releases the slots of records now on disk.
         }
         let _ = self.file.sync_all();
     }
 
+    /// Writes a batch. Never drops a record: retries until the disk takes it (the queue
+    /// fills meanwhile, and new calls are refused).
+    fn write(&mut self, batch: &[Record]) {
+        let mut backoff = Duration::from_millis(10);
+        while let Err(e) = self.write_batch(batch) {
+            self.shared.failures.fetch_add(1, Ordering::Relaxed);
+            self.shared.healthy.store(false, Ordering::Relaxed);
+            tracing::error!(target: "mcp_harden::audit", error = %e, "cannot write the audit log; retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        self.shared.healthy.store(true, Ordering::Relaxed);
+        self.shared
+            .written
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Syncs records written but not yet synced; after a failure, the next attempt is an
+    /// interval later. Returns whether it succeeded.
+    fn sync_tail(&mut self) -> bool {
+        match self.sync_data() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                self.shared.healthy.store(true, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.last_sync = Instant::now();
+                self.shared.failures.fetch_add(1, Ordering::Relaxed);
+                self.shared.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(target: "mcp_harden::audit", error = %e, "cannot sync the audit log; retrying");
+                false
+            }
+        }
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        Faults::take(&self.shared.faults.sync)?;
+        self.file.sync_data()?;
+        #[cfg(test)]
+        self.shared.faults.synced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Writes a batch, all or nothing as far as the chain is concerned.
-    fn write_batch(
-        &mut self,
-        batch: &[(serde_json::Value, Option<OwnedSemaphorePermit>)],
-    ) -> std::io::Result<()> {
+    fn write_batch(&mut self, batch: &[Record]) -> std::io::Result<()> {
+        self.cut()?;
         self.maybe_rotate()?;
         let (mut seq, mut prev) = (self.state.seq, self.state.prev.clone());
+        let mut first = None;
         let mut buf = Vec::with_capacity(batch.len() * 512);
         for (value, _) in batch {
-            seq += 1;
+            seq = next_seq(seq).ok_or_else(|| {
+                std::io::Error::other("the audit chain has reached its last sequence number")
+            })?;
+            first.get_or_insert(seq);
             let mut value = value.clone();
             if let serde_json::Value::Object(o) = &mut value {
                 o.insert("seq".into(), seq.into());
@@ -328,24 +479,32 @@ impl Writer {
             buf.extend_from_slice(&line);
             buf.push(b'\n');
         }
-        let start = self.state.file_bytes;
-        if let Err(e) = self.file.write_all(&buf) {
-            // Cut off whatever part of the batch reached the file: the chain resumes cleanly.
-            let _ = self.file.set_len(start);
-            let _ = self.file.seek(SeekFrom::Start(start));
-            return Err(e);
-        }
         let sync = match self.config.fsync {
             Fsync::Always => true,
             Fsync::Every(d) => self.last_sync.elapsed() >= d,
             Fsync::Never => false,
         };
+        // Until the batch is complete, a failure may leave part or all of it in the file (all
+        // of it when the sync fails): it is cut off, so that the retry does not repeat it.
+        self.uncut = true;
+        let appended = self.file.write_all(&buf).and_then(|()| match sync {
+            true => self.sync_data(),
+            false => Ok(()),
+        });
+        if let Err(e) = appended {
+            // If this fails too, the next attempt cuts first.
+            let _ = self.cut();
+            return Err(e);
+        }
+        self.uncut = false;
         if sync {
-            self.file.sync_data()?;
             self.last_sync = Instant::now();
+            self.unsynced = false;
+        } else if matches!(self.config.fsync, Fsync::Every(_)) {
+            self.unsynced = true;
         }
         if self.state.file_first_seq.is_none() {
-            self.state.file_first_seq = Some(self.state.seq + 1);
+            self.state.file_first_seq = first;
         }
         self.state.seq = seq;
         self.state.prev = prev;
@@ -353,24 +512,43 @@ impl Writer {
         Ok(())
     }
 
+    /// Cuts the active file back to the end of its last complete batch, if a failed attempt
+    /// may have left more.
+    fn cut(&mut self) -> std::io::Result<()> {
+        if self.uncut {
+            self.file.set_len(self.state.file_bytes)?;
+            self.file.seek(SeekFrom::Start(self.state.file_bytes))?;
+            self.uncut = false;
+        }
+        Ok(())
+    }
+
+    /// Rotates the active file if it is due. A rotation that fails after the rename is
+    /// resumed by the next call, which only creates the new file.
     fn maybe_rotate(&mut self) -> std::io::Result<()> {
         let Some(first) = self.state.file_first_seq else {
             return Ok(());
         };
-        let by_size = self
-            .config
-            .rotate_bytes
-            .is_some_and(|b| self.state.file_bytes >= b);
-        let by_age = self
-            .config
-            .rotate_age
-            .is_some_and(|a| self.state.opened.elapsed() >= a);
-        if !(by_size || by_age) {
-            return Ok(());
+        if !self.renamed {
+            let by_size = self
+                .config
+                .rotate_bytes
+                .is_some_and(|b| self.state.file_bytes >= b);
+            let by_age = self
+                .config
+                .rotate_age
+                .is_some_and(|a| self.state.opened.elapsed() >= a);
+            if !(by_size || by_age) {
+                return Ok(());
+            }
+            self.file.sync_all()?;
+            std::fs::rename(&self.config.path, rotated_name(&self.config.path, first))?;
+            self.renamed = true;
         }
-        self.file.sync_all()?;
-        std::fs::rename(&self.config.path, rotated_name(&self.config.path, first))?;
+        #[cfg(test)]
+        Faults::take(&self.shared.faults.create)?;
         self.file = create_append(&self.config.path)?;
+        self.renamed = false;
         sync_dir(&self.config.path);
         self.state.file_bytes = 0;
         self.state.file_first_seq = None;
@@ -384,6 +562,45 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// The sequence number after `seq`, unless `seq` is the last.
+fn next_seq(seq: u64) -> Option<u64> {
+    seq.checked_add(1).filter(|n| *n <= LAST_SEQ)
+}
+
+/// Takes the exclusive lock of the log at `path`, on `path.lock`, held until the returned
+/// file is closed. Waits up to [`LOCK_WAIT`] for a sink that holds it to stop.
+fn lock(path: &Path) -> std::io::Result<File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = create_append(&lock_path)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "the audit log {} is in use by another sink ({} is locked)",
+                        path.display(),
+                        lock_path.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot lock {}: {e}", lock_path.display()),
+                ))
+            }
+        }
     }
 }
 
@@ -492,6 +709,12 @@ fn open_active(path: &Path) -> std::io::Result<(File, ChainState)> {
             }
         }
     };
+    if next_seq(seq).is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the last audit record has seq {seq}: the chain cannot go on"),
+        ));
+    }
     Ok((
         file,
         ChainState {
@@ -640,8 +863,15 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBreak> {
                     }
                 }
             }
+            let Some(next) = seq.checked_add(1) else {
+                return Err(broke(
+                    file,
+                    n + 1,
+                    format!("seq {seq} is past the last sequence number: not written by a sink (edited)"),
+                ));
+            };
             let hash = hex(&Sha256::digest(&line));
-            expected = Some((seq + 1, hash.clone()));
+            expected = Some((next, hash.clone()));
             out.records += 1;
             out.last_seq = seq;
             out.head = hash;
@@ -677,6 +907,22 @@ mod tests {
             transport: "http",
             source: Some(([192, 0, 2, 7], 4711).into()),
         }
+    }
+
+    /// Waits up to 10 seconds for `cond`.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "not within 10s: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The log's files, rotated and active.
+    fn files(path: &Path) -> Vec<PathBuf> {
+        let mut files = rotated_files(path).expect("lists");
+        files.push(path.to_path_buf());
+        files
     }
 
     async fn settled(sink: &FileAuditSink, n: u64) {
@@ -734,5 +980,165 @@ mod tests {
         assert_eq!(sink.dropped(), before + 1, "the anonymous one is dropped");
         settled(&sink, 2003).await;
         assert_eq!(sink.dropped(), before + 1);
+    }
+
+    #[test]
+    fn flush_waits_for_every_record_handed_over_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let sink = FileAuditConfig::new(&path).open().expect("opens");
+        // Three failed syncs: the writer retries for 70 ms before the first batch is on disk.
+        sink.shared.faults.sync.store(3, Ordering::SeqCst);
+        for _ in 0..5 {
+            sink.record(&refusal());
+        }
+        assert!(sink.flush(Duration::from_secs(30)));
+        assert_eq!((sink.written(), sink.failures()), (5, 3));
+        let v = verify(std::slice::from_ref(&path)).expect("valid");
+        assert_eq!(v.records, 5);
+
+        // A disk that keeps failing: the flush gives up at the timeout, then finishes once
+        // the disk recovers.
+        sink.shared.faults.sync.store(u32::MAX, Ordering::SeqCst);
+        sink.record(&refusal());
+        assert!(!sink.flush(Duration::from_millis(100)));
+        assert_eq!(sink.written(), 5);
+        sink.shared.faults.sync.store(0, Ordering::SeqCst);
+        assert!(sink.flush(Duration::from_secs(30)));
+        assert_eq!(sink.written(), 6);
+
+        // Combined with another sink, the flush waits for the file too.
+        sink.shared.faults.sync.store(3, Ordering::SeqCst);
+        let both = (sink.clone(), crate::audit::TracingAuditSink);
+        both.record(&refusal());
+        assert!(both.flush(Duration::from_secs(30)));
+        assert_eq!(sink.written(), 7);
+        let v = verify(std::slice::from_ref(&path)).expect("valid");
+        assert_eq!(v.records, 7);
+    }
+
+    #[test]
+    fn a_rotation_that_cannot_create_its_new_file_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let sink = FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .open()
+            .expect("opens");
+        sink.record(&refusal());
+        assert!(sink.flush(Duration::from_secs(30)));
+        // The next batch rotates: the active file is renamed, then creating the new one
+        // fails twice (say, out of file descriptors).
+        sink.shared.faults.create.store(2, Ordering::SeqCst);
+        sink.record(&refusal());
+        assert!(
+            sink.flush(Duration::from_secs(10)),
+            "the rotation resumes after a failed create"
+        );
+        assert_eq!((sink.written(), sink.failures()), (2, 2));
+        assert!(sink.healthy());
+        sink.record(&refusal());
+        assert!(sink.flush(Duration::from_secs(30)));
+        assert_eq!(rotated_files(&path).expect("lists").len(), 2);
+        let v = verify(&files(&path)).expect("the chain is intact");
+        assert_eq!((v.records, v.last_seq, v.from_genesis), (3, 3, true));
+    }
+
+    #[test]
+    fn a_failed_sync_does_not_write_the_batch_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let sink = FileAuditConfig::new(&path).open().expect("opens");
+        sink.record(&refusal());
+        assert!(sink.flush(Duration::from_secs(30)));
+        // The next batch reaches the file, but its sync fails twice.
+        sink.shared.faults.sync.store(2, Ordering::SeqCst);
+        for _ in 0..3 {
+            sink.record(&refusal());
+        }
+        assert!(sink.flush(Duration::from_secs(30)));
+        assert_eq!((sink.written(), sink.failures()), (4, 2));
+        let v = verify(std::slice::from_ref(&path)).expect("no record written twice");
+        assert_eq!((v.records, v.last_seq), (4, 4));
+        let text = std::fs::read_to_string(&path).expect("reads");
+        assert_eq!(text.lines().count(), 4);
+    }
+
+    #[test]
+    fn one_sink_at_a_time_writes_a_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let first = FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .open()
+            .expect("opens");
+        let e = FileAuditConfig::new(&path)
+            .open()
+            .expect_err("the log is in use");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+        assert!(e.to_string().contains("in use by another sink"), "{e}");
+        // The lock stays with the log across rotations (the active file is a new one).
+        for _ in 0..2 {
+            first.record(&refusal());
+            assert!(first.flush(Duration::from_secs(30)));
+        }
+        assert_eq!(rotated_files(&path).expect("lists").len(), 1);
+        assert!(FileAuditConfig::new(&path).open().is_err());
+        // Once the first sink and its writer are gone, the log opens again.
+        drop(first);
+        let second = FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .open()
+            .expect("opens again");
+        second.record(&refusal());
+        assert!(second.flush(Duration::from_secs(30)));
+        let v = verify(&files(&path)).expect("valid");
+        assert_eq!((v.records, v.last_seq), (3, 3));
+    }
+
+    #[test]
+    fn the_last_sequence_number_ends_the_chain_without_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let line = |seq: u64| format!("{{\"seq\":{seq},\"prev\":\"{GENESIS}\"}}\n");
+
+        // A forged record numbered u64::MAX: the log does not open; verify names the break.
+        std::fs::write(&path, line(u64::MAX)).expect("writes");
+        let e = FileAuditConfig::new(&path).open().expect_err("no next seq");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        let b = verify(std::slice::from_ref(&path)).expect_err("forged");
+        assert_eq!(b.line, 1, "{b}");
+        assert!(b.problem.contains("past the last sequence number"), "{b}");
+
+        // The last sequence number is valid, but nothing can follow it.
+        std::fs::write(&path, line(LAST_SEQ)).expect("writes");
+        let v = verify(std::slice::from_ref(&path)).expect("valid");
+        assert_eq!(v.last_seq, LAST_SEQ);
+        assert!(FileAuditConfig::new(&path).open().is_err());
+    }
+
+    #[test]
+    fn an_idle_tail_is_synced_within_the_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let sink = FileAuditConfig::new(&path)
+            .fsync(Fsync::Every(Duration::from_millis(300)))
+            .open()
+            .expect("opens");
+        // Written within the interval of the last sync (the open): not synced yet...
+        sink.record(&refusal());
+        eventually("the record is written", || sink.written() == 1);
+        // ...but synced within the interval although no record follows.
+        let synced = || sink.shared.faults.synced.load(Ordering::SeqCst);
+        eventually("the tail is synced", || synced() == 1);
+
+        // A flush syncs what it waited for, however long the interval.
+        let sink = FileAuditConfig::new(dir.path().join("hourly.jsonl"))
+            .fsync(Fsync::Every(Duration::from_secs(3600)))
+            .open()
+            .expect("opens");
+        sink.record(&refusal());
+        assert!(sink.flush(Duration::from_secs(30)));
+        assert_eq!(sink.shared.faults.synced.load(Ordering::SeqCst), 1);
     }
 }

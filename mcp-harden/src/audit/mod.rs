@@ -193,6 +193,15 @@ pub trait AuditSink: Send + Sync + 'static {
         drop(slot);
         self.record(record);
     }
+
+    /// Waits until every record handed to the sink before the call is written (and synced,
+    /// per the sink's policy), or `timeout` passes; returns whether it finished. A blocking
+    /// call, meant for shutdown: records still queued when the process exits are lost. The
+    /// default has no queue and returns `true`.
+    fn flush(&self, timeout: std::time::Duration) -> bool {
+        let _ = timeout;
+        true
+    }
 }
 
 /// A slot in an audit sink's queue, held by a call from before it runs until its record is
@@ -231,6 +240,16 @@ impl<A: AuditSink, B: AuditSink> AuditSink for (A, B) {
     fn record_reserved(&self, slot: AuditSlot, record: &AuditRecord) {
         self.0.record_reserved(slot, record);
         self.1.record(record);
+    }
+    /// Flushes both, the second with what is left of `timeout`.
+    fn flush(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let first = self.0.flush(timeout);
+        let left = deadline.map_or(timeout, |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        });
+        let second = self.1.flush(left);
+        first && second
     }
 }
 

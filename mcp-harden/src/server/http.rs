@@ -620,7 +620,9 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
     }
 
     /// Serves until `signal` completes, then stops accepting connections, lets in-flight
-    /// calls finish (up to the grace period), closes the sessions and returns.
+    /// calls finish (up to the grace period), closes the sessions, waits up to
+    /// [`AUDIT_FLUSH`](super::AUDIT_FLUSH) for the audit sink to write what it holds, and
+    /// returns.
     pub async fn serve_until(
         self,
         signal: impl Future<Output = ()> + Send,
@@ -645,7 +647,10 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
             };
         tracing::info!(target: "mcp_harden::http", addr = %self.local_addr, resource = %self.gate.resource, "serving MCP over HTTP");
         tokio::select! {
-            r = &mut server => return r.map_err(HttpError::Serve),
+            r = &mut server => {
+                self.hardened.flush_audit(super::AUDIT_FLUSH).await;
+                return r.map_err(HttpError::Serve);
+            }
             () = signal => {}
         }
         tracing::info!(target: "mcp_harden::http", grace_ms = self.grace.as_millis() as u64, "shutting down: no new connections; waiting for in-flight calls");
@@ -666,13 +671,15 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         // Every call has answered: end the sessions and their streams.
         self.rmcp_ct.cancel();
         inflight.reopen();
-        match served {
+        let result = match served {
             Some(r) => r.map_err(HttpError::Serve),
             None => match tokio::time::timeout(Duration::from_secs(5), server).await {
                 Ok(r) => r.map_err(HttpError::Serve),
                 Err(_) => Ok(()),
             },
-        }
+        };
+        self.hardened.flush_audit(super::AUDIT_FLUSH).await;
+        result
     }
 }
 

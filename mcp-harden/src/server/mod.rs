@@ -24,6 +24,10 @@ use crate::spec::ToolSpec;
 
 pub use builder::{BuildError, HardenedBuilder};
 
+/// How long `serve_stdio` and the HTTP server's shutdown wait for the audit sink to write
+/// the records it holds before returning.
+pub const AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A hardened MCP server: serve it over stdio with [`Hardened::serve_stdio`], or over a local
 /// rmcp transport with [`Hardened::serve_transport`]. Cloning is cheap.
 ///
@@ -188,18 +192,44 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     /// Serves over stdin/stdout until the client disconnects, every caller being the local
     /// principal. stdout carries only the protocol: make sure logs (and the default audit
     /// sink) write to stderr.
+    ///
+    /// When the client has gone, waits up to [`AUDIT_FLUSH`] for the audit sink to write
+    /// what it holds ([`flush_audit`](Self::flush_audit)).
     pub async fn serve_stdio(self) -> Result<(), ServeError> {
-        let service = self
-            .local_handle("stdio")
-            .serve(rmcp::transport::stdio())
-            .await?;
-        service.waiting().await?;
-        Ok(())
+        let audit = self.clone();
+        let served = async {
+            let service = self
+                .local_handle("stdio")
+                .serve(rmcp::transport::stdio())
+                .await?;
+            service.waiting().await?;
+            Ok(())
+        }
+        .await;
+        audit.flush_audit(AUDIT_FLUSH).await;
+        served
+    }
+
+    /// Waits until every audit record handed to the sink so far is written (and synced, per
+    /// the sink's policy), or `timeout` passes; returns whether it finished. `serve_stdio`
+    /// and the HTTP server's shutdown call it; call it before the process exits when you
+    /// serve otherwise (`serve_transport`, your own router), or records still queued are
+    /// lost.
+    pub async fn flush_audit(&self, timeout: std::time::Duration) -> bool {
+        let audit = self.inner.audit.clone();
+        let done = tokio::task::spawn_blocking(move || audit.flush(timeout))
+            .await
+            .unwrap_or(false);
+        if !done {
+            tracing::error!(target: "mcp_harden::audit", timeout_ms = timeout.as_millis() as u64, "the audit sink did not write every record before shutdown");
+        }
+        done
     }
 
     /// Serves over a local rmcp transport (an in-process duplex stream, a child process's
     /// pipes), every caller being the local principal. The returned service runs until
-    /// dropped or the peer disconnects.
+    /// dropped or the peer disconnects; then call [`flush_audit`](Self::flush_audit)
+    /// before the process exits.
     pub async fn serve_transport<T, E, A>(
         self,
         transport: T,
