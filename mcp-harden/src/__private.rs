@@ -250,7 +250,9 @@ pub fn each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
 
 /// The audit walk of a sequence or map of argument values: `f` on each element of an array,
 /// or on each value of an object whose key is not credential-like (the whole walk on
-/// anything else). Equals `each` with the nested redaction, then `redact_credentials`.
+/// anything else). Equals `each` with the nested redaction, then `redact_credentials`, for
+/// values that are not name/value pairs: the generated walk hands those to the whole walk
+/// before calling this.
 pub fn audit_each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
     match value {
         serde_json::Value::Array(a) => a.iter_mut().for_each(f),

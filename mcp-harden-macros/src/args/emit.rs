@@ -360,12 +360,15 @@ fn audit_arm(f: &Field) -> TokenStream {
 }
 
 /// The whole generated `audit_json` of a struct: declared fields by name, anything else
-/// (undeclared keys, a value that is not an object) by the whole walk.
+/// (undeclared keys, a value that is not an object, an object that may be a name/value
+/// pair) by the whole walk.
 fn audit_fn(arms: &[TokenStream]) -> TokenStream {
+    let pair = may_be_pair(&quote!(&*__value));
     quote! {
         fn audit_json(__value: &mut __mh::serde_json::Value) {
+            let __pair = #pair;
             match __value {
-                __mh::serde_json::Value::Object(__map) => {
+                __mh::serde_json::Value::Object(__map) if !__pair => {
                     for (__k, __c) in __map.iter_mut() {
                         #[allow(unreachable_patterns)]
                         match __k.as_str() {
@@ -374,8 +377,40 @@ fn audit_fn(arms: &[TokenStream]) -> TokenStream {
                         }
                     }
                 }
-                __other => __mh::redact_credentials(__other),
+                __other => {
+                    <Self as __mh::ToolArgs>::redact_json(__other);
+                    __mh::redact_credentials(__other);
+                }
             }
+        }
+    }
+}
+
+/// An expression: whether the JSON value `v` (a `&Value`) may be one of the name/value
+/// pairs of which `redact_credentials` redacts the value when the name is credential-like
+/// (mcp-harden's `audit/redact.rs`): an object with a `value` key and a `name`, `key` or
+/// `header` key (without case), or a two-item array whose first item is a string. The
+/// generated walk hands those to the whole walk, which decides; a shape added there must be
+/// added here.
+fn may_be_pair(v: &TokenStream) -> TokenStream {
+    quote! {
+        match #v {
+            __mh::serde_json::Value::Object(__o) => {
+                __o.keys().any(|__k| __k.eq_ignore_ascii_case("value"))
+                    && __o.keys().any(|__k| {
+                        __k.eq_ignore_ascii_case("name")
+                            || __k.eq_ignore_ascii_case("key")
+                            || __k.eq_ignore_ascii_case("header")
+                    })
+            }
+            __mh::serde_json::Value::Array(__a) => {
+                __a.len() == 2
+                    && ::core::matches!(
+                        __a.first(),
+                        ::core::option::Option::Some(__mh::serde_json::Value::String(_))
+                    )
+            }
+            _ => false,
         }
     }
 }
@@ -392,7 +427,23 @@ fn auditor(shape: &Shape) -> TokenStream {
         Shape::Option(s) => auditor(s),
         Shape::Seq(s) | Shape::Map(s) => {
             let inner = auditor(s);
-            quote!(|__v: &mut __mh::serde_json::Value| __mh::audit_each(__v, #inner))
+            // What may be a name/value pair gets the whole walk (the nested redaction, then
+            // `redact_credentials`), which decides.
+            let pair = may_be_pair(&quote!(&*__v));
+            let whole = match redactor(shape) {
+                Some(r) => quote!((#r)(__v);),
+                None => TokenStream::new(),
+            };
+            quote! {
+                |__v: &mut __mh::serde_json::Value| {
+                    if #pair {
+                        #whole
+                        __mh::redact_credentials(__v);
+                    } else {
+                        __mh::audit_each(__v, #inner);
+                    }
+                }
+            }
         }
         Shape::Nested(ty) => quote! {
             |__v: &mut __mh::serde_json::Value| {

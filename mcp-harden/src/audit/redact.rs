@@ -1,4 +1,4 @@
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[REDACTED]";
@@ -7,38 +7,57 @@ pub const REDACTED: &str = "[REDACTED]";
 const MAX_AUDIT_STRING: usize = 256;
 
 /// The substrings that make a (normalised) name credential-like. [`starts_with_needle`]
-/// dispatches on their first two bytes; [`NEXT`] is derived from them.
-const NEEDLES: [&[u8]; 14] = [
+/// dispatches on their first two bytes; [`NEXT`] is derived from them. Each is one that no
+/// ordinary word contains (`pwd`, `jwt`), or long enough not to be part of one.
+const NEEDLES: [&[u8]; 19] = [
     b"password",
     b"passwd",
     b"passphrase",
+    b"passcode",
     b"privatekey",
+    b"privkey",
     b"secret",
     b"sessionid",
     b"signature",
     b"token",
     b"apikey",
     b"authorization",
+    b"authheader",
     b"accesskey",
     b"credential",
     b"cookie",
     b"bearer",
+    b"pwd",
+    b"jwt",
 ];
 
-/// Names that are credential-like only as the whole (normalised) name.
-const EXACT: [&[u8]; 2] = [b"pwd", b"auth"];
+/// Names that are credential-like only as the whole (normalised) name (`author`,
+/// `auth_method` are not).
+const EXACT: [&[u8]; 1] = [b"auth"];
+
+/// Short words that are credential-like only as a whole segment of a name, the name split at
+/// anything not alphanumeric and at camelCase humps (`db_pass`, `userPin`, `OTPCode`): as
+/// substrings they are parts of ordinary words (`passenger`, `pinned`, `footprint`).
+const SEGMENTS: [&[u8]; 5] = [b"pass", b"pin", b"otp", b"totp", b"hotp"];
 
 /// Whether a field name looks like it holds a credential (`password`, `api_key`,
-/// `Authorization`, `client_secret`, `accessToken`, ...). Compared without case and
-/// separators.
+/// `Authorization`, `client_secret`, `accessToken`, `db_pwd`, `jwt`, `user_pin`, ...).
+/// [`NEEDLES`] anywhere in the name and the [`EXACT`] names are compared without case and
+/// separators; the short [`SEGMENTS`] words only as a whole segment of the name. `key` alone
+/// is not credential-like (`key_id`, `sort_key`, an object store's `key`): the compounds that
+/// are (`api_key`, `accessKey`, `private_key`, `privkey`) are needles.
 pub fn is_credential_name(name: &str) -> bool {
     let raw = name.as_bytes();
-    // Most names are already lower-case alphanumerics: then they are their own normal form.
+    // Most names are already lower-case alphanumerics: then they are their own normal form,
+    // and their only segment.
     if raw
         .iter()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     {
-        return matches_normalised(raw);
+        return SEGMENTS.contains(&raw) || matches_normalised(raw);
+    }
+    if has_credential_segment(raw) {
+        return true;
     }
     // Otherwise: the lowercased alphanumerics, on the stack (long names: on the heap).
     let mut stack = [0u8; 64];
@@ -63,15 +82,18 @@ pub fn is_credential_name(name: &str) -> bool {
     })
 }
 
-/// The shortest needle ("token"): a shorter name can only be one of the exact names.
-const SHORTEST_NEEDLE: usize = 5;
+/// The shortest needle ("pwd", "jwt").
+const SHORTEST_NEEDLE: usize = 3;
 
 fn matches_normalised(n: &[u8]) -> bool {
-    if n.len() < SHORTEST_NEEDLE {
-        return EXACT.contains(&n);
+    if EXACT.contains(&n) {
+        return true;
     }
+    let Some(last) = n.len().checked_sub(SHORTEST_NEEDLE) else {
+        return false;
+    };
     // Most positions are ruled out by their first two bytes in a table lookup.
-    (0..=n.len() - SHORTEST_NEEDLE).any(|i| match n.get(i..) {
+    (0..=last).any(|i| match n.get(i..) {
         Some(rest @ [first, second, ..]) => {
             let bit = second.wrapping_sub(b'a');
             bit < 26 && NEXT[usize::from(*first)] & (1 << bit) != 0 && starts_with_needle(rest)
@@ -98,22 +120,72 @@ const NEXT: [u32; 256] = {
 /// fail on the first match).
 fn starts_with_needle(rest: &[u8]) -> bool {
     let needles: &[&[u8]] = match rest {
-        [b'p', b'a', ..] => &[b"password", b"passwd", b"passphrase"],
-        [b'p', b'r', ..] => &[b"privatekey"],
+        [b'p', b'a', ..] => &[b"password", b"passwd", b"passphrase", b"passcode"],
+        [b'p', b'r', ..] => &[b"privatekey", b"privkey"],
+        [b'p', b'w', ..] => &[b"pwd"],
         [b's', b'e', ..] => &[b"secret", b"sessionid"],
         [b's', b'i', ..] => &[b"signature"],
         [b't', b'o', ..] => &[b"token"],
         [b'a', b'p', ..] => &[b"apikey"],
-        [b'a', b'u', ..] => &[b"authorization"],
+        [b'a', b'u', ..] => &[b"authorization", b"authheader"],
         [b'a', b'c', ..] => &[b"accesskey"],
         [b'c', b'r', ..] => &[b"credential"],
         [b'c', b'o', ..] => &[b"cookie"],
         [b'b', b'e', ..] => &[b"bearer"],
+        [b'j', b'w', ..] => &[b"jwt"],
         _ => return false,
     };
     needles
         .iter()
         .any(|k| k.len() <= rest.len() && k.iter().zip(rest).all(|(a, b)| a == b))
+}
+
+/// Whether one of the segments of a name is one of [`SEGMENTS`], without case. A name is cut
+/// at every byte that is not an ASCII alphanumeric, before an upper-case letter that follows
+/// a lower-case one or a digit (`userPin`), and before the last of a run of upper-case
+/// letters followed by a lower-case one (`OTPCode`: `OTP`, `Code`).
+const fn has_credential_segment(b: &[u8]) -> bool {
+    let mut start = 0;
+    let mut i = 0;
+    while i <= b.len() {
+        let cut = i == b.len()
+            || !b[i].is_ascii_alphanumeric()
+            || (i > start
+                && b[i].is_ascii_uppercase()
+                && (!b[i - 1].is_ascii_uppercase()
+                    || (i + 1 < b.len() && b[i + 1].is_ascii_lowercase())));
+        if cut {
+            if is_segment_word(b, start, i) {
+                return true;
+            }
+            start = if i < b.len() && !b[i].is_ascii_alphanumeric() {
+                i + 1
+            } else {
+                i
+            };
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether `b[start..end]` is one of [`SEGMENTS`], without case.
+const fn is_segment_word(b: &[u8], start: usize, end: usize) -> bool {
+    let mut s = 0;
+    while s < SEGMENTS.len() {
+        let word = SEGMENTS[s];
+        if end - start == word.len() {
+            let mut k = 0;
+            while k < word.len() && b[start + k].to_ascii_lowercase() == word[k] {
+                k += 1;
+            }
+            if k == word.len() {
+                return true;
+            }
+        }
+        s += 1;
+    }
+    false
 }
 
 /// [`is_credential_name`] as a `const fn`, for names known at compile time (the audit walk
@@ -145,6 +217,9 @@ pub const fn is_credential_name_const(name: &str) -> bool {
             }
         }
         true
+    }
+    if has_credential_segment(b) {
+        return true;
     }
     let mut e = 0;
     while e < EXACT.len() {
@@ -181,26 +256,217 @@ pub fn redact_entry(key: &str, child: &mut Value, walk: fn(&mut Value)) {
 }
 
 /// Replaces every value under a credential-like name, at any depth, and cuts very long
-/// strings.
+/// strings. Also redacted:
+/// - name/value pairs naming a credential: the `value` of an object whose `name`, `key` or
+///   `header` is a credential-like name (`{"name": "Authorization", "value": "Bearer …"}`,
+///   `{"Key": "GITHUB_TOKEN", "Value": …}`; keys compared without case), and the second
+///   item of a two-item array whose first is one (`["X-Api-Key", "k-456"]`);
+/// - credentials inside strings, the rest of the string kept: a URL's password
+///   (`postgres://admin:[REDACTED]@db`) and the credentials after `Bearer` or `Basic`
+///   (`Authorization: Bearer [REDACTED]`).
+///
+/// (The audit walk that `#[derive(ToolArgs)]` and `#[tool]` generate hands every object
+/// with a `value` key and a `name`, `key` or `header` key, and every two-item array starting
+/// with a string, to this walk: a pair rule changed here is changed in `may_be_pair` of
+/// mcp-harden-macros' `args/emit.rs`.)
 pub fn redact_credentials(v: &mut Value) {
     match v {
         Value::Object(map) => {
-            for (k, child) in map.iter_mut() {
-                redact_entry(k, child, redact_credentials);
+            if names_a_credential(map) {
+                for (k, child) in map.iter_mut() {
+                    if is_value_key(k) {
+                        *child = Value::String(REDACTED.to_owned());
+                    } else {
+                        redact_entry(k, child, redact_credentials);
+                    }
+                }
+            } else {
+                for (k, child) in map.iter_mut() {
+                    redact_entry(k, child, redact_credentials);
+                }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(redact_credentials),
-        Value::String(s) if s.len() > MAX_AUDIT_STRING => {
-            let mut cut = MAX_AUDIT_STRING;
-            while !s.is_char_boundary(cut) {
-                cut -= 1;
+        Value::Array(items) => match items.as_mut_slice() {
+            [name, value] if is_pair_name(name) => {
+                redact_credentials(name);
+                *value = Value::String(REDACTED.to_owned());
             }
-            let dropped = s.len() - cut;
-            s.truncate(cut);
-            s.push_str(&format!("…[{dropped} more bytes]"));
+            items => items.iter_mut().for_each(redact_credentials),
+        },
+        Value::String(s) => {
+            if s.len() >= SHORTEST_CARRIER {
+                if let Some(masked) = mask_secrets(s) {
+                    *s = masked;
+                }
+            }
+            cut_long(s);
         }
         _ => {}
     }
+}
+
+/// Longest string taken as the name of a name/value pair (it is normalised on the stack).
+const MAX_PAIR_NAME: usize = 64;
+
+/// Whether a value is a string naming a credential, as the name of a name/value pair.
+fn is_pair_name(v: &Value) -> bool {
+    matches!(v, Value::String(s) if s.len() <= MAX_PAIR_NAME && is_credential_name(s))
+}
+
+/// Whether an object key is the value of a name/value pair.
+fn is_value_key(k: &str) -> bool {
+    k.eq_ignore_ascii_case("value")
+}
+
+/// Whether an object key is the name of a name/value pair.
+fn is_name_key(k: &str) -> bool {
+    k.eq_ignore_ascii_case("name")
+        || k.eq_ignore_ascii_case("key")
+        || k.eq_ignore_ascii_case("header")
+}
+
+/// Whether an object is a name/value pair naming a credential. Most objects have no `value`
+/// key: one look at each key's length and bytes.
+fn names_a_credential(map: &Map<String, Value>) -> bool {
+    map.keys().any(|k| is_value_key(k))
+        && map.iter().any(|(k, v)| is_name_key(k) && is_pair_name(v))
+}
+
+/// Cuts a string longer than [`MAX_AUDIT_STRING`] (at a character boundary), saying how
+/// much was dropped.
+fn cut_long(s: &mut String) {
+    if s.len() <= MAX_AUDIT_STRING {
+        return;
+    }
+    let mut cut = MAX_AUDIT_STRING;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = s.len() - cut;
+    s.truncate(cut);
+    s.push_str(&format!("…[{dropped} more bytes]"));
+}
+
+/// The shortest string that may carry a credential [`mask_secrets`] masks (`Bearer 1`,
+/// `a://:b@c`).
+const SHORTEST_CARRIER: usize = 8;
+
+/// `s` with the credentials it carries in plain sight masked, if any: the password of a
+/// URL's userinfo, and what follows `Bearer` or `Basic` (the authentication schemes of an
+/// `Authorization` header). The triggers are a space and `://`: a string without either
+/// costs one `memchr2`. Only the part that [`cut_long`] keeps is searched: a credential
+/// starting beyond it is cut anyway.
+fn mask_secrets(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<Vec<u8>> = None;
+    // `b[..copied]` is in `out` (masked); the search resumes at `at`.
+    let (mut copied, mut at) = (0, 0);
+    loop {
+        // Where the output of `b[at]` lands; from MAX_AUDIT_STRING on, everything is cut.
+        let landing = out.as_ref().map_or(at, |o| o.len() + (at - copied));
+        let window = MAX_AUDIT_STRING.saturating_sub(landing);
+        let end = b.len().min(at.saturating_add(window));
+        let Some(i) = b.get(at..end).and_then(|w| memchr::memchr2(b' ', b':', w)) else {
+            break;
+        };
+        let i = at + i;
+        let secret = if b[i] == b' ' {
+            scheme_credentials(b, i)
+        } else {
+            url_password(b, i)
+        };
+        match secret {
+            Some((start, stop)) => {
+                let o = out.get_or_insert_with(|| Vec::with_capacity(b.len()));
+                o.extend_from_slice(&b[copied..start]);
+                o.extend_from_slice(REDACTED.as_bytes());
+                copied = stop;
+                at = stop;
+            }
+            None => at = i + 1,
+        }
+    }
+    let mut out = out?;
+    out.extend_from_slice(&b[copied..]);
+    // Every cut is next to an ASCII byte: always UTF-8.
+    Some(String::from_utf8(out).unwrap_or_else(|_| REDACTED.to_owned()))
+}
+
+/// Whether `w` ends `b[..end]` as a whole word, without case.
+fn word_before(b: &[u8], end: usize, w: &[u8]) -> bool {
+    end.checked_sub(w.len()).is_some_and(|start| {
+        b[start..end].eq_ignore_ascii_case(w)
+            && (start == 0 || !b[start - 1].is_ascii_alphanumeric())
+    })
+}
+
+/// The credentials after `Bearer ` or `Basic ` when the space at `b[space]` follows one of
+/// those words, as a byte range: a run of token68 characters (`Basic`: base64) and its `=`
+/// padding. Prose ("the bearer of", "Basic authentication", "a bearer token") is left alone:
+/// outside an `Authorization` header, a plain word (letters only, not mixed case, shorter
+/// than 20) is not taken for credentials.
+fn scheme_credentials(b: &[u8], space: usize) -> Option<(usize, usize)> {
+    let (basic, word) = if word_before(b, space, b"bearer") {
+        (false, space - 6)
+    } else if word_before(b, space, b"basic") {
+        (true, space - 5)
+    } else {
+        return None;
+    };
+    let is_token68 = |c: u8| c.is_ascii_alphanumeric() || b"-._~+/".contains(&c);
+    let is_base64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+    let start = space + b[space..].iter().take_while(|&&c| c == b' ').count();
+    let run = b[start..]
+        .iter()
+        .take_while(|&&c| if basic { is_base64(c) } else { is_token68(c) })
+        .count();
+    let stop = start + run + b[start + run..].iter().take_while(|&&c| c == b'=').count();
+    // `Basic 6.0` is a version, not base64.
+    if run == 0 || (basic && b.get(stop).is_some_and(|&c| is_token68(c))) {
+        return None;
+    }
+    let token = &b[start..start + run];
+    let plain_word = token.len() < 20
+        && token.iter().all(u8::is_ascii_alphabetic)
+        && (token[1..].iter().all(u8::is_ascii_lowercase)
+            || token.iter().all(u8::is_ascii_uppercase));
+    if plain_word && !in_authorization_header(b, word) {
+        return None;
+    }
+    Some((start, stop))
+}
+
+/// Whether `b[..word]` ends with `Authorization` (or `Proxy-Authorization`) and the
+/// punctuation between a header's name and value (`: `, `": "`, `=`).
+fn in_authorization_header(b: &[u8], word: usize) -> bool {
+    let gap = b[..word]
+        .iter()
+        .rev()
+        .take(4)
+        .take_while(|&&c| matches!(c, b' ' | b':' | b'=' | b'"' | b'\''))
+        .count();
+    let end = word - gap;
+    end.checked_sub(13)
+        .is_some_and(|start| b[start..end].eq_ignore_ascii_case(b"authorization"))
+}
+
+/// The password of a URL's userinfo when `b[colon..]` starts with the `://` after a scheme,
+/// as a byte range: between the first `:` and the last `@` of the authority (which ends at
+/// `/`, `?`, `#` or white space). A user without a password (`ssh://git@host`) is kept.
+fn url_password(b: &[u8], colon: usize) -> Option<(usize, usize)> {
+    if !b[colon..].starts_with(b"://") || colon == 0 || !b[colon - 1].is_ascii_alphanumeric() {
+        return None;
+    }
+    let start = colon + 3;
+    let authority = &b[start..];
+    let len = authority
+        .iter()
+        .position(|&c| matches!(c, b'/' | b'?' | b'#') || c.is_ascii_whitespace())
+        .unwrap_or(authority.len());
+    let authority = &authority[..len];
+    let at = authority.iter().rposition(|&c| c == b'@')?;
+    let pass = authority[..at].iter().position(|&c| c == b':')? + 1;
+    (pass < at).then_some((start + pass, start + at))
 }
 
 #[cfg(test)]
@@ -223,7 +489,7 @@ mod tests {
             assert!(is_credential_name_const(n), "{n}");
         }
         for n in [
-            "author", "name", "table", "limit", "column", "", "_", "pass", "tok",
+            "author", "name", "table", "limit", "column", "", "_", "pas", "tok",
         ] {
             assert!(!is_credential_name(n), "{n}");
             assert!(!is_credential_name_const(n), "{n}");
@@ -272,14 +538,39 @@ mod tests {
                 .filter(char::is_ascii_alphanumeric)
                 .map(|c| c.to_ascii_lowercase())
                 .collect();
-            EXACT.contains(&n.as_bytes())
+            // The segments: split at non-alphanumerics and before humps (`aB`, `9B`, `AB` of `ABc`).
+            let chars: Vec<char> = name.chars().collect();
+            let mut segments = vec![String::new()];
+            for (i, &c) in chars.iter().enumerate() {
+                if !c.is_ascii_alphanumeric() {
+                    segments.push(String::new());
+                    continue;
+                }
+                let prev = i.checked_sub(1).map(|p| chars[p]);
+                let next = chars.get(i + 1).copied();
+                if c.is_ascii_uppercase()
+                    && prev.is_some_and(|p| {
+                        p.is_ascii_alphanumeric()
+                            && (!p.is_ascii_uppercase()
+                                || next.is_some_and(|n| n.is_ascii_lowercase()))
+                    })
+                {
+                    segments.push(String::new());
+                }
+                if let Some(s) = segments.last_mut() {
+                    s.push(c.to_ascii_lowercase());
+                }
+            }
+            segments.iter().any(|s| SEGMENTS.contains(&s.as_bytes()))
+                || EXACT.contains(&n.as_bytes())
                 || NEEDLES
                     .iter()
                     .any(|k| n.as_bytes().windows(k.len()).any(|w| w == *k))
         };
         let pieces = [
             "pa", "ss", "wo", "rd", "Pass", "to", "ken", "_", "-", "x", "Au", "th", "se", "cret",
-            "co", "okie", "pwd", "api", "Key", "be", "arer", "é", "9", "acc", "ess", "sig",
+            "co", "okie", "pwd", "api", "Key", "be", "arer", "é", "9", "acc", "ess", "sig", "pin",
+            "PIN", "Pin", "otp", "OTP", "jw", "t", "priv", "code", "Code", "hotp", "ned",
         ];
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;
         let mut positives = 0;
@@ -300,5 +591,289 @@ mod tests {
             positives += usize::from(expected);
         }
         assert!((1_000..199_000).contains(&positives), "{positives}");
+    }
+
+    fn redacted(mut v: Value) -> Value {
+        redact_credentials(&mut v);
+        v
+    }
+
+    #[test]
+    fn credential_names_the_review_found_visible() {
+        for n in [
+            "db_pwd",
+            "pwd",
+            "DB_PWD",
+            "userPwd",
+            "jwt",
+            "jwt_token",
+            "x-jwt",
+            "passcode",
+            "app_passcode",
+            "pin",
+            "PIN",
+            "user_pin",
+            "userPin",
+            "pin-code",
+            "otp",
+            "otp_code",
+            "OTPCode",
+            "totp",
+            "hotp_value",
+            "privkey",
+            "priv_key",
+            "privKey",
+            "ssh_private_key",
+            "auth_header",
+            "authHeader",
+            "proxy_authorization",
+            "pass",
+            "db_pass",
+            "smtpPass",
+        ] {
+            assert!(is_credential_name(n), "{n}");
+            assert!(is_credential_name_const(n), "const: {n}");
+            let v = redacted(serde_json::json!({ n: "s3cr3t" }));
+            assert_eq!(v[n], REDACTED, "{n}");
+        }
+    }
+
+    /// Short words count only as whole segments, and `key` alone not at all: the names of
+    /// legitimate audit data stay visible.
+    #[test]
+    fn ordinary_names_kept() {
+        for n in [
+            "key",
+            "key_id",
+            "sort_key",
+            "primary_key",
+            "keyboard",
+            "pinned",
+            "spinner",
+            "pinyin",
+            "pincode",
+            "passenger",
+            "bypass",
+            "compass",
+            "pa_ss",
+            "footprint",
+            "hotpath",
+            "auth_method",
+            "author",
+        ] {
+            assert!(!is_credential_name(n), "{n}");
+            assert!(!is_credential_name_const(n), "const: {n}");
+            let v = redacted(serde_json::json!({ n: "visible" }));
+            assert_eq!(v[n], "visible", "{n}");
+        }
+    }
+
+    #[test]
+    fn name_value_pairs_naming_a_credential() {
+        let v = redacted(serde_json::json!({"headers": [
+            {"name": "Authorization", "value": "Bearer sk-live-123"},
+            {"name": "Accept", "value": "application/json"},
+        ]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"headers": [
+                {"name": "Authorization", "value": REDACTED},
+                {"name": "Accept", "value": "application/json"},
+            ]})
+        );
+        for pair in [
+            serde_json::json!({"name": "GITHUB_TOKEN", "value": "ghp_abc"}),
+            serde_json::json!({"Key": "db_password", "Value": "hunter2"}),
+            serde_json::json!({"header": "X-Api-Key", "value": {"v": "k-456"}}),
+        ] {
+            let v = redacted(pair.clone());
+            for (k, original) in pair.as_object().into_iter().flatten() {
+                if k.eq_ignore_ascii_case("value") {
+                    assert_eq!(v[k], REDACTED, "{pair}");
+                } else {
+                    assert_eq!(&v[k], original, "{pair}");
+                }
+            }
+        }
+        // Values named by ordinary names, and a `value` without a name beside it, are kept.
+        for kept in [
+            serde_json::json!({"name": "Content-Type", "value": "text/plain"}),
+            serde_json::json!({"key": "user:42", "value": "x"}),
+            serde_json::json!({"column": "token_count", "op": "eq", "value": "3"}),
+            serde_json::json!({"name": 7, "value": "x"}),
+        ] {
+            assert_eq!(redacted(kept.clone()), kept);
+        }
+    }
+
+    #[test]
+    fn two_item_arrays_naming_a_credential() {
+        let v = redacted(serde_json::json!([
+            ["Authorization", "Bearer x"],
+            ["X-Api-Key", "k-456"],
+            ["Accept", "text/plain"],
+        ]));
+        assert_eq!(
+            v,
+            serde_json::json!([
+                ["Authorization", REDACTED],
+                ["X-Api-Key", REDACTED],
+                ["Accept", "text/plain"],
+            ])
+        );
+        for kept in [
+            serde_json::json!(["limit", 5]),
+            serde_json::json!(["password", "a", "b"]),
+            serde_json::json!([1, "token"]),
+        ] {
+            assert_eq!(redacted(kept.clone()), kept);
+        }
+    }
+
+    fn masked(s: &str) -> Value {
+        redacted(Value::String(s.to_owned()))
+    }
+
+    #[test]
+    fn url_passwords_masked() {
+        for (s, expected) in [
+            (
+                "postgres://admin:hunter2@db",
+                "postgres://admin:[REDACTED]@db",
+            ),
+            (
+                "connect to postgres://admin:hunter2@db:5432/app?ssl=1 now",
+                "connect to postgres://admin:[REDACTED]@db:5432/app?ssl=1 now",
+            ),
+            ("redis://:pw@cache:6379", "redis://:[REDACTED]@cache:6379"),
+            ("https://u:p@ss@host/x", "https://u:[REDACTED]@host/x"),
+            (
+                "a://u:1@h b://v:2@k",
+                "a://u:[REDACTED]@h b://v:[REDACTED]@k",
+            ),
+        ] {
+            assert_eq!(masked(s), expected, "{s}");
+        }
+        for kept in [
+            "https://example.com:8443/path?q=1",
+            "ssh://git@github.com/org/repo",
+            "https://example.com/users/@me:profile",
+            "mailto:a@b.com",
+            "user: admin@example.com",
+            "https://u:@host/",
+        ] {
+            assert_eq!(masked(kept), kept);
+        }
+    }
+
+    #[test]
+    fn bearer_and_basic_credentials_masked() {
+        for (s, expected) in [
+            (
+                "curl -H 'Authorization: Bearer abc.def' https://api",
+                "curl -H 'Authorization: Bearer [REDACTED]' https://api",
+            ),
+            ("Bearer sk-live-123", "Bearer [REDACTED]"),
+            ("bearer  eyJhb.eyJz.c2ln", "bearer  [REDACTED]"),
+            (
+                "Authorization: Basic dXNlcjpwYXNz==, next",
+                "Authorization: Basic [REDACTED], next",
+            ),
+            // A plain word is taken for credentials in an `Authorization` header.
+            (
+                "authorization: bearer changeme",
+                "authorization: bearer [REDACTED]",
+            ),
+            (
+                r#"{"Authorization": "Bearer changeme"}"#,
+                r#"{"Authorization": "Bearer [REDACTED]"}"#,
+            ),
+        ] {
+            assert_eq!(masked(s), expected, "{s}");
+        }
+        for kept in [
+            "the bearer of this letter",
+            "send a Bearer token in the header",
+            "Bearer authentication over TLS",
+            "Basic auth is weak",
+            "Visual Basic 6.0",
+            "trailing Bearer",
+            "Bearer ",
+            "unbearer abc123",
+        ] {
+            assert_eq!(masked(kept), kept);
+        }
+    }
+
+    /// Secrets are masked before a long string is cut: none shows at the cut, and one
+    /// masked early brings later text (and its secrets) within the part kept.
+    #[test]
+    fn masked_before_the_cut() {
+        let token = "t0k".repeat(100);
+        let at_the_cut = format!("{} Bearer {token}", "x".repeat(245));
+        let v = masked(&at_the_cut);
+        let s = v.as_str().unwrap_or_default();
+        assert!(!s.contains("t0k"), "{s}");
+        assert!(
+            s.starts_with(&format!("{} Bearer [RE…", "x".repeat(245))),
+            "{s}"
+        );
+
+        let two = format!(
+            "Bearer {token} then postgres://a:hunter2@db {}",
+            "y".repeat(300)
+        );
+        let v = masked(&two);
+        let s = v.as_str().unwrap_or_default();
+        assert!(
+            s.starts_with("Bearer [REDACTED] then postgres://a:[REDACTED]@db yyy"),
+            "{s}"
+        );
+        assert!(s.ends_with(" more bytes]"), "{s}");
+    }
+
+    /// The walk that `#[derive(ToolArgs)]` generates applies the pair rules too.
+    #[test]
+    fn generated_walk_redacts_pairs() {
+        use crate::ToolArgs as _;
+
+        /// A header.
+        #[derive(crate::ToolArgs)]
+        #[arg(crate = "crate")]
+        struct Header {
+            #[arg(max_len = 64)]
+            name: String,
+            #[arg(max_len = 64)]
+            value: String,
+        }
+        /// A request.
+        #[derive(crate::ToolArgs)]
+        #[arg(crate = "crate")]
+        struct Request {
+            #[arg(max_len = 256)]
+            url: String,
+            #[arg(max_items = 8)]
+            headers: Vec<Header>,
+        }
+        let mut v = serde_json::json!({
+            "url": "https://u:pw@host/",
+            "headers": [
+                {"name": "Authorization", "value": "Bearer x"},
+                {"name": "Accept", "value": "text/plain"},
+            ],
+        });
+        let whole = redacted(v.clone());
+        Request::audit_json(&mut v);
+        assert_eq!(v, whole);
+        assert_eq!(v["url"], "https://u:[REDACTED]@host/");
+        assert_eq!(v["headers"][0]["value"], REDACTED);
+        assert_eq!(v["headers"][1]["value"], "text/plain");
+        // Of the wrong shape: a list of two-item arrays where headers belong.
+        let mut v = serde_json::json!({"headers": [["X-Api-Key", "k-456"]]});
+        Request::audit_json(&mut v);
+        assert_eq!(v["headers"][0][1], REDACTED);
+        let mut v = serde_json::json!({"headers": ["X-Api-Key", "k-456"]});
+        Request::audit_json(&mut v);
+        assert_eq!(v["headers"][1], REDACTED);
     }
 }
