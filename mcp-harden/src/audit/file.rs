@@ -67,7 +67,11 @@ pub struct FileAuditConfig {
     rotate_age: Option<Duration>,
     retain: Option<usize>,
     full: QueueFull,
+    max_record: usize,
 }
+
+/// The default of [`FileAuditConfig::max_record_bytes`].
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 
 impl FileAuditConfig {
     /// A log at `path` (rotated files become `path.<first seq, 20 digits>`). Defaults: a
@@ -82,7 +86,17 @@ impl FileAuditConfig {
             rotate_age: None,
             retain: None,
             full: QueueFull::Refuse,
+            max_record: DEFAULT_MAX_RECORD_BYTES,
         }
+    }
+
+    /// The largest record queued whole (default 64 KiB, at least 1 KiB): a larger one is
+    /// written with its arguments replaced by a note of the record's size. With the queue's
+    /// bound on records, this bounds the memory the queue holds while the disk is slow
+    /// (about 320 MiB at the defaults, with the refusals' share), whatever the callers send.
+    pub fn max_record_bytes(mut self, bytes: usize) -> Self {
+        self.max_record = bytes.max(1024);
+        self
     }
 
     /// Records of calls that may wait to be written (at least 1). Records not reserved by a
@@ -169,6 +183,7 @@ impl FileAuditConfig {
             slots: Arc::new(Semaphore::new(self.queue)),
             events: Arc::new(Semaphore::new((self.queue / 4).max(1))),
             full: self.full,
+            max_record: self.max_record,
             shared,
         })
     }
@@ -217,7 +232,8 @@ enum Item {
 }
 
 /// A record and its queue slot.
-type Record = (serde_json::Value, Option<OwnedSemaphorePermit>);
+/// A record's JSON object, and its queue slot.
+type Record = (Box<[u8]>, Option<OwnedSemaphorePermit>);
 
 /// The hash-chained file sink. Cloning shares the log.
 ///
@@ -231,6 +247,8 @@ pub struct FileAuditSink {
     /// ...and of records of requests refused before any call.
     events: Arc<Semaphore>,
     full: QueueFull,
+    /// See [`FileAuditConfig::max_record_bytes`].
+    max_record: usize,
     shared: Arc<Shared>,
 }
 
@@ -271,10 +289,21 @@ impl FileAuditSink {
         self.shared.healthy.load(Ordering::Relaxed)
     }
 
+    /// Queues the record as its JSON (a `serde_json::Value` would hold about 16 times as
+    /// many bytes), its arguments replaced by a note of their size if the record exceeds
+    /// [`FileAuditConfig::max_record_bytes`].
     fn send(&self, record: &AuditRecord, permit: Option<OwnedSemaphorePermit>) {
-        let value = serde_json::to_value(record).unwrap_or_else(|e| {
-            serde_json::json!({"version": record.version, "error": format!("audit record not serializable: {e}")})
-        });
+        let mut json = record.to_json();
+        if json.len() > self.max_record {
+            let mut cut = record.clone();
+            cut.arguments = serde_json::Value::String(format!(
+                "[TRUNCATED: the record's {} bytes exceed the log's limit of {}]",
+                json.len(),
+                self.max_record
+            ));
+            json = cut.to_json();
+        }
+        let value = json.into_bytes().into_boxed_slice();
         if self.tx.send(Item::Record((value, permit))).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::error!(target: "mcp_harden::audit", "the audit writer has stopped; a record is lost");
@@ -464,19 +493,22 @@ impl Writer {
         let (mut seq, mut prev) = (self.state.seq, self.state.prev.clone());
         let mut first = None;
         let mut buf = Vec::with_capacity(batch.len() * 512);
-        for (value, _) in batch {
+        for (json, _) in batch {
             seq = next_seq(seq).ok_or_else(|| {
                 std::io::Error::other("the audit chain has reached its last sequence number")
             })?;
             first.get_or_insert(seq);
-            let mut value = value.clone();
-            if let serde_json::Value::Object(o) = &mut value {
-                o.insert("seq".into(), seq.into());
-                o.insert("prev".into(), prev.clone().into());
+            // `{"seq":N,"prev":"…",` then the record's members (its JSON without the `{`).
+            let start = buf.len();
+            buf.extend_from_slice(format!(r#"{{"seq":{seq},"prev":"{prev}""#).as_bytes());
+            match json.strip_prefix(b"{") {
+                Some(b"}") | None => buf.push(b'}'),
+                Some(members) => {
+                    buf.push(b',');
+                    buf.extend_from_slice(members);
+                }
             }
-            let line = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
-            prev = hex(&Sha256::digest(&line));
-            buf.extend_from_slice(&line);
+            prev = hex(&Sha256::digest(&buf[start..]));
             buf.push(b'\n');
         }
         let sync = match self.config.fsync {
@@ -980,6 +1012,45 @@ mod tests {
         assert_eq!(sink.dropped(), before + 1, "the anonymous one is dropped");
         settled(&sink, 2003).await;
         assert_eq!(sink.dropped(), before + 1);
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_written_without_its_arguments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let sink = FileAuditConfig::new(&path)
+            .max_record_bytes(4096)
+            .open()
+            .expect("opens");
+        let mut small = refusal();
+        small.arguments = serde_json::json!({"ids": [1, 2, 3]});
+        let mut large = refusal();
+        large.arguments = serde_json::json!({"ids": vec![123_456_789u64; 2000]});
+        sink.record(&small);
+        sink.record(&large);
+        assert!(sink.flush(Duration::from_secs(30)));
+        assert_eq!(
+            verify(std::slice::from_ref(&path)).expect("valid").records,
+            2
+        );
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines[0]["arguments"], small.arguments, "kept whole");
+        assert_eq!(
+            (lines[0]["seq"].as_u64(), lines[1]["seq"].as_u64()),
+            (Some(1), Some(2))
+        );
+        let note = lines[1]["arguments"].as_str().expect("a note");
+        assert!(note.starts_with("[TRUNCATED: the record's "), "{note}");
+        assert!(note.ends_with("exceed the log's limit of 4096]"), "{note}");
+        assert_eq!(
+            lines[1]["error_code"], "UNAUTHENTICATED",
+            "the rest is kept"
+        );
+        assert!(text.lines().all(|l| l.len() < 4096 + 200));
     }
 
     #[test]
