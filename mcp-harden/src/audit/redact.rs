@@ -42,10 +42,12 @@ const SEGMENTS: [&[u8]; 5] = [b"pass", b"pin", b"otp", b"totp", b"hotp"];
 
 /// Whether a field name looks like it holds a credential (`password`, `api_key`,
 /// `Authorization`, `client_secret`, `accessToken`, `db_pwd`, `jwt`, `user_pin`, ...).
-/// [`NEEDLES`] anywhere in the name and the [`EXACT`] names are compared without case and
-/// separators; the short [`SEGMENTS`] words only as a whole segment of the name. `key` alone
-/// is not credential-like (`key_id`, `sort_key`, an object store's `key`): the compounds that
-/// are (`api_key`, `accessKey`, `private_key`, `privkey`) are needles.
+/// Long words (`password`, `secret`, `token`, `pwd`, `jwt`, ...) match anywhere in the name
+/// and `auth` as the whole name, compared without case and separators; short words (`pass`,
+/// `pin`, `otp`, `totp`, `hotp`) only as a whole segment of the name (split at separators and
+/// camelCase humps). `key` alone is not credential-like (`key_id`, `sort_key`, an object
+/// store's `key`): the compounds that are (`api_key`, `accessKey`, `private_key`, `privkey`)
+/// match.
 pub fn is_credential_name(name: &str) -> bool {
     let raw = name.as_bytes();
     // Most names are already lower-case alphanumerics: then they are their own normal form,
