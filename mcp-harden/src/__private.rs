@@ -11,7 +11,9 @@ pub use ::serde_json;
 
 pub use crate::args::rules;
 pub use crate::args::{FieldPath, ToolArgs, Violation};
-pub use crate::audit::{is_credential_name_const, redact_credentials, redact_entry};
+pub use crate::audit::{
+    is_credential_name_const, pair_role, redact_credentials, redact_entry, PairSeen,
+};
 pub use crate::ctx::Ctx;
 pub use crate::definition::Tool;
 pub use crate::errors::{Failure, PublicError, ToolFailure};

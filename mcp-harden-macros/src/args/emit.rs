@@ -341,14 +341,22 @@ fn redaction(f: &Field) -> TokenStream {
 /// The arm of a declared field in a struct's generated audit walk (`ToolArgs::audit_json`):
 /// a `secret` field or a credential-like name (decided at compile time) is redacted, any
 /// other value gets the audit walk of its type.
+///
+/// Each arm also tells the object's `PairSeen` the field's part in a name/value pair, decided
+/// at compile time (nothing for most names).
 fn audit_arm(f: &Field) -> TokenStream {
     let name = &f.json_name;
+    let see = quote! {
+        const __ROLE: u8 = __mh::pair_role(#name);
+        __pair.see(__ROLE, __c);
+    };
     if f.attr.secret.is_some() {
-        return quote!(#name => __mh::redact_value(__c),);
+        return quote!(#name => { #see __mh::redact_value(__c) });
     }
     let walk = auditor(&f.shape);
     quote! {
         #name => {
+            #see
             const __CREDENTIAL: bool = __mh::is_credential_name_const(#name);
             if __CREDENTIAL {
                 __mh::redact_value(__c)
@@ -360,22 +368,26 @@ fn audit_arm(f: &Field) -> TokenStream {
 }
 
 /// The whole generated `audit_json` of a struct: declared fields by name, anything else
-/// (undeclared keys, a value that is not an object, an object that may be a name/value
-/// pair) by the whole walk.
+/// (undeclared keys, a value that is not an object) by the whole walk. The name/value pair
+/// rule of `redact_credentials` is applied after the one pass over the keys, from what
+/// `PairSeen` saw of them (each name before its value was walked, as the whole walk does).
 fn audit_fn(arms: &[TokenStream]) -> TokenStream {
-    let pair = may_be_pair(&quote!(&*__value));
     quote! {
         fn audit_json(__value: &mut __mh::serde_json::Value) {
-            let __pair = #pair;
             match __value {
-                __mh::serde_json::Value::Object(__map) if !__pair => {
+                __mh::serde_json::Value::Object(__map) => {
+                    let mut __pair = __mh::PairSeen::default();
                     for (__k, __c) in __map.iter_mut() {
                         #[allow(unreachable_patterns)]
                         match __k.as_str() {
                             #(#arms)*
-                            _ => __mh::redact_entry(__k, __c, __mh::redact_credentials),
+                            _ => {
+                                __pair.see(__mh::pair_role(__k), __c);
+                                __mh::redact_entry(__k, __c, __mh::redact_credentials)
+                            }
                         }
                     }
+                    __pair.finish(__map);
                 }
                 __other => {
                     <Self as __mh::ToolArgs>::redact_json(__other);

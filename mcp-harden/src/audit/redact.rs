@@ -276,7 +276,7 @@ pub fn redact_credentials(v: &mut Value) {
         Value::Object(map) => {
             if names_a_credential(map) {
                 for (k, child) in map.iter_mut() {
-                    if is_value_key(k) {
+                    if pair_role(k) == PAIR_VALUE {
                         *child = Value::String(REDACTED.to_owned());
                     } else {
                         redact_entry(k, child, redact_credentials);
@@ -315,23 +315,80 @@ fn is_pair_name(v: &Value) -> bool {
     matches!(v, Value::String(s) if s.len() <= MAX_PAIR_NAME && is_credential_name(s))
 }
 
-/// Whether an object key is the value of a name/value pair.
-fn is_value_key(k: &str) -> bool {
-    k.eq_ignore_ascii_case("value")
-}
+/// [`pair_role`] of a pair's value key (`value`).
+const PAIR_VALUE: u8 = 1;
+/// [`pair_role`] of a pair's name key (`name`, `key`, `header`).
+const PAIR_NAME: u8 = 2;
 
-/// Whether an object key is the name of a name/value pair.
-fn is_name_key(k: &str) -> bool {
-    k.eq_ignore_ascii_case("name")
-        || k.eq_ignore_ascii_case("key")
-        || k.eq_ignore_ascii_case("header")
+/// A key's part in a name/value pair, compared without case: 1 for `value`, 2 for `name`,
+/// `key` or `header`, 0 for any other key. A `const fn`, so that the generated audit walk
+/// decides it for declared field names at compile time.
+#[doc(hidden)]
+pub const fn pair_role(key: &str) -> u8 {
+    const fn is(a: &[u8], lower: &[u8]) -> bool {
+        if a.len() != lower.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i].to_ascii_lowercase() != lower[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let k = key.as_bytes();
+    if is(k, b"value") {
+        PAIR_VALUE
+    } else if is(k, b"name") || is(k, b"key") || is(k, b"header") {
+        PAIR_NAME
+    } else {
+        0
+    }
 }
 
 /// Whether an object is a name/value pair naming a credential. Most objects have no `value`
 /// key: one look at each key's length and bytes.
 fn names_a_credential(map: &Map<String, Value>) -> bool {
-    map.keys().any(|k| is_value_key(k))
-        && map.iter().any(|(k, v)| is_name_key(k) && is_pair_name(v))
+    map.keys().any(|k| pair_role(k) == PAIR_VALUE)
+        && map
+            .iter()
+            .any(|(k, v)| pair_role(k) == PAIR_NAME && is_pair_name(v))
+}
+
+/// What the generated audit walk of an object has seen of its keys in its one pass, to
+/// apply the name/value pair rule of [`redact_credentials`] after it (instead of a pass
+/// over the keys before it).
+#[doc(hidden)]
+#[derive(Default)]
+pub struct PairSeen {
+    value: bool,
+    credential_name: bool,
+}
+
+impl PairSeen {
+    /// One key of the object, by its [`pair_role`], with its value before it is walked.
+    #[inline]
+    pub fn see(&mut self, role: u8, child: &Value) {
+        match role {
+            PAIR_VALUE => self.value = true,
+            PAIR_NAME if !self.credential_name => self.credential_name = is_pair_name(child),
+            _ => {}
+        }
+    }
+
+    /// After the pass: a pair naming a credential has its values redacted.
+    #[inline]
+    pub fn finish(self, map: &mut Map<String, Value>) {
+        if self.value && self.credential_name {
+            for (k, child) in map.iter_mut() {
+                if pair_role(k) == PAIR_VALUE {
+                    *child = Value::String(REDACTED.to_owned());
+                }
+            }
+        }
+    }
 }
 
 /// Cuts a string longer than [`MAX_AUDIT_STRING`] (at a character boundary), saying how
@@ -368,7 +425,12 @@ fn mask_secrets(s: &str) -> Option<String> {
         let landing = out.as_ref().map_or(at, |o| o.len() + (at - copied));
         let window = MAX_AUDIT_STRING.saturating_sub(landing);
         let end = b.len().min(at.saturating_add(window));
-        let Some(i) = b.get(at..end).and_then(|w| memchr::memchr2(b' ', b':', w)) else {
+        // A short window is scanned byte by byte: cheaper than memchr's setup.
+        let found = |w: &[u8]| match w.len() {
+            0..=63 => w.iter().position(|&c| c == b' ' || c == b':'),
+            _ => memchr::memchr2(b' ', b':', w),
+        };
+        let Some(i) = b.get(at..end).and_then(found) else {
             break;
         };
         let i = at + i;
@@ -408,6 +470,13 @@ fn word_before(b: &[u8], end: usize, w: &[u8]) -> bool {
 /// outside an `Authorization` header, a plain word (letters only, not mixed case, shorter
 /// than 20) is not taken for credentials.
 fn scheme_credentials(b: &[u8], space: usize) -> Option<(usize, usize)> {
+    // The last letter of `bearer` or `basic`, or neither: most spaces end there.
+    if !space
+        .checked_sub(1)
+        .is_some_and(|i| matches!(b[i] | 0x20, b'r' | b'c'))
+    {
+        return None;
+    }
     let (basic, word) = if word_before(b, space, b"bearer") {
         (false, space - 6)
     } else if word_before(b, space, b"basic") {
