@@ -104,6 +104,26 @@ fn authorize(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------
 // Stage 3: rate decision.
 
+/// One decision per iteration, by a limiter of `rate`, for each of `callers` callers in turn.
+fn rotating(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    rate: mcp_harden::spec::Rate,
+    callers: usize,
+) {
+    let limiter = RateLimiter::new(rate).expect("limited");
+    let keys: Vec<Arc<str>> = (0..callers)
+        .map(|i| Arc::from(format!("user-{i}")))
+        .collect();
+    let mut i = 0usize;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(limiter.check(black_box(&keys[i])))
+        })
+    });
+}
+
 fn rate(c: &mut Criterion) {
     let mut g = config(c, "stage_rate");
     // The benchmarked tool's own rate: 100 000/sec per caller, bursts of 1 000 000.
@@ -116,31 +136,21 @@ fn rate(c: &mut Criterion) {
             black_box(d)
         })
     });
-    let limiter = RateLimiter::new(<search as Tool<App>>::SPEC.rate).expect("limited");
-    let keys: Vec<Arc<str>> = (0..10_000)
-        .map(|i| Arc::from(format!("user-{i}")))
-        .collect();
-    let mut i = 0usize;
-    g.bench_function("memory_10k_callers", |b| {
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            black_box(limiter.check(black_box(&keys[i])))
-        })
-    });
+    // Cache misses in the keyed store.
+    rotating(
+        &mut g,
+        "memory_10k_callers",
+        <search as Tool<App>>::SPEC.rate,
+        10_000,
+    );
     // A million callers of a tool limited to 60/hour, each tracked for a minute after its
     // call: the keyed store's cache misses and the periodic sweeps' passes over it.
-    let limiter = RateLimiter::new(mcp_harden::spec::Rate::per_hour(60)).expect("limited");
-    let keys: Vec<Arc<str>> = (0..1_000_000)
-        .map(|i| Arc::from(format!("user-{i}")))
-        .collect();
-    let mut i = 0usize;
-    g.bench_function("memory_1m_callers", |b| {
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            black_box(limiter.check(black_box(&keys[i])))
-        })
-    });
-    drop((limiter, keys));
+    rotating(
+        &mut g,
+        "memory_1m_callers",
+        mcp_harden::spec::Rate::per_hour(60),
+        1_000_000,
+    );
     // Shared-store decisions: one `RedisStore::check` round trip (a Lua GCRA script) against
     // a redis-server started here on a free loopback port; skipped when none can start.
     if let Some(redis) = RedisChild::start() {

@@ -12,7 +12,8 @@ pub use ::serde_json;
 pub use crate::args::rules;
 pub use crate::args::{FieldPath, ToolArgs, Violation};
 pub use crate::audit::{
-    is_credential_name_const, pair_role, redact_credentials, redact_entry, PairSeen,
+    is_credential_name_const, pair_role, redact_credentials, redact_entries, redact_entry,
+    redact_items, PairSeen,
 };
 pub use crate::ctx::Ctx;
 pub use crate::definition::Tool;
@@ -251,14 +252,13 @@ pub fn each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
 }
 
 /// The audit walk of a sequence or map of argument values: `f` on each element of an array,
-/// or on each value of an object whose key is not credential-like (the whole walk on
-/// anything else). Equals `each` with the nested redaction, then `redact_credentials`, for
-/// values that are not name/value pairs: the generated walk hands those to the whole walk
-/// before calling this.
+/// or on each value of an object whose key is not credential-like, with the name/value pair
+/// rule of `redact_credentials` (the whole walk on anything else). Equals `each` with the
+/// nested redaction, then `redact_credentials`.
 pub fn audit_each(value: &mut serde_json::Value, f: fn(&mut serde_json::Value)) {
     match value {
-        serde_json::Value::Array(a) => a.iter_mut().for_each(f),
-        serde_json::Value::Object(o) => o.iter_mut().for_each(|(k, c)| redact_entry(k, c, f)),
+        serde_json::Value::Array(a) => redact_items(a, f),
+        serde_json::Value::Object(o) => redact_entries(o, f),
         other => redact_credentials(other),
     }
 }

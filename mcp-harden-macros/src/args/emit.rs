@@ -389,40 +389,8 @@ fn audit_fn(arms: &[TokenStream]) -> TokenStream {
                     }
                     __pair.finish(__map);
                 }
-                __other => {
-                    <Self as __mh::ToolArgs>::redact_json(__other);
-                    __mh::redact_credentials(__other);
-                }
+                __other => __mh::redact_credentials(__other),
             }
-        }
-    }
-}
-
-/// An expression: whether the JSON value `v` (a `&Value`) may be one of the name/value
-/// pairs of which `redact_credentials` redacts the value when the name is credential-like
-/// (mcp-harden's `audit/redact.rs`): an object with a `value` key and a `name`, `key` or
-/// `header` key (without case), or a two-item array whose first item is a string. The
-/// generated walk hands those to the whole walk, which decides; a shape added there must be
-/// added here.
-fn may_be_pair(v: &TokenStream) -> TokenStream {
-    quote! {
-        match #v {
-            __mh::serde_json::Value::Object(__o) => {
-                __o.keys().any(|__k| __k.eq_ignore_ascii_case("value"))
-                    && __o.keys().any(|__k| {
-                        __k.eq_ignore_ascii_case("name")
-                            || __k.eq_ignore_ascii_case("key")
-                            || __k.eq_ignore_ascii_case("header")
-                    })
-            }
-            __mh::serde_json::Value::Array(__a) => {
-                __a.len() == 2
-                    && ::core::matches!(
-                        __a.first(),
-                        ::core::option::Option::Some(__mh::serde_json::Value::String(_))
-                    )
-            }
-            _ => false,
         }
     }
 }
@@ -439,23 +407,7 @@ fn auditor(shape: &Shape) -> TokenStream {
         Shape::Option(s) => auditor(s),
         Shape::Seq(s) | Shape::Map(s) => {
             let inner = auditor(s);
-            // What may be a name/value pair gets the whole walk (the nested redaction, then
-            // `redact_credentials`), which decides.
-            let pair = may_be_pair(&quote!(&*__v));
-            let whole = match redactor(shape) {
-                Some(r) => quote!((#r)(__v);),
-                None => TokenStream::new(),
-            };
-            quote! {
-                |__v: &mut __mh::serde_json::Value| {
-                    if #pair {
-                        #whole
-                        __mh::redact_credentials(__v);
-                    } else {
-                        __mh::audit_each(__v, #inner);
-                    }
-                }
-            }
+            quote!(|__v: &mut __mh::serde_json::Value| __mh::audit_each(__v, #inner))
         }
         Shape::Nested(ty) => quote! {
             |__v: &mut __mh::serde_json::Value| {

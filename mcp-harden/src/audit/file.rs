@@ -951,6 +951,13 @@ mod tests {
     }
 
     /// The log's files, rotated and active.
+    /// A fresh directory (removed when dropped) and the path of a log in it.
+    fn temp_log() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        (dir, path)
+    }
+
     fn files(path: &Path) -> Vec<PathBuf> {
         let mut files = rotated_files(path).expect("lists");
         files.push(path.to_path_buf());
@@ -967,8 +974,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_requests_cannot_take_the_calls_queue() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path).queue(8).open().expect("opens");
         // Every call slot taken and held: a refusal is still recorded (in a slot of its own).
         let held: Vec<_> = (0..8).map(|_| sink.reserve().expect("slot")).collect();
@@ -1016,8 +1022,7 @@ mod tests {
 
     #[test]
     fn a_record_over_the_limit_is_written_without_its_arguments() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path)
             .max_record_bytes(4096)
             .open()
@@ -1055,8 +1060,7 @@ mod tests {
 
     #[test]
     fn flush_waits_for_every_record_handed_over_before_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path).open().expect("opens");
         // Three failed syncs: the writer retries for 70 ms before the first batch is on disk.
         sink.shared.faults.sync.store(3, Ordering::SeqCst);
@@ -1090,8 +1094,7 @@ mod tests {
 
     #[test]
     fn a_rotation_that_cannot_create_its_new_file_resumes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path)
             .rotate_bytes(Some(1))
             .open()
@@ -1117,8 +1120,7 @@ mod tests {
 
     #[test]
     fn a_failed_sync_does_not_write_the_batch_twice() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path).open().expect("opens");
         sink.record(&refusal());
         assert!(sink.flush(Duration::from_secs(30)));
@@ -1137,8 +1139,7 @@ mod tests {
 
     #[test]
     fn one_sink_at_a_time_writes_a_log() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let first = FileAuditConfig::new(&path)
             .rotate_bytes(Some(1))
             .open()
@@ -1169,8 +1170,7 @@ mod tests {
 
     #[test]
     fn the_last_sequence_number_ends_the_chain_without_a_panic() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (_dir, path) = temp_log();
         let line = |seq: u64| format!("{{\"seq\":{seq},\"prev\":\"{GENESIS}\"}}\n");
 
         // A forged record numbered u64::MAX: the log does not open; verify names the break.
@@ -1190,8 +1190,7 @@ mod tests {
 
     #[test]
     fn an_idle_tail_is_synced_within_the_interval() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
+        let (dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path)
             .fsync(Fsync::Every(Duration::from_millis(300)))
             .open()

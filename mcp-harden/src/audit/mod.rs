@@ -15,8 +15,8 @@ use serde::Serialize;
 pub use crate::telemetry::{SpanId, TraceId};
 pub use file::{FileAuditConfig, FileAuditSink, Fsync, QueueFull};
 pub use redact::{
-    is_credential_name, is_credential_name_const, pair_role, redact_credentials, redact_entry,
-    PairSeen, REDACTED,
+    is_credential_name, is_credential_name_const, pair_role, redact_credentials, redact_entries,
+    redact_entry, redact_items, PairSeen, REDACTED,
 };
 
 /// The version of the audit record format.

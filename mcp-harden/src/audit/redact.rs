@@ -267,34 +267,13 @@ pub fn redact_entry(key: &str, child: &mut Value, walk: fn(&mut Value)) {
 ///   (`postgres://admin:[REDACTED]@db`) and the credentials after `Bearer` or `Basic`
 ///   (`Authorization: Bearer [REDACTED]`).
 ///
-/// (The audit walk that `#[derive(ToolArgs)]` and `#[tool]` generate hands every object
-/// with a `value` key and a `name`, `key` or `header` key, and every two-item array starting
-/// with a string, to this walk: a pair rule changed here is changed in `may_be_pair` of
-/// mcp-harden-macros' `args/emit.rs`.)
+/// (The audit walk that `#[derive(ToolArgs)]` and `#[tool]` generate walks objects and arrays
+/// with [`redact_entries`] and [`redact_items`] as this one does, and applies the pair rule
+/// to an argument struct's own fields through [`PairSeen`].)
 pub fn redact_credentials(v: &mut Value) {
     match v {
-        Value::Object(map) => {
-            if names_a_credential(map) {
-                for (k, child) in map.iter_mut() {
-                    if pair_role(k) == PAIR_VALUE {
-                        *child = Value::String(REDACTED.to_owned());
-                    } else {
-                        redact_entry(k, child, redact_credentials);
-                    }
-                }
-            } else {
-                for (k, child) in map.iter_mut() {
-                    redact_entry(k, child, redact_credentials);
-                }
-            }
-        }
-        Value::Array(items) => match items.as_mut_slice() {
-            [name, value] if is_pair_name(name) => {
-                redact_credentials(name);
-                *value = Value::String(REDACTED.to_owned());
-            }
-            items => items.iter_mut().for_each(redact_credentials),
-        },
+        Value::Object(map) => redact_entries(map, redact_credentials),
+        Value::Array(items) => redact_items(items, redact_credentials),
         Value::String(s) => {
             if s.len() >= SHORTEST_CARRIER {
                 if let Some(masked) = mask_secrets(s) {
@@ -348,18 +327,34 @@ pub const fn pair_role(key: &str) -> u8 {
     }
 }
 
-/// Whether an object is a name/value pair naming a credential. Most objects have no `value`
-/// key: one look at each key's length and bytes.
-fn names_a_credential(map: &Map<String, Value>) -> bool {
-    map.keys().any(|k| pair_role(k) == PAIR_VALUE)
-        && map
-            .iter()
-            .any(|(k, v)| pair_role(k) == PAIR_NAME && is_pair_name(v))
+/// The audit walk of an object's entries: `walk` on each value (a credential-like key's
+/// redacted instead), then the name/value pair rule, in one pass over the keys.
+#[doc(hidden)]
+pub fn redact_entries(map: &mut Map<String, Value>, walk: fn(&mut Value)) {
+    let mut pair = PairSeen::default();
+    for (k, child) in map.iter_mut() {
+        pair.see(pair_role(k), child);
+        redact_entry(k, child, walk);
+    }
+    pair.finish(map);
 }
 
-/// What the generated audit walk of an object has seen of its keys in its one pass, to
-/// apply the name/value pair rule of [`redact_credentials`] after it (instead of a pass
-/// over the keys before it).
+/// The audit walk of an array's items: `walk` on each, but the value of a two-item
+/// `[name, value]` whose name is credential-like is redacted.
+#[doc(hidden)]
+pub fn redact_items(items: &mut [Value], walk: fn(&mut Value)) {
+    match items {
+        [name, value] if is_pair_name(name) => {
+            walk(name);
+            *value = Value::String(REDACTED.to_owned());
+        }
+        items => items.iter_mut().for_each(walk),
+    }
+}
+
+/// What an audit walk has seen of an object's keys in its one pass over them, to apply the
+/// name/value pair rule after it: each name is read before it is walked, and the values
+/// walked meanwhile are then replaced.
 #[doc(hidden)]
 #[derive(Default)]
 pub struct PairSeen {

@@ -274,19 +274,18 @@ fn scopes_of(claims: &Map<String, Value>) -> Option<Vec<&str>> {
     let token = |t: &str| {
         t.bytes()
             .all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e))
-            .then_some(())
     };
     match claim {
         None => Some(Vec::new()),
         Some(Value::String(s)) => s
             .split(' ')
             .filter(|t| !t.is_empty())
-            .map(|t| token(t).map(|()| t))
+            .map(|t| token(t).then_some(t))
             .collect(),
         Some(Value::Array(v)) => v
             .iter()
             .filter(|t| t.as_str() != Some(""))
-            .map(|t| t.as_str().filter(|t| token(t).is_some()))
+            .map(|t| t.as_str().filter(|t| token(t)))
             .collect(),
         Some(_) => None,
     }

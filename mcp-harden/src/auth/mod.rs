@@ -346,9 +346,25 @@ impl Authenticators {
     pub(crate) fn push<A: Authenticator>(&mut self, a: Arc<A>) {
         self.0.push((std::any::TypeId::of::<A>(), a));
     }
-    /// Whether an authenticator of this type is already there.
-    pub(crate) fn contains(&self, kind: std::any::TypeId) -> bool {
-        self.0.iter().any(|(k, _)| *k == kind)
+    /// Why the authenticators cannot work together, if a built-in one is there twice: the
+    /// first decides every credential of its kind, and the second would never be asked.
+    pub(crate) fn repeated_builtin(&self) -> Option<&'static str> {
+        use std::any::TypeId;
+        [
+            (
+                TypeId::of::<JwtAuthenticator>(),
+                "two JwtAuthenticators: the first decides every JWT, so the second would never \
+                 be asked; give one authenticator every key (a JWKS) of one issuer",
+            ),
+            (
+                TypeId::of::<ApiKeyAuthenticator>(),
+                "two ApiKeyAuthenticators: the first decides every API key, so the second would \
+                 never be asked; keep every key in one keys file",
+            ),
+        ]
+        .into_iter()
+        .find(|(kind, _)| self.0.iter().filter(|(k, _)| k == kind).count() > 1)
+        .map(|(_, why)| why)
     }
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -229,14 +229,12 @@ impl RateLimiter {
 
     /// Evicts idle keys now, on this thread.
     ///
-    /// Decisions sweep as they go: after 4096 of them, or after a quarter as many
-    /// as the keys this sweep leaves if that is more. A pass over `n` keys then comes after at
-    /// least `n / 4` decisions, each of which adds at most one key: at most five keys visited
-    /// per decision, however many callers are tracked (a fixed interval made a limiter with a
-    /// million callers pay a 3.5 ms pass every 4096 decisions, 0.8 µs on each). Those sweeps
-    /// run in the decision that starts them, or on Tokio's blocking pool for a limiter whose
-    /// last sweep left more than 16 384 keys, within a runtime. An idle key stays tracked until
-    /// the next sweep, within the `max_tracked` bound.
+    /// Decisions also sweep as they go: after 4096 of them, or after a quarter as many as the
+    /// keys the last sweep left if that is more (at most five keys visited per decision,
+    /// however many callers are tracked). Those sweeps run in the decision that starts them,
+    /// or, within a runtime, on Tokio's blocking pool for a limiter whose last sweep left more
+    /// than 16 384 keys. An idle key stays tracked until the next sweep, within the
+    /// `max_tracked` bound.
     pub fn sweep(&self) {
         self.0.sweep();
     }

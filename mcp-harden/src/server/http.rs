@@ -83,9 +83,6 @@ pub struct HttpConfig {
     path: String,
     resource_url: Option<String>,
     authenticators: Authenticators,
-    /// A built-in authenticator added twice (why that is refused): the first would decide
-    /// every credential of its kind and the second would never be asked.
-    repeated: Option<&'static str>,
     authorization_servers: Vec<String>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -126,7 +123,6 @@ impl HttpConfig {
             path: "/mcp".to_owned(),
             resource_url: None,
             authenticators: Authenticators::default(),
-            repeated: None,
             authorization_servers: Vec::new(),
             allowed_hosts: None,
             allowed_origins: None,
@@ -152,25 +148,6 @@ impl HttpConfig {
     /// decides every credential of that kind, so a second would never be asked, and binding
     /// refuses it. Give one JWT authenticator every key of its issuer (a JWKS).
     pub fn authenticator<A: Authenticator>(mut self, authenticator: A) -> Self {
-        use std::any::TypeId;
-        let kind = TypeId::of::<A>();
-        let builtin = [
-            (
-                TypeId::of::<crate::auth::JwtAuthenticator>(),
-                "two JwtAuthenticators: the first decides every JWT, so the second would never \
-                 be asked; give one authenticator every key (a JWKS) of one issuer",
-            ),
-            (
-                TypeId::of::<crate::auth::ApiKeyAuthenticator>(),
-                "two ApiKeyAuthenticators: the first decides every API key, so the second would \
-                 never be asked; keep every key in one keys file",
-            ),
-        ];
-        if let Some((_, why)) = builtin.iter().find(|(k, _)| *k == kind) {
-            if self.authenticators.contains(kind) {
-                self.repeated.get_or_insert(why);
-            }
-        }
         self.authenticators.push(Arc::new(authenticator));
         self
     }
@@ -392,7 +369,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 "no authenticator: add one with .authenticator(...) (a JwtAuthenticator or an ApiKeyAuthenticator)".into(),
             ));
         }
-        if let Some(why) = config.repeated {
+        if let Some(why) = config.authenticators.repeated_builtin() {
             return Err(HttpError::Config(why.into()));
         }
         if !config.path.starts_with('/')
@@ -627,6 +604,17 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         self,
         signal: impl Future<Output = ()> + Send,
     ) -> Result<(), HttpError> {
+        let hardened = self.hardened.clone();
+        let served = self.serve_then_drain(signal).await;
+        hardened.flush_audit(super::AUDIT_FLUSH).await;
+        served
+    }
+
+    /// [`serve_until`](Self::serve_until) but the audit sink's flush.
+    async fn serve_then_drain(
+        self,
+        signal: impl Future<Output = ()> + Send,
+    ) -> Result<(), HttpError> {
         let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
         let make = self.app.into_make_service_with_connect_info::<SocketAddr>();
         // HTTP/1.1 only, as over TLS (ALPN offers only `http/1.1`): no cleartext HTTP/2, and
@@ -647,10 +635,7 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
             };
         tracing::info!(target: "mcp_harden::http", addr = %self.local_addr, resource = %self.gate.resource, "serving MCP over HTTP");
         tokio::select! {
-            r = &mut server => {
-                self.hardened.flush_audit(super::AUDIT_FLUSH).await;
-                return r.map_err(HttpError::Serve);
-            }
+            r = &mut server => return r.map_err(HttpError::Serve),
             () = signal => {}
         }
         tracing::info!(target: "mcp_harden::http", grace_ms = self.grace.as_millis() as u64, "shutting down: no new connections; waiting for in-flight calls");
@@ -671,15 +656,13 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         // Every call has answered: end the sessions and their streams.
         self.rmcp_ct.cancel();
         inflight.reopen();
-        let result = match served {
+        match served {
             Some(r) => r.map_err(HttpError::Serve),
             None => match tokio::time::timeout(Duration::from_secs(5), server).await {
                 Ok(r) => r.map_err(HttpError::Serve),
                 Err(_) => Ok(()),
             },
-        };
-        self.hardened.flush_audit(super::AUDIT_FLUSH).await;
-        result
+        }
     }
 }
 

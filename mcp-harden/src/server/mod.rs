@@ -196,7 +196,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     /// When the client has gone, waits up to [`AUDIT_FLUSH`] for the audit sink to write
     /// what it holds ([`flush_audit`](Self::flush_audit)).
     pub async fn serve_stdio(self) -> Result<(), ServeError> {
-        let audit = self.clone();
+        let server = self.clone();
         let served = async {
             let service = self
                 .local_handle("stdio")
@@ -206,7 +206,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             Ok(())
         }
         .await;
-        audit.flush_audit(AUDIT_FLUSH).await;
+        server.flush_audit(AUDIT_FLUSH).await;
         served
     }
 
