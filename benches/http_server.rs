@@ -20,9 +20,6 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use common::*;
-use mcp_harden::auth::JwtAuthenticator;
-use mcp_harden::server::http::HttpConfig;
-use mcp_harden::Hardened;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -113,36 +110,6 @@ impl Endpoint {
     }
 }
 
-async fn hardened_router() -> axum::Router {
-    let server = Hardened::builder(App)
-        .tool::<search>()
-        .audit_sink(NullSink)
-        .build()
-        .expect("the hardened server builds");
-    let jwt = JwtAuthenticator::builder()
-        .hs256(SECRET)
-        .issuer(ISSUER)
-        .build()
-        .expect("valid JWT configuration");
-    let config = HttpConfig::new("127.0.0.1:0".parse().expect("address"))
-        .resource_url(RESOURCE)
-        .authenticator(jwt);
-    server.bind_http(config).await.expect("binds").router()
-}
-
-/// The resource URL the hardened endpoint names (tokens carry it as their audience).
-const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
-
-/// A valid token for `subject`.
-fn token(subject: &str) -> String {
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
-    sign(
-        jsonwebtoken::Algorithm::HS256,
-        &key,
-        &claims(subject, RESOURCE),
-    )
-}
-
 /// The three endpoints, each with its own router (and so its own sessions).
 /// rmcp's HTTP service calls its factory for every POST: the plain ones hand out a clone of
 /// one prebuilt server (as the socket bench's do), not a server with a router built anew.
@@ -155,7 +122,7 @@ async fn routers() -> Vec<(&'static str, axum::Router, bool)> {
     vec![
         ("plain_rmcp_prebuilt", plain(false), false),
         ("plain_rmcp_prebuilt_wrapped", plain(true), false),
-        ("hardened_jwt_cached", hardened_router().await, true),
+        ("hardened_jwt_cached", hardened_router(|c| c).await, true),
     ]
     .into_iter()
     .filter(|(name, _, _)| selected(name))

@@ -1337,6 +1337,16 @@ async fn unusable_configurations_are_refused_at_bind() {
         (jwt().trusted_proxies(["proxy"]), "trusted proxy"),
         (jwt().trusted_proxies(["10.0.0.5/8"]), "host bits"),
         (jwt().trusted_proxies(["::/0"]), "every address"),
+        (jwt().max_sessions(0), "at least 1"),
+        (jwt().max_sessions_per_caller(0), "at least 1"),
+        (
+            jwt().session_idle_timeout(Duration::ZERO),
+            "session idle timeout",
+        ),
+        (
+            jwt().session_idle_timeout(Duration::from_secs(2 * 86_400)),
+            "session idle timeout",
+        ),
     ];
     for (cfg, expected) in cases {
         match hardened.bind_http(cfg).await {
@@ -1695,6 +1705,155 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
     );
     assert_eq!(srv.runs(), 1);
     assert_never_recorded(&srv.audit, &bob);
+}
+
+/// A raw `initialize` by the holder of `token`: the status and, if refused, the body.
+async fn try_initialize(srv: &Srv, token: &str) -> (reqwest::StatusCode, Option<String>, String) {
+    exchange(
+        srv,
+        token,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "1"}}}),
+    )
+    .await
+}
+
+/// Checks that a new session was refused with `status` and a `too_many_sessions` body, and
+/// audited with `reason` for `subject`.
+async fn assert_no_room(srv: &Srv, token: &str, subject: &str, status: u16, reason: &str) {
+    let seen = srv.audit.records().len();
+    let (got, sid, body) = try_initialize(srv, token).await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(sid, None, "no session handed out");
+    let body: Value = serde_json::from_str(&body).expect("a JSON refusal");
+    assert_eq!(body["error"], "too_many_sessions", "{body}");
+    let new = srv.audit.records().split_off(seen);
+    assert_eq!(new.len(), 1, "one record per refusal: {new:#?}");
+    let r = &new[0];
+    assert_eq!(
+        (r.event, r.reason, r.outcome, r.transport),
+        (AuditEvent::Session, Some(reason), Outcome::Rejected, "http"),
+        "{r:?}"
+    );
+    let code = if status == 429 {
+        "RATE_LIMITED"
+    } else {
+        "UNAVAILABLE"
+    };
+    assert_eq!((r.error_code, r.retryable), (Some(code), true), "{r:?}");
+    assert_eq!(r.principal.subject.as_deref(), Some(subject));
+}
+
+#[tokio::test]
+async fn sessions_are_bounded_per_caller_and_in_all() {
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .max_sessions(3)
+            .max_sessions_per_caller(2),
+    )
+    .await;
+    let alice = srv.token("alice", "db:read");
+    let bob = srv.token("bob", "db:read");
+    let carol = srv.token("carol", "db:read");
+
+    // Alice holds two sessions (the real client's, and one opened by hand): her bound.
+    let client = srv.client(&alice).await;
+    let second = open_session(&srv, &alice, "alice-2").await;
+    assert_no_room(&srv, &alice, "alice", 429, "too_many_sessions_for_caller").await;
+    // Bob is not affected, and his session fills the server.
+    let _bobs = open_session(&srv, &bob, "bob").await;
+    assert_no_room(&srv, &carol, "carol", 503, "too_many_sessions").await;
+    // Alice's sessions still serve her.
+    assert_eq!(call(&client, "read_rows").await.is_error, Some(false));
+
+    // The real client ends its session (a DELETE): its place is free, for carol.
+    client.cancel().await.expect("the client closes");
+    let carols = open_session(&srv, &carol, "carol").await;
+    assert_no_room(&srv, &alice, "alice", 503, "too_many_sessions").await;
+    // A DELETE by hand frees one too; the session is gone for its owner.
+    let r = http_client()
+        .delete(&srv.resource)
+        .header("authorization", bearer(&carol))
+        .header("mcp-session-id", &carols)
+        .send()
+        .await
+        .expect("answer");
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, _, _) = exchange(
+        &srv,
+        &carol,
+        Some(&carols),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let third = open_session(&srv, &alice, "alice-3").await;
+    assert_ne!(third, second);
+    assert_eq!(srv.runs(), 1);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_and_free_their_place() {
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .max_sessions_per_caller(1)
+            .session_idle_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let alice = srv.token("alice", "db:read");
+    let first = open_session(&srv, &alice, "alice-1").await;
+    assert_no_room(&srv, &alice, "alice", 429, "too_many_sessions_for_caller").await;
+    // Unused past the idle timeout, the session ends and its place is free.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let (status, sid, body) = try_initialize(&srv, &alice).await;
+        if status == 200 {
+            break sid.expect("a session id");
+        }
+        assert_eq!(status, 429, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(first, second);
+    let (status, _, _) = exchange(
+        &srv,
+        &alice,
+        Some(&first),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(status, 404, "the expired session is gone");
+}
+
+#[tokio::test]
+async fn concurrent_initializes_never_exceed_the_bound() {
+    let srv = Arc::new(start(config().authenticator(hs_auth()).max_sessions_per_caller(5)).await);
+    let alice = srv.token("alice", "db:read");
+    let attempts: Vec<_> = (0..20)
+        .map(|_| {
+            let (srv, alice) = (srv.clone(), alice.clone());
+            tokio::spawn(async move { try_initialize(&srv, &alice).await.0 })
+        })
+        .collect();
+    let mut opened = 0;
+    for a in attempts {
+        match a.await.expect("no panic").as_u16() {
+            200 => opened += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        opened, 5,
+        "exactly the bound, however the requests interleave"
+    );
 }
 
 /// A server with JWT authentication and a 10-second shutdown grace.

@@ -63,7 +63,7 @@ async fn scraped_metrics_match_the_calls() {
         .local_principal(Principal::local("metrics-user", ["read"]).with_tier("gold"))
         .build()
         .expect("builds");
-    let c = connect(server).await;
+    let c = connect(server.clone()).await;
     let secret = "tok-3f9a-never-a-label";
     let mut ok = 0;
     let mut limited = 0;
@@ -93,6 +93,36 @@ async fn scraped_metrics_match_the_calls() {
         .no_proxy()
         .build()
         .expect("client");
+
+    // Over HTTP, one session per caller: the second is refused.
+    let key = mcp_harden::auth::ApiKey::generate();
+    let keys = mcp_harden::auth::ApiKeyAuthenticator::new([key.entry("metrics-user", ["read"])])
+        .expect("keys");
+    let http = server
+        .bind_http(
+            mcp_harden::server::http::HttpConfig::new("127.0.0.1:0".parse().expect("address"))
+                .authenticator(keys)
+                .max_sessions_per_caller(1),
+        )
+        .await
+        .expect("binds");
+    let url = http.resource_url().to_owned();
+    tokio::spawn(http.serve_until(std::future::pending()));
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "metrics", "version": "1"}}});
+    for expected in [200, 429] {
+        let r = client
+            .post(&url)
+            .header("authorization", format!("Bearer {}", key.expose()))
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(init.to_string())
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(r.status(), expected);
+    }
     let mut page = String::new();
     for _ in 0..50 {
         page = client
@@ -171,6 +201,15 @@ async fn scraped_metrics_match_the_calls() {
             &[("result", "recorded")]
         ),
         9.0
+    );
+    assert_eq!(sample(&page, "mcp_harden_http_sessions", &[]), 1.0);
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_http_sessions_refused_total",
+            &[("limit", "caller")]
+        ),
+        1.0
     );
     assert!(
         !page.contains(secret),

@@ -493,3 +493,44 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 pub fn rounds(default: usize) -> usize {
     env_or("MH_BENCH_ROUNDS", default)
 }
+
+// ---------------------------------------------------------------------------------------
+// mcp-harden's HTTP endpoint, driven without a listener.
+
+/// mcp-harden's HTTP endpoint (guard included) serving `search`, a JWT (HS256) through the
+/// token cache, audit to the null sink; `configure` adjusts the rest of the configuration.
+pub async fn hardened_router(
+    configure: impl FnOnce(mcp_harden::server::http::HttpConfig) -> mcp_harden::server::http::HttpConfig,
+) -> axum::Router {
+    let server = Hardened::builder(App)
+        .tool::<search>()
+        .audit_sink(NullSink)
+        .build()
+        .expect("the hardened server builds");
+    let jwt = mcp_harden::auth::JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .issuer(ISSUER)
+        .build()
+        .expect("valid JWT configuration");
+    let config = mcp_harden::server::http::HttpConfig::new("127.0.0.1:0".parse().expect("address"))
+        .resource_url(RESOURCE)
+        .authenticator(jwt);
+    server
+        .bind_http(configure(config))
+        .await
+        .expect("binds")
+        .router()
+}
+
+/// The resource URL the hardened endpoint names (tokens carry it as their audience).
+pub const RESOURCE: &str = "http://127.0.0.1:8080/mcp";
+
+/// A valid token for `subject` at [`RESOURCE`].
+pub fn token(subject: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    sign(
+        jsonwebtoken::Algorithm::HS256,
+        &key,
+        &claims(subject, RESOURCE),
+    )
+}

@@ -11,6 +11,8 @@
 //! | `mcp_harden_auth_failures_total` | counter | `reason` |
 //! | `mcp_harden_rate_limited_total` | counter | `tool`, `limit` (`tool`, `principal`, `global`) |
 //! | `mcp_harden_audit_records_total` | counter | `result` (`recorded`, `refused`) |
+//! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
+//! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`server`, `caller`) |
 //!
 //! Label values are bounded: tool names are the registered ones, tiers the configured ones
 //! (`other` for any other, `none` without a tier), codes and reasons fixed sets. No argument,
@@ -37,6 +39,10 @@ pub mod names {
     pub const RATE_LIMITED: &str = "mcp_harden_rate_limited_total";
     /// Audit records by result.
     pub const AUDIT_RECORDS: &str = "mcp_harden_audit_records_total";
+    /// Stateful HTTP sessions held.
+    pub const HTTP_SESSIONS: &str = "mcp_harden_http_sessions";
+    /// New HTTP sessions refused, by the bound that refused them.
+    pub const HTTP_SESSIONS_REFUSED: &str = "mcp_harden_http_sessions_refused_total";
 }
 
 /// Where the per-call metrics are registered from (the macros' equivalent).
@@ -158,6 +164,16 @@ pub(crate) fn auth_failure(reason: &'static str) {
 }
 
 /// One rate-limit refusal.
+/// The stateful HTTP sessions held now.
+pub(crate) fn http_sessions(held: usize) {
+    metrics::gauge!(names::HTTP_SESSIONS).set(held as f64);
+}
+
+/// A new HTTP session refused by `limit` (`server` or `caller`).
+pub(crate) fn http_sessions_refused(limit: &'static str) {
+    metrics::counter!(names::HTTP_SESSIONS_REFUSED, "limit" => limit).increment(1);
+}
+
 pub(crate) fn rate_limited(tool: &'static str, limit: &'static str) {
     metrics::counter!(names::RATE_LIMITED, "tool" => tool, "limit" => limit).increment(1);
 }

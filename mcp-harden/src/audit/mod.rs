@@ -71,7 +71,9 @@ pub enum AuditEvent {
     /// An HTTP request refused for how it arrived: a foreign `Host` or `Origin` (before
     /// authentication), or a POST body not received in time.
     Transport,
-    /// A request on a session that belongs to another principal.
+    /// An HTTP request refused for its session: one that belongs to another principal
+    /// (reason `session_owned_by_another_principal`), or a new one beyond the server's or
+    /// the caller's bound (`too_many_sessions`, `too_many_sessions_for_caller`).
     Session,
 }
 

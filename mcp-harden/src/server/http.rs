@@ -39,6 +39,9 @@ use crate::auth::{AuthContext, AuthFailure, Authenticator, Authenticators, Princ
 use crate::errors::{ErrorCode, ToolError};
 use crate::spec::Scopes;
 
+mod sessions;
+use sessions::{OwnedSessions, SessionCheck, Sessions};
+
 /// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -97,6 +100,9 @@ pub struct HttpConfig {
     header_read_timeout: Duration,
     body_read_timeout: Duration,
     allow_anonymous: bool,
+    max_sessions: usize,
+    max_sessions_per_caller: usize,
+    session_idle_timeout: Duration,
 }
 
 enum Tls {
@@ -137,6 +143,9 @@ impl HttpConfig {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             allow_anonymous: false,
+            max_sessions: 1_000,
+            max_sessions_per_caller: 32,
+            session_idle_timeout: Duration::from_secs(300),
         }
     }
 
@@ -195,6 +204,36 @@ impl HttpConfig {
     /// sessions, each bound to the principal that opened it).
     pub fn stateless(mut self) -> Self {
         self.stateful = false;
+        self
+    }
+
+    /// The most sessions the server holds at once (default 1 000). An `initialize` beyond
+    /// it is refused with HTTP 503 (`too_many_sessions`, audited as a
+    /// [`Session`](crate::audit::AuditEvent::Session) event) until a session ends: a DELETE,
+    /// or [`session_idle_timeout`](Self::session_idle_timeout). Each session holds a task
+    /// and its channels in rmcp, about 90 KB of heap (rmcp 3.11; the `allocs` benchmark),
+    /// so the default bounds them to about 90 MB. At least 1; stateful mode only.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = sessions;
+        self
+    }
+
+    /// The most sessions one caller holds at once (default 32), so that no caller can take
+    /// the server's [`max_sessions`](Self::max_sessions) for itself. A caller is what its rate
+    /// limits count (`jwt:alice`; an anonymous caller is its source address). An `initialize`
+    /// beyond it is refused with HTTP 429 (`too_many_sessions`, audited) until one of the
+    /// caller's sessions ends. At least 1; stateful mode only.
+    pub fn max_sessions_per_caller(mut self, sessions: usize) -> Self {
+        self.max_sessions_per_caller = sessions;
+        self
+    }
+
+    /// How long a session may go without a message before it is closed and its place freed
+    /// (default 5 minutes, rmcp's). A call in progress sends nothing until it answers, so
+    /// keep this longer than the longest tool timeout. More than zero and at most a day;
+    /// stateful mode only.
+    pub fn session_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.session_idle_timeout = timeout;
         self
     }
 
@@ -391,6 +430,17 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 )));
             }
         }
+        if config.max_sessions == 0 || config.max_sessions_per_caller == 0 {
+            return Err(HttpError::Config(
+                "max_sessions and max_sessions_per_caller must be at least 1".into(),
+            ));
+        }
+        if config.session_idle_timeout.is_zero() || config.session_idle_timeout > MAX_SESSION_IDLE {
+            return Err(HttpError::Config(format!(
+                "the session idle timeout ({:?}) must be more than zero and at most a day",
+                config.session_idle_timeout
+            )));
+        }
         let tls = match &config.tls {
             None => None,
             Some(t) => Some(tls_config(t).await?),
@@ -515,7 +565,12 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             body_timeout: config.body_read_timeout,
             challenge,
             allow_anonymous: config.allow_anonymous,
-            sessions: config.stateful.then(Arc::default),
+            sessions: config.stateful.then(|| {
+                Arc::new(Sessions::new(
+                    config.max_sessions,
+                    config.max_sessions_per_caller,
+                ))
+            }),
         });
 
         let rmcp_ct = CancellationToken::new();
@@ -527,9 +582,18 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             .disable_allowed_hosts()
             .disable_allowed_origins();
         let factory_base = self.http_instance();
+        let mut local = LocalSessionManager::default();
+        local.session_config.keep_alive = Some(config.session_idle_timeout);
+        // Stateless mode never asks it for a session.
+        let owned = OwnedSessions::new(
+            local,
+            gate.sessions
+                .clone()
+                .unwrap_or_else(|| Arc::new(Sessions::new(0, 0))),
+        );
         let service = StreamableHttpService::new(
             move || Ok(factory_base.http_instance()),
-            Arc::new(LocalSessionManager::default()),
+            Arc::new(owned),
             rmcp_config,
         );
         let metadata_suffix = format!(
@@ -728,6 +792,8 @@ async fn tls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, 
 /// The longest request-head or -body timeout accepted: longer is no defence (and each is
 /// added to the current instant, which must not overflow).
 const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest session idle timeout accepted.
+const MAX_SESSION_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 const LOOPBACK: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
@@ -958,94 +1024,6 @@ struct Gate {
     allow_anonymous: bool,
     /// Stateful mode: which principal opened each session.
     sessions: Option<Arc<Sessions>>,
-}
-
-/// Who owns an HTTP session: how they authenticated and as whom.
-#[derive(Debug)]
-struct SessionOwner {
-    method: crate::auth::AuthMethod,
-    subject: Arc<str>,
-    key_id: Option<Arc<str>>,
-}
-
-impl SessionOwner {
-    fn of(p: &Principal) -> Self {
-        Self {
-            method: p.method(),
-            subject: p.subject_arc().clone(),
-            key_id: p.key_id_arc().cloned(),
-        }
-    }
-
-    /// Whether `p` is this owner (compared in place: no owner is built per request).
-    fn is(&self, p: &Principal) -> bool {
-        self.method == p.method()
-            && *self.subject == **p.subject_arc()
-            && self.key_id.as_deref() == p.key_id_arc().map(|k| &**k)
-    }
-}
-
-/// The owner of every live session, so that no other principal can post to it, read its
-/// stream or delete it (rmcp itself does not tie sessions to callers).
-#[derive(Default)]
-struct Sessions {
-    table: Mutex<SessionTable>,
-}
-
-#[derive(Default)]
-struct SessionTable {
-    owners: HashMap<Box<str>, (SessionOwner, Instant)>,
-    /// The size at which forgotten sessions are next swept: twice what the last sweep left
-    /// (at least [`SESSION_SWEEP_AT`]), so that sweeps cost O(1) per session opened however
-    /// many are live, and the table holds at most twice the sessions the last sweep kept
-    /// (or the minimum).
-    sweep_at: usize,
-}
-
-/// A session unused this long is forgotten (rmcp closes idle sessions after 5 minutes).
-const SESSION_IDLE: Duration = Duration::from_secs(3600);
-/// The least size at which forgotten sessions are swept (see [`SessionTable::sweep_at`]).
-/// A sweep holds the table's lock for a pass over it (a few ms per 100k sessions).
-const SESSION_SWEEP_AT: usize = 4096;
-
-enum SessionCheck {
-    Owner,
-    Foreign,
-    Unknown,
-}
-
-impl Sessions {
-    /// Whether `who` owns session `id`; the owner's use at `now` keeps it alive.
-    fn check(&self, id: &str, who: &Principal, now: Instant) -> SessionCheck {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        match table.owners.get_mut(id) {
-            Some((owner, seen)) if owner.is(who) => {
-                *seen = now;
-                SessionCheck::Owner
-            }
-            Some(_) => SessionCheck::Foreign,
-            None => SessionCheck::Unknown,
-        }
-    }
-
-    fn opened(&self, id: &str, who: SessionOwner, now: Instant) {
-        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if table.owners.len() >= table.sweep_at.max(SESSION_SWEEP_AT) {
-            table
-                .owners
-                .retain(|_, (_, seen)| now.duration_since(*seen) < SESSION_IDLE);
-            table.sweep_at = table.owners.len().saturating_mul(2);
-        }
-        table.owners.insert(id.into(), (who, now));
-    }
-
-    fn closed(&self, id: &str) {
-        self.table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .owners
-            .remove(id);
-    }
 }
 
 /// What the guard needs of the server, without its state type.
@@ -1492,7 +1470,7 @@ where
             // Shutdown waits for the request from its head on, as on the path without the
             // challenge (where the reply's token is taken at once).
             let reading = gate.hardened.inflight();
-            return GuardFuture::Challenge(Box::pin(async move {
+            return GuardFuture::Boxed(Box::pin(async move {
                 let _reading = reading;
                 let (parts, body) = req.into_parts();
                 let Ok(bytes) = axum::body::to_bytes(Body::new(body), gate.max_body).await else {
@@ -1524,9 +1502,9 @@ where
     }
 }
 
-/// The session check, then the call into rmcp with the caller's identity attached.
-/// `body` says whether rmcp's reply is to a POST body that could not be read (see
-/// [`BodyTimer`]).
+/// The session check (or, for a request without a session, a reservation of one), then
+/// the call into rmcp with the caller's identity attached. `body` says whether rmcp's reply
+/// is to a POST body that could not be read (see [`BodyTimer`]).
 fn dispatch<T, B>(
     gate: &Arc<Gate>,
     inner: &mut T,
@@ -1538,56 +1516,94 @@ fn dispatch<T, B>(
 ) -> GuardFuture<T::Future>
 where
     T: tower_service::Service<Request<TimedBody>, Response = Response<B>, Error = Infallible>,
+    T::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
-    // A shared copy of the header (no allocation); not UTF-8: no session of ours.
-    let session = req.headers().get(&SESSION_HEADER).cloned();
-    if let (Some(sessions), Some(id)) = (&gate.sessions, &session) {
-        match sessions.check(id.to_str().unwrap_or("\u{fffd}"), &principal, started) {
-            SessionCheck::Owner => {}
-            SessionCheck::Foreign => {
-                gate.record(Event {
-                    event: AuditEvent::Session,
-                    principal: Some(&principal),
-                    tool: None,
-                    reason: "session_owned_by_another_principal",
-                    code: ErrorCode::Forbidden,
-                    source,
-                    started,
-                    traceparent: crate::telemetry::traceparent(req.headers()),
-                });
-                return GuardFuture::Done(Some(session_not_found()));
-            }
-            SessionCheck::Unknown => return GuardFuture::Done(Some(session_not_found())),
+    let mut opening = None;
+    if let Some(sessions) = &gate.sessions {
+        let refuse = |reason, code| {
+            gate.record(Event {
+                event: AuditEvent::Session,
+                principal: Some(&principal),
+                tool: None,
+                reason,
+                code,
+                source,
+                started,
+                traceparent: crate::telemetry::traceparent(req.headers()),
+            });
+        };
+        match req.headers().get(&SESSION_HEADER) {
+            // Not UTF-8: no session of ours.
+            Some(id) => match sessions.check(id.to_str().unwrap_or("\u{fffd}"), &principal) {
+                SessionCheck::Owner => {}
+                SessionCheck::Foreign => {
+                    refuse("session_owned_by_another_principal", ErrorCode::Forbidden);
+                    return GuardFuture::Done(Some(session_not_found()));
+                }
+                SessionCheck::Unknown => return GuardFuture::Done(Some(session_not_found())),
+            },
+            // Only a POST can open a session (rmcp refuses the others without one).
+            None if req.method() == Method::POST => match sessions.reserve(&principal) {
+                Ok(o) => opening = Some(o),
+                Err(full) => {
+                    crate::telemetry::http_sessions_refused(full.label());
+                    let (reason, code, status) = match full {
+                        sessions::Full::Server => (
+                            "too_many_sessions",
+                            ErrorCode::Unavailable,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                        ),
+                        sessions::Full::Caller => (
+                            "too_many_sessions_for_caller",
+                            ErrorCode::RateLimited,
+                            StatusCode::TOO_MANY_REQUESTS,
+                        ),
+                    };
+                    refuse(reason, code);
+                    return GuardFuture::Done(Some(error_response(
+                        status,
+                        "too_many_sessions",
+                        match full {
+                            sessions::Full::Server => {
+                                "this server holds as many sessions as it may: try again later"
+                            }
+                            sessions::Full::Caller => {
+                                "this caller holds as many sessions as it may: end one \
+                                 (DELETE) or wait for an idle one to expire"
+                            }
+                        },
+                    )));
+                }
+            },
+            None => {}
         }
     }
-    // The session table changes only when a request without a session opens one or a
-    // DELETE ends one: only those keep it (and the opener) for the reply.
-    let change = gate.sessions.as_ref().and_then(|sessions| match session {
-        None => Some(SessionChange::Open(
-            sessions.clone(),
-            SessionOwner::of(&principal),
-        )),
-        Some(id) if req.method() == Method::DELETE => {
-            Some(SessionChange::Close(sessions.clone(), id))
-        }
-        Some(_) => None,
-    });
     let after = After {
-        change,
         reply: (req.method() == Method::POST).then(|| gate.hardened.inflight()),
         body,
     };
     req.extensions_mut()
         .insert(Authenticated { principal, source });
-    GuardFuture::Call(inner.call(req), Some(after))
+    let call = inner.call(req);
+    match opening {
+        None => GuardFuture::Call(call, Some(after)),
+        // rmcp creates the session within this future, and takes the reservation then.
+        Some(opening) => GuardFuture::Boxed(Box::pin(async move {
+            let Ok(response) = opening.scope(call).await;
+            after.finish(response)
+        })),
+    }
 }
 
-/// The guard's reply: a refusal made at once, rmcp's reply to a checked request, or the
-/// scope challenge's path (which reads the body first).
+/// The guard's reply: a refusal made at once, rmcp's reply to a checked request, or a
+/// boxed path: the scope challenge's (which reads the body first) or a request that may
+/// open a session (which rmcp runs with the reservation).
 enum GuardFuture<F> {
     Done(Option<Response>),
     Call(F, Option<After>),
-    Challenge(Pin<Box<dyn Future<Output = Response> + Send>>),
+    Boxed(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
 impl<F, B> Future for GuardFuture<F>
@@ -1611,27 +1627,17 @@ where
                     None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                 }))
             }
-            Self::Challenge(f) => f.as_mut().poll(cx).map(Ok),
+            Self::Boxed(f) => f.as_mut().poll(cx).map(Ok),
         }
     }
 }
 
 /// What the guard does with rmcp's reply.
 struct After {
-    /// What a successful reply does to the session table, if anything.
-    change: Option<SessionChange>,
     /// A POST's reply in progress (see [`Tracked`]).
     reply: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
     /// A POST's body: whether it could be read (see [`BodyTimer`]).
     body: Option<Arc<AtomicU8>>,
-}
-
-/// A request that can change the session table.
-enum SessionChange {
-    /// No session yet: the reply's session id, if any, becomes this owner's.
-    Open(Arc<Sessions>, SessionOwner),
-    /// A DELETE of this session (its owner was checked before the call).
-    Close(Arc<Sessions>, HeaderValue),
 }
 
 impl After {
@@ -1654,24 +1660,6 @@ impl After {
             && !content_type_is(response.headers(), "application/json")
         {
             return rewrite_refusal(response);
-        }
-        match self.change {
-            Some(_) if !response.status().is_success() => {}
-            Some(SessionChange::Open(sessions, owner)) => {
-                if let Some(id) = response
-                    .headers()
-                    .get(&SESSION_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    sessions.opened(id, owner, Instant::now());
-                }
-            }
-            Some(SessionChange::Close(sessions, id)) => {
-                if let Ok(id) = id.to_str() {
-                    sessions.closed(id);
-                }
-            }
-            None => {}
         }
         let reply = self
             .reply
@@ -2233,39 +2221,6 @@ mod tests {
         assert_eq!(client(&["192.0.2.7, unknown"]), None);
         assert_eq!(client(&["192.0.2.7, "]), None);
         assert_eq!(client(&["192.0.2.7:x"]), None);
-    }
-
-    #[test]
-    fn session_sweeps_are_amortized_and_forget_idle_sessions() {
-        let sessions = Sessions::default();
-        let owner = || SessionOwner::of(&Principal::local("alice", ["db:read"]));
-        let size = || sessions.table.lock().unwrap().owners.len();
-        let sweep_at = || sessions.table.lock().unwrap().sweep_at;
-        // Live sessions: the first sweep keeps them all and moves the next one to twice as
-        // many, instead of sweeping again on every session opened.
-        for i in 0..=SESSION_SWEEP_AT {
-            sessions.opened(&format!("s{i}"), owner(), Instant::now());
-        }
-        assert_eq!(size(), SESSION_SWEEP_AT + 1);
-        assert_eq!(sweep_at(), 2 * SESSION_SWEEP_AT);
-        for i in SESSION_SWEEP_AT + 1..2 * SESSION_SWEEP_AT {
-            sessions.opened(&format!("s{i}"), owner(), Instant::now());
-        }
-        assert_eq!(sweep_at(), 2 * SESSION_SWEEP_AT, "no sweep below it");
-        // Sessions idle for longer than SESSION_IDLE are forgotten at the next sweep.
-        let later = Instant::now() + SESSION_IDLE * 2;
-        sessions.opened("fresh", owner(), later);
-        assert_eq!(size(), 1);
-        assert_eq!(sweep_at(), 0, "the next sweep at the minimum again");
-        let alice = Principal::local("alice", ["db:read"]);
-        assert!(matches!(
-            sessions.check("fresh", &alice, later),
-            SessionCheck::Owner
-        ));
-        assert!(matches!(
-            sessions.check("s1", &alice, later),
-            SessionCheck::Unknown
-        ));
     }
 
     #[test]
