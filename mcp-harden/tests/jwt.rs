@@ -315,6 +315,40 @@ fn an_rsa_jwk_without_alg_is_refused_at_build() {
 }
 
 #[test]
+fn a_jwk_whose_curve_is_not_its_algorithms_is_refused_at_build() {
+    let p256 = json!({"kty": "EC", "alg": "ES256", "kid": "ec-1", "crv": "P-256",
+        "x": "h9ko1Ta3mOFSRXOGWzFjZuXR7RY7CDlwPrxlgJl7rKo",
+        "y": "Ls_ADx5Gkd-8T4oBQ2C59rEb60mSu0ZEp2x20z85Kbg"});
+    let ed = json!({"kty": "OKP", "alg": "EdDSA", "kid": "ed-1", "crv": "Ed25519",
+        "x": "MvNrVssZOglk43GPdmC5_HLSYttUahN3eliwArBBCWA"});
+    let build = |jwk: &serde_json::Value| {
+        JwtAuthenticator::builder()
+            .jwks_json(&json!({ "keys": [jwk] }).to_string())
+            .build()
+    };
+    assert!(build(&p256).is_ok());
+    assert!(build(&ed).is_ok());
+    // The same keys declared for another curve's algorithm, or another curve for theirs:
+    // each would have built and then refused every token.
+    let cases = [
+        (&p256, "alg", "ES384", Algorithm::ES384),
+        (&p256, "crv", "P-384", Algorithm::ES256),
+        (&p256, "crv", "P-521", Algorithm::ES256),
+        (&ed, "crv", "X25519", Algorithm::EdDSA),
+        (&ed, "crv", "Ed448", Algorithm::EdDSA),
+    ];
+    for (key, field, value, alg) in cases {
+        let mut jwk = key.clone();
+        jwk[field] = json!(value);
+        let r = build(&jwk);
+        assert!(
+            matches!(r, Err(JwtConfigError::AlgorithmForKey(a)) if a == alg),
+            "{field} = {value}: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn duplicate_kids_are_refused_at_build() {
     let r = JwtAuthenticator::builder()
         .hs256(SECRET)

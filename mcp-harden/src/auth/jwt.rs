@@ -655,25 +655,34 @@ fn jwk_key(jwk: &Jwk) -> Result<Option<(Option<String>, Algorithm, DecodingKey)>
             )))
         }
     };
-    let fits = matches!(
-        (&jwk.algorithm, alg),
+    // The key's type, and for elliptic curves its curve, must be the algorithm's: a P-384
+    // key declared ES256 (or an X25519 key declared EdDSA) would build and then refuse
+    // every token.
+    let fits = match (&jwk.algorithm, alg) {
         (
             AlgorithmParameters::RSA(_),
             Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512
-        ) | (
-            AlgorithmParameters::EllipticCurve(_),
-            Algorithm::ES256 | Algorithm::ES384
-        ) | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
-            | (
-                AlgorithmParameters::OctetKey(_),
-                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-            )
-    );
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512,
+        ) => true,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => {
+            p.curve == EllipticCurve::P256
+        }
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => {
+            p.curve == EllipticCurve::P384
+        }
+        (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
+            p.curve == EllipticCurve::Ed25519
+        }
+        (
+            AlgorithmParameters::OctetKey(_),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512,
+        ) => true,
+        _ => false,
+    };
     if !fits {
         return Err(JwtConfigError::AlgorithmForKey(alg));
     }
