@@ -415,3 +415,65 @@ fn with_kids_a_token_picks_its_key() {
         .expect("JWT")
         .is_ok());
 }
+
+#[test]
+fn a_required_token_type_refuses_other_jwts() {
+    let typed = |typ: Option<&str>| {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = typ.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            &claims(json!({})),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("signs")
+    };
+    let check = |auth: &JwtAuthenticator, typ: Option<&str>| {
+        auth.authenticate(&typed(typ), &AuthContext::new(RESOURCE, source()))
+            .expect("a JWT is recognised")
+            .map(|p| p.subject().to_owned())
+    };
+    let access_only = JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .token_type("at+jwt")
+        .cache(0)
+        .build()
+        .expect("valid configuration");
+    // RFC 9068 access tokens, however the media type is spelled (RFC 7515 4.1.9).
+    for typ in [
+        "at+jwt",
+        "AT+JWT",
+        "application/at+jwt",
+        "Application/At+JWT",
+    ] {
+        assert_eq!(check(&access_only, Some(typ)), Ok("alice".into()), "{typ}");
+    }
+    // An ID token (typ JWT), a token without typ, another type: refused, even with a valid
+    // signature and audience.
+    for typ in [Some("JWT"), None, Some("at+jwt2"), Some("application/jwt")] {
+        assert_eq!(
+            check(&access_only, typ),
+            Err(AuthFailure::WrongTokenType),
+            "{typ:?}"
+        );
+    }
+    assert_eq!(AuthFailure::WrongTokenType.reason(), "wrong_token_type");
+    assert_eq!(
+        AuthFailure::WrongTokenType.client_message(),
+        "the credential is not valid"
+    );
+    // Without the setting, typ is not checked.
+    assert_eq!(check(&hs(), Some("JWT")), Ok("alice".into()));
+    assert_eq!(check(&hs(), None), Ok("alice".into()));
+    // A type that is not a media type is a configuration error.
+    for bad in ["", "at jwt"] {
+        let r = JwtAuthenticator::builder()
+            .hs256(SECRET)
+            .token_type(bad)
+            .build();
+        assert!(
+            matches!(r, Err(JwtConfigError::TokenType(_))),
+            "{bad:?}: {r:?}"
+        );
+    }
+}

@@ -55,6 +55,8 @@ pub struct JwtAuthenticator {
     /// Whether issuers are configured: then `iss` must be one string.
     check_issuer: bool,
     tier_claim: Option<String>,
+    /// The `typ` a token must carry, lowercase, without `application/`.
+    token_type: Option<String>,
     /// Seconds of clock skew allowed on `exp` and `nbf`.
     leeway: u64,
     cache: Option<TokenCache>,
@@ -174,6 +176,9 @@ pub enum JwtConfigError {
     /// Two keys share a `kid`.
     #[error("two keys have the kid `{0}`")]
     DuplicateKid(String),
+    /// The token type given to `.token_type` is empty or not visible ASCII.
+    #[error("the token type `{0}` is not a media type")]
+    TokenType(String),
     /// `.with_kid` was called before any key was added.
     #[error("with_kid must follow the key it names")]
     KidWithoutKey,
@@ -190,6 +195,7 @@ pub struct JwtBuilder {
     leeway: Option<Duration>,
     tier_claim: Option<String>,
     cache: Option<usize>,
+    token_type: Option<String>,
     errors: Vec<JwtConfigError>,
 }
 
@@ -376,6 +382,11 @@ impl JwtAuthenticator {
         self.verifications
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let header = jsonwebtoken::decode_header(credential).map_err(|e| failure(e.kind()))?;
+        if let Some(want) = &self.token_type {
+            if header.typ.as_deref().is_none_or(|t| media_type(t) != *want) {
+                return Err(AuthFailure::WrongTokenType);
+            }
+        }
         let mut last = AuthFailure::BadSignature;
         for key in self.select(&header)? {
             match jsonwebtoken::decode::<Map<String, Value>>(credential, &key.key, &key.validation)
@@ -391,6 +402,15 @@ impl JwtAuthenticator {
             }
         }
         Err(last)
+    }
+}
+
+/// A JOSE `typ` as compared (RFC 7515 4.1.9): lowercase, without an `application/` prefix.
+fn media_type(typ: &str) -> String {
+    let typ = typ.to_ascii_lowercase();
+    match typ.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => typ,
     }
 }
 
@@ -552,6 +572,22 @@ impl JwtBuilder {
         self
     }
 
+    /// Accept only tokens whose JOSE header `typ` is this media type (compared without case,
+    /// with or without `application/`). Set `"at+jwt"` when the authorization server issues
+    /// RFC 9068 access tokens: an OpenID Connect ID token (`typ: JWT`) for the same audience,
+    /// or any other JWT signed by the same keys, is then refused
+    /// ([`AuthFailure::WrongTokenType`](crate::auth::AuthFailure::WrongTokenType)). Without
+    /// it, `typ` is not checked.
+    pub fn token_type(mut self, typ: impl Into<String>) -> Self {
+        let typ = typ.into();
+        if typ.is_empty() || !typ.bytes().all(|b| b.is_ascii_graphic()) {
+            self.errors.push(JwtConfigError::TokenType(typ));
+        } else {
+            self.token_type = Some(media_type(&typ));
+        }
+        self
+    }
+
     /// How many verified tokens to remember (default 10 000; `0` turns the cache off).
     ///
     /// A remembered token skips signature verification while it is still valid: its `exp`
@@ -610,6 +646,7 @@ impl JwtBuilder {
             audiences: self.audiences,
             check_issuer: !issuers.is_empty(),
             tier_claim: self.tier_claim,
+            token_type: self.token_type,
             leeway,
             cache: TokenCache::new(self.cache.unwrap_or(DEFAULT_CACHE_CAPACITY)),
             #[cfg(test)]
@@ -668,12 +705,8 @@ fn jwk_key(jwk: &Jwk) -> Result<Option<(Option<String>, Algorithm, DecodingKey)>
             | Algorithm::PS384
             | Algorithm::PS512,
         ) => true,
-        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => {
-            p.curve == EllipticCurve::P256
-        }
-        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => {
-            p.curve == EllipticCurve::P384
-        }
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256) => p.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(p), Algorithm::ES384) => p.curve == EllipticCurve::P384,
         (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
             p.curve == EllipticCurve::Ed25519
         }

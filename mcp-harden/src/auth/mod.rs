@@ -283,6 +283,9 @@ pub enum AuthFailure {
     UnknownKey,
     /// The token's `alg` is not the algorithm pinned for the selected key.
     AlgorithmMismatch,
+    /// The token's `typ` header is not the one required (an OpenID Connect ID token, say,
+    /// where RFC 9068 access tokens, `at+jwt`, are expected).
+    WrongTokenType,
     /// A required claim (`exp`, `sub`, `aud`, `iss`) is missing or has the wrong type.
     MissingClaim,
     /// The API key is unknown or does not match its stored hash.
@@ -309,6 +312,7 @@ impl AuthFailure {
             AuthFailure::BadSignature => "bad_signature",
             AuthFailure::UnknownKey => "unknown_key",
             AuthFailure::AlgorithmMismatch => "algorithm_mismatch",
+            AuthFailure::WrongTokenType => "wrong_token_type",
             AuthFailure::MissingClaim => "missing_claim",
             AuthFailure::UnknownApiKey => "unknown_api_key",
             AuthFailure::Throttled => "throttled",
