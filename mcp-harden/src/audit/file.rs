@@ -791,9 +791,60 @@ pub struct ChainBreak {
     pub problem: String,
 }
 
+/// What a verification must find besides an unbroken chain: what only a record kept
+/// elsewhere can show, as the chain has no key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The chain must start at the genesis (`seq` 1): no file was removed from its start.
+    pub from_genesis: bool,
+    /// Heads recorded earlier, as `(seq, hash)` (what [`Verified`] reports as `last_seq`
+    /// and `head`): each record must still be there with that hash. A log cut after a
+    /// recorded head, or rewritten whole, fails.
+    pub heads: Vec<(u64, String)>,
+}
+
 /// Verifies a chain across files (in any order: they are sorted by their first record's
 /// `seq`), reporting the first edited, deleted, reordered or truncated record.
 pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBreak> {
+    verify_expecting(files, &Expect::default())
+}
+
+/// [`verify`], and what `expect` asks besides.
+pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, ChainBreak> {
+    let out = verify_chain(files, &expect.heads)?;
+    let last = files.last().cloned().unwrap_or_default();
+    if expect.from_genesis && !out.from_genesis {
+        return Err(ChainBreak {
+            file: last,
+            line: 0,
+            problem: format!(
+                "the chain starts at seq {}, not at the genesis: its first records were removed",
+                out.first_seq
+            ),
+        });
+    }
+    for (seq, _) in &expect.heads {
+        if out.records == 0 || *seq < out.first_seq || *seq > out.last_seq {
+            return Err(ChainBreak {
+                file: last,
+                line: 0,
+                problem: format!(
+                    "record {seq}, a head recorded earlier, is not in these files (seq {}..{}): {}",
+                    out.first_seq,
+                    out.last_seq,
+                    if *seq > out.last_seq {
+                        "the log was cut after it"
+                    } else {
+                        "its file was removed or not given"
+                    }
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, ChainBreak> {
     let broke = |file: &Path, line: usize, problem: String| ChainBreak {
         file: file.to_path_buf(),
         line,
@@ -903,6 +954,18 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBreak> {
                 ));
             };
             let hash = hex(&Sha256::digest(&line));
+            if heads
+                .iter()
+                .any(|(s, h)| *s == seq && !h.eq_ignore_ascii_case(&hash))
+            {
+                return Err(broke(
+                    file,
+                    n + 1,
+                    format!(
+                        "record {seq} is not the head recorded earlier: the chain was rewritten"
+                    ),
+                ));
+            }
             expected = Some((next, hash.clone()));
             out.records += 1;
             out.last_seq = seq;
@@ -950,7 +1013,6 @@ mod tests {
         }
     }
 
-    /// The log's files, rotated and active.
     /// A fresh directory (removed when dropped) and the path of a log in it.
     fn temp_log() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -958,6 +1020,7 @@ mod tests {
         (dir, path)
     }
 
+    /// The log's files, rotated and active.
     fn files(path: &Path) -> Vec<PathBuf> {
         let mut files = rotated_files(path).expect("lists");
         files.push(path.to_path_buf());
@@ -1116,6 +1179,69 @@ mod tests {
         assert_eq!(rotated_files(&path).expect("lists").len(), 2);
         let v = verify(&files(&path)).expect("the chain is intact");
         assert_eq!((v.records, v.last_seq, v.from_genesis), (3, 3, true));
+    }
+
+    #[tokio::test]
+    async fn recorded_heads_and_the_genesis_catch_what_the_chain_alone_cannot() {
+        let write = |path: &Path| {
+            let sink = FileAuditConfig::new(path).open().expect("opens");
+            for _ in 0..5 {
+                sink.record(&refusal());
+            }
+            assert!(sink.flush(Duration::from_secs(30)));
+        };
+        let (_dir, path) = temp_log();
+        write(&path);
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let lines: Vec<&str> = text.lines().collect();
+        let hash = |i: usize| hex(&Sha256::digest(lines[i].as_bytes()));
+        let one = std::slice::from_ref(&path);
+        let expect = |heads: Vec<(u64, String)>| Expect {
+            from_genesis: true,
+            heads,
+        };
+        let v = verify_expecting(
+            one,
+            &expect(vec![(5, hash(4)), (3, hash(2).to_uppercase())]),
+        )
+        .expect("intact");
+        assert_eq!((v.first_seq, v.last_seq, v.head.clone()), (1, 5, hash(4)));
+
+        // Cut after record 3: a valid chain, but not the head recorded at 5.
+        let cut = |n: usize| {
+            lines[..n]
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+        };
+        std::fs::write(&path, cut(3)).expect("writes");
+        assert!(verify(one).is_ok(), "the chain alone cannot tell");
+        let b = verify_expecting(one, &expect(vec![(5, hash(4))])).expect_err("cut");
+        assert!(b.problem.contains("cut after it"), "{b}");
+        assert!(verify_expecting(one, &expect(vec![(3, hash(2))])).is_ok());
+
+        // The first two records removed: a valid chain from seq 3, not from the genesis.
+        let tail: String = lines[2..].iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, tail).expect("writes");
+        assert!(verify(one).is_ok());
+        let b = verify_expecting(one, &expect(vec![])).expect_err("not from the genesis");
+        assert!(b.problem.contains("starts at seq 3"), "{b}");
+        let b = verify_expecting(
+            one,
+            &Expect {
+                from_genesis: false,
+                heads: vec![(1, hash(0))],
+            },
+        )
+        .expect_err("a recorded head before the files");
+        assert!(b.problem.contains("not in these files"), "{b}");
+
+        // The whole chain rewritten (five other records): valid, but not the head recorded.
+        std::fs::remove_file(&path).expect("removes");
+        write(&path);
+        assert!(verify(one).is_ok());
+        let b = verify_expecting(one, &expect(vec![(5, hash(4))])).expect_err("rewritten");
+        assert!(b.problem.contains("rewritten"), "{b}");
     }
 
     #[test]

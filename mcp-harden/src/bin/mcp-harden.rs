@@ -5,6 +5,7 @@
 //! mcp-harden token --sub alice --scopes "db:read db:write" --ttl 15m --aud http://127.0.0.1:8080/mcp
 //! mcp-harden api-key --sub ci-bot --scopes db:read --keys-file keys.json
 //! mcp-harden audit verify audit.jsonl audit.jsonl.*
+//! mcp-harden audit verify --from-genesis --head 1200:<hash> audit.jsonl audit.jsonl.*
 //! ```
 //!
 //! The HMAC secret is read from the environment (`MCP_HARDEN_JWT_SECRET`) or a file, never
@@ -85,10 +86,31 @@ enum AuditCommand {
     /// Check the hash chain of audit log files (active and rotated, in any order) and report
     /// the first edited, deleted, reordered or truncated record. Exit status 1 if broken.
     Verify {
+        /// Fail unless the chain starts at the genesis (seq 1): no file removed from its start.
+        #[arg(long)]
+        from_genesis: bool,
+        /// A head printed by an earlier verify (SEQ:HASH), kept elsewhere: fail unless that
+        /// record is still there with that hash (the log was not cut after it, nor
+        /// rewritten). Repeatable.
+        #[arg(long = "head", value_name = "SEQ:HASH", value_parser = parse_head)]
+        heads: Vec<(u64, String)>,
         /// The files, e.g. audit.jsonl audit.jsonl.*
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+fn parse_head(s: &str) -> Result<(u64, String), String> {
+    let (seq, hash) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected SEQ:HASH"))?;
+    let seq = seq
+        .parse()
+        .map_err(|_| format!("`{seq}`: not a sequence number"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{hash}`: not a SHA-256 in hex"));
+    }
+    Ok((seq, hash.to_ascii_lowercase()))
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -179,13 +201,25 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify { files },
-        } => match mcp_harden::audit::file::verify(&files) {
+            command:
+                AuditCommand::Verify {
+                    from_genesis,
+                    heads,
+                    files,
+                },
+        } => match mcp_harden::audit::file::verify_expecting(
+            &files,
+            &mcp_harden::audit::file::Expect {
+                from_genesis,
+                heads,
+            },
+        ) {
             Ok(v) => {
                 println!(
-                    "OK: {} records, seq {}..{}, head {}{}",
+                    "OK: {} records, seq {}..{}, head {}:{}{}",
                     v.records,
                     v.first_seq,
+                    v.last_seq,
                     v.last_seq,
                     v.head,
                     if v.from_genesis {
@@ -248,5 +282,15 @@ mod tests {
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("1w").is_err());
         assert_eq!(scopes("db:read, db:write"), ["db:read", "db:write"]);
+    }
+
+    #[test]
+    fn heads() {
+        let hash = "AB".repeat(32);
+        assert_eq!(parse_head(&format!("42:{hash}")), Ok((42, "ab".repeat(32))));
+        assert!(parse_head(&hash).is_err(), "no seq");
+        assert!(parse_head(&format!("x:{hash}")).is_err());
+        assert!(parse_head("42:abcd").is_err(), "not a SHA-256");
+        assert!(parse_head(&format!("42:{}", "g".repeat(64))).is_err());
     }
 }
