@@ -216,6 +216,11 @@ impl Srv {
         self.raw_post(&body.to_string(), headers).await
     }
 
+    /// [`raw_post`](Self::raw_post) with owned arguments (for closures).
+    async fn raw_post_owned(&self, body: String, headers: Vec<(&str, &str)>) -> reqwest::Response {
+        self.raw_post(&body, &headers).await
+    }
+
     /// A raw POST of `body` with `headers`, which replace the defaults of the same name
     /// (`accept` both media types, `content-type` JSON, `mcp-protocol-version` 2025-11-25).
     async fn raw_post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -1339,6 +1344,7 @@ async fn unusable_configurations_are_refused_at_bind() {
         (jwt().trusted_proxies(["::/0"]), "every address"),
         (jwt().max_sessions(0), "at least 1"),
         (jwt().max_sessions_per_caller(0), "at least 1"),
+        (jwt().max_anonymous_sessions(0), "at least 1"),
         (
             jwt().session_idle_timeout(Duration::ZERO),
             "session idle timeout",
@@ -1793,6 +1799,89 @@ async fn sessions_are_bounded_per_caller_and_in_all() {
     let third = open_session(&srv, &alice, "alice-3").await;
     assert_ne!(third, second);
     assert_eq!(srv.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_request_that_opens_no_session_takes_no_place() {
+    let srv = start(config().authenticator(hs_auth()).max_sessions_per_caller(1)).await;
+    let alice = srv.token("alice", "db:read");
+    let _held = open_session(&srv, &alice, "alice").await;
+    let seen = srv.audit.records().len();
+    // Served by rmcp without a session: not refused for want of one.
+    let r = srv
+        .raw_post(
+            &json!({"jsonrpc": "2.0", "id": 5, "method": "server/discover", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}}}})
+            .to_string(),
+            &[
+                ("authorization", &bearer(&alice)),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "server/discover"),
+            ],
+        )
+        .await;
+    let status = r.status();
+    let body = r.text().await.expect("body");
+    assert_eq!(status, 200, "{body}");
+    assert!(jsonrpc(&body).get("result").is_some(), "{body}");
+    let sessions: Vec<_> = srv
+        .audit
+        .records()
+        .split_off(seen)
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::Session)
+        .collect();
+    assert!(sessions.is_empty(), "{sessions:#?}");
+    // And an initialize still is.
+    assert_no_room(&srv, &alice, "alice", 429, "too_many_sessions_for_caller").await;
+}
+
+#[tokio::test]
+async fn anonymous_callers_share_a_pool_of_their_own() {
+    let srv = start(
+        config()
+            .authenticator(hs_auth())
+            .allow_anonymous()
+            .trusted_proxies(["127.0.0.1"])
+            .max_sessions(3)
+            .max_anonymous_sessions(2),
+    )
+    .await;
+    // Three anonymous callers (three forwarded addresses): the third finds the pool full.
+    let anonymous_initialize = |client: &'static str| {
+        srv.raw_post_owned(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "anon", "version": "1"}}})
+            .to_string(),
+            vec![("x-forwarded-for", client)],
+        )
+    };
+    for client in ["192.0.2.1", "192.0.2.2"] {
+        assert_eq!(anonymous_initialize(client).await.status(), 200, "{client}");
+    }
+    let seen = srv.audit.records().len();
+    let r = anonymous_initialize("192.0.2.3").await;
+    assert_eq!(r.status(), 503);
+    let new = srv.audit.records().split_off(seen);
+    assert_eq!(new.len(), 1, "{new:#?}");
+    assert_eq!(new[0].reason, Some("too_many_anonymous_sessions"));
+    assert_eq!(
+        new[0].principal.subject.as_deref(),
+        Some("anonymous@192.0.2.3")
+    );
+    // A caller with credentials still has the server's last place.
+    let alice = srv.token("alice", "db:read");
+    open_session(&srv, &alice, "alice").await;
+    assert_no_room(
+        &srv,
+        &srv.token("bob", "db:read"),
+        "bob",
+        503,
+        "too_many_sessions",
+    )
+    .await;
 }
 
 #[tokio::test]

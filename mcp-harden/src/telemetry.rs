@@ -12,7 +12,7 @@
 //! | `mcp_harden_rate_limited_total` | counter | `tool`, `limit` (`tool`, `principal`, `global`) |
 //! | `mcp_harden_audit_records_total` | counter | `result` (`recorded`, `refused`) |
 //! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
-//! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`server`, `caller`) |
+//! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`caller`, `anonymous`, `server`) |
 //!
 //! Label values are bounded: tool names are the registered ones, tiers the configured ones
 //! (`other` for any other, `none` without a tier), codes and reasons fixed sets. No argument,
@@ -163,17 +163,23 @@ pub(crate) fn auth_failure(reason: &'static str) {
     metrics::counter!(names::AUTH_FAILURES, "reason" => reason).increment(1);
 }
 
-/// One rate-limit refusal.
-/// The stateful HTTP sessions held now.
-pub(crate) fn http_sessions(held: usize) {
-    metrics::gauge!(names::HTTP_SESSIONS).set(held as f64);
+/// A stateful HTTP session opened (`true`) or closed (`false`): a gauge moved rather than set,
+/// so that several servers in one process add up.
+pub(crate) fn http_session(opened: bool) {
+    let gauge = metrics::gauge!(names::HTTP_SESSIONS);
+    if opened {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
 }
 
-/// A new HTTP session refused by `limit` (`server` or `caller`).
+/// A new HTTP session refused by `limit` (`caller`, `anonymous` or `server`).
 pub(crate) fn http_sessions_refused(limit: &'static str) {
     metrics::counter!(names::HTTP_SESSIONS_REFUSED, "limit" => limit).increment(1);
 }
 
+/// One rate-limit refusal.
 pub(crate) fn rate_limited(tool: &'static str, limit: &'static str) {
     metrics::counter!(names::RATE_LIMITED, "tool" => tool, "limit" => limit).increment(1);
 }

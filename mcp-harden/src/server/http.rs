@@ -40,7 +40,7 @@ use crate::errors::{ErrorCode, ToolError};
 use crate::spec::Scopes;
 
 mod sessions;
-use sessions::{OwnedSessions, SessionCheck, Sessions};
+use sessions::{Bounds, Full, Opener, OwnedSessions, SessionCheck, Sessions};
 
 /// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,6 +102,7 @@ pub struct HttpConfig {
     allow_anonymous: bool,
     max_sessions: usize,
     max_sessions_per_caller: usize,
+    max_anonymous_sessions: usize,
     session_idle_timeout: Duration,
 }
 
@@ -145,6 +146,7 @@ impl HttpConfig {
             allow_anonymous: false,
             max_sessions: 1_000,
             max_sessions_per_caller: 32,
+            max_anonymous_sessions: 100,
             session_idle_timeout: Duration::from_secs(300),
         }
     }
@@ -207,31 +209,43 @@ impl HttpConfig {
         self
     }
 
-    /// The most sessions the server holds at once (default 1 000). An `initialize` beyond
-    /// it is refused with HTTP 503 (`too_many_sessions`, audited as a
-    /// [`Session`](crate::audit::AuditEvent::Session) event) until a session ends: a DELETE,
-    /// or [`session_idle_timeout`](Self::session_idle_timeout). Each session holds a task
-    /// and its channels in rmcp, about 90 KB of heap (rmcp 3.11; the `allocs` benchmark),
-    /// so the default bounds them to about 90 MB. At least 1; stateful mode only.
+    /// The most sessions the server holds at once (default 1 000), shared by every caller:
+    /// size it for the callers you expect, as 32 callers at their own bound fill the
+    /// default. A session beyond it is refused with HTTP 503 (`too_many_sessions`, audited
+    /// as a [`Session`](crate::audit::AuditEvent::Session) event) until one ends: a DELETE,
+    /// or [`session_idle_timeout`](Self::session_idle_timeout). Each session holds a task and
+    /// its channels in rmcp, about 90 KB of heap (rmcp 3.11; the `allocs` benchmark), so the
+    /// default bounds them to about 90 MB. At least 1; stateful mode only.
     pub fn max_sessions(mut self, sessions: usize) -> Self {
         self.max_sessions = sessions;
         self
     }
 
-    /// The most sessions one caller holds at once (default 32), so that no caller can take
-    /// the server's [`max_sessions`](Self::max_sessions) for itself. A caller is what its rate
-    /// limits count (`jwt:alice`; an anonymous caller is its source address). An `initialize`
-    /// beyond it is refused with HTTP 429 (`too_many_sessions`, audited) until one of the
-    /// caller's sessions ends. At least 1; stateful mode only.
+    /// The most sessions one caller holds at once (default 32). A caller is what its rate
+    /// limits count (`jwt:alice`; an anonymous caller is its source address, an IPv6 one
+    /// its /64). A session beyond it is refused with HTTP 429 (`too_many_sessions`,
+    /// audited) until one of the caller's ends. A client that leaves before reading the
+    /// reply to its `initialize` cannot end that session: its place is freed by the idle
+    /// timeout. At least 1; stateful mode only.
     pub fn max_sessions_per_caller(mut self, sessions: usize) -> Self {
         self.max_sessions_per_caller = sessions;
         self
     }
 
+    /// The most sessions anonymous callers hold together (default 100), so that callers
+    /// without credentials, from however many addresses, cannot take the server's sessions
+    /// from those with (see [`allow_anonymous`](Self::allow_anonymous)). A session beyond it
+    /// is refused with HTTP 503 (`too_many_sessions`, audited). At least 1; stateful mode
+    /// only.
+    pub fn max_anonymous_sessions(mut self, sessions: usize) -> Self {
+        self.max_anonymous_sessions = sessions;
+        self
+    }
+
     /// How long a session may go without a message before it is closed and its place freed
-    /// (default 5 minutes, rmcp's). A call in progress sends nothing until it answers, so
-    /// keep this longer than the longest tool timeout. More than zero and at most a day;
-    /// stateful mode only.
+    /// (default 5 minutes, rmcp's). A call that sends no progress sends nothing until it
+    /// answers, and an open event stream without traffic does not count, so keep this longer
+    /// than the longest tool timeout. More than zero and at most a day; stateful mode only.
     pub fn session_idle_timeout(mut self, timeout: Duration) -> Self {
         self.session_idle_timeout = timeout;
         self
@@ -430,9 +444,13 @@ impl<S: Send + Sync + 'static> Hardened<S> {
                 )));
             }
         }
-        if config.max_sessions == 0 || config.max_sessions_per_caller == 0 {
+        if config.max_sessions == 0
+            || config.max_sessions_per_caller == 0
+            || config.max_anonymous_sessions == 0
+        {
             return Err(HttpError::Config(
-                "max_sessions and max_sessions_per_caller must be at least 1".into(),
+                "max_sessions, max_sessions_per_caller and max_anonymous_sessions must be at least 1"
+                    .into(),
             ));
         }
         if config.session_idle_timeout.is_zero() || config.session_idle_timeout > MAX_SESSION_IDLE {
@@ -566,10 +584,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             challenge,
             allow_anonymous: config.allow_anonymous,
             sessions: config.stateful.then(|| {
-                Arc::new(Sessions::new(
-                    config.max_sessions,
-                    config.max_sessions_per_caller,
-                ))
+                Arc::new(Sessions::new(Bounds {
+                    total: config.max_sessions,
+                    per_caller: config.max_sessions_per_caller,
+                    anonymous: config.max_anonymous_sessions,
+                }))
             }),
         });
 
@@ -587,9 +606,13 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         // Stateless mode never asks it for a session.
         let owned = OwnedSessions::new(
             local,
-            gate.sessions
-                .clone()
-                .unwrap_or_else(|| Arc::new(Sessions::new(0, 0))),
+            gate.sessions.clone().unwrap_or_else(|| {
+                Arc::new(Sessions::new(Bounds {
+                    total: 0,
+                    per_caller: 0,
+                    anonymous: 0,
+                }))
+            }),
         );
         let service = StreamableHttpService::new(
             move || Ok(factory_base.http_instance()),
@@ -1102,6 +1125,52 @@ impl Gate {
         self.hardened.audit(&record);
     }
 
+    /// A new session refused for want of room: audited, counted, and answered 429 (the
+    /// caller's own bound) or 503.
+    fn no_room(
+        &self,
+        full: Full,
+        principal: &Principal,
+        source: SocketAddr,
+        started: Instant,
+        traceparent: Option<HeaderValue>,
+    ) -> Response {
+        crate::telemetry::http_sessions_refused(full.label());
+        let (reason, code, status, description) = match full {
+            Full::Caller => (
+                "too_many_sessions_for_caller",
+                ErrorCode::RateLimited,
+                StatusCode::TOO_MANY_REQUESTS,
+                "this caller holds as many sessions as it may: end one (DELETE) or wait for \
+                 an idle one to expire",
+            ),
+            Full::Anonymous => (
+                "too_many_anonymous_sessions",
+                ErrorCode::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this server holds as many sessions without credentials as it may: try again \
+                 later, or authenticate",
+            ),
+            Full::Server => (
+                "too_many_sessions",
+                ErrorCode::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this server holds as many sessions as it may: try again later",
+            ),
+        };
+        self.record(Event {
+            event: AuditEvent::Session,
+            principal: Some(principal),
+            tool: None,
+            reason,
+            code,
+            source,
+            started,
+            traceparent: traceparent.as_ref().and_then(|v| v.to_str().ok()),
+        });
+        error_response(status, "too_many_sessions", description)
+    }
+
     /// `Bearer resource_metadata="…"` plus RFC 6750 parameters.
     fn challenge(&self, params: &str) -> HeaderValue {
         let v = if params.is_empty() {
@@ -1520,63 +1589,32 @@ where
     B: HttpBody<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let mut opening = None;
+    let mut opener = None;
     if let Some(sessions) = &gate.sessions {
-        let refuse = |reason, code| {
-            gate.record(Event {
-                event: AuditEvent::Session,
-                principal: Some(&principal),
-                tool: None,
-                reason,
-                code,
-                source,
-                started,
-                traceparent: crate::telemetry::traceparent(req.headers()),
-            });
-        };
         match req.headers().get(&SESSION_HEADER) {
             // Not UTF-8: no session of ours.
             Some(id) => match sessions.check(id.to_str().unwrap_or("\u{fffd}"), &principal) {
                 SessionCheck::Owner => {}
                 SessionCheck::Foreign => {
-                    refuse("session_owned_by_another_principal", ErrorCode::Forbidden);
+                    gate.record(Event {
+                        event: AuditEvent::Session,
+                        principal: Some(&principal),
+                        tool: None,
+                        reason: "session_owned_by_another_principal",
+                        code: ErrorCode::Forbidden,
+                        source,
+                        started,
+                        traceparent: crate::telemetry::traceparent(req.headers()),
+                    });
                     return GuardFuture::Done(Some(session_not_found()));
                 }
                 SessionCheck::Unknown => return GuardFuture::Done(Some(session_not_found())),
             },
             // Only a POST can open a session (rmcp refuses the others without one).
-            None if req.method() == Method::POST => match sessions.reserve(&principal) {
-                Ok(o) => opening = Some(o),
-                Err(full) => {
-                    crate::telemetry::http_sessions_refused(full.label());
-                    let (reason, code, status) = match full {
-                        sessions::Full::Server => (
-                            "too_many_sessions",
-                            ErrorCode::Unavailable,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                        ),
-                        sessions::Full::Caller => (
-                            "too_many_sessions_for_caller",
-                            ErrorCode::RateLimited,
-                            StatusCode::TOO_MANY_REQUESTS,
-                        ),
-                    };
-                    refuse(reason, code);
-                    return GuardFuture::Done(Some(error_response(
-                        status,
-                        "too_many_sessions",
-                        match full {
-                            sessions::Full::Server => {
-                                "this server holds as many sessions as it may: try again later"
-                            }
-                            sessions::Full::Caller => {
-                                "this caller holds as many sessions as it may: end one \
-                                 (DELETE) or wait for an idle one to expire"
-                            }
-                        },
-                    )));
-                }
-            },
+            None if req.method() == Method::POST => {
+                let traceparent = req.headers().get(&crate::telemetry::TRACEPARENT).cloned();
+                opener = Some((Opener::new(principal.clone()), traceparent));
+            }
             None => {}
         }
     }
@@ -1584,17 +1622,26 @@ where
         reply: (req.method() == Method::POST).then(|| gate.hardened.inflight()),
         body,
     };
-    req.extensions_mut()
-        .insert(Authenticated { principal, source });
+    let Some((opener, traceparent)) = opener else {
+        req.extensions_mut()
+            .insert(Authenticated { principal, source });
+        return GuardFuture::Call(inner.call(req), Some(after));
+    };
+    req.extensions_mut().insert(Authenticated {
+        principal: principal.clone(),
+        source,
+    });
     let call = inner.call(req);
-    match opening {
-        None => GuardFuture::Call(call, Some(after)),
-        // rmcp creates the session within this future, and takes the reservation then.
-        Some(opening) => GuardFuture::Boxed(Box::pin(async move {
-            let Ok(response) = opening.scope(call).await;
-            after.finish(response)
-        })),
-    }
+    let gate = gate.clone();
+    // rmcp makes a session, if this request opens one, within this future: as the caller's.
+    GuardFuture::Boxed(Box::pin(async move {
+        let refused = opener.refused();
+        let Ok(response) = opener.scope(call).await;
+        match refused.get() {
+            Some(&full) => gate.no_room(full, &principal, source, started, traceparent),
+            None => after.finish(response),
+        }
+    }))
 }
 
 /// The guard's reply: a refusal made at once, rmcp's reply to a checked request, or a

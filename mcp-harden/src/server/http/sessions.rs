@@ -4,19 +4,21 @@
 //! [`OwnedSessions`] wraps rmcp's [`LocalSessionManager`] and keeps, beside its map, the
 //! owner of every session it holds ([`Sessions`]):
 //!
-//! - a session is counted from the moment a request reserves it ([`Sessions::reserve`],
-//!   before rmcp runs), attributed when rmcp creates it within that same request (so before
-//!   anyone can know its id, and even if the client leaves before the reply), and forgotten
-//!   when rmcp closes it: a DELETE, or the end of its worker (idle past the keep-alive, a
-//!   failed handshake, shutdown). The table is rmcp's map, owners added: no sweep, no entry
-//!   that outlives its session.
-//! - the reservation is refused when the server holds `max_total` sessions, or the caller
-//!   `max_per_caller` (counted by its rate-limit key: `jwt:alice`; anonymous callers by
-//!   source address).
+//! - rmcp creates a session within the request that opens it; the guard runs that request
+//!   with its caller in a task-local ([`Opener`]), so that `create_session` can take a place
+//!   for the caller first and attribute the session as soon as rmcp has made it: before
+//!   anyone can know its id, and even if the client leaves before the reply. A request that
+//!   opens no session (rmcp serves some session-less requests directly) takes no place.
+//! - a place is refused when the caller holds `max_per_caller` sessions (counted by its
+//!   rate-limit key: `jwt:alice`; an anonymous caller by source address, an IPv6 one by
+//!   /64), when anonymous callers together hold `max_anonymous`, or when the server holds
+//!   `max_total`; the guard turns the refusal into its answer ([`Opener::refused`]).
+//! - a session is forgotten once rmcp has closed it: a DELETE, or the end of its worker
+//!   (idle past the keep-alive, a failed handshake, shutdown), which always closes it.
+//!   The table is rmcp's map with owners: no sweep, and no entry outlives its session.
 
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use futures::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
@@ -29,9 +31,37 @@ use rmcp::transport::streamable_http_server::SessionId;
 use crate::auth::{AuthMethod, Principal};
 
 tokio::task_local! {
-    /// The session the request being served has reserved: taken by
-    /// [`OwnedSessions::create_session`], which rmcp runs within that request's future.
-    static OPENING: Cell<Option<Opening>>;
+    /// The caller of the request being served, for [`OwnedSessions::create_session`], which
+    /// rmcp runs within that request's future.
+    static OPENER: Opener;
+}
+
+/// The caller of a request that may open a session, and the bound that refused it one.
+pub(super) struct Opener {
+    principal: Arc<Principal>,
+    refused: Arc<OnceLock<Full>>,
+}
+
+impl Opener {
+    pub(super) fn new(principal: Arc<Principal>) -> Self {
+        Self {
+            principal,
+            refused: Arc::default(),
+        }
+    }
+
+    /// Where a refusal will be noted: read it once the request has been served.
+    pub(super) fn refused(&self) -> Arc<OnceLock<Full>> {
+        self.refused.clone()
+    }
+
+    /// Runs `future` (rmcp's handling of the request) as this caller's.
+    pub(super) fn scope<F: std::future::Future>(
+        self,
+        future: F,
+    ) -> impl std::future::Future<Output = F::Output> {
+        OPENER.scope(self, future)
+    }
 }
 
 /// Who owns a session: how they authenticated and as whom.
@@ -60,13 +90,27 @@ impl Owner {
             && *self.subject == **p.subject_arc()
             && self.key_id.as_deref() == p.key_id_arc().map(|k| &**k)
     }
+
+    fn anonymous(&self) -> bool {
+        self.method == AuthMethod::Anonymous
+    }
 }
 
 /// Every live session's owner, and the bounds on how many there are.
 pub(super) struct Sessions {
     table: Mutex<Table>,
-    max_total: usize,
-    max_per_caller: usize,
+    bounds: Bounds,
+}
+
+/// The most sessions held at once.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bounds {
+    /// By the server.
+    pub total: usize,
+    /// By one caller.
+    pub per_caller: usize,
+    /// By anonymous callers together.
+    pub anonymous: usize,
 }
 
 #[derive(Default)]
@@ -75,17 +119,22 @@ struct Table {
     live: HashMap<SessionId, Owner>,
     /// Sessions held or being opened, per caller (none: no entry).
     per_caller: HashMap<Arc<str>, usize>,
-    /// Sessions reserved by a request and not yet created by rmcp.
+    /// Sessions held or being opened by anonymous callers.
+    anonymous: usize,
+    /// Sessions being opened: a place taken, the session not yet made by rmcp.
     opening: usize,
 }
 
 impl Table {
-    fn release(&mut self, caller: &str) {
-        if let Some(n) = self.per_caller.get_mut(caller) {
+    fn release(&mut self, owner: &Owner) {
+        if let Some(n) = self.per_caller.get_mut(&owner.caller) {
             *n -= 1;
             if *n == 0 {
-                self.per_caller.remove(caller);
+                self.per_caller.remove(&owner.caller);
             }
+        }
+        if owner.anonymous() {
+            self.anonymous -= 1;
         }
     }
 }
@@ -101,28 +150,30 @@ pub(super) enum SessionCheck {
 /// Which bound refused a new session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Full {
-    /// The server holds its most sessions.
-    Server,
     /// The caller holds its most sessions.
     Caller,
+    /// Anonymous callers together hold their most sessions.
+    Anonymous,
+    /// The server holds its most sessions.
+    Server,
 }
 
 impl Full {
-    /// The metrics label and the audit reason.
+    /// The metrics label.
     pub(super) fn label(self) -> &'static str {
         match self {
-            Full::Server => "server",
             Full::Caller => "caller",
+            Full::Anonymous => "anonymous",
+            Full::Server => "server",
         }
     }
 }
 
 impl Sessions {
-    pub(super) fn new(max_total: usize, max_per_caller: usize) -> Self {
+    pub(super) fn new(bounds: Bounds) -> Self {
         Self {
             table: Mutex::default(),
-            max_total,
-            max_per_caller,
+            bounds,
         }
     }
 
@@ -141,63 +192,60 @@ impl Sessions {
         }
     }
 
-    /// Reserves a session for `who`, unless the server or the caller holds its most.
-    pub(super) fn reserve(self: &Arc<Self>, who: &Principal) -> Result<Opening, Full> {
+    /// Takes a place for a session of `who`'s, unless a bound is reached (the caller's first,
+    /// as the caller can act on it).
+    fn reserve(self: &Arc<Self>, who: &Principal) -> Result<Opening, Full> {
+        let owner = Owner::of(who);
         let mut table = self.table();
-        if table.live.len() + table.opening >= self.max_total {
-            return Err(Full::Server);
-        }
-        let held = table.per_caller.get(&**who.rate_key()).copied();
-        if held.unwrap_or(0) >= self.max_per_caller {
+        let held = table.per_caller.get(&owner.caller).copied().unwrap_or(0);
+        if held >= self.bounds.per_caller {
             return Err(Full::Caller);
         }
-        *table.per_caller.entry(who.rate_key().clone()).or_insert(0) += 1;
+        if owner.anonymous() && table.anonymous >= self.bounds.anonymous {
+            return Err(Full::Anonymous);
+        }
+        if table.live.len() + table.opening >= self.bounds.total {
+            return Err(Full::Server);
+        }
+        *table.per_caller.entry(owner.caller.clone()).or_insert(0) += 1;
+        table.anonymous += usize::from(owner.anonymous());
         table.opening += 1;
         Ok(Opening {
             sessions: self.clone(),
-            owner: Some(Owner::of(who)),
+            owner: Some(owner),
         })
     }
 
-    /// rmcp closed session `id` (or a DELETE asked it to): its owner's count goes down.
+    /// rmcp has closed session `id`: its owner's place is free.
     fn closed(&self, id: &str) {
         let mut table = self.table();
         if let Some(owner) = table.live.remove(id) {
-            table.release(&owner.caller);
-            crate::telemetry::http_sessions(table.live.len());
+            table.release(&owner);
+            crate::telemetry::http_session(false);
         }
     }
 }
 
-/// A session reserved by a request: created by rmcp within it ([`Opening::opened`]) or, if
-/// not (not an `initialize`, a refusal, the client gone), released when dropped.
-pub(super) struct Opening {
+/// A place taken for a session: the session made by rmcp ([`Opening::opened`]) or, if not
+/// (rmcp failed, the request was dropped), the place freed when this is dropped.
+struct Opening {
     sessions: Arc<Sessions>,
     owner: Option<Owner>,
 }
 
 impl Opening {
-    /// Runs `future` (rmcp's handling of the request) with this reservation, which it takes
-    /// if it creates a session.
-    pub(super) fn scope<F: std::future::Future>(
-        self,
-        future: F,
-    ) -> impl std::future::Future<Output = F::Output> {
-        OPENING.scope(Cell::new(Some(self)), future)
-    }
-
-    /// rmcp created session `id` for this reservation.
+    /// rmcp made session `id` in this place.
     fn opened(mut self, id: SessionId) {
         let Some(owner) = self.owner.take() else {
             return;
         };
         let mut table = self.sessions.table();
         table.opening -= 1;
-        if let Some(old) = table.live.insert(id, owner) {
-            // Not seen: rmcp's ids are random. Its count must not leak all the same.
-            table.release(&old.caller);
+        match table.live.insert(id, owner) {
+            // Not seen: rmcp's ids are random. The place must not leak all the same.
+            Some(old) => table.release(&old),
+            None => crate::telemetry::http_session(true),
         }
-        crate::telemetry::http_sessions(table.live.len());
     }
 }
 
@@ -206,7 +254,7 @@ impl Drop for Opening {
         if let Some(owner) = self.owner.take() {
             let mut table = self.sessions.table();
             table.opening -= 1;
-            table.release(&owner.caller);
+            table.release(&owner);
         }
     }
 }
@@ -223,15 +271,19 @@ impl OwnedSessions {
     }
 }
 
-/// Why a session operation failed (rmcp answers a 500 with no detail of it).
+/// Why a session operation failed (rmcp answers a 500 with no detail of it; the guard
+/// answers a refusal in its place).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SessionsError {
     #[error(transparent)]
     Local(#[from] LocalSessionManagerError),
-    /// rmcp asked for a session outside a request that reserved one: refused, as there is
+    /// rmcp asked for a session outside a request run by the guard: refused, as there is
     /// no owner to give it.
-    #[error("no session was reserved for this request")]
-    Unreserved,
+    #[error("no caller for this session")]
+    NoCaller,
+    /// A bound is reached.
+    #[error("no room for another session ({})", .0.label())]
+    Full(Full),
 }
 
 impl SessionManager for OwnedSessions {
@@ -239,11 +291,13 @@ impl SessionManager for OwnedSessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        let opening = OPENING
-            .try_with(Cell::take)
-            .ok()
-            .flatten()
-            .ok_or(SessionsError::Unreserved)?;
+        let (principal, refused) = OPENER
+            .try_with(|o| (o.principal.clone(), o.refused.clone()))
+            .map_err(|_| SessionsError::NoCaller)?;
+        let opening = self.sessions.reserve(&principal).map_err(|full| {
+            let _ = refused.set(full);
+            SessionsError::Full(full)
+        })?;
         let (id, transport) = self.inner.create_session().await?;
         opening.opened(id.clone());
         Ok((id, transport))
@@ -262,8 +316,11 @@ impl SessionManager for OwnedSessions {
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        // rmcp's map first: if this future is dropped before it is done, the worker's end
+        // closes the session again, and the place is freed then, never before.
+        let closed = self.inner.close_session(id).await;
         self.sessions.closed(id);
-        Ok(self.inner.close_session(id).await?)
+        Ok(closed?)
     }
 
     async fn create_stream(
@@ -302,39 +359,57 @@ impl SessionManager for OwnedSessions {
 mod tests {
     use super::*;
 
-    fn sessions(total: usize, per_caller: usize) -> Arc<Sessions> {
-        Arc::new(Sessions::new(total, per_caller))
+    fn sessions(total: usize, per_caller: usize, anonymous: usize) -> Arc<Sessions> {
+        Arc::new(Sessions::new(Bounds {
+            total,
+            per_caller,
+            anonymous,
+        }))
     }
 
-    fn counts(s: &Sessions) -> (usize, usize, usize) {
+    /// (live, opening, places counted per caller, anonymous places)
+    fn counts(s: &Sessions) -> (usize, usize, usize, usize) {
         let t = s.table();
-        (t.live.len(), t.opening, t.per_caller.values().sum())
+        (
+            t.live.len(),
+            t.opening,
+            t.per_caller.values().sum(),
+            t.anonymous,
+        )
+    }
+
+    fn anonymous(source: &str) -> Principal {
+        Principal::new(
+            format!("anonymous@{source}"),
+            Vec::<String>::new(),
+            AuthMethod::Anonymous,
+        )
     }
 
     #[test]
-    fn a_caller_holds_at_most_its_bound_counting_reservations() {
-        let s = sessions(10, 2);
+    fn a_caller_holds_at_most_its_bound_counting_places_being_opened() {
+        let s = sessions(10, 2, 10);
         let alice = Principal::local("alice", ["db:read"]);
         let bob = Principal::local("bob", ["db:read"]);
         let first = s.reserve(&alice).expect("room");
         let second = s.reserve(&alice).expect("room");
-        // Two reserved, none created yet: the third is refused all the same.
+        // Two places taken, no session made yet: the third is refused all the same.
         assert_eq!(s.reserve(&alice).err(), Some(Full::Caller));
         assert!(s.reserve(&bob).is_ok(), "another caller is not affected");
         first.opened("s1".into());
         assert_eq!(s.check("s1", &alice), SessionCheck::Owner);
         assert_eq!(s.check("s1", &bob), SessionCheck::Foreign);
         assert_eq!(s.check("s2", &alice), SessionCheck::Unknown);
-        // A reservation that opened nothing frees its place.
+        // A place whose session was never made is freed.
         drop(second);
         let third = s.reserve(&alice).expect("room again");
         assert_eq!(s.reserve(&alice).err(), Some(Full::Caller));
         drop(third);
-        // So does a session rmcp closes, once.
+        // So is a session rmcp closes, once.
         s.closed("s1");
         s.closed("s1");
         assert_eq!(s.check("s1", &alice), SessionCheck::Unknown);
-        assert_eq!(counts(&s), (0, 0, 0), "nothing left behind");
+        assert_eq!(counts(&s), (0, 0, 0, 0), "nothing left behind");
         assert!(
             s.table().per_caller.is_empty(),
             "no entry for a caller without sessions"
@@ -342,26 +417,44 @@ mod tests {
     }
 
     #[test]
-    fn the_server_holds_at_most_its_bound() {
-        let s = sessions(3, 10);
-        let callers: Vec<_> = ["a", "b", "c", "d"]
+    fn the_server_and_anonymous_callers_hold_at_most_their_bounds() {
+        let s = sessions(4, 10, 2);
+        let callers: Vec<_> = ["a", "b", "c"]
             .iter()
             .map(|n| Principal::local(*n, ["x"]))
             .collect();
-        let a = s.reserve(&callers[0]).expect("room");
-        a.opened("a".into());
-        let _b = s.reserve(&callers[1]).expect("room");
-        let c = s.reserve(&callers[2]).expect("room");
-        assert_eq!(s.reserve(&callers[3]).err(), Some(Full::Server));
-        c.opened("c".into());
-        assert_eq!(s.reserve(&callers[3]).err(), Some(Full::Server));
-        s.closed("a");
-        assert!(s.reserve(&callers[3]).is_ok());
+        // Anonymous callers from two sources fill their pool; a third source is refused.
+        let a1 = s.reserve(&anonymous("192.0.2.1")).expect("room");
+        a1.opened("a1".into());
+        let _a2 = s.reserve(&anonymous("192.0.2.2")).expect("room");
+        assert_eq!(
+            s.reserve(&anonymous("192.0.2.3")).err(),
+            Some(Full::Anonymous)
+        );
+        // Identified callers still have the rest of the server.
+        let c0 = s.reserve(&callers[0]).expect("room");
+        c0.opened("c0".into());
+        let _c1 = s.reserve(&callers[1]).expect("room");
+        assert_eq!(s.reserve(&callers[2]).err(), Some(Full::Server));
+        s.closed("c0");
+        assert!(s.reserve(&callers[2]).is_ok());
+        s.closed("a1");
+        assert!(s.reserve(&anonymous("192.0.2.3")).is_ok());
+    }
+
+    #[test]
+    fn a_caller_at_its_bound_is_told_so_before_the_server_is_full() {
+        let s = sessions(1, 1, 1);
+        let alice = Principal::local("alice", ["x"]);
+        s.reserve(&alice).expect("room").opened("s".into());
+        assert_eq!(s.reserve(&alice).err(), Some(Full::Caller));
+        let bob = Principal::local("bob", ["x"]);
+        assert_eq!(s.reserve(&bob).err(), Some(Full::Server));
     }
 
     #[test]
     fn a_caller_is_its_method_and_subject() {
-        let s = sessions(10, 1);
+        let s = sessions(10, 1, 10);
         let local = Principal::local("ci-bot", ["x"]);
         let anon = Principal::new("ci-bot", Vec::<String>::new(), AuthMethod::Anonymous);
         let _held = s.reserve(&local).expect("room");
@@ -373,34 +466,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_is_created_only_within_a_request_that_reserved_it() {
-        let s = sessions(10, 10);
+    async fn a_session_is_made_only_for_a_caller_with_room() {
+        let s = sessions(10, 1, 10);
         let m = OwnedSessions::new(LocalSessionManager::default(), s.clone());
         assert!(matches!(
             m.create_session().await,
-            Err(SessionsError::Unreserved)
+            Err(SessionsError::NoCaller)
         ));
-        let alice = Principal::local("alice", ["x"]);
-        let opening = s.reserve(&alice).expect("room");
-        let (id, _transport) = opening.scope(m.create_session()).await.expect("created");
+        let alice = Arc::new(Principal::local("alice", ["x"]));
+        let opener = Opener::new(alice.clone());
+        let refused = opener.refused();
+        let (id, _transport) = opener.scope(m.create_session()).await.expect("created");
+        assert_eq!(refused.get(), None);
         assert_eq!(s.check(&id, &alice), SessionCheck::Owner);
-        assert_eq!(counts(&s), (1, 0, 1));
-        // A second creation in the same request has no reservation left.
-        let opening = s.reserve(&alice).expect("room");
-        let twice = opening.scope(async {
-            let first = m.create_session().await.map(|(id, _)| id);
-            let second = m.create_session().await.map(|(id, _)| id);
-            (first, second)
-        });
-        let (first, second) = twice.await;
-        assert!(first.is_ok());
-        assert!(matches!(second, Err(SessionsError::Unreserved)));
+        assert_eq!(counts(&s), (1, 0, 1, 0));
+        // At her bound: refused, and the refusal noted for the guard.
+        let opener = Opener::new(alice.clone());
+        let refused = opener.refused();
+        let again = opener.scope(m.create_session()).await;
+        assert!(matches!(again, Err(SessionsError::Full(Full::Caller))));
+        assert_eq!(refused.get(), Some(&Full::Caller));
+        // A request served without making a session takes no place.
+        Opener::new(alice.clone()).scope(async {}).await;
         m.close_session(&id).await.expect("closes");
         assert_eq!(s.check(&id, &alice), SessionCheck::Unknown);
-        assert_eq!(counts(&s), (1, 0, 1));
-        // A reservation whose request is dropped before rmcp creates anything is released.
-        let opening = s.reserve(&alice).expect("room");
-        drop(opening.scope(std::future::pending::<()>()));
-        assert_eq!(counts(&s), (1, 0, 1));
+        assert_eq!(counts(&s), (0, 0, 0, 0));
+        assert!(
+            !m.has_session(&id).await.expect("answers"),
+            "rmcp's map too"
+        );
     }
 }
