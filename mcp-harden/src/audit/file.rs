@@ -210,6 +210,8 @@ struct Faults {
     sync: std::sync::atomic::AtomicU32,
     /// Data syncs that succeeded.
     synced: AtomicU64,
+    /// Removals of old files (retention).
+    remove: std::sync::atomic::AtomicU32,
 }
 
 #[cfg(test)]
@@ -586,11 +588,20 @@ impl Writer {
         self.state.file_first_seq = None;
         self.state.opened = Instant::now();
         if let Some(keep) = self.config.retain {
+            // Every excess file is tried, and a failure only logged: the records are safe in
+            // the new file, and the next rotation tries again.
             let mut rotated = rotated_files(&self.config.path)?;
             rotated.sort();
             let excess = rotated.len().saturating_sub(keep);
             for old in &rotated[..excess] {
-                std::fs::remove_file(old)?;
+                #[cfg(test)]
+                let removed = Faults::take(&self.shared.faults.remove)
+                    .and_then(|()| std::fs::remove_file(old));
+                #[cfg(not(test))]
+                let removed = std::fs::remove_file(old);
+                if let Err(e) = removed {
+                    tracing::warn!(target: "mcp_harden::audit", file = %old.display(), error = %e, "cannot remove an old audit file (retention)");
+                }
             }
         }
         Ok(())
@@ -673,9 +684,14 @@ fn create_append(path: &Path) -> std::io::Result<File> {
     options.open(path)
 }
 
+/// Syncs the directory of `path`, so that a file created or renamed in it survives a crash.
 fn sync_dir(path: &Path) {
     #[cfg(unix)]
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
@@ -686,6 +702,8 @@ fn sync_dir(path: &Path) {
 /// the last record of the newest rotated file, or the genesis.
 fn open_active(path: &Path) -> std::io::Result<(File, ChainState)> {
     let mut file = create_append(path)?;
+    // A log created here must still be there after a crash.
+    sync_dir(path);
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))?;
     file.read_to_end(&mut bytes)?;
@@ -850,21 +868,37 @@ fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, 
         line,
         problem,
     };
-    let mut loaded = Vec::new();
-    for f in files {
+    // Each file's first record orders the files; then one file at a time is read whole, so
+    // that verifying holds the largest file in memory, not the whole log.
+    let read = |f: &Path| {
         let mut bytes = Vec::new();
         File::open(f)
             .and_then(|mut h| h.read_to_end(&mut bytes))
             .map_err(|e| broke(f, 0, format!("cannot read: {e}")))?;
-        let first = bytes
-            .split(|b| *b == b'\n')
-            .find(|l| !l.is_empty())
-            .and_then(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        Ok::<_, ChainBreak>(bytes)
+    };
+    let mut ordered = Vec::new();
+    for f in files {
+        let mut first_line = Vec::new();
+        let mut reader = File::open(f)
+            .map(BufReader::new)
+            .map_err(|e| broke(f, 0, format!("cannot read: {e}")))?;
+        loop {
+            first_line.clear();
+            let n = reader
+                .read_until(b'\n', &mut first_line)
+                .map_err(|e| broke(f, 0, format!("cannot read: {e}")))?;
+            if n == 0 || first_line.iter().any(|b| !b.is_ascii_whitespace()) {
+                break;
+            }
+        }
+        let first = serde_json::from_slice::<serde_json::Value>(&first_line)
+            .ok()
             .and_then(|v| v["seq"].as_u64())
             .unwrap_or(u64::MAX);
-        loaded.push((first, f.clone(), bytes));
+        ordered.push((first, f.clone()));
     }
-    loaded.sort_by_key(|(first, _, _)| *first);
+    ordered.sort_by_key(|(first, _)| *first);
     let mut out = Verified {
         records: 0,
         first_seq: 0,
@@ -873,8 +907,9 @@ fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, 
         from_genesis: false,
     };
     let mut expected: Option<(u64, String)> = None;
-    let count = loaded.len();
-    for (i, (_, file, bytes)) in loaded.iter().enumerate() {
+    let count = ordered.len();
+    for (i, (_, file)) in ordered.iter().enumerate() {
+        let bytes = read(file)?;
         let last_file = i + 1 == count;
         let reader = BufReader::new(&bytes[..]);
         let mut offset = 0usize;
@@ -1153,6 +1188,43 @@ mod tests {
         assert_eq!(sink.written(), 7);
         let v = verify(std::slice::from_ref(&path)).expect("valid");
         assert_eq!(v.records, 7);
+    }
+
+    #[test]
+    fn a_failed_retention_delete_neither_fails_the_batch_nor_stops_the_others() {
+        let (_dir, path) = temp_log();
+        let sink = FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .retain(Some(1))
+            .open()
+            .expect("opens");
+        let write = || {
+            sink.record(&refusal());
+            assert!(sink.flush(Duration::from_secs(30)));
+        };
+        // Every batch rotates; three rotated files, then the fourth rotation finds three
+        // to remove (retention 1 keeps the newest) and fails on the first.
+        write();
+        sink.shared.faults.remove.store(u32::MAX, Ordering::SeqCst);
+        for _ in 0..3 {
+            write();
+        }
+        assert_eq!(
+            rotated_files(&path).expect("lists").len(),
+            3,
+            "none removed"
+        );
+        sink.shared.faults.remove.store(1, Ordering::SeqCst);
+        write();
+        assert_eq!(
+            rotated_files(&path).expect("lists").len(),
+            2,
+            "the first failed, the others were removed"
+        );
+        assert_eq!((sink.written(), sink.failures()), (5, 0), "no batch failed");
+        assert!(sink.healthy());
+        write();
+        assert_eq!(rotated_files(&path).expect("lists").len(), 1, "retried");
     }
 
     #[test]
