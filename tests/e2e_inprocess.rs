@@ -278,6 +278,17 @@ async fn unknown_fields_and_wrong_types_are_refused_with_paths() {
         .await,
     );
     assert_eq!(e["violations"][0]["path"], "items[0].qty");
+    // In JSON's terms, not Rust's (`expected u8`).
+    assert_eq!(
+        e["violations"][0]["message"],
+        "invalid type: string \"many\", expected an integer from 0 to 255"
+    );
+    let e = error_of(&call(&c, "echo", json!({"message": "hi", "items": [7]})).await);
+    assert_eq!(e["violations"][0]["path"], "items[0]");
+    assert_eq!(
+        e["violations"][0]["message"],
+        "invalid type: integer `7`, expected an object"
+    );
 
     let e = error_of(
         &call(

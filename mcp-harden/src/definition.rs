@@ -69,7 +69,7 @@ fn prepare<S, T: Tool<S>>(
                 Ok(_) => {
                     return Err(vec![Violation {
                         path: String::new(),
-                        message: plain.to_string(),
+                        message: json_terms(plain.to_string()),
                     }])
                 }
             };
@@ -77,7 +77,7 @@ fn prepare<S, T: Tool<S>>(
             let path = if path == "." { String::new() } else { path };
             return Err(vec![Violation {
                 path,
-                message: e.into_inner().to_string(),
+                message: json_terms(e.into_inner().to_string()),
             }]);
         }
     };
@@ -87,5 +87,77 @@ fn prepare<S, T: Tool<S>>(
         Ok(T::invoke(ctx, args))
     } else {
         Err(violations)
+    }
+}
+
+/// A decoding error in JSON's terms rather than Rust's: serde names what it expected by the
+/// Rust type (`expected u32`, `expected struct Filter`), which says nothing to a client
+/// reading the JSON Schema and names the server's types.
+fn json_terms(message: String) -> String {
+    const SEP: &str = ", expected ";
+    let Some(at) = message.rfind(SEP) else {
+        return message;
+    };
+    let expected = &message[at + SEP.len()..];
+    let plain = match expected {
+        "u8" => "an integer from 0 to 255",
+        "u16" => "an integer from 0 to 65535",
+        "u32" => "an integer from 0 to 4294967295",
+        "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" => "an integer from -128 to 127",
+        "i16" => "an integer from -32768 to 32767",
+        "i32" => "an integer from -2147483648 to 2147483647",
+        "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "char" => "a string of one character",
+        "unit" => "null",
+        e if e.starts_with("struct ") || e.starts_with("tuple struct ") => "an object",
+        e if e.starts_with("enum ") => "one of the allowed values",
+        _ => return message,
+    };
+    format!("{}{SEP}{plain}", &message[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_terms;
+
+    #[test]
+    fn decoding_errors_name_json_not_rust() {
+        let cases = [
+            (
+                "invalid type: string \"many\", expected u32",
+                "invalid type: string \"many\", expected an integer from 0 to 4294967295",
+            ),
+            (
+                "invalid value: integer `-1`, expected u64",
+                "invalid value: integer `-1`, expected a non-negative integer",
+            ),
+            (
+                "invalid type: integer `5`, expected struct Filter",
+                "invalid type: integer `5`, expected an object",
+            ),
+            (
+                "invalid type: integer `5`, expected enum Op",
+                "invalid type: integer `5`, expected one of the allowed values",
+            ),
+            (
+                "invalid type: string \"x\", expected f64",
+                "invalid type: string \"x\", expected a number",
+            ),
+            // Already in JSON's terms, or not of this shape: as it was.
+            (
+                "invalid type: integer `1`, expected a string",
+                "invalid type: integer `1`, expected a string",
+            ),
+            (
+                "unknown variant `ne`, expected one of `eq`, `lt`",
+                "unknown variant `ne`, expected one of `eq`, `lt`",
+            ),
+            ("missing field `message`", "missing field `message`"),
+        ];
+        for (serde, ours) in cases {
+            assert_eq!(json_terms(serde.to_owned()), ours);
+        }
     }
 }
