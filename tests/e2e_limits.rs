@@ -283,6 +283,7 @@ async fn http_client(
 
 #[tokio::test]
 async fn tiers_scale_the_per_caller_rate() {
+    common::capture_logs("mcp_harden=info");
     let app = Arc::new(App::default());
     let server = builder(&app)
         .tool::<tiered>()
@@ -313,6 +314,14 @@ async fn tiers_scale_the_per_caller_rate() {
     let (n, hint, _) = successes_until_limited(&gold, "tiered", 40).await;
     assert_eq!(n, 2, "an unknown tier gets the declared burst");
     assert!(hint <= 30_000, "{hint}");
+    // And the operator is told, once (not once per call).
+    let logs = common::logs();
+    let warned = logs
+        .lines()
+        .filter(|l| l.contains("tier is not configured"))
+        .collect::<Vec<_>>();
+    assert_eq!(warned.len(), 1, "{logs}");
+    assert!(warned[0].contains("gold"), "{}", warned[0]);
 
     // The limited callers stay limited; each caller has a budget of its own.
     retryable(&call(&free, "tiered").await, "RATE_LIMITED");

@@ -204,6 +204,9 @@ impl Limit {
             if let Some((name, l)) = self.tiers.iter().find(|(n, _)| &**n == t) {
                 return (name, l);
             }
+            if !self.tiers.is_empty() {
+                unknown_tier(t);
+            }
         }
         ("", &self.base)
     }
@@ -399,6 +402,24 @@ impl ConcurrencyGate {
     /// Calls running now.
     pub(crate) fn in_use(&self) -> usize {
         self.max.saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// A principal's tier that no `.tier(..)` names (a typo in a tier claim or an API key's
+/// entry, say): the caller gets the declared rates, and a warning says so, at most once a
+/// minute (any caller can present one on every call).
+fn unknown_tier(tier: &str) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last.saturating_add(60)
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(target: "mcp_harden::limits", tier = %crate::audit::cut_chars(tier, 64), "a principal's tier is not configured: it gets the declared rates (further ones are not logged for a minute)");
     }
 }
 

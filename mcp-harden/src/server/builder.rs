@@ -164,8 +164,9 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// A tier and its quota multiplier: a principal with this tier (from a JWT's tier claim,
     /// see `JwtAuthenticatorBuilder::tier_claim`, or an API key's entry) gets `factor` times
     /// every per-caller rate and burst, e.g. `.tier("enterprise", 10.0)`. Names are
-    /// case-sensitive; principals without a listed tier get the declared rates. Setting a
-    /// tier again replaces its factor.
+    /// case-sensitive; principals without a listed tier get the declared rates (a tier that
+    /// no `.tier` names, a typo say, is logged as a warning, at most once a minute). Setting
+    /// a tier again replaces its factor.
     pub fn tier(mut self, name: impl Into<Arc<str>>, factor: f64) -> Self {
         let name = name.into();
         self.tiers.retain(|(n, _)| *n != name);
