@@ -111,7 +111,15 @@ fn json_terms(message: String) -> String {
         "f32" | "f64" => "a number",
         "char" => "a string of one character",
         "unit" => "null",
-        e if e.starts_with("struct ") || e.starts_with("tuple struct ") => "an object",
+        e if e.starts_with("tuple struct ") || e.starts_with("tuple variant ") => "an array",
+        e if e.starts_with("unit struct ") => "null",
+        e if e.starts_with("struct ")
+            || e.starts_with("struct variant ")
+            || e.starts_with("internally tagged enum ")
+            || e.starts_with("adjacently tagged enum ") =>
+        {
+            "an object"
+        }
         e if e.starts_with("enum ") => "one of the allowed values",
         _ => return message,
     };
@@ -140,6 +148,14 @@ mod tests {
             (
                 "invalid type: integer `5`, expected enum Op",
                 "invalid type: integer `5`, expected one of the allowed values",
+            ),
+            (
+                "invalid type: integer `5`, expected tuple struct Pair",
+                "invalid type: integer `5`, expected an array",
+            ),
+            (
+                "invalid type: string \"a\", expected struct variant Shape::Circle",
+                "invalid type: string \"a\", expected an object",
             ),
             (
                 "invalid type: string \"x\", expected f64",

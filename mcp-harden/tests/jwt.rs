@@ -334,8 +334,8 @@ fn a_jwk_whose_curve_is_not_its_algorithms_is_refused_at_build() {
         (&p256, "alg", "ES384", Algorithm::ES384),
         (&p256, "crv", "P-384", Algorithm::ES256),
         (&p256, "crv", "P-521", Algorithm::ES256),
-        (&ed, "crv", "X25519", Algorithm::EdDSA),
-        (&ed, "crv", "Ed448", Algorithm::EdDSA),
+        (&ed, "crv", "P-256", Algorithm::EdDSA),
+        (&p256, "crv", "Ed25519", Algorithm::ES256),
     ];
     for (key, field, value, alg) in cases {
         let mut jwk = key.clone();
@@ -449,8 +449,14 @@ fn a_required_token_type_refuses_other_jwts() {
         assert_eq!(check(&access_only, Some(typ)), Ok("alice".into()), "{typ}");
     }
     // An ID token (typ JWT), a token without typ, another type: refused, even with a valid
-    // signature and audience.
-    for typ in [Some("JWT"), None, Some("at+jwt2"), Some("application/jwt")] {
+    // signature and audience. `application/` is implied only where the type has no `/`.
+    for typ in [
+        Some("JWT"),
+        None,
+        Some("at+jwt2"),
+        Some("application/jwt"),
+        Some("application/application/at+jwt"),
+    ] {
         assert_eq!(
             check(&access_only, typ),
             Err(AuthFailure::WrongTokenType),
@@ -466,7 +472,34 @@ fn a_required_token_type_refuses_other_jwts() {
     assert_eq!(check(&hs(), Some("JWT")), Ok("alice".into()));
     assert_eq!(check(&hs(), None), Ok("alice".into()));
     // A type that is not a media type is a configuration error.
-    for bad in ["", "at jwt"] {
+    let example = JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .token_type("example/at+jwt")
+        .cache(0)
+        .build()
+        .expect("valid configuration");
+    assert_eq!(check(&example, Some("Example/AT+JWT")), Ok("alice".into()));
+    assert_eq!(
+        check(&example, Some("application/example/at+jwt")),
+        Err(AuthFailure::WrongTokenType)
+    );
+    // A forged token is refused for its signature, whatever its typ.
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("JWT".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims(json!({})),
+        &EncodingKey::from_secret(b"another secret, also 32 bytes long.."),
+    )
+    .expect("signs");
+    assert_eq!(
+        access_only
+            .authenticate(&forged, &AuthContext::new(RESOURCE, source()))
+            .expect("a JWT is recognised")
+            .err(),
+        Some(AuthFailure::BadSignature)
+    );
+    for bad in ["", "at jwt", "application/", "/at+jwt", "a/b/c"] {
         let r = JwtAuthenticator::builder()
             .hs256(SECRET)
             .token_type(bad)
@@ -476,4 +509,17 @@ fn a_required_token_type_refuses_other_jwts() {
             "{bad:?}: {r:?}"
         );
     }
+}
+
+#[test]
+fn an_ec_pem_key_of_another_curve_is_refused_at_build() {
+    let p256 = include_bytes!("../../tests/keys/ec_public.pem");
+    assert!(JwtAuthenticator::builder().es256_pem(p256).build().is_ok());
+    let r = JwtAuthenticator::builder()
+        .pem(Algorithm::ES384, p256)
+        .build();
+    assert!(
+        matches!(r, Err(JwtConfigError::AlgorithmForKey(Algorithm::ES384))),
+        "{r:?}"
+    );
 }

@@ -588,8 +588,9 @@ impl Writer {
         self.state.file_first_seq = None;
         self.state.opened = Instant::now();
         if let Some(keep) = self.config.retain {
-            // Every excess file is tried, and a failure only logged: the records are safe in
-            // the new file, and the next rotation tries again.
+            // Oldest first, stopping at a failure, which is only logged: the files kept stay
+            // one unbroken chain (a hole would verify as deleted records), the records are
+            // safe in the new file, and the next rotation tries again.
             let mut rotated = rotated_files(&self.config.path)?;
             rotated.sort();
             let excess = rotated.len().saturating_sub(keep);
@@ -600,7 +601,8 @@ impl Writer {
                 #[cfg(not(test))]
                 let removed = std::fs::remove_file(old);
                 if let Err(e) = removed {
-                    tracing::warn!(target: "mcp_harden::audit", file = %old.display(), error = %e, "cannot remove an old audit file (retention)");
+                    tracing::warn!(target: "mcp_harden::audit", file = %old.display(), error = %e, "cannot remove an old audit file (retention): trying again at the next rotation");
+                    break;
                 }
             }
         }
@@ -692,8 +694,8 @@ fn sync_dir(path: &Path) {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(target: "mcp_harden::audit", dir = %dir.display(), error = %e, "cannot sync the audit log's directory: a crash may lose a new or renamed file");
         }
     }
 }
@@ -836,7 +838,8 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
             file: last,
             line: 0,
             problem: format!(
-                "the chain starts at seq {}, not at the genesis: its first records were removed",
+                "the chain starts at seq {}, not at the genesis: its first records were removed \
+                 (or their files not given)",
                 out.first_seq
             ),
         });
@@ -851,9 +854,10 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                     out.first_seq,
                     out.last_seq,
                     if *seq > out.last_seq {
-                        "the log was cut after it"
+                        "the log was cut after it (or its newer files not given)"
                     } else {
-                        "its file was removed or not given"
+                        "its file was removed (retention removes old files: pass the latest \
+                         head) or not given"
                     }
                 ),
             });
@@ -869,14 +873,9 @@ fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, 
         problem,
     };
     // Each file's first record orders the files; then one file at a time is read whole, so
-    // that verifying holds the largest file in memory, not the whole log.
-    let read = |f: &Path| {
-        let mut bytes = Vec::new();
-        File::open(f)
-            .and_then(|mut h| h.read_to_end(&mut bytes))
-            .map_err(|e| broke(f, 0, format!("cannot read: {e}")))?;
-        Ok::<_, ChainBreak>(bytes)
-    };
+    // that verifying holds the largest file in memory, not the whole log. Every file is
+    // opened first and read through that handle: a rotation while verifying renames a file,
+    // and the handle still reads the file that was ordered.
     let mut ordered = Vec::new();
     for f in files {
         let mut first_line = Vec::new();
@@ -896,9 +895,9 @@ fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, 
             .ok()
             .and_then(|v| v["seq"].as_u64())
             .unwrap_or(u64::MAX);
-        ordered.push((first, f.clone()));
+        ordered.push((first, f.clone(), reader.into_inner()));
     }
-    ordered.sort_by_key(|(first, _)| *first);
+    ordered.sort_by_key(|(first, _, _)| *first);
     let mut out = Verified {
         records: 0,
         first_seq: 0,
@@ -908,8 +907,13 @@ fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, 
     };
     let mut expected: Option<(u64, String)> = None;
     let count = ordered.len();
-    for (i, (_, file)) in ordered.iter().enumerate() {
-        let bytes = read(file)?;
+    for (i, (_, file, handle)) in ordered.iter_mut().enumerate() {
+        let file = &*file;
+        let mut bytes = Vec::new();
+        handle
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| handle.read_to_end(&mut bytes))
+            .map_err(|e| broke(file, 0, format!("cannot read: {e}")))?;
         let last_file = i + 1 == count;
         let reader = BufReader::new(&bytes[..]);
         let mut offset = 0usize;
@@ -1191,7 +1195,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_retention_delete_neither_fails_the_batch_nor_stops_the_others() {
+    fn a_failed_retention_delete_neither_fails_the_batch_nor_leaves_a_hole() {
         let (_dir, path) = temp_log();
         let sink = FileAuditConfig::new(&path)
             .rotate_bytes(Some(1))
@@ -1202,8 +1206,9 @@ mod tests {
             sink.record(&refusal());
             assert!(sink.flush(Duration::from_secs(30)));
         };
-        // Every batch rotates; three rotated files, then the fourth rotation finds three
-        // to remove (retention 1 keeps the newest) and fails on the first.
+        // Every batch rotates; removals fail until three rotated files are kept, then the
+        // next rotation finds three to remove (retention 1 keeps the newest) and fails on
+        // the oldest.
         write();
         sink.shared.faults.remove.store(u32::MAX, Ordering::SeqCst);
         for _ in 0..3 {
@@ -1218,13 +1223,17 @@ mod tests {
         write();
         assert_eq!(
             rotated_files(&path).expect("lists").len(),
-            2,
-            "the first failed, the others were removed"
+            4,
+            "the oldest failed: none after it removed, so no hole in the chain"
         );
         assert_eq!((sink.written(), sink.failures()), (5, 0), "no batch failed");
         assert!(sink.healthy());
+        let v = verify(&files(&path)).expect("the files kept are one chain");
+        assert_eq!((v.first_seq, v.last_seq), (1, 5));
         write();
         assert_eq!(rotated_files(&path).expect("lists").len(), 1, "retried");
+        let v = verify(&files(&path)).expect("valid");
+        assert_eq!((v.first_seq, v.last_seq, v.from_genesis), (5, 6, false));
     }
 
     #[test]

@@ -382,16 +382,23 @@ impl JwtAuthenticator {
         self.verifications
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let header = jsonwebtoken::decode_header(credential).map_err(|e| failure(e.kind()))?;
-        if let Some(want) = &self.token_type {
-            if header.typ.as_deref().is_none_or(|t| media_type(t) != *want) {
-                return Err(AuthFailure::WrongTokenType);
-            }
-        }
         let mut last = AuthFailure::BadSignature;
         for key in self.select(&header)? {
             match jsonwebtoken::decode::<Map<String, Value>>(credential, &key.key, &key.validation)
             {
                 Ok(data) => {
+                    // After the signature: a forged token is audited as one, whatever its
+                    // typ says.
+                    if let Some(want) = &self.token_type {
+                        if data
+                            .header
+                            .typ
+                            .as_deref()
+                            .is_none_or(|t| media_type(t) != *want)
+                        {
+                            return Err(AuthFailure::WrongTokenType);
+                        }
+                    }
                     let principal = self.principal(&data.claims, cx)?;
                     return Ok((principal, validity_window(&data.claims)));
                 }
@@ -405,12 +412,14 @@ impl JwtAuthenticator {
     }
 }
 
-/// A JOSE `typ` as compared (RFC 7515 4.1.9): lowercase, without an `application/` prefix.
+/// A JOSE `typ` as compared (RFC 7515 4.1.9): lowercase, and a media type without a `/`
+/// stands for `application/` and it (`at+jwt` is `application/at+jwt`).
 fn media_type(typ: &str) -> String {
     let typ = typ.to_ascii_lowercase();
-    match typ.strip_prefix("application/") {
-        Some(rest) => rest.to_owned(),
-        None => typ,
+    if typ.contains('/') {
+        typ
+    } else {
+        format!("application/{typ}")
     }
 }
 
@@ -477,7 +486,15 @@ impl JwtBuilder {
                 return self;
             }
         };
+        // An EC key's point is as long as its curve's (uncompressed or compressed): a P-384
+        // key given for ES256 would build and then refuse every token.
+        let point_fits = |k: &DecodingKey| match (alg, k.try_get_as_bytes().map(<[u8]>::len)) {
+            (Algorithm::ES256, Ok(n)) => n == 65 || n == 33,
+            (Algorithm::ES384, Ok(n)) => n == 97 || n == 49,
+            _ => true,
+        };
         match key {
+            Ok(k) if !point_fits(&k) => self.errors.push(JwtConfigError::AlgorithmForKey(alg)),
             Ok(k) => self.keys.push((None, alg, k)),
             Err(e) => self.errors.push(JwtConfigError::InvalidKey {
                 kid: None,
@@ -572,15 +589,21 @@ impl JwtBuilder {
         self
     }
 
-    /// Accept only tokens whose JOSE header `typ` is this media type (compared without case,
-    /// with or without `application/`). Set `"at+jwt"` when the authorization server issues
+    /// Accept only tokens whose JOSE header `typ` is this media type (compared without case;
+    /// `at+jwt` and `application/at+jwt` are one type, RFC 7515 4.1.9), checked once the
+    /// signature verifies. Set `"at+jwt"` when the authorization server issues
     /// RFC 9068 access tokens: an OpenID Connect ID token (`typ: JWT`) for the same audience,
     /// or any other JWT signed by the same keys, is then refused
     /// ([`AuthFailure::WrongTokenType`](crate::auth::AuthFailure::WrongTokenType)). Without
     /// it, `typ` is not checked.
     pub fn token_type(mut self, typ: impl Into<String>) -> Self {
         let typ = typ.into();
-        if typ.is_empty() || !typ.bytes().all(|b| b.is_ascii_graphic()) {
+        let well_formed = typ.bytes().all(|b| b.is_ascii_graphic())
+            && match typ.split_once('/') {
+                None => !typ.is_empty(),
+                Some((kind, sub)) => !kind.is_empty() && !sub.is_empty() && !sub.contains('/'),
+            };
+        if !well_formed {
             self.errors.push(JwtConfigError::TokenType(typ));
         } else {
             self.token_type = Some(media_type(&typ));
@@ -693,8 +716,8 @@ fn jwk_key(jwk: &Jwk) -> Result<Option<(Option<String>, Algorithm, DecodingKey)>
         }
     };
     // The key's type, and for elliptic curves its curve, must be the algorithm's: a P-384
-    // key declared ES256 (or an X25519 key declared EdDSA) would build and then refuse
-    // every token.
+    // key declared ES256 (or an OKP key on P-256 declared EdDSA) would build and then
+    // refuse every token.
     let fits = match (&jwk.algorithm, alg) {
         (
             AlgorithmParameters::RSA(_),

@@ -214,6 +214,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 heads,
             },
         ) {
+            Ok(v) if v.records == 0 => {
+                println!("OK: no records");
+                Ok(())
+            }
             Ok(v) => {
                 println!(
                     "OK: {} records, seq {}..{}, head {}:{}{}",

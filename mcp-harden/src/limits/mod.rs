@@ -409,17 +409,22 @@ impl ConcurrencyGate {
 /// entry, say): the caller gets the declared rates, and a warning says so, at most once a
 /// minute (any caller can present one on every call).
 fn unknown_tier(tier: &str) {
+    // Seconds since the first warning's clock, plus one (0: none yet), on a monotonic clock.
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 1;
     let last = LAST.load(Ordering::Relaxed);
-    if now >= last.saturating_add(60)
+    if (last == 0 || now >= last.saturating_add(60))
         && LAST
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        tracing::warn!(target: "mcp_harden::limits", tier = %crate::audit::cut_chars(tier, 64), "a principal's tier is not configured: it gets the declared rates (further ones are not logged for a minute)");
+        // Debug-formatted: the tier comes from a token's claim, and is escaped.
+        tracing::warn!(target: "mcp_harden::limits", tier = ?crate::audit::cut_chars(tier, 64), "a principal's tier is not configured: it gets the declared rates (further ones are not logged for a minute)");
     }
 }
 
