@@ -470,10 +470,12 @@ async fn every_jwt_algorithm_and_jwks_kid_is_accepted() {
         .rs256_pem(RSA_PUBLIC)
         .es256_pem(EC_PUBLIC)
         .eddsa_pem(ED_PUBLIC)
+        .issuer(ISSUER)
         .build()
         .expect("PEM keys");
     let jwks = JwtAuthenticator::builder()
         .jwks_file(JWKS)
+        .issuer(ISSUER)
         .build()
         .expect("JWKS file");
     let by_pem = start(config().stateless().authenticator(pems)).await;
@@ -648,6 +650,7 @@ async fn key_confusion_and_unknown_kids_are_refused() {
     // HS256 "signed" with the RSA public key, against a server that holds only that key.
     let rsa_only = JwtAuthenticator::builder()
         .rs256_pem(RSA_PUBLIC)
+        .issuer(ISSUER)
         .build()
         .expect("RSA key");
     let srv = start(config().stateless().authenticator(rsa_only)).await;
@@ -667,6 +670,7 @@ async fn key_confusion_and_unknown_kids_are_refused() {
     // The same confusion with a kid, against the JWKS server.
     let jwks = JwtAuthenticator::builder()
         .jwks_file(JWKS)
+        .issuer(ISSUER)
         .build()
         .expect("JWKS");
     let by_kid = start(config().stateless().authenticator(jwks)).await;

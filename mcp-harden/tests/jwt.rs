@@ -300,6 +300,7 @@ fn an_rsa_jwk_without_alg_is_refused_at_build() {
     jwk["alg"] = json!("RS256");
     assert!(JwtAuthenticator::builder()
         .jwks_json(&json!({ "keys": [jwk] }).to_string())
+        .any_issuer()
         .build()
         .is_ok());
     // An algorithm that does not fit the key type is refused too.
@@ -324,6 +325,7 @@ fn a_jwk_whose_curve_is_not_its_algorithms_is_refused_at_build() {
     let build = |jwk: &serde_json::Value| {
         JwtAuthenticator::builder()
             .jwks_json(&json!({ "keys": [jwk] }).to_string())
+            .any_issuer()
             .build()
     };
     assert!(build(&p256).is_ok());
@@ -514,7 +516,11 @@ fn a_required_token_type_refuses_other_jwts() {
 #[test]
 fn an_ec_pem_key_of_another_curve_is_refused_at_build() {
     let p256 = include_bytes!("../../tests/keys/ec_public.pem");
-    assert!(JwtAuthenticator::builder().es256_pem(p256).build().is_ok());
+    assert!(JwtAuthenticator::builder()
+        .es256_pem(p256)
+        .any_issuer()
+        .build()
+        .is_ok());
     let r = JwtAuthenticator::builder()
         .pem(Algorithm::ES384, p256)
         .build();
@@ -522,4 +528,39 @@ fn an_ec_pem_key_of_another_curve_is_refused_at_build() {
         matches!(r, Err(JwtConfigError::AlgorithmForKey(Algorithm::ES384))),
         "{r:?}"
     );
+}
+
+#[test]
+fn public_keys_need_an_issuer_or_an_explicit_any() {
+    let rsa =
+        json!({"keys": [{"kty": "RSA", "alg": "RS256", "n": RSA_N, "e": "AQAB"}]}).to_string();
+    let r = JwtAuthenticator::builder().jwks_json(&rsa).build();
+    assert!(matches!(r, Err(JwtConfigError::NoIssuer)), "{r:?}");
+    let p256 = include_bytes!("../../tests/keys/ec_public.pem");
+    let r = JwtAuthenticator::builder()
+        .hs256(SECRET)
+        .es256_pem(p256)
+        .build();
+    assert!(matches!(r, Err(JwtConfigError::NoIssuer)), "{r:?}");
+    assert!(JwtAuthenticator::builder()
+        .jwks_json(&rsa)
+        .issuer("https://issuer.example")
+        .build()
+        .is_ok());
+    assert!(JwtAuthenticator::builder()
+        .jwks_json(&rsa)
+        .any_issuer()
+        .build()
+        .is_ok());
+    let r = JwtAuthenticator::builder()
+        .jwks_json(&rsa)
+        .any_issuer()
+        .issuer("https://issuer.example")
+        .build();
+    assert!(
+        matches!(r, Err(JwtConfigError::IssuerAndAnyIssuer)),
+        "{r:?}"
+    );
+    // A shared secret is this server's own: no issuer needed.
+    assert!(JwtAuthenticator::builder().hs256(SECRET).build().is_ok());
 }

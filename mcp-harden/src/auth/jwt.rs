@@ -154,6 +154,15 @@ pub enum JwtConfigError {
     /// No verification key was given.
     #[error("no JWT verification key configured")]
     NoKeys,
+    /// Public keys without an issuer: name the issuer (or accept any, explicitly).
+    #[error(
+        "public keys verify tokens an authorization server signs, perhaps for others too: name \
+         it with .issuer(..), or accept any issuer with .any_issuer()"
+    )]
+    NoIssuer,
+    /// Both `.issuer(..)` and `.any_issuer()`.
+    #[error(".any_issuer() and .issuer(..) contradict each other: keep one")]
+    IssuerAndAnyIssuer,
     /// An HMAC secret shorter than 32 bytes.
     #[error("the HMAC secret is {0} bytes; at least 32 random bytes are required")]
     WeakSecret(usize),
@@ -196,6 +205,7 @@ pub struct JwtBuilder {
     tier_claim: Option<String>,
     cache: Option<usize>,
     token_type: Option<String>,
+    any_issuer: bool,
     errors: Vec<JwtConfigError>,
 }
 
@@ -559,7 +569,7 @@ impl JwtBuilder {
     }
 
     /// Accept tokens from this issuer (`iss`); repeat for several. Without any, `iss` is
-    /// not checked.
+    /// not checked, which public keys allow only with [`any_issuer`](Self::any_issuer).
     ///
     /// Several issuers share this authenticator's keys and its subjects: a token signed by
     /// any of the keys may name any of the issuers, and `sub` alone is the caller (who
@@ -567,6 +577,16 @@ impl JwtBuilder {
     /// one authority (an identity provider under two URLs), not for independent ones.
     pub fn issuer(mut self, iss: impl Into<String>) -> Self {
         self.issuers.push(iss.into());
+        self
+    }
+
+    /// Accept tokens from any issuer, leaving `iss` unchecked. Without it, an authenticator
+    /// with a public key (RS*, PS*, ES*, EdDSA, from PEM or JWKS) needs
+    /// [`issuer`](Self::issuer): an authorization server may sign tokens for others with the
+    /// same keys (a multi-tenant identity provider, say), and the audience alone then
+    /// separates yours. An HMAC secret is yours alone and needs neither.
+    pub fn any_issuer(mut self) -> Self {
+        self.any_issuer = true;
         self
     }
 
@@ -635,6 +655,15 @@ impl JwtBuilder {
         kids.sort_unstable();
         if let Some(w) = kids.windows(2).find(|w| w[0] == w[1]) {
             return Err(JwtConfigError::DuplicateKid(w[0].to_owned()));
+        }
+        let public_keys = self
+            .keys
+            .iter()
+            .any(|k| !matches!(k.1, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        match (self.issuers.is_empty(), self.any_issuer) {
+            (false, true) => return Err(JwtConfigError::IssuerAndAnyIssuer),
+            (true, false) if public_keys => return Err(JwtConfigError::NoIssuer),
+            _ => {}
         }
         let leeway = self.leeway.unwrap_or(Duration::from_secs(30)).as_secs();
         let any_kid = self.keys.iter().any(|k| k.0.is_some());
