@@ -216,11 +216,6 @@ impl Srv {
         self.raw_post(&body.to_string(), headers).await
     }
 
-    /// [`raw_post`](Self::raw_post) with owned arguments (for closures).
-    async fn raw_post_owned(&self, body: String, headers: Vec<(&str, &str)>) -> reqwest::Response {
-        self.raw_post(&body, &headers).await
-    }
-
     /// A raw POST of `body` with `headers`, which replace the defaults of the same name
     /// (`accept` both media types, `content-type` JSON, `mcp-protocol-version` 2025-11-25).
     async fn raw_post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -1634,15 +1629,7 @@ async fn exchange(
 /// A session opened with raw requests (`initialize`, then `notifications/initialized`) by
 /// the holder of `token`, as client `name`: its id.
 async fn open_session(srv: &Srv, token: &str, name: &str) -> String {
-    let (status, sid, _) = exchange(
-        srv,
-        token,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": name, "version": "1"}}}),
-    )
-    .await;
+    let (status, sid, _) = try_initialize(srv, token, name).await;
     assert_eq!(status, 200);
     let sid = sid.expect("a stateful server hands out a session id");
     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
@@ -1717,24 +1704,30 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
     assert_never_recorded(&srv.audit, &bob);
 }
 
-/// A raw `initialize` by the holder of `token`: the status and, if refused, the body.
-async fn try_initialize(srv: &Srv, token: &str) -> (reqwest::StatusCode, Option<String>, String) {
-    exchange(
-        srv,
-        token,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "probe", "version": "1"}}}),
-    )
-    .await
+/// A raw `initialize` by the holder of `token`, as client `name`: the status, the session
+/// id handed out, and the body.
+async fn try_initialize(
+    srv: &Srv,
+    token: &str,
+    name: &str,
+) -> (reqwest::StatusCode, Option<String>, String) {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": name, "version": "1"}}});
+    exchange(srv, token, None, init).await
+}
+
+/// The status of a `tools/list` in session `sid` by the holder of `token`.
+async fn list_in_session(srv: &Srv, token: &str, sid: &str) -> reqwest::StatusCode {
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    exchange(srv, token, Some(sid), list).await.0
 }
 
 /// Checks that a new session was refused with `status` and a `too_many_sessions` body, and
 /// audited with `reason` for `subject`.
 async fn assert_no_room(srv: &Srv, token: &str, subject: &str, status: u16, reason: &str) {
     let seen = srv.audit.records().len();
-    let (got, sid, body) = try_initialize(srv, token).await;
+    let (got, sid, body) = try_initialize(srv, token, "probe").await;
     assert_eq!(got, status, "{body}");
     assert_eq!(sid, None, "no session handed out");
     let body: Value = serde_json::from_str(&body).expect("a JSON refusal");
@@ -1792,14 +1785,7 @@ async fn sessions_are_bounded_per_caller_and_in_all() {
         .await
         .expect("answer");
     assert!(r.status().is_success(), "{}", r.status());
-    let (status, _, _) = exchange(
-        &srv,
-        &carol,
-        Some(&carols),
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-    )
-    .await;
-    assert_eq!(status, 404);
+    assert_eq!(list_in_session(&srv, &carol, &carols).await, 404);
     let third = open_session(&srv, &alice, "alice-3").await;
     assert_ne!(third, second);
     assert_eq!(srv.runs(), 1);
@@ -1841,6 +1827,15 @@ async fn a_request_that_opens_no_session_takes_no_place() {
     assert_no_room(&srv, &alice, "alice", 429, "too_many_sessions_for_caller").await;
 }
 
+/// An `initialize` without credentials from `client`, as named by a trusted proxy.
+async fn anonymous_initialize(srv: &Srv, client: &str) -> reqwest::Response {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "anon", "version": "1"}}});
+    srv.raw_post(&init.to_string(), &[("x-forwarded-for", client)])
+        .await
+}
+
 #[tokio::test]
 async fn anonymous_callers_share_a_pool_of_their_own() {
     let srv = start(
@@ -1853,20 +1848,15 @@ async fn anonymous_callers_share_a_pool_of_their_own() {
     )
     .await;
     // Three anonymous callers (three forwarded addresses): the third finds the pool full.
-    let anonymous_initialize = |client: &'static str| {
-        srv.raw_post_owned(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "anon", "version": "1"}}})
-            .to_string(),
-            vec![("x-forwarded-for", client)],
-        )
-    };
     for client in ["192.0.2.1", "192.0.2.2"] {
-        assert_eq!(anonymous_initialize(client).await.status(), 200, "{client}");
+        assert_eq!(
+            anonymous_initialize(&srv, client).await.status(),
+            200,
+            "{client}"
+        );
     }
     let seen = srv.audit.records().len();
-    let r = anonymous_initialize("192.0.2.3").await;
+    let r = anonymous_initialize(&srv, "192.0.2.3").await;
     assert_eq!(r.status(), 503);
     let new = srv.audit.records().split_off(seen);
     assert_eq!(new.len(), 1, "{new:#?}");
@@ -1903,7 +1893,7 @@ async fn idle_sessions_expire_and_free_their_place() {
     // Unused past the idle timeout, the session ends and its place is free.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let second = loop {
-        let (status, sid, body) = try_initialize(&srv, &alice).await;
+        let (status, sid, body) = try_initialize(&srv, &alice, "probe").await;
         if status == 200 {
             break sid.expect("a session id");
         }
@@ -1915,14 +1905,11 @@ async fn idle_sessions_expire_and_free_their_place() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_ne!(first, second);
-    let (status, _, _) = exchange(
-        &srv,
-        &alice,
-        Some(&first),
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-    )
-    .await;
-    assert_eq!(status, 404, "the expired session is gone");
+    assert_eq!(
+        list_in_session(&srv, &alice, &first).await,
+        404,
+        "the expired session is gone"
+    );
 }
 
 #[tokio::test]
@@ -1932,7 +1919,7 @@ async fn concurrent_initializes_never_exceed_the_bound() {
     let attempts: Vec<_> = (0..20)
         .map(|_| {
             let (srv, alice) = (srv.clone(), alice.clone());
-            tokio::spawn(async move { try_initialize(&srv, &alice).await.0 })
+            tokio::spawn(async move { try_initialize(&srv, &alice, "probe").await.0 })
         })
         .collect();
     let mut opened = 0;

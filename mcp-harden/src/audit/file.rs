@@ -831,42 +831,7 @@ pub fn verify(files: &[PathBuf]) -> Result<Verified, ChainBreak> {
 
 /// [`verify`], and what `expect` asks besides.
 pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, ChainBreak> {
-    let out = verify_chain(files, &expect.heads)?;
-    let last = files.last().cloned().unwrap_or_default();
-    if expect.from_genesis && !out.from_genesis {
-        return Err(ChainBreak {
-            file: last,
-            line: 0,
-            problem: format!(
-                "the chain starts at seq {}, not at the genesis: its first records were removed \
-                 (or their files not given)",
-                out.first_seq
-            ),
-        });
-    }
-    for (seq, _) in &expect.heads {
-        if out.records == 0 || *seq < out.first_seq || *seq > out.last_seq {
-            return Err(ChainBreak {
-                file: last,
-                line: 0,
-                problem: format!(
-                    "record {seq}, a head recorded earlier, is not in these files (seq {}..{}): {}",
-                    out.first_seq,
-                    out.last_seq,
-                    if *seq > out.last_seq {
-                        "the log was cut after it (or its newer files not given)"
-                    } else {
-                        "its file was removed (retention removes old files: pass the latest \
-                         head) or not given"
-                    }
-                ),
-            });
-        }
-    }
-    Ok(out)
-}
-
-fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, ChainBreak> {
+    let heads = &expect.heads;
     let broke = |file: &Path, line: usize, problem: String| ChainBreak {
         file: file.to_path_buf(),
         line,
@@ -1009,6 +974,39 @@ fn verify_chain(files: &[PathBuf], heads: &[(u64, String)]) -> Result<Verified, 
             out.records += 1;
             out.last_seq = seq;
             out.head = hash;
+        }
+    }
+    // What only a record kept elsewhere shows: reported against the newest file given.
+    let last = ordered
+        .last()
+        .map_or(Path::new(""), |(_, file, _)| file.as_path());
+    if expect.from_genesis && !out.from_genesis {
+        return Err(broke(
+            last,
+            0,
+            format!(
+                "the chain starts at seq {}, not at the genesis: its first records were removed \
+                 (or their files not given)",
+                out.first_seq
+            ),
+        ));
+    }
+    for (seq, _) in heads {
+        if out.records == 0 || *seq < out.first_seq || *seq > out.last_seq {
+            let why = if *seq > out.last_seq {
+                "the log was cut after it (or its newer files not given)"
+            } else {
+                "its file was removed (retention removes old files: pass the latest head) or not \
+                 given"
+            };
+            return Err(broke(
+                last,
+                0,
+                format!(
+                    "record {seq}, a head recorded earlier, is not in these files (seq {}..{}): {why}",
+                    out.first_seq, out.last_seq
+                ),
+            ));
         }
     }
     Ok(out)

@@ -422,6 +422,11 @@ impl JwtAuthenticator {
     }
 }
 
+/// Whether `alg` is verified with a shared secret (the other algorithms, with public keys).
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
 /// A JOSE `typ` as compared (RFC 7515 4.1.9): lowercase, and a media type without a `/`
 /// stands for `application/` and it (`at+jwt` is `application/at+jwt`).
 fn media_type(typ: &str) -> String {
@@ -453,7 +458,7 @@ impl JwtBuilder {
     /// An HMAC secret for `alg` (HS256, HS384 or HS512; at least 32 bytes).
     pub fn hmac(mut self, alg: Algorithm, secret: impl AsRef<[u8]>) -> Self {
         let secret = secret.as_ref();
-        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        if !is_hmac(alg) {
             self.errors.push(JwtConfigError::AlgorithmForKey(alg));
         } else if secret.len() < MIN_HMAC_SECRET {
             self.errors.push(JwtConfigError::WeakSecret(secret.len()));
@@ -656,10 +661,7 @@ impl JwtBuilder {
         if let Some(w) = kids.windows(2).find(|w| w[0] == w[1]) {
             return Err(JwtConfigError::DuplicateKid(w[0].to_owned()));
         }
-        let public_keys = self
-            .keys
-            .iter()
-            .any(|k| !matches!(k.1, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512));
+        let public_keys = self.keys.iter().any(|k| !is_hmac(k.1));
         match (self.issuers.is_empty(), self.any_issuer) {
             (false, true) => return Err(JwtConfigError::IssuerAndAnyIssuer),
             (true, false) if public_keys => return Err(JwtConfigError::NoIssuer),
@@ -762,10 +764,7 @@ fn jwk_key(jwk: &Jwk) -> Result<Option<(Option<String>, Algorithm, DecodingKey)>
         (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
             p.curve == EllipticCurve::Ed25519
         }
-        (
-            AlgorithmParameters::OctetKey(_),
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512,
-        ) => true,
+        (AlgorithmParameters::OctetKey(_), alg) => is_hmac(alg),
         _ => false,
     };
     if !fits {

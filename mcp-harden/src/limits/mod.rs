@@ -409,20 +409,8 @@ impl ConcurrencyGate {
 /// entry, say): the caller gets the declared rates, and a warning says so, at most once a
 /// minute (any caller can present one on every call).
 fn unknown_tier(tier: &str) {
-    // Seconds since the first warning's clock, plus one (0: none yet), on a monotonic clock.
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs()
-        + 1;
-    let last = LAST.load(Ordering::Relaxed);
-    if (last == 0 || now >= last.saturating_add(60))
-        && LAST
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    static WARNED: std::sync::LazyLock<rate::Moment> = std::sync::LazyLock::new(rate::Moment::new);
+    if WARNED.claim(Duration::from_secs(60)) {
         // Debug-formatted: the tier comes from a token's claim, and is escaped.
         tracing::warn!(target: "mcp_harden::limits", tier = ?crate::audit::cut_chars(tier, 64), "a principal's tier is not configured: it gets the declared rates (further ones are not logged for a minute)");
     }

@@ -37,6 +37,45 @@ const SWEEP_EVERY: u32 = 4096;
 /// Keys beyond which a limiter's periodic sweep runs in the background (within a runtime).
 const BACKGROUND_SWEEP: usize = 4 * SWEEP_EVERY as usize;
 
+/// The last time something happened, which threads claim in turn: milliseconds since the
+/// moment was made, plus one (0: never).
+pub(crate) struct Moment {
+    born: Instant,
+    at_ms: AtomicU64,
+}
+
+impl Moment {
+    pub(crate) fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// It happens now.
+    pub(crate) fn mark(&self) {
+        self.at_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the caller may make it happen now: it never did, or not within `every`.
+    /// One caller of those racing wins, and marks it.
+    pub(crate) fn claim(&self, every: Duration) -> bool {
+        let last = self.at_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (last == 0 || now.saturating_sub(last) >= every.as_millis() as u64)
+            && self
+                .at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// When a keyed store is swept of its idle keys: after [`SWEEP_EVERY`] decisions, or after a
 /// quarter as many as the keys the last sweep left if that is more. A pass over `n` keys then
 /// comes after at least `n / 4` decisions, each of which adds at most one key: at most five
@@ -126,9 +165,8 @@ struct Core {
     pace: SweepPace,
     /// Whether a periodic sweep is under way (one at a time).
     sweeping: AtomicBool,
-    /// When the last sweep started, in milliseconds since `born` plus one (0: never).
-    swept_ms: AtomicU64,
-    born: Instant,
+    /// When the last sweep started.
+    swept: Moment,
     max_tracked: usize,
     quota: GcraQuota,
     /// The thread of the last sweep.
@@ -159,8 +197,7 @@ impl RateLimiter {
             clock,
             pace: SweepPace::new(),
             sweeping: AtomicBool::new(false),
-            swept_ms: AtomicU64::new(0),
-            born: Instant::now(),
+            swept: Moment::new(),
             max_tracked: max_tracked.max(1),
             quota,
             #[cfg(test)]
@@ -184,7 +221,7 @@ impl RateLimiter {
         if !core.store.contains_key(key) && core.tracked_keys() >= core.max_tracked {
             // Make room before refusing, if no sweep ran for a `FULL_RETRY` (one newcomer
             // sweeps; the others are refused meanwhile).
-            if !core.claim_sweep() {
+            if !core.swept.claim(FULL_RETRY) {
                 return RateDecision::Full;
             }
             core.sweep();
@@ -246,30 +283,12 @@ impl RateLimiter {
 }
 
 impl Core {
-    /// Whether this newcomer sweeps the full limiter: the first to ask once no sweep ran
-    /// for a [`FULL_RETRY`] (or none ever did).
-    fn claim_sweep(&self) -> bool {
-        let last = self.swept_ms.load(Ordering::Relaxed);
-        let now = self.elapsed_ms();
-        (last == 0 || now.saturating_sub(last) >= FULL_RETRY.as_millis() as u64)
-            && self
-                .swept_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
-    }
-
     fn sweep(&self) {
         #[cfg(test)]
         if let Ok(mut on) = self.swept_on.lock() {
             *on = Some(std::thread::current().id());
         }
-        self.swept_ms.store(self.elapsed_ms(), Ordering::Relaxed);
+        self.swept.mark();
         self.limiter.retain_recent();
         let len = self.tracked_keys();
         if len < self.max_tracked / 2 {

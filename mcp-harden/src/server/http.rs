@@ -63,8 +63,9 @@ pub enum ScopeChallenge {
 /// accepts only loopback `Host`s and `Origin`s plus the host of the resource URL,
 /// requires a bearer credential on every MCP request, caps bodies at 1 MiB, speaks
 /// HTTP/1.1 only (with or without TLS), closes connections whose request head does not
-/// arrive within 30 s and answers 408 to a POST whose body has not arrived 30 s after its
-/// head.
+/// arrive within 30 s, answers 408 to a POST whose body has not arrived 30 s after its
+/// head, and bounds sessions (32 per caller, 100 anonymous, 1 000 in all; idle ones close
+/// after 5 minutes).
 ///
 /// ```no_run
 /// # use mcp_harden::server::http::HttpConfig;
@@ -568,6 +569,13 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             HttpError::Config("the failed-authentication limit must be at least 1/min".into())
         })?;
 
+        // The session table rmcp's session manager keeps (stateless mode never asks it for a
+        // session, and the guard then has none to check).
+        let sessions = Arc::new(Sessions::new(Bounds {
+            total: config.max_sessions,
+            per_caller: config.max_sessions_per_caller,
+            anonymous: config.max_anonymous_sessions,
+        }));
         let gate = Arc::new(Gate {
             hardened: self.http_instance_boxed(),
             authenticators: config.authenticators,
@@ -583,13 +591,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             body_timeout: config.body_read_timeout,
             challenge,
             allow_anonymous: config.allow_anonymous,
-            sessions: config.stateful.then(|| {
-                Arc::new(Sessions::new(Bounds {
-                    total: config.max_sessions,
-                    per_caller: config.max_sessions_per_caller,
-                    anonymous: config.max_anonymous_sessions,
-                }))
-            }),
+            sessions: config.stateful.then(|| sessions.clone()),
         });
 
         let rmcp_ct = CancellationToken::new();
@@ -603,17 +605,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let factory_base = self.http_instance();
         let mut local = LocalSessionManager::default();
         local.session_config.keep_alive = Some(config.session_idle_timeout);
-        // Stateless mode never asks it for a session.
-        let owned = OwnedSessions::new(
-            local,
-            gate.sessions.clone().unwrap_or_else(|| {
-                Arc::new(Sessions::new(Bounds {
-                    total: 0,
-                    per_caller: 0,
-                    anonymous: 0,
-                }))
-            }),
-        );
+        let owned = OwnedSessions::new(local, sessions);
         let service = StreamableHttpService::new(
             move || Ok(factory_base.http_instance()),
             Arc::new(owned),
@@ -1571,8 +1563,8 @@ where
     }
 }
 
-/// The session check (or, for a request without a session, a reservation of one), then
-/// the call into rmcp with the caller's identity attached. `body` says whether rmcp's reply
+/// The session check (or, for a POST without a session, its caller for the session it may
+/// open: [`Opener`]), then the call into rmcp with the caller's identity attached. `body` says whether rmcp's reply
 /// is to a POST body that could not be read (see [`BodyTimer`]).
 fn dispatch<T, B>(
     gate: &Arc<Gate>,
@@ -1646,7 +1638,7 @@ where
 
 /// The guard's reply: a refusal made at once, rmcp's reply to a checked request, or a
 /// boxed path: the scope challenge's (which reads the body first) or a request that may
-/// open a session (which rmcp runs with the reservation).
+/// open a session (which rmcp runs with its caller).
 enum GuardFuture<F> {
     Done(Option<Response>),
     Call(F, Option<After>),
