@@ -216,9 +216,10 @@ async fn a_hung_redis_costs_a_decision_one_timeout() {
     }
 }
 
-/// A call's first failed decision ends its questions to the store: failing open, the call
-/// goes on without asking for its other limits (each would wait out the same timeout);
-/// failing closed, it is refused. One failure is counted per call either way.
+/// A call's first failed decision ends its questions to the store, and the store rests: failing
+/// open, the call goes on without its other limits; failing closed, it is refused (one
+/// decision counted per call either way); deciding locally, each of its limits is decided in
+/// memory (and counted).
 #[tokio::test]
 async fn a_call_asks_a_failed_store_once() {
     let Some(mut redis) = Redis::start() else {
@@ -232,9 +233,14 @@ async fn a_call_asks_a_failed_store_once() {
         RedisStore::new(&redis.url()).expect("store"),
         FailMode::Closed,
     );
+    let local = fully_limited(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Local,
+    );
     let (o, c) = (connect(open.clone()).await, connect(closed.clone()).await);
+    let l = connect(local.clone()).await;
     let tally = || CallToolRequestParams::new("tally");
-    for client in [&o, &c] {
+    for client in [&o, &c, &l] {
         let r = client.call_tool(tally()).await.expect("answers");
         assert_eq!(r.is_error, Some(false), "{r:?}");
     }
@@ -250,6 +256,77 @@ async fn a_call_asks_a_failed_store_once() {
         let r = c.call_tool(tally()).await.expect("answers");
         assert_eq!(error_code(&r).as_deref(), Some("UNAVAILABLE"), "{r:?}");
         assert_eq!(closed.rate_store_errors(), n);
+        let r = l.call_tool(tally()).await.expect("answers");
+        assert_eq!(r.is_error, Some(false), "decided locally: {r:?}");
+        assert_eq!(
+            local.rate_store_errors(),
+            3 * n,
+            "its three limits, in memory"
+        );
+    }
+}
+
+/// Deciding locally while Redis is down: the caller's quota holds in this process (its burst
+/// anew: the in-memory limiter starts empty), and once Redis answers again (after the
+/// store's rest) decisions are Redis's again.
+#[tokio::test]
+async fn redis_going_away_decides_locally_on_request() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let local = server(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Local,
+    );
+    let c = connect(local.clone()).await;
+    for _ in 0..4 {
+        assert_eq!(call(&c).await.is_error, Some(false));
+    }
+    let r = call(&c).await;
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("RATE_LIMITED"),
+        "in Redis: {r:?}"
+    );
+    assert_eq!(local.rate_store_errors(), 0);
+
+    redis.stop();
+    for _ in 0..4 {
+        let r = call(&c).await;
+        assert_eq!(r.is_error, Some(false), "within the quota in memory: {r:?}");
+    }
+    let r = call(&c).await;
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("RATE_LIMITED"),
+        "over it: {r:?}"
+    );
+    let retry = r
+        .structured_content
+        .as_ref()
+        .and_then(|v| v["error"]["retry_after_ms"].as_u64());
+    assert!(retry.is_some_and(|ms| ms > 0 && ms <= 15_000), "{r:?}");
+    assert_eq!(
+        local.rate_store_errors(),
+        5,
+        "each decision made locally is counted"
+    );
+
+    // Redis returns empty: alice's quota there is whole, and it decides again.
+    let _redis = Redis::on(redis.port).expect("restarts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = local.rate_store_errors();
+        let r = call(&c).await;
+        if local.rate_store_errors() == before {
+            assert_eq!(r.is_error, Some(false), "a fresh quota in Redis: {r:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "decisions go back to Redis: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -102,14 +102,13 @@ pub(crate) async fn limit<S>(
     cancel: &CancellationToken,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ToolError> {
     let tool = entry.spec.name;
-    let (backend, errors) = (&inner.backend, &inner.store_errors);
+    let backend = &inner.backend;
     let own = crate::limits::check_own(
         tool,
         backend,
         entry.rate.as_ref(),
         inner.principal_rate.as_ref(),
         principal,
-        errors,
     )
     .await?;
     let permit = match &entry.concurrency {
@@ -117,7 +116,7 @@ pub(crate) async fn limit<S>(
         None => None,
     };
     if let (Some(global), Checked::Admitted) = (&entry.global, own) {
-        crate::limits::check_global(tool, backend, global, errors).await?;
+        crate::limits::check_global(tool, backend, global).await?;
     }
     Ok(permit)
 }

@@ -13,6 +13,7 @@
 //! | `mcp_harden_audit_records_total` | counter | `result` (`recorded`, `refused`) |
 //! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
 //! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`caller`, `anonymous`, `server`) |
+//! | `mcp_harden_rate_store_unavailable_total` | counter | `fail` (`closed`, `open`, `local`): rate decisions the shared store did not make |
 //!
 //! Label values are bounded: tool names are the registered ones, tiers the configured ones
 //! (`other` for any other, `none` without a tier), codes and reasons fixed sets. No argument,
@@ -43,6 +44,8 @@ pub mod names {
     pub const HTTP_SESSIONS: &str = "mcp_harden_http_sessions";
     /// New HTTP sessions refused, by the bound that refused them.
     pub const HTTP_SESSIONS_REFUSED: &str = "mcp_harden_http_sessions_refused_total";
+    /// Rate decisions the shared store did not make, by the fail mode that made them.
+    pub const RATE_STORE_UNAVAILABLE: &str = "mcp_harden_rate_store_unavailable_total";
 }
 
 /// Where the per-call metrics are registered from (the macros' equivalent).
@@ -182,6 +185,11 @@ pub(crate) fn http_sessions_refused(limit: &'static str) {
 /// One rate-limit refusal.
 pub(crate) fn rate_limited(tool: &'static str, limit: &'static str) {
     metrics::counter!(names::RATE_LIMITED, "tool" => tool, "limit" => limit).increment(1);
+}
+
+/// One rate decision the shared store did not make, made by `fail` (`closed`, `open`, `local`).
+pub(crate) fn rate_store_unavailable(fail: &'static str) {
+    metrics::counter!(names::RATE_STORE_UNAVAILABLE, "fail" => fail).increment(1);
 }
 
 /// One audit record handed to the sink, or one call refused for want of a slot.

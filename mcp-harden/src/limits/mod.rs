@@ -117,9 +117,10 @@ const TOO_FAST: &str =
 /// Implement it for a store shared by every replica (see `RedisStore` with the `redis`
 /// feature).
 ///
-/// An error means the store cannot decide for now, not for this key alone: the call asks it
-/// nothing more, and the [`FailMode`] applies to the whole call (failing open, its other
-/// limits are not checked). Bound each decision's time yourself: the call waits for it.
+/// An error means the store cannot decide for now, not for this key alone: it is not asked
+/// again for [`STORE_REST`] (every decision meanwhile is the [`FailMode`]'s), then one call
+/// asks it again while the others keep to the `FailMode` until that call has its answer.
+/// Bound each decision's time yourself: the call waits for it.
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one cell of `quota` for `key`, or says how long until one is free.
     fn check<'a>(
@@ -134,17 +135,146 @@ pub trait RateLimitStore: Send + Sync + 'static {
 #[error("rate-limit store: {0}")]
 pub struct StoreError(pub String);
 
-/// What to do when the [`RateLimitStore`] cannot decide. Either way the failure is logged
-/// (target `mcp_harden::limits`) and counted ([`Hardened::rate_store_errors`](crate::Hardened::rate_store_errors)).
+/// How long a [`RateLimitStore`] that failed a decision is left alone: meanwhile every
+/// decision is its [`FailMode`]'s, at once, instead of each call waiting for the store's
+/// timeout; then one call asks it again.
+pub const STORE_REST: Duration = Duration::from_secs(1);
+
+/// What to do when the [`RateLimitStore`] cannot decide: when a decision fails, and for
+/// [`STORE_REST`] after it (then until a call finds the store answering again). Whichever,
+/// the outage is logged (target `mcp_harden::limits`: a warning when it starts, at most one a
+/// minute while it lasts, and when it ends), and every decision the store did not make is
+/// counted ([`Hardened::rate_store_errors`](crate::Hardened::rate_store_errors), the metric
+/// `mcp_harden_rate_store_unavailable_total{fail}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailMode {
-    /// Refuse the call with `UNAVAILABLE` (retryable). The default.
+    /// Refuse the call with `UNAVAILABLE` (retryable, a [`STORE_REST`] hint). The default.
     #[default]
     Closed,
     /// Let the call through unlimited: none of its rate limits is checked further. Opt in only
     /// where availability beats the limit.
     Open,
+    /// Decide in this process, as without a store: each replica enforces every declared
+    /// quota on its own, so a caller spread over `n` replicas gets at most `n` times its
+    /// quota, and a caller that keeps to one replica (as a stateful HTTP session does) exactly
+    /// its quota. The in-memory limiters start empty when the store fails, so a caller's
+    /// burst is available again then. Limits still hold, more loosely, and nobody is refused
+    /// for the outage itself.
+    Local,
+}
+
+impl FailMode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// A shared store's health as this server sees it: whether to ask it, and how many
+/// decisions it did not make.
+pub(crate) struct StoreHealth {
+    born: std::time::Instant,
+    /// 0 while the store answers; else when (ms after `born`, at least 1) it is asked again.
+    rest_until_ms: AtomicU64,
+    /// When the outage began (ms after `born`), for the log line that ends it.
+    down_since_ms: AtomicU64,
+    /// Decisions the store did not make.
+    pub(crate) unmade: AtomicU64,
+    /// The last "still failing" warning.
+    warned: rate::Moment,
+}
+
+/// Whether a decision goes to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// It answers (as far as this server knows).
+    Store,
+    /// It failed, and its rest is over: this call asks it again, alone.
+    Probe,
+    /// It failed and rests: the fail mode decides.
+    Skip,
+}
+
+impl StoreHealth {
+    pub(crate) fn new() -> Self {
+        Self {
+            born: std::time::Instant::now(),
+            rest_until_ms: AtomicU64::new(0),
+            down_since_ms: AtomicU64::new(0),
+            unmade: AtomicU64::new(0),
+            warned: rate::Moment::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn rest_end(&self, now: u64) -> u64 {
+        now.saturating_add(STORE_REST.as_millis() as u64)
+    }
+
+    fn ask(&self) -> Ask {
+        let until = self.rest_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return Ask::Store;
+        }
+        let now = self.now_ms();
+        if now < until {
+            return Ask::Skip;
+        }
+        // Of the calls that find the rest over, one asks; the others keep to the fail mode
+        // until its answer (the store may be hung: each would wait out its timeout).
+        match self.rest_until_ms.compare_exchange(
+            until,
+            self.rest_end(now),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => Ask::Probe,
+            Err(_) => Ask::Skip,
+        }
+    }
+
+    /// The store failed a decision: it rests from now.
+    fn failed(&self, limit: &str, error: &StoreError, fail: FailMode) {
+        let now = self.now_ms();
+        let was = self
+            .rest_until_ms
+            .swap(self.rest_end(now), Ordering::Relaxed);
+        if was == 0 {
+            self.down_since_ms.store(now, Ordering::Relaxed);
+            self.warned.mark();
+            tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), rest_ms = STORE_REST.as_millis() as u64, "rate-limit store failed: decisions follow the fail mode until it answers again");
+        } else if self.warned.claim(Duration::from_secs(60)) {
+            let down_ms = now.saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
+            tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), down_ms, "rate-limit store still failing");
+        }
+    }
+
+    /// The store answered: if it was resting, the outage is over.
+    fn answered(&self) {
+        if self.rest_until_ms.load(Ordering::Relaxed) != 0
+            && self.rest_until_ms.swap(0, Ordering::Relaxed) != 0
+        {
+            let down_ms = self
+                .now_ms()
+                .saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
+            tracing::info!(target: "mcp_harden::limits", down_ms, "rate-limit store answers again");
+        }
+    }
+
+    /// A decision the store did not make, answered per `fail`.
+    fn unmade(&self, fail: FailMode) {
+        self.unmade.fetch_add(1, Ordering::Relaxed);
+        crate::telemetry::rate_store_unavailable(fail.label());
+    }
 }
 
 /// Where rate decisions are made.
@@ -157,7 +287,18 @@ pub(crate) enum Backend {
         store: Arc<dyn RateLimitStore>,
         fail: FailMode,
         prefix: Arc<str>,
+        health: Arc<StoreHealth>,
     },
+}
+
+impl Backend {
+    /// Rate decisions the store did not make (0 in memory).
+    pub(crate) fn unmade(&self) -> u64 {
+        match self {
+            Self::Memory => 0,
+            Self::Store { health, .. } => health.unmade.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// One rate limit with its tier-scaled variants.
@@ -227,38 +368,55 @@ impl Limit {
         backend: &Backend,
         key: &Arc<str>,
         tier: Option<&str>,
-        errors: &AtomicU64,
         message: &'static str,
     ) -> Result<Checked, ToolError> {
         let (tier_name, limiter) = self.for_tier(tier);
-        let decision = match backend {
-            Backend::Memory => limiter.check(key),
+        let (decision, checked) = match backend {
+            Backend::Memory => (limiter.check(key), Checked::Admitted),
             Backend::Store {
                 store,
                 fail,
                 prefix,
+                health,
             } => {
-                let store_key = format!("{prefix}{}:{tier_name}:{key}", self.id);
-                match store.check(&store_key, limiter.quota()).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(target: "mcp_harden::limits", limit = %self.id, error = %e, fail_open = (*fail == FailMode::Open), "rate-limit store failed");
-                        return match fail {
-                            FailMode::Open => Ok(Checked::StoreDown),
-                            FailMode::Closed => Err(ToolError::new(
-                                ErrorCode::Unavailable,
-                                "rate limiting is unavailable; retry shortly",
-                                true,
-                            )
-                            .with_retry_after(Duration::from_secs(1))),
-                        };
+                let asked = match health.ask() {
+                    Ask::Skip => None,
+                    Ask::Store | Ask::Probe => {
+                        let store_key = format!("{prefix}{}:{tier_name}:{key}", self.id);
+                        match store.check(&store_key, limiter.quota()).await {
+                            Ok(d) => {
+                                health.answered();
+                                Some(d)
+                            }
+                            Err(e) => {
+                                health.failed(&self.id, &e, *fail);
+                                None
+                            }
+                        }
+                    }
+                };
+                match asked {
+                    Some(d) => (d, Checked::Admitted),
+                    None => {
+                        health.unmade(*fail);
+                        match fail {
+                            FailMode::Open => return Ok(Checked::StoreDown),
+                            FailMode::Closed => {
+                                return Err(ToolError::new(
+                                    ErrorCode::Unavailable,
+                                    "rate limiting is unavailable; retry shortly",
+                                    true,
+                                )
+                                .with_retry_after(STORE_REST))
+                            }
+                            FailMode::Local => (limiter.check(key), Checked::Admitted),
+                        }
                     }
                 }
             }
         };
         match decision {
-            RateDecision::Allow => Ok(Checked::Admitted),
+            RateDecision::Allow => Ok(checked),
             RateDecision::Deny(wait) => Err(ToolError::rate_limited(wait, message)),
             RateDecision::Full => Err(ToolError::new(
                 ErrorCode::Unavailable,
@@ -275,9 +433,8 @@ impl Limit {
 pub(crate) enum Checked {
     /// The limit admitted the call.
     Admitted,
-    /// The store could not decide and fails open: the call goes on, and the call's other
-    /// limits are not asked (each would wait for the same store), so that a store that is
-    /// down costs a call at most one of its timeouts.
+    /// The store could not decide and fails open ([`FailMode::Open`]): the call goes on
+    /// unlimited, its other rate limits not checked.
     StoreDown,
 }
 
@@ -292,14 +449,13 @@ pub(crate) async fn check_own(
     per_caller: Option<&Limit>,
     per_principal: Option<&Limit>,
     principal: &Principal,
-    errors: &AtomicU64,
 ) -> Result<Checked, ToolError> {
     let tier = principal.tier();
     let me = principal.rate_key();
     if let Some(l) = per_caller {
         let m = "rate limit exceeded for this tool";
         let c = l
-            .check(backend, me, tier, errors, m)
+            .check(backend, me, tier, m)
             .await
             .inspect_err(|e| count_refusal(e, tool, "tool"))?;
         if c == Checked::StoreDown {
@@ -309,7 +465,7 @@ pub(crate) async fn check_own(
     if let Some(l) = per_principal {
         let m = "rate limit exceeded across tools for this caller";
         return l
-            .check(backend, me, tier, errors, m)
+            .check(backend, me, tier, m)
             .await
             .inspect_err(|e| count_refusal(e, tool, "principal"));
     }
@@ -322,11 +478,10 @@ pub(crate) async fn check_global(
     tool: &'static str,
     backend: &Backend,
     global: &Limit,
-    errors: &AtomicU64,
 ) -> Result<Checked, ToolError> {
     let m = "this tool's overall rate limit is reached";
     global
-        .check(backend, &global_key(), None, errors, m)
+        .check(backend, &global_key(), None, m)
         .await
         .inspect_err(|e| count_refusal(e, tool, "global"))
 }
@@ -442,10 +597,9 @@ mod tests {
             .ok()
             .flatten()
             .expect("a limit");
-        let errors = AtomicU64::new(0);
         let own = |p: Principal| {
-            let (limit, errors) = (&limit, &errors);
-            async move { check_own("t", &Backend::Memory, Some(limit), None, &p, errors).await }
+            let limit = &limit;
+            async move { check_own("t", &Backend::Memory, Some(limit), None, &p).await }
         };
         let bot = |m| Principal::new("ci-bot", ["s"], m);
         assert!(own(bot(AuthMethod::ApiKey)).await.is_ok());
@@ -455,6 +609,122 @@ mod tests {
         );
         let again = own(bot(AuthMethod::ApiKey)).await.map(|_| ());
         assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::RateLimited));
+    }
+
+    /// A store that answers after `delay`, or fails while `failing`, and counts questions.
+    #[derive(Default)]
+    struct Flaky {
+        asked: std::sync::atomic::AtomicU32,
+        failing: std::sync::atomic::AtomicBool,
+        delay_ms: AtomicU64,
+    }
+
+    impl RateLimitStore for Arc<Flaky> {
+        fn check<'a>(
+            &'a self,
+            _key: &'a str,
+            _quota: GcraQuota,
+        ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>> {
+            Box::pin(async move {
+                self.asked.fetch_add(1, Ordering::SeqCst);
+                let delay = self.delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                if self.failing.load(Ordering::SeqCst) {
+                    Err(StoreError("down".to_owned()))
+                } else {
+                    Ok(RateDecision::Allow)
+                }
+            })
+        }
+    }
+
+    fn flaky_backend(fail: FailMode) -> (Arc<Flaky>, Backend) {
+        let flaky = Arc::new(Flaky::default());
+        let backend = Backend::Store {
+            store: Arc::new(flaky.clone()),
+            fail,
+            prefix: Arc::from("t:"),
+            health: Arc::new(StoreHealth::new()),
+        };
+        (flaky, backend)
+    }
+
+    /// A store that failed is left alone for `STORE_REST` (the fail mode answers at once),
+    /// then asked by one call while the others keep to the fail mode, and asked by every call
+    /// once it answers again.
+    #[tokio::test]
+    async fn a_failed_store_rests_then_one_call_asks_it() {
+        let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit");
+        let (flaky, backend) = flaky_backend(FailMode::Closed);
+        let key: Arc<str> = Arc::from("local:alice");
+        let check = || limit.check(&backend, &key, None, "over");
+        let asked = || flaky.asked.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        }
+        assert_eq!((asked(), backend.unmade()), (3, 0));
+
+        flaky.failing.store(true, Ordering::SeqCst);
+        for _ in 0..10 {
+            let e = check().await.expect_err("fails closed");
+            assert_eq!(e.code, ErrorCode::Unavailable);
+            assert!(e.retryable);
+        }
+        assert_eq!(asked(), 4, "asked once, then left to rest");
+        assert_eq!(
+            backend.unmade(),
+            10,
+            "every decision it did not make is counted"
+        );
+
+        tokio::time::sleep(STORE_REST + Duration::from_millis(50)).await;
+        flaky.delay_ms.store(100, Ordering::SeqCst);
+        let five = futures::future::join_all((0..5).map(|_| check())).await;
+        assert!(five.iter().all(Result::is_err), "{five:?}");
+        assert_eq!(
+            asked(),
+            5,
+            "one of the calls after the rest asks; the others do not wait"
+        );
+
+        flaky.failing.store(false, Ordering::SeqCst);
+        flaky.delay_ms.store(0, Ordering::SeqCst);
+        assert!(
+            check().await.is_err(),
+            "still resting after the failed probe"
+        );
+        tokio::time::sleep(STORE_REST + Duration::from_millis(50)).await;
+        for _ in 0..3 {
+            assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        }
+        assert_eq!(asked(), 8, "answering again, it is asked by every call");
+        assert_eq!(backend.unmade(), 16);
+    }
+
+    /// Deciding locally, the declared quota holds in memory while the store is down, and
+    /// the store decides again once it answers.
+    #[tokio::test]
+    async fn failing_locally_keeps_the_quota_in_memory() {
+        let limit = Limit::new("tool:t".into(), Rate::per_hour(2), &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit");
+        let (flaky, backend) = flaky_backend(FailMode::Local);
+        let key: Arc<str> = Arc::from("local:alice");
+        let check = || limit.check(&backend, &key, None, "over");
+        flaky.failing.store(true, Ordering::SeqCst);
+        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        let e = check().await.expect_err("over the quota in memory");
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert!(e.retry_after_ms.is_some_and(|ms| ms > 1_700_000), "{e:?}");
+        assert_eq!(
+            (flaky.asked.load(Ordering::SeqCst), backend.unmade()),
+            (1, 3)
+        );
     }
 
     #[tokio::test]

@@ -319,6 +319,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 store,
                 fail,
                 prefix: Arc::from(format!("mcp-harden:{}:", self.name)),
+                health: Arc::new(crate::limits::StoreHealth::new()),
             },
             None => Backend::Memory,
         };
@@ -339,7 +340,6 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 inflight: tokio_util::task::TaskTracker::new(),
                 backend,
                 principal_rate,
-                store_errors: std::sync::atomic::AtomicU64::new(0),
             }),
             local: None,
             transport: "none",

@@ -74,8 +74,6 @@ pub(crate) struct Inner<S> {
     pub backend: Backend,
     /// Each caller's total across tools (tier-scaled).
     pub principal_rate: Option<Limit>,
-    /// Rate decisions the store failed to make.
-    pub store_errors: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Entry<S> {
@@ -98,12 +96,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     }
 
     /// How many rate decisions the shared [`RateLimitStore`](crate::limits::RateLimitStore)
-    /// failed to make (each answered per the configured [`FailMode`](crate::limits::FailMode)):
-    /// at most one per call, which asks the store nothing more after a failure.
+    /// did not make, each answered per the configured [`FailMode`](crate::limits::FailMode):
+    /// those it failed, and those not asked while it rested after a failure. Failing closed or
+    /// open, a call counts once (it stops at its first); deciding locally, once per limit.
     pub fn rate_store_errors(&self) -> u64 {
-        self.inner
-            .store_errors
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.backend.unmade()
     }
 
     /// How many callers the in-memory rate limiters track now (all tools and limits).
