@@ -19,8 +19,9 @@ async fn sign_in(
     #[arg(max_len = 32)] user: String,
     #[arg(max_len = 64, secret)] passphrase: String,
     #[arg(max_len = 64)] api_key: String,
+    #[arg(max_len = 200)] note: String,
 ) -> String {
-    let _ = (passphrase, api_key);
+    let _ = (passphrase, api_key, note);
     format!("signed in {user}")
 }
 
@@ -68,13 +69,16 @@ async fn secrets_reach_no_sink_log_or_metric() {
 
     let passphrase = "correct-horse-battery-staple-4711";
     let api_key = "sk-live-0123456789abcdef";
+    // A credential inside an ordinary string: its value masked, the rest kept.
+    let db_password = "Tr0ub4dor-and-3";
+    let note = format!("dsn host=db user=app password={db_password} dbname=crm");
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
     let post = |auth: String| {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "sign_in", "arguments": {"user": "ann", "passphrase": passphrase, "api_key": api_key}}});
+            "params": {"name": "sign_in", "arguments": {"user": "ann", "passphrase": passphrase, "api_key": api_key, "note": note}}});
         client
             .post(&url)
             .header("accept", "application/json, text/event-stream")
@@ -113,6 +117,10 @@ async fn secrets_reach_no_sink_log_or_metric() {
     assert!(audit.contains("\"passphrase\":\"[REDACTED]\""), "{audit}");
     assert!(audit.contains("\"api_key\":\"[REDACTED]\""), "{audit}");
     assert!(
+        audit.contains("host=db user=app password=[REDACTED] dbname=crm"),
+        "{audit}"
+    );
+    assert!(
         logs.contains("mcp_harden::audit"),
         "the tracing sink logged the call"
     );
@@ -122,7 +130,13 @@ async fn secrets_reach_no_sink_log_or_metric() {
         ("logs", &logs),
         ("metrics", &metrics),
     ] {
-        for secret in [passphrase, api_key, token.as_str(), forged.as_str()] {
+        for secret in [
+            passphrase,
+            api_key,
+            db_password,
+            token.as_str(),
+            forged.as_str(),
+        ] {
             assert!(!haystack.contains(secret), "{what} hold a secret");
         }
         // Not even a piece of the token's signature.

@@ -9,7 +9,7 @@ const MAX_AUDIT_STRING: usize = 256;
 /// The substrings that make a (normalised) name credential-like. [`starts_with_needle`]
 /// dispatches on their first two bytes; [`NEXT`] is derived from them. Each is one that no
 /// ordinary word contains (`pwd`, `jwt`), or long enough not to be part of one.
-const NEEDLES: [&[u8]; 19] = [
+const NEEDLES: [&[u8]; 26] = [
     b"password",
     b"passwd",
     b"passphrase",
@@ -29,6 +29,13 @@ const NEEDLES: [&[u8]; 19] = [
     b"bearer",
     b"pwd",
     b"jwt",
+    b"basicauth",
+    b"authkey",
+    b"signingkey",
+    b"encryptionkey",
+    b"masterkey",
+    b"hmackey",
+    b"sshkey",
 ];
 
 /// Names that are credential-like only as the whole (normalised) name (`author`,
@@ -46,8 +53,9 @@ const SEGMENTS: [&[u8]; 5] = [b"pass", b"pin", b"otp", b"totp", b"hotp"];
 /// and `auth` as the whole name, compared without case and separators; short words (`pass`,
 /// `pin`, `otp`, `totp`, `hotp`) only as a whole segment of the name (split at separators and
 /// camelCase humps). `key` alone is not credential-like (`key_id`, `sort_key`, an object
-/// store's `key`): the compounds that are (`api_key`, `accessKey`, `private_key`, `privkey`)
-/// match.
+/// store's `key`): the compounds that are (`api_key`, `accessKey`, `private_key`, `privkey`,
+/// `auth_key`, `signing_key`, `encryption_key`, `master_key`, `hmac_key`, `ssh_key`) match,
+/// and so does `basic_auth`.
 pub fn is_credential_name(name: &str) -> bool {
     let raw = name.as_bytes();
     // Most names are already lower-case alphanumerics: then they are their own normal form,
@@ -126,10 +134,15 @@ fn starts_with_needle(rest: &[u8]) -> bool {
         [b'p', b'r', ..] => &[b"privatekey", b"privkey"],
         [b'p', b'w', ..] => &[b"pwd"],
         [b's', b'e', ..] => &[b"secret", b"sessionid"],
-        [b's', b'i', ..] => &[b"signature"],
+        [b's', b'i', ..] => &[b"signature", b"signingkey"],
+        [b's', b's', ..] => &[b"sshkey"],
+        [b'b', b'a', ..] => &[b"basicauth"],
+        [b'e', b'n', ..] => &[b"encryptionkey"],
+        [b'm', b'a', ..] => &[b"masterkey"],
+        [b'h', b'm', ..] => &[b"hmackey"],
         [b't', b'o', ..] => &[b"token"],
         [b'a', b'p', ..] => &[b"apikey"],
-        [b'a', b'u', ..] => &[b"authorization", b"authheader"],
+        [b'a', b'u', ..] => &[b"authorization", b"authheader", b"authkey"],
         [b'a', b'c', ..] => &[b"accesskey"],
         [b'c', b'r', ..] => &[b"credential"],
         [b'c', b'o', ..] => &[b"cookie"],
@@ -264,8 +277,14 @@ pub fn redact_entry(key: &str, child: &mut Value, walk: fn(&mut Value)) {
 ///   `{"Key": "GITHUB_TOKEN", "Value": …}`; keys compared without case), and the second
 ///   item of a two-item array whose first is one (`["X-Api-Key", "k-456"]`);
 /// - credentials inside strings, the rest of the string kept: a URL's password
-///   (`postgres://admin:[REDACTED]@db`) and the credentials after `Bearer` or `Basic`
-///   (`Authorization: Bearer [REDACTED]`).
+///   (`postgres://admin:[REDACTED]@db`), the credentials after `Bearer` or `Basic`
+///   (`Bearer [REDACTED]`), and the value of a `name=value` or `name: value` whose name is
+///   credential-like: connection strings (`password=[REDACTED] dbname=app`,
+///   `Password=[REDACTED];Encrypt=true`, `PWD={[REDACTED]}`), query strings
+///   (`?access_token=[REDACTED]&state=1`), headers (`X-Api-Key: [REDACTED]`,
+///   `Authorization: Digest [REDACTED]`, `Authorization: token [REDACTED]`: an
+///   `Authorization` value keeps its scheme), JSON or YAML text
+///   (`"client_secret": "[REDACTED]"`).
 ///
 /// (The audit walk that `#[derive(ToolArgs)]` and `#[tool]` generate walks objects and arrays
 /// with [`redact_entries`] and [`redact_items`] as this one does, and applies the pair rule
@@ -406,9 +425,9 @@ fn cut_long(s: &mut String) {
 const SHORTEST_CARRIER: usize = 8;
 
 /// `s` with the credentials it carries in plain sight masked, if any: the password of a
-/// URL's userinfo, and what follows `Bearer` or `Basic` (the authentication schemes of an
-/// `Authorization` header). The triggers are a space and `://`: a string without either
-/// costs one `memchr2`. Only the part that [`cut_long`] keeps is searched: a credential
+/// URL's userinfo, what follows `Bearer` or `Basic` (the authentication schemes of an
+/// `Authorization` header), and the value of a credential-like name followed by `=` or `:`.
+/// The triggers are a space, `:` and `=`: a string without any costs one `memchr3`. Only the part that [`cut_long`] keeps is searched: a credential
 /// starting beyond it is cut anyway.
 fn mask_secrets(s: &str) -> Option<String> {
     let b = s.as_bytes();
@@ -422,17 +441,17 @@ fn mask_secrets(s: &str) -> Option<String> {
         let end = b.len().min(at.saturating_add(window));
         // A short window is scanned byte by byte: cheaper than memchr's setup.
         let found = |w: &[u8]| match w.len() {
-            0..=63 => w.iter().position(|&c| c == b' ' || c == b':'),
-            _ => memchr::memchr2(b' ', b':', w),
+            0..=63 => w.iter().position(|&c| matches!(c, b' ' | b':' | b'=')),
+            _ => memchr::memchr3(b' ', b':', b'=', w),
         };
         let Some(i) = b.get(at..end).and_then(found) else {
             break;
         };
         let i = at + i;
-        let secret = if b[i] == b' ' {
-            scheme_credentials(b, i)
-        } else {
-            url_password(b, i)
+        let secret = match b[i] {
+            b' ' => scheme_credentials(b, i),
+            b':' => url_password(b, i).or_else(|| named_value(b, i)),
+            _ => named_value(b, i),
         };
         match secret {
             Some((start, stop)) => {
@@ -514,6 +533,111 @@ fn in_authorization_header(b: &[u8], word: usize) -> bool {
     let end = word - gap;
     end.checked_sub(13)
         .is_some_and(|start| b[start..end].eq_ignore_ascii_case(b"authorization"))
+}
+
+/// The value after the `=` or `:` at `b[sep]` when the name before it is credential-like,
+/// as a byte range (`password=hunter2`, `X-Api-Key: k-1`, `"client_secret": "s"`). The name
+/// is a run of letters, digits, `_`, `-` and `.` (at most [`MAX_PAIR_NAME`] bytes), maybe
+/// quoted, maybe followed by spaces. The value is what a quote or a brace opens, up to its
+/// close (a JSON string's escapes skipped); else it ends at a line's end or at the quote that
+/// opened the pair (`'Authorization: token x'`), and also, after `=` (a connection or query
+/// string), at white space, `;`, `&` or `,`, and after a quoted name (JSON), at white space,
+/// `,`, `}` or `]`. An `Authorization` value keeps its scheme.
+fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
+    let equals = b[sep] == b'=';
+    let mut end = sep;
+    while end > 0 && b[end - 1] == b' ' {
+        end -= 1;
+    }
+    let name_quote = match end.checked_sub(1).map(|j| b[j]) {
+        Some(q @ (b'"' | b'\'')) => {
+            end -= 1;
+            Some(q)
+        }
+        _ => None,
+    };
+    let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+    let floor = end.saturating_sub(MAX_PAIR_NAME + 1);
+    let start = match b[floor..end].iter().rposition(|&c| !is_name(c)) {
+        Some(p) => floor + p + 1,
+        None if floor == 0 => 0,
+        None => return None,
+    };
+    let name = std::str::from_utf8(&b[start..end]).ok()?;
+    if name.is_empty() || !is_credential_name(name) {
+        return None;
+    }
+    let opened_by = start.checked_sub(1).map(|j| b[j]);
+    if name_quote.is_some() && opened_by != name_quote {
+        return None;
+    }
+    // The quote around the whole pair: `-H 'Authorization: token x'`.
+    let enclosing = match (name_quote, opened_by) {
+        (None, Some(q @ (b'"' | b'\''))) => Some(q),
+        _ => None,
+    };
+    let mut v = sep + 1;
+    while v < b.len() && matches!(b[v], b' ' | b'\t') {
+        v += 1;
+    }
+    let (from, to) = match b.get(v) {
+        Some(&q @ (b'"' | b'\'')) => (v + 1, closing(b, v + 1, q)),
+        Some(b'{') if equals => {
+            let close = b[v + 1..].iter().position(|&c| c == b'}');
+            (v + 1, close.map_or(b.len(), |c| v + 1 + c))
+        }
+        _ => {
+            let stop = |c: u8| {
+                matches!(c, b'\n' | b'\r')
+                    || Some(c) == enclosing
+                    || (equals && (c.is_ascii_whitespace() || matches!(c, b';' | b'&' | b',')))
+                    || (name_quote.is_some()
+                        && (c.is_ascii_whitespace() || matches!(c, b',' | b'}' | b']')))
+            };
+            let len = b[v..].iter().position(|&c| stop(c));
+            (v, len.map_or(b.len(), |l| v + l))
+        }
+    };
+    let from = if ends_with_ignore_case(name.as_bytes(), b"authorization") {
+        let scheme = b[from..to]
+            .iter()
+            .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'-')
+            .count();
+        let gap = b[from + scheme..to]
+            .iter()
+            .take_while(|&&c| c == b' ')
+            .count();
+        if scheme > 0 && gap > 0 && from + scheme + gap < to {
+            // `Bearer` and `Basic` carry one token68: what follows it is kept.
+            if let Some(r) = scheme_credentials(b, from + scheme) {
+                return Some(r);
+            }
+            from + scheme + gap
+        } else {
+            from
+        }
+    } else {
+        from
+    };
+    (from < to).then_some((from, to))
+}
+
+/// Where the quoted text starting at `b[from]` ends: at the next `quote` not escaped by a
+/// backslash, or at the end.
+fn closing(b: &[u8], from: usize, quote: u8) -> usize {
+    let mut i = from;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            c if c == quote => return i,
+            _ => i += 1,
+        }
+    }
+    b.len()
+}
+
+fn ends_with_ignore_case(s: &[u8], suffix: &[u8]) -> bool {
+    s.len() >= suffix.len() && s[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// The password of a URL's userinfo when `b[colon..]` starts with the `://` after a scheme,
@@ -869,6 +993,80 @@ mod tests {
         ] {
             assert_eq!(masked(kept), kept);
         }
+    }
+
+    #[test]
+    fn named_values_masked() {
+        for (s, expected) in [
+            (
+                "host=db user=app password=hunter2 dbname=x",
+                "host=db user=app password=[REDACTED] dbname=x",
+            ),
+            (
+                "Server=db;User Id=sa;Password=hunter2;Encrypt=true",
+                "Server=db;User Id=sa;Password=[REDACTED];Encrypt=true",
+            ),
+            (
+                "Driver={ODBC 18};PWD={p;w!d};Server=x",
+                "Driver={ODBC 18};PWD={[REDACTED]};Server=x",
+            ),
+            (
+                "https://app/cb?code=1&access_token=xyz.abc&state=2",
+                "https://app/cb?code=1&access_token=[REDACTED]&state=2",
+            ),
+            ("password = 'a b c' next", "password = '[REDACTED]' next"),
+            (
+                r#"{"client_secret": "s3cr3t", "id": 1}"#,
+                r#"{"client_secret": "[REDACTED]", "id": 1}"#,
+            ),
+            (
+                r#"{"api_key":12345,"n":2}"#,
+                r#"{"api_key":[REDACTED],"n":2}"#,
+            ),
+            (
+                r#"{"password": "a\"b", "user": "bob"}"#,
+                r#"{"password": "[REDACTED]", "user": "bob"}"#,
+            ),
+            ("X-Api-Key: k-123", "X-Api-Key: [REDACTED]"),
+            (
+                "db:\n  password: hunter2\n  user: app",
+                "db:\n  password: [REDACTED]\n  user: app",
+            ),
+            (
+                "Authorization: token ghp_abc123",
+                "Authorization: token [REDACTED]",
+            ),
+            (
+                r#"Authorization: Digest username="bob", realm="x", response="6629fae4""#,
+                "Authorization: Digest [REDACTED]",
+            ),
+            (
+                "curl -H 'Proxy-Authorization: Negotiate YIIabc' -H 'Accept: x'",
+                "curl -H 'Proxy-Authorization: Negotiate [REDACTED]' -H 'Accept: x'",
+            ),
+            ("Authorization: ghp_abc123", "Authorization: [REDACTED]"),
+            ("basic_auth=alice:pw", "basic_auth=[REDACTED]"),
+        ] {
+            assert_eq!(masked(s), expected, "{s}");
+        }
+        for kept in [
+            "at 10:30:00 ratio=1.5",
+            "sort_key=name&order=asc",
+            "Password: ",
+            "password=",
+            "a == b",
+            "see https://example.com:8443/path?q=1",
+            "passenger=ok author: me",
+        ] {
+            assert_eq!(masked(kept), kept);
+        }
+    }
+
+    /// A base64 run before `=` padding is longer than a name: not taken for one.
+    #[test]
+    fn long_runs_before_a_separator_are_not_names() {
+        let run = format!("{}password=x", "a".repeat(80));
+        assert_eq!(masked(&run), run);
     }
 
     /// Secrets are masked before a long string is cut: none shows at the cut, and one
