@@ -330,6 +330,65 @@ async fn redis_going_away_decides_locally_on_request() {
     }
 }
 
+/// Deciding locally, the tool's global rate holds in memory too (it is checked after the
+/// concurrency slot, apart from the caller's own limits), and the refusals are counted by
+/// reason in the metrics.
+#[tokio::test]
+async fn deciding_locally_keeps_the_global_rate() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    mcp_harden::telemetry::install_prometheus(metrics_addr).expect("exporter");
+    let local = builder(
+        "redis-e2e-global",
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Local,
+    )
+    .tool::<count>()
+    .global_rate::<count>(Rate::per_minute(2))
+    .build()
+    .expect("builds");
+    let c = connect(local.clone()).await;
+    let overall = |r: &CallToolResult| {
+        r.structured_content
+            .as_ref()
+            .and_then(|v| v["error"]["message"].as_str())
+            .is_some_and(|m| m.contains("overall"))
+    };
+    for _ in 0..2 {
+        assert_eq!(call(&c).await.is_error, Some(false));
+    }
+    let r = call(&c).await;
+    assert!(overall(&r), "the global rate, in Redis: {r:?}");
+    redis.stop();
+    for _ in 0..2 {
+        let r = call(&c).await;
+        assert_eq!(r.is_error, Some(false), "in memory: {r:?}");
+    }
+    let r = call(&c).await;
+    assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
+    assert!(overall(&r), "the global rate, in memory: {r:?}");
+
+    let page = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("page");
+    for reason in ["failed", "resting"] {
+        assert!(
+            page.lines()
+                .any(|l| l.starts_with("mcp_harden_rate_store_unavailable_total")
+                    && l.contains("fail=\"local\"")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "{page}"
+        );
+    }
+}
+
 /// Outside a Tokio runtime the store cannot start its connection: an error, not a panic.
 #[test]
 fn a_store_made_outside_a_runtime_is_an_error() {

@@ -13,7 +13,7 @@
 //! | `mcp_harden_audit_records_total` | counter | `result` (`recorded`, `refused`) |
 //! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
 //! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`caller`, `anonymous`, `server`) |
-//! | `mcp_harden_rate_store_unavailable_total` | counter | `fail` (`closed`, `open`, `local`): rate decisions the shared store did not make |
+//! | `mcp_harden_rate_store_unavailable_total` | counter | `fail` (`closed`, `open`, `local`), `reason` (`failed`, `resting`): rate decisions the shared store did not make |
 //!
 //! Label values are bounded: tool names are the registered ones, tiers the configured ones
 //! (`other` for any other, `none` without a tier), codes and reasons fixed sets. No argument,
@@ -187,9 +187,11 @@ pub(crate) fn rate_limited(tool: &'static str, limit: &'static str) {
     metrics::counter!(names::RATE_LIMITED, "tool" => tool, "limit" => limit).increment(1);
 }
 
-/// One rate decision the shared store did not make, made by `fail` (`closed`, `open`, `local`).
-pub(crate) fn rate_store_unavailable(fail: &'static str) {
-    metrics::counter!(names::RATE_STORE_UNAVAILABLE, "fail" => fail).increment(1);
+/// One rate decision the shared store did not make, made by `fail` (`closed`, `open`,
+/// `local`): the store failed it (`reason` `failed`) or was not asked (`resting`).
+pub(crate) fn rate_store_unavailable(fail: &'static str, reason: &'static str) {
+    metrics::counter!(names::RATE_STORE_UNAVAILABLE, "fail" => fail, "reason" => reason)
+        .increment(1);
 }
 
 /// One audit record handed to the sink, or one call refused for want of a slot.

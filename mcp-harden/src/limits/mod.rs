@@ -117,10 +117,10 @@ const TOO_FAST: &str =
 /// Implement it for a store shared by every replica (see `RedisStore` with the `redis`
 /// feature).
 ///
-/// An error means the store cannot decide for now, not for this key alone: it is not asked
-/// again for [`STORE_REST`] (every decision meanwhile is the [`FailMode`]'s), then one call
-/// asks it again while the others keep to the `FailMode` until that call has its answer.
-/// Bound each decision's time yourself: the call waits for it.
+/// An error means the store cannot decide for now, not for this key alone: the [`FailMode`]
+/// answers, and after [`STORE_TRIP`] errors in a row the store is not asked for
+/// [`STORE_REST`], then by one call while the others keep to the `FailMode` until that call
+/// has its answer. Bound each decision's time yourself: the call waits for it.
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one cell of `quota` for `key`, or says how long until one is free.
     fn check<'a>(
@@ -135,17 +135,24 @@ pub trait RateLimitStore: Send + Sync + 'static {
 #[error("rate-limit store: {0}")]
 pub struct StoreError(pub String);
 
-/// How long a [`RateLimitStore`] that failed a decision is left alone: meanwhile every
-/// decision is its [`FailMode`]'s, at once, instead of each call waiting for the store's
-/// timeout; then one call asks it again.
+/// How long a [`RateLimitStore`] that failed [`STORE_TRIP`] decisions in a row is left
+/// alone: meanwhile every decision is its [`FailMode`]'s, at once, instead of each call
+/// waiting for the store's timeout; then one call asks it again (the others keep to the
+/// `FailMode` until that call has its answer, however long it takes).
 pub const STORE_REST: Duration = Duration::from_secs(1);
 
-/// What to do when the [`RateLimitStore`] cannot decide: when a decision fails, and for
-/// [`STORE_REST`] after it (then until a call finds the store answering again). Whichever,
-/// the outage is logged (target `mcp_harden::limits`: a warning when it starts, at most one a
-/// minute while it lasts, and when it ends), and every decision the store did not make is
+/// How many decisions in a row a [`RateLimitStore`] fails before it rests for
+/// [`STORE_REST`]: a lone failure (a timeout under a burst of load) costs only its own call.
+pub const STORE_TRIP: u32 = 3;
+
+/// What to do when the [`RateLimitStore`] cannot decide: for a decision it failed, and for
+/// every decision while it rests after [`STORE_TRIP`] failures in a row (at least
+/// [`STORE_REST`], then until a call finds it answering again). The outage is logged (target
+/// `mcp_harden::limits`: when it starts and when it ends, at most once a minute each, and
+/// while it lasts, at most once a minute), and every decision the store did not make is
 /// counted ([`Hardened::rate_store_errors`](crate::Hardened::rate_store_errors), the metric
-/// `mcp_harden_rate_store_unavailable_total{fail}`).
+/// `mcp_harden_rate_store_unavailable_total{fail, reason}`, `reason` being `failed` for a
+/// decision the store was asked and failed, `resting` for one it was not asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailMode {
@@ -153,14 +160,14 @@ pub enum FailMode {
     #[default]
     Closed,
     /// Let the call through unlimited: none of its rate limits is checked further. Opt in only
-    /// where availability beats the limit.
+    /// where availability beats the limit: whoever can slow the store past its timeout gets
+    /// unlimited calls for as long.
     Open,
     /// Decide in this process, as without a store: each replica enforces every declared
-    /// quota on its own, so a caller spread over `n` replicas gets at most `n` times its
-    /// quota, and a caller that keeps to one replica (as a stateful HTTP session does) exactly
-    /// its quota. The in-memory limiters start empty when the store fails, so a caller's
-    /// burst is available again then. Limits still hold, more loosely, and nobody is refused
-    /// for the outage itself.
+    /// quota on its own, in its own memory, which knows nothing of what the store admitted.
+    /// A caller gets at most its quota from each replica it reaches (so up to `n` times it
+    /// over `n` replicas), plus, at each switch between the store and memory, up to its burst
+    /// again. Limits still hold, more loosely, and nobody is refused for the outage itself.
     Local,
 }
 
@@ -178,25 +185,42 @@ impl FailMode {
 /// decisions it did not make.
 pub(crate) struct StoreHealth {
     born: std::time::Instant,
-    /// 0 while the store answers; else when (ms after `born`, at least 1) it is asked again.
+    /// 0 while the store answers; else when (ms after `born`, at least 1) it may be asked
+    /// again.
     rest_until_ms: AtomicU64,
+    /// A call is asking a resting store (see [`Probe`]).
+    probing: std::sync::atomic::AtomicBool,
+    /// Decisions failed in a row.
+    failures: std::sync::atomic::AtomicU32,
     /// When the outage began (ms after `born`), for the log line that ends it.
     down_since_ms: AtomicU64,
     /// Decisions the store did not make.
     pub(crate) unmade: AtomicU64,
-    /// The last "still failing" warning.
-    warned: rate::Moment,
+    /// The last warnings that an outage began, and that it goes on; the last line that one
+    /// ended (a flapping store would log each once a second).
+    began: rate::Moment,
+    lasts: rate::Moment,
+    ended: rate::Moment,
 }
 
 /// Whether a decision goes to the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ask {
+enum Ask<'a> {
     /// It answers (as far as this server knows).
     Store,
-    /// It failed, and its rest is over: this call asks it again, alone.
-    Probe,
-    /// It failed and rests: the fail mode decides.
+    /// It rests, and its rest is over: this call asks it again, alone (while it holds this).
+    Probe { _held: Probe<'a> },
+    /// It rests: the fail mode decides.
     Skip,
+}
+
+/// The one call asking a resting store. Dropped with its answer, or with the call (a client
+/// that gave up): either way another call may ask next.
+struct Probe<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl StoreHealth {
@@ -204,9 +228,13 @@ impl StoreHealth {
         Self {
             born: std::time::Instant::now(),
             rest_until_ms: AtomicU64::new(0),
+            probing: std::sync::atomic::AtomicBool::new(false),
+            failures: std::sync::atomic::AtomicU32::new(0),
             down_since_ms: AtomicU64::new(0),
             unmade: AtomicU64::new(0),
-            warned: rate::Moment::new(),
+            began: rate::Moment::new(),
+            lasts: rate::Moment::new(),
+            ended: rate::Moment::new(),
         }
     }
 
@@ -220,60 +248,82 @@ impl StoreHealth {
         now.saturating_add(STORE_REST.as_millis() as u64)
     }
 
-    fn ask(&self) -> Ask {
+    fn ask(&self) -> Ask<'_> {
         let until = self.rest_until_ms.load(Ordering::Relaxed);
         if until == 0 {
             return Ask::Store;
         }
-        let now = self.now_ms();
-        if now < until {
+        if self.now_ms() < until {
             return Ask::Skip;
         }
-        // Of the calls that find the rest over, one asks; the others keep to the fail mode
-        // until its answer (the store may be hung: each would wait out its timeout).
-        match self.rest_until_ms.compare_exchange(
-            until,
-            self.rest_end(now),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => Ask::Probe,
+        // Of the calls that find the rest over, one asks, until its answer or its end; the
+        // others keep to the fail mode meanwhile (the store may be hung: each would wait out
+        // its timeout, or forever).
+        match self
+            .probing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => Ask::Probe {
+                _held: Probe(&self.probing),
+            },
             Err(_) => Ask::Skip,
         }
     }
 
-    /// The store failed a decision: it rests from now.
+    /// The store failed a decision: after [`STORE_TRIP`] in a row (or failing its probe) it
+    /// rests from now.
     fn failed(&self, limit: &str, error: &StoreError, fail: FailMode) {
         let now = self.now_ms();
-        let was = self
-            .rest_until_ms
-            .swap(self.rest_end(now), Ordering::Relaxed);
-        if was == 0 {
+        let in_a_row = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if self.rest_until_ms.load(Ordering::Relaxed) != 0 {
+            // Resting: a probe failed (or a call that asked before the rest did).
+            self.rest_until_ms
+                .store(self.rest_end(now), Ordering::Relaxed);
+            if self.lasts.claim(Duration::from_secs(60)) {
+                let down_ms = now.saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
+                tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), down_ms, "rate-limit store still failing");
+            }
+        } else if in_a_row >= STORE_TRIP {
             self.down_since_ms.store(now, Ordering::Relaxed);
-            self.warned.mark();
-            tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), rest_ms = STORE_REST.as_millis() as u64, "rate-limit store failed: decisions follow the fail mode until it answers again");
-        } else if self.warned.claim(Duration::from_secs(60)) {
-            let down_ms = now.saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
-            tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), down_ms, "rate-limit store still failing");
+            self.rest_until_ms
+                .store(self.rest_end(now), Ordering::Relaxed);
+            self.lasts.mark();
+            if self.began.claim(Duration::from_secs(60)) {
+                tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, rest_ms = STORE_REST.as_millis() as u64, "rate-limit store failing: decisions follow the fail mode until it answers again");
+            }
+        } else {
+            tracing::debug!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision");
         }
     }
 
-    /// The store answered: if it was resting, the outage is over.
-    fn answered(&self) {
-        if self.rest_until_ms.load(Ordering::Relaxed) != 0
-            && self.rest_until_ms.swap(0, Ordering::Relaxed) != 0
-        {
+    /// The store answered. A probe's answer ends the rest; any other's only the count of
+    /// failures in a row (a call that asked before a rest began says nothing of the store
+    /// now).
+    fn answered(&self, probe: bool) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if probe && self.rest_until_ms.swap(0, Ordering::Relaxed) != 0 {
             let down_ms = self
                 .now_ms()
                 .saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
-            tracing::info!(target: "mcp_harden::limits", down_ms, "rate-limit store answers again");
+            if self.ended.claim(Duration::from_secs(60)) {
+                tracing::info!(target: "mcp_harden::limits", down_ms, "rate-limit store answers again");
+            }
         }
     }
 
-    /// A decision the store did not make, answered per `fail`.
-    fn unmade(&self, fail: FailMode) {
+    /// A decision the store did not make, answered per `fail`: it failed it (`asked`) or
+    /// was resting.
+    fn unmade(&self, fail: FailMode, asked: bool) {
         self.unmade.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::rate_store_unavailable(fail.label());
+        crate::telemetry::rate_store_unavailable(
+            fail.label(),
+            if asked { "failed" } else { "resting" },
+        );
     }
 }
 
@@ -379,13 +429,15 @@ impl Limit {
                 prefix,
                 health,
             } => {
-                let asked = match health.ask() {
+                let ask = health.ask();
+                let asked = !matches!(ask, Ask::Skip);
+                let answer = match ask {
                     Ask::Skip => None,
-                    Ask::Store | Ask::Probe => {
+                    Ask::Store | Ask::Probe { .. } => {
                         let store_key = format!("{prefix}{}:{tier_name}:{key}", self.id);
                         match store.check(&store_key, limiter.quota()).await {
                             Ok(d) => {
-                                health.answered();
+                                health.answered(matches!(ask, Ask::Probe { .. }));
                                 Some(d)
                             }
                             Err(e) => {
@@ -395,10 +447,11 @@ impl Limit {
                         }
                     }
                 };
-                match asked {
+                drop(ask);
+                match answer {
                     Some(d) => (d, Checked::Admitted),
                     None => {
-                        health.unmade(*fail);
+                        health.unmade(*fail, asked);
                         match fail {
                             FailMode::Open => return Ok(Checked::StoreDown),
                             FailMode::Closed => {
@@ -611,7 +664,8 @@ mod tests {
         assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::RateLimited));
     }
 
-    /// A store that answers after `delay`, or fails while `failing`, and counts questions.
+    /// A store that answers after `delay`, or fails if `failing` when asked, and counts
+    /// questions.
     #[derive(Default)]
     struct Flaky {
         asked: std::sync::atomic::AtomicU32,
@@ -627,9 +681,12 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>> {
             Box::pin(async move {
                 self.asked.fetch_add(1, Ordering::SeqCst);
-                let delay = self.delay_ms.load(Ordering::SeqCst);
+                let (delay, failing) = (
+                    self.delay_ms.load(Ordering::SeqCst),
+                    self.failing.load(Ordering::SeqCst),
+                );
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                if self.failing.load(Ordering::SeqCst) {
+                if failing {
                     Err(StoreError("down".to_owned()))
                 } else {
                     Ok(RateDecision::Allow)
@@ -649,9 +706,9 @@ mod tests {
         (flaky, backend)
     }
 
-    /// A store that failed is left alone for `STORE_REST` (the fail mode answers at once),
-    /// then asked by one call while the others keep to the fail mode, and asked by every call
-    /// once it answers again.
+    /// A store that failed `STORE_TRIP` decisions in a row is left alone for `STORE_REST`
+    /// (the fail mode answers at once), then asked by one call while the others keep to the
+    /// fail mode, and asked by every call once it answers again.
     #[tokio::test]
     async fn a_failed_store_rests_then_one_call_asks_it() {
         let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
@@ -673,7 +730,11 @@ mod tests {
             assert_eq!(e.code, ErrorCode::Unavailable);
             assert!(e.retryable);
         }
-        assert_eq!(asked(), 4, "asked once, then left to rest");
+        assert_eq!(
+            asked(),
+            3 + STORE_TRIP,
+            "asked until it failed enough, then left to rest"
+        );
         assert_eq!(
             backend.unmade(),
             10,
@@ -686,7 +747,7 @@ mod tests {
         assert!(five.iter().all(Result::is_err), "{five:?}");
         assert_eq!(
             asked(),
-            5,
+            4 + STORE_TRIP,
             "one of the calls after the rest asks; the others do not wait"
         );
 
@@ -700,8 +761,87 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(check().await.ok(), Some(Checked::Admitted));
         }
-        assert_eq!(asked(), 8, "answering again, it is asked by every call");
+        assert_eq!(
+            asked(),
+            7 + STORE_TRIP,
+            "answering again, it is asked by every call"
+        );
         assert_eq!(backend.unmade(), 16);
+    }
+
+    /// A lone failure costs only its own call: the next one asks the store.
+    #[tokio::test]
+    async fn a_lone_failure_does_not_rest_the_store() {
+        let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit");
+        let (flaky, backend) = flaky_backend(FailMode::Closed);
+        let key: Arc<str> = Arc::from("local:alice");
+        let check = || limit.check(&backend, &key, None, "over");
+        for _ in 0..3 {
+            flaky.failing.store(true, Ordering::SeqCst);
+            for _ in 1..STORE_TRIP {
+                assert!(check().await.is_err());
+            }
+            flaky.failing.store(false, Ordering::SeqCst);
+            assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        }
+        assert_eq!(flaky.asked.load(Ordering::SeqCst), 3 * STORE_TRIP);
+    }
+
+    /// A probe whose call ends before its answer (the client gave up) lets the next call
+    /// ask; a call that asked before the rest began, answering during it, does not end it.
+    #[tokio::test]
+    async fn a_dropped_probe_or_a_stale_answer_leaves_the_rest_right() {
+        let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit");
+        let (flaky, backend) = flaky_backend(FailMode::Closed);
+        let key: Arc<str> = Arc::from("local:alice");
+        let check = || limit.check(&backend, &key, None, "over");
+        let asked = || flaky.asked.load(Ordering::SeqCst);
+
+        // A slow call asks while the store is well; it then fails enough to rest.
+        flaky.delay_ms.store(300, Ordering::SeqCst);
+        let slow = tokio::spawn({
+            let (limit, backend, key) = (
+                Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
+                    .ok()
+                    .flatten()
+                    .expect("a limit"),
+                backend.clone(),
+                key.clone(),
+            );
+            async move { limit.check(&backend, &key, None, "over").await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        flaky.delay_ms.store(0, Ordering::SeqCst);
+        flaky.failing.store(true, Ordering::SeqCst);
+        for _ in 0..STORE_TRIP {
+            assert!(check().await.is_err());
+        }
+        assert!(slow.await.expect("joins"), "the slow call's answer was yes");
+        flaky.failing.store(false, Ordering::SeqCst);
+        let before = asked();
+        assert!(check().await.is_err(), "its answer did not end the rest");
+        assert_eq!(asked(), before);
+
+        // The rest over, a probe that is dropped before its answer.
+        tokio::time::sleep(STORE_REST + Duration::from_millis(50)).await;
+        flaky.delay_ms.store(5_000, Ordering::SeqCst);
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), check()).await;
+        assert!(gave_up.is_err(), "the probe was still waiting");
+        assert_eq!(asked(), before + 1);
+        flaky.delay_ms.store(0, Ordering::SeqCst);
+        assert_eq!(
+            check().await.ok(),
+            Some(Checked::Admitted),
+            "the next call asks, and the store answers"
+        );
+        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        assert_eq!(asked(), before + 3);
     }
 
     /// Deciding locally, the declared quota holds in memory while the store is down, and
@@ -723,7 +863,7 @@ mod tests {
         assert!(e.retry_after_ms.is_some_and(|ms| ms > 1_700_000), "{e:?}");
         assert_eq!(
             (flaky.asked.load(Ordering::SeqCst), backend.unmade()),
-            (1, 3)
+            (STORE_TRIP, 3)
         );
     }
 

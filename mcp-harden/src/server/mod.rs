@@ -97,7 +97,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
 
     /// How many rate decisions the shared [`RateLimitStore`](crate::limits::RateLimitStore)
     /// did not make, each answered per the configured [`FailMode`](crate::limits::FailMode):
-    /// those it failed, and those not asked while it rested after a failure. Failing closed or
+    /// those it failed, and those not asked while it rested after failures. Failing closed or
     /// open, a call counts once (it stops at its first); deciding locally, once per limit.
     pub fn rate_store_errors(&self) -> u64 {
         self.inner.backend.unmade()
