@@ -123,6 +123,17 @@ async fn scraped_metrics_match_the_calls() {
             .expect("answers");
         assert_eq!(r.status(), expected);
     }
+    // A security event: audited like a call.
+    let r = client
+        .post(&url)
+        .header("authorization", "Bearer not-a-key")
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(init.to_string())
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status(), 401);
     let mut page = String::new();
     for _ in 0..50 {
         page = client
@@ -200,7 +211,8 @@ async fn scraped_metrics_match_the_calls() {
             "mcp_harden_audit_records_total",
             &[("result", "recorded")]
         ),
-        9.0
+        11.0,
+        "nine calls, a session refused, a credential refused"
     );
     assert_eq!(sample(&page, "mcp_harden_http_sessions", &[]), 1.0);
     assert_eq!(

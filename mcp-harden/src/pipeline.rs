@@ -268,7 +268,6 @@ pub(crate) fn record<S>(
         transport: info.transport,
         source: info.source,
     };
-    crate::telemetry::audit(crate::telemetry::AuditResult::Recorded);
     crate::audit::deliver(&*inner.audit, Some(slot), &record);
 }
 

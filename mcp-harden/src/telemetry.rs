@@ -10,7 +10,7 @@
 //! | `mcp_harden_tool_calls_in_flight` | gauge | `tool` |
 //! | `mcp_harden_auth_failures_total` | counter | `reason` |
 //! | `mcp_harden_rate_limited_total` | counter | `tool`, `limit` (`tool`, `principal`, `global`) |
-//! | `mcp_harden_audit_records_total` | counter | `result` (`recorded`, `refused`) |
+//! | `mcp_harden_audit_records_total` | counter | `result`: `recorded` (handed to the sink: tool calls and security events), `dropped` (of those, lost by the file sink: its queue full or its writer stopped), `refused` (calls refused for want of an audit slot) |
 //! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
 //! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`caller`, `anonymous`, `server`) |
 //! | `mcp_harden_rate_store_unavailable_total` | counter | `fail` (`closed`, `open`, `local`), `reason` (`failed`, `resting`): rate decisions the shared store did not make |
@@ -38,7 +38,7 @@ pub mod names {
     pub const AUTH_FAILURES: &str = "mcp_harden_auth_failures_total";
     /// Rate-limit refusals by tool and limit.
     pub const RATE_LIMITED: &str = "mcp_harden_rate_limited_total";
-    /// Audit records by result.
+    /// Audit records by result (`recorded`, `dropped`, `refused`).
     pub const AUDIT_RECORDS: &str = "mcp_harden_audit_records_total";
     /// Stateful HTTP sessions held.
     pub const HTTP_SESSIONS: &str = "mcp_harden_http_sessions";
@@ -194,15 +194,18 @@ pub(crate) fn rate_store_unavailable(fail: &'static str, reason: &'static str) {
         .increment(1);
 }
 
-/// One audit record handed to the sink, or one call refused for want of a slot.
+/// One audit record handed to the sink, one call refused for want of a slot, or one record
+/// the file sink dropped.
 pub(crate) fn audit(result: AuditResult) {
     static RECORDED: [metrics::Label; 1] =
         [metrics::Label::from_static_parts("result", "recorded")];
     static REFUSED: [metrics::Label; 1] = [metrics::Label::from_static_parts("result", "refused")];
+    static DROPPED: [metrics::Label; 1] = [metrics::Label::from_static_parts("result", "dropped")];
     // Statics, not consts: a key caches its hash.
-    static KEYS: [metrics::Key; 2] = [
+    static KEYS: [metrics::Key; 3] = [
         metrics::Key::from_static_parts(names::AUDIT_RECORDS, &RECORDED),
         metrics::Key::from_static_parts(names::AUDIT_RECORDS, &REFUSED),
+        metrics::Key::from_static_parts(names::AUDIT_RECORDS, &DROPPED),
     ];
     let key = &KEYS[result as usize];
     metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
@@ -211,10 +214,12 @@ pub(crate) fn audit(result: AuditResult) {
 /// The `result` label of the audit records counter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum AuditResult {
-    /// A record handed to the sink.
+    /// A record handed to the sink: a tool call's, or a security event's.
     Recorded = 0,
     /// A call refused for want of an audit slot.
     Refused = 1,
+    /// A record the file sink handed back unwritten (its queue full, its writer stopped).
+    Dropped = 2,
 }
 
 /// Installs a Prometheus recorder and serves `/metrics` on `addr` (its own listener, apart

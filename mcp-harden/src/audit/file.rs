@@ -308,6 +308,7 @@ impl FileAuditSink {
         let value = json.into_bytes().into_boxed_slice();
         if self.tx.send(Item::Record((value, permit))).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::audit(crate::telemetry::AuditResult::Dropped);
             tracing::error!(target: "mcp_harden::audit", "the audit writer has stopped; a record is lost");
         }
     }
@@ -327,6 +328,7 @@ impl AuditSink for FileAuditSink {
             Ok(p) => self.send(record, Some(p)),
             Err(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::audit(crate::telemetry::AuditResult::Dropped);
                 tracing::error!(target: "mcp_harden::audit", "the audit queue is full; a security event record is dropped");
             }
         }
@@ -349,6 +351,7 @@ impl AuditSink for FileAuditSink {
             Some(p) => self.send(record, Some(p)),
             None => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::telemetry::audit(crate::telemetry::AuditResult::Dropped);
             }
         }
     }

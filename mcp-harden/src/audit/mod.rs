@@ -276,6 +276,7 @@ impl AuditSink for TracingAuditSink {
 /// Hands `record` to `sink` (into `slot` if the call reserved one). A panicking sink loses
 /// the record, never the reply: the loss is logged.
 pub(crate) fn deliver(sink: &dyn AuditSink, slot: Option<AuditSlot>, record: &AuditRecord) {
+    crate::telemetry::audit(crate::telemetry::AuditResult::Recorded);
     let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match slot {
         Some(slot) => sink.record_reserved(slot, record),
         None => sink.record(record),
