@@ -284,7 +284,8 @@ pub fn redact_entry(key: &str, child: &mut Value, walk: fn(&mut Value)) {
 ///   (`?access_token=[REDACTED]&state=1`), headers (`X-Api-Key: [REDACTED]`,
 ///   `Authorization: Digest [REDACTED]`, `Authorization: token [REDACTED]`: an
 ///   `Authorization` value keeps its scheme), JSON or YAML text
-///   (`"client_secret": "[REDACTED]"`).
+///   (`"client_secret": "[REDACTED]"`, `{\"password\": \"[REDACTED]\"}`), and command
+///   lines (`--password [REDACTED]`, `curl -u admin:[REDACTED]`).
 ///
 /// (The audit walk that `#[derive(ToolArgs)]` and `#[tool]` generate walks objects and arrays
 /// with [`redact_entries`] and [`redact_items`] as this one does, and applies the pair rule
@@ -449,7 +450,7 @@ fn mask_secrets(s: &str) -> Option<String> {
         };
         let i = at + i;
         let secret = match b[i] {
-            b' ' => scheme_credentials(b, i),
+            b' ' => scheme_credentials(b, i).or_else(|| flag_value(b, i)),
             b':' => url_password(b, i).or_else(|| named_value(b, i)),
             _ => named_value(b, i),
         };
@@ -518,7 +519,17 @@ fn scheme_credentials(b: &[u8], space: usize) -> Option<(usize, usize)> {
     if plain_word && !in_authorization_header(b, word) {
         return None;
     }
-    Some((start, stop))
+    // A bearer token is opaque: whatever is glued to its token68 part (`abc$x`, `pw=x`) goes
+    // with it, up to white space, a quote or a comma.
+    let glued = if basic {
+        0
+    } else {
+        b[stop..]
+            .iter()
+            .take_while(|&&c| !c.is_ascii_whitespace() && !matches!(c, b'"' | b'\'' | b','))
+            .count()
+    };
+    Some((start, stop + glued))
 }
 
 /// Whether `b[..word]` ends with `Authorization` (or `Proxy-Authorization`) and the
@@ -538,23 +549,29 @@ fn in_authorization_header(b: &[u8], word: usize) -> bool {
 /// The value after the `=` or `:` at `b[sep]` when the name before it is credential-like,
 /// as a byte range (`password=hunter2`, `X-Api-Key: k-1`, `"client_secret": "s"`). The name
 /// is a run of letters, digits, `_`, `-` and `.` (at most [`MAX_PAIR_NAME`] bytes), maybe
-/// quoted, maybe followed by spaces. The value is what a quote or a brace opens, up to its
-/// close (a JSON string's escapes skipped); else it ends at a line's end or at the quote that
-/// opened the pair (`'Authorization: token x'`), and also, after `=` (a connection or query
-/// string), at white space, `;`, `&` or `,`, and after a quoted name (JSON), at white space,
-/// `,`, `}` or `]`. An `Authorization` value keeps its scheme.
+/// quoted (JSON's `\"` too), maybe followed by spaces; `=>`, `==` and `:=` separate as well.
+/// The value is what a quote or a brace opens, up to its close (escapes skipped); else it
+/// ends at a line's end or at the quote that opened the pair (`'Authorization: token x'`)
+/// when the pair starts its line, is quoted whole, or names an `Authorization` header or a
+/// cookie, and otherwise at white space, and after `=` (a connection or query string) also
+/// at `;`, `&` or `,`, after a quoted name (JSON) at `,`, `}` or `]`. An `Authorization`
+/// value keeps its scheme. Kept: an environment's `PWD=/path`, and a count of tokens
+/// (`max_tokens=1024`).
 fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
     let equals = b[sep] == b'=';
     let mut end = sep;
     while end > 0 && b[end - 1] == b' ' {
         end -= 1;
     }
-    let name_quote = match end.checked_sub(1).map(|j| b[j]) {
+    // The name's closing quote; `escaped`: JSON's `\"` (JSON text inside a string).
+    let (name_quote, escaped) = match end.checked_sub(1).map(|j| b[j]) {
         Some(q @ (b'"' | b'\'')) => {
             end -= 1;
-            Some(q)
+            let escaped = end > 0 && b[end - 1] == b'\\';
+            end -= usize::from(escaped);
+            (Some(q), escaped)
         }
-        _ => None,
+        _ => (None, false),
     };
     let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
     let floor = end.saturating_sub(MAX_PAIR_NAME + 1);
@@ -563,12 +580,14 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
         None if floor == 0 => 0,
         None => return None,
     };
-    let name = std::str::from_utf8(&b[start..end]).ok()?;
-    if name.is_empty() || !is_credential_name(name) {
+    let name = &b[start..end];
+    if name.is_empty() || !is_credential_name(std::str::from_utf8(name).ok()?) {
         return None;
     }
     let opened_by = start.checked_sub(1).map(|j| b[j]);
-    if name_quote.is_some() && opened_by != name_quote {
+    if name_quote.is_some()
+        && (opened_by != name_quote || (escaped && !(start >= 2 && b[start - 2] == b'\\')))
+    {
         return None;
     }
     // The quote around the whole pair: `-H 'Authorization: token x'`.
@@ -577,29 +596,64 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
         _ => None,
     };
     let mut v = sep + 1;
-    while v < b.len() && matches!(b[v], b' ' | b'\t') {
+    if matches!(
+        (equals, b.get(v)),
+        (true, Some(b'>' | b'=')) | (false, Some(b'='))
+    ) {
         v += 1;
     }
+    let spaced = b[v..]
+        .iter()
+        .take_while(|&&c| matches!(c, b' ' | b'\t'))
+        .count();
+    v += spaced;
+    // A value's end is looked for so far; a longer one is masked to the string's end.
+    let near = &b[..b.len().min(v.saturating_add(MAX_VALUE_SCAN))];
     let (from, to) = match b.get(v) {
-        Some(&q @ (b'"' | b'\'')) => (v + 1, closing(b, v + 1, q)),
-        Some(b'{') if equals => {
-            let close = b[v + 1..].iter().position(|&c| c == b'}');
-            (v + 1, close.map_or(b.len(), |c| v + 1 + c))
+        Some(b'\\') if escaped && b.get(v + 1) == Some(&b'"') => {
+            let close = memchr::memmem::find(&near[v + 2..], b"\\\"");
+            (v + 2, close.map_or(b.len(), |c| v + 2 + c))
         }
+        Some(&q @ (b'"' | b'\'')) => (v + 1, closing(near, v + 1, q).unwrap_or(b.len())),
+        Some(b'{') if equals => (v + 1, brace_close(near, v + 1).unwrap_or(b.len())),
         _ => {
+            let indent = b[..start]
+                .iter()
+                .rev()
+                .take_while(|&&c| matches!(c, b' ' | b'\t'))
+                .count();
+            let starts_line = start == indent || matches!(b[start - indent - 1], b'\n' | b'\r');
+            let to_line = !equals
+                && name_quote.is_none()
+                && (enclosing.is_some()
+                    || starts_line
+                    || ends_with_ignore_case(name, b"authorization")
+                    || ends_with_ignore_case(name, b"cookie"));
             let stop = |c: u8| {
                 matches!(c, b'\n' | b'\r')
                     || Some(c) == enclosing
-                    || (equals && (c.is_ascii_whitespace() || matches!(c, b';' | b'&' | b',')))
-                    || (name_quote.is_some()
-                        && (c.is_ascii_whitespace() || matches!(c, b',' | b'}' | b']')))
+                    || (!to_line && c.is_ascii_whitespace())
+                    || (equals && matches!(c, b';' | b'&' | b','))
+                    || (name_quote.is_some() && matches!(c, b',' | b'}' | b']'))
             };
-            let len = b[v..].iter().position(|&c| stop(c));
-            (v, len.map_or(b.len(), |l| v + l))
+            let len = near[v..].iter().position(|&c| stop(c));
+            let to = len.map_or(b.len(), |l| v + l);
+            // `password= host=db`: no value; the next word is a pair of its own.
+            if equals && spaced > 0 && b[v..to].contains(&b'=') {
+                return None;
+            }
+            (v, to)
         }
     };
-    let from = if ends_with_ignore_case(name.as_bytes(), b"authorization") {
-        let scheme = b[from..to]
+    let value = &b[from..to];
+    let is_path = matches!(value.first(), Some(b'/' | b'~'))
+        && (name.eq_ignore_ascii_case(b"pwd") || name.eq_ignore_ascii_case(b"oldpwd"));
+    let is_count = ends_with_ignore_case(name, b"tokens") && value.iter().all(u8::is_ascii_digit);
+    if is_path || is_count {
+        return None;
+    }
+    let from = if ends_with_ignore_case(name, b"authorization") {
+        let scheme = value
             .iter()
             .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'-')
             .count();
@@ -608,9 +662,14 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
             .take_while(|&&c| c == b' ')
             .count();
         if scheme > 0 && gap > 0 && from + scheme + gap < to {
-            // `Bearer` and `Basic` carry one token68: what follows it is kept.
-            if let Some(r) = scheme_credentials(b, from + scheme) {
-                return Some(r);
+            // `Bearer` and `Basic` carry one token68; anything glued to it (`Basic a:b`,
+            // which is not base64) goes with it.
+            if let Some((s, e)) = scheme_credentials(b, from + scheme) {
+                let glued = b[e..to]
+                    .iter()
+                    .take_while(|&&c| !c.is_ascii_whitespace() && c != b',')
+                    .count();
+                return Some((s, e + glued));
             }
             from + scheme + gap
         } else {
@@ -622,18 +681,92 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
     (from < to).then_some((from, to))
 }
 
+/// The value after a command-line flag naming a credential when the space at `b[space]`
+/// ends one (`--password hunter2`, `-p` is not one), as a byte range: the next word (or
+/// what its quote opens) unless it is another flag. A flag naming a file (`--password-file`,
+/// `--token-stdin`) is not taken. `-u`/`--user` (curl's `user:password`) masks after the
+/// first `:`.
+fn flag_value(b: &[u8], space: usize) -> Option<(usize, usize)> {
+    let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+    let floor = space.saturating_sub(MAX_PAIR_NAME + 2);
+    let start = b[floor..space]
+        .iter()
+        .rposition(|&c| !is_name(c))
+        .map_or(floor, |p| floor + p + 1);
+    if b.get(start) != Some(&b'-') || (start == floor && floor > 0) {
+        return None;
+    }
+    let flag = &b[start..space];
+    let name = &flag[flag.iter().take_while(|&&c| c == b'-').count()..];
+    let user = name == b"u" || name == b"user";
+    if !user
+        && (name.len() < 3
+            || ends_with_ignore_case(name, b"file")
+            || ends_with_ignore_case(name, b"stdin")
+            || !is_credential_name(std::str::from_utf8(name).ok()?))
+    {
+        return None;
+    }
+    let v = space + b[space..].iter().take_while(|&&c| c == b' ').count();
+    let near = &b[..b.len().min(v.saturating_add(MAX_VALUE_SCAN))];
+    let (from, to) = match b.get(v) {
+        None | Some(b'-') => return None,
+        Some(&q @ (b'"' | b'\'')) => (v + 1, closing(near, v + 1, q).unwrap_or(b.len())),
+        Some(_) => {
+            let len = near[v..].iter().position(u8::is_ascii_whitespace);
+            (v, len.map_or(b.len(), |l| v + l))
+        }
+    };
+    let from = if user {
+        // `user:password`; text before the `:` that is not a user name is not skipped
+        // unsearched (`-u password=x:y`).
+        let colon = b[from..to].iter().position(|&c| c == b':')?;
+        if b[from..from + colon]
+            .iter()
+            .any(|&c| c == b'=' || c.is_ascii_whitespace())
+        {
+            return None;
+        }
+        from + colon + 1
+    } else {
+        from
+    };
+    (from < to).then_some((from, to))
+}
+
+/// How far a value's end is looked for: a value longer than this is masked to the end of
+/// the string (scans stay linear in the part of a string kept, whatever its length).
+const MAX_VALUE_SCAN: usize = 1024;
+
 /// Where the quoted text starting at `b[from]` ends: at the next `quote` not escaped by a
-/// backslash, or at the end.
-fn closing(b: &[u8], from: usize, quote: u8) -> usize {
+/// backslash, if any.
+fn closing(b: &[u8], from: usize, quote: u8) -> Option<usize> {
     let mut i = from;
     while i < b.len() {
         match b[i] {
             b'\\' => i += 2,
-            c if c == quote => return i,
+            c if c == quote => return Some(i),
             _ => i += 1,
         }
     }
-    b.len()
+    None
+}
+
+/// Where the braced value starting at `b[from]` (ODBC's `PWD={…}`) ends: at the first `}`
+/// that is not `}}` (an escaped `}`), if any.
+fn brace_close(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < b.len() {
+        if b[i] == b'}' {
+            if b.get(i + 1) == Some(&b'}') {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 fn ends_with_ignore_case(s: &[u8], suffix: &[u8]) -> bool {
@@ -1046,6 +1179,54 @@ mod tests {
             ),
             ("Authorization: ghp_abc123", "Authorization: [REDACTED]"),
             ("basic_auth=alice:pw", "basic_auth=[REDACTED]"),
+            // Found by a review.
+            (
+                "Authorization: Basic admin:hunter2",
+                "Authorization: Basic [REDACTED]",
+            ),
+            (
+                "Authorization: Bearer abc$hunter2 x",
+                "Authorization: Bearer [REDACTED] x",
+            ),
+            ("Bearer ab1$hunter2 x", "Bearer [REDACTED] x"),
+            (
+                "bearer  password=hunter2 x",
+                "bearer  password=[REDACTED] x",
+            ),
+            (
+                r#"curl -d "{\"password\": \"hunter2\"}" https://x"#,
+                r#"curl -d "{\"password\": \"[REDACTED]\"}" https://x"#,
+            ),
+            (
+                r#"{\"password\":\"hunter2\"}"#,
+                r#"{\"password\":\"[REDACTED]\"}"#,
+            ),
+            ("'password' => 'hunter2'", "'password' => '[REDACTED]'"),
+            (
+                "if password == hunter2 then",
+                "if password == [REDACTED] then",
+            ),
+            ("password := 'x1'", "password := '[REDACTED]'"),
+            (
+                "run --password hunter2 --user bob",
+                "run --password [REDACTED] --user bob",
+            ),
+            ("--api-key 'k 1' next", "--api-key '[REDACTED]' next"),
+            (
+                "curl -u admin:hunter2 https://x",
+                "curl -u admin:[REDACTED] https://x",
+            ),
+            ("PWD={ab}}cd};UID=x", "PWD={[REDACTED]};UID=x"),
+            ("PASSWORD=x1 make", "PASSWORD=[REDACTED] make"),
+            (
+                "  password: two words\nnext: 1",
+                "  password: [REDACTED]\nnext: 1",
+            ),
+            (
+                "Error: password: hunter2 rejected",
+                "Error: password: [REDACTED] rejected",
+            ),
+            ("Cookie: a=1; sid=2", "Cookie: [REDACTED]"),
         ] {
             assert_eq!(masked(s), expected, "{s}");
         }
@@ -1057,9 +1238,25 @@ mod tests {
             "a == b",
             "see https://example.com:8443/path?q=1",
             "passenger=ok author: me",
+            "user=x password= host=y",
+            "PWD=/home/u OLDPWD=~/src",
+            "max_tokens=1024, \"input_tokens\": 12",
+            "docker login --password-stdin",
+            "cat --password-file /run/secrets/pw",
+            "run --password --verbose",
+            "curl -u admin https://x",
         ] {
             assert_eq!(masked(kept), kept);
         }
+    }
+
+    /// A value whose end is not found near its start is masked to the end of the string.
+    #[test]
+    fn a_value_without_a_near_end_is_masked_to_the_end() {
+        let long = format!("password={} tail", "x".repeat(2000));
+        assert_eq!(masked(&long), "password=[REDACTED]");
+        let quoted = format!("token: '{} tail", "y".repeat(2000));
+        assert_eq!(masked(&quoted), "token: '[REDACTED]");
     }
 
     /// A base64 run before `=` padding is longer than a name: not taken for one.
