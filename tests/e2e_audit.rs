@@ -277,10 +277,7 @@ fn rotated_files_chain_together_and_retention_is_visible() {
 #[tokio::test]
 async fn a_full_queue_refuses_calls_or_admits_and_counts() {
     // The only test here that installs a recorder, or refuses or drops a record.
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    mcp_harden::telemetry::install_prometheus(metrics_addr).expect("exporter");
+    let metrics_addr = common::serve_metrics();
     let dir = tempfile::tempdir().expect("tempdir");
     for (mode, admitted) in [(QueueFull::Refuse, false), (QueueFull::AdmitAndCount, true)] {
         let path = dir.path().join(format!("{mode:?}.jsonl"));
@@ -313,12 +310,7 @@ async fn a_full_queue_refuses_calls_or_admits_and_counts() {
             "only the call that ran with a slot is recorded"
         );
     }
-    let page = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("page");
+    let page = common::scrape(metrics_addr).await;
     for result in ["dropped", "refused"] {
         let line = format!("mcp_harden_audit_records_total{{result=\"{result}\"}} 1");
         assert!(page.lines().any(|l| l == line), "{line} in {page}");

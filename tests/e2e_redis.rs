@@ -338,10 +338,7 @@ async fn deciding_locally_keeps_the_global_rate() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    mcp_harden::telemetry::install_prometheus(metrics_addr).expect("exporter");
+    let metrics_addr = common::serve_metrics();
     let local = builder(
         "redis-e2e-global",
         RedisStore::new(&redis.url()).expect("store"),
@@ -372,12 +369,7 @@ async fn deciding_locally_keeps_the_global_rate() {
     assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
     assert!(overall(&r), "the global rate, in memory: {r:?}");
 
-    let page = reqwest::get(format!("http://{metrics_addr}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("page");
+    let page = common::scrape(metrics_addr).await;
     for reason in ["failed", "resting"] {
         assert!(
             page.lines()

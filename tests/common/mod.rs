@@ -264,6 +264,31 @@ pub async fn first_export(bodies: &std::sync::Mutex<Vec<Vec<u8>>>) -> Vec<u8> {
     }
 }
 
+/// Serves the metrics for scraping on a free loopback port (once per test binary: the
+/// recorder is the process's).
+pub fn serve_metrics() -> std::net::SocketAddr {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    mcp_harden::telemetry::install_prometheus(addr).expect("exporter");
+    addr
+}
+
+/// The metrics page served at `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("page")
+}
+
 /// Waits (polling) until `cond` holds, failing after `limit`.
 pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

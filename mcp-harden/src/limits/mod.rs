@@ -646,10 +646,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_is_its_method_and_subject() {
         use crate::auth::{AuthMethod, Principal};
-        let limit = Limit::new("tool:t".into(), Rate::per_hour(1), &[], 100)
-            .ok()
-            .flatten()
-            .expect("a limit");
+        let limit = hourly(1);
         let own = |p: Principal| {
             let limit = &limit;
             async move { check_own("t", &Backend::Memory, Some(limit), None, &p).await }
@@ -695,6 +692,18 @@ mod tests {
         }
     }
 
+    /// A per-caller limit of `n` calls an hour.
+    fn hourly(n: u32) -> Limit {
+        Limit::new("tool:t".into(), Rate::per_hour(n), &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit")
+    }
+
+    fn alice() -> Arc<str> {
+        Arc::from("local:alice")
+    }
+
     fn flaky_backend(fail: FailMode) -> (Arc<Flaky>, Backend) {
         let flaky = Arc::new(Flaky::default());
         let backend = Backend::Store {
@@ -711,12 +720,8 @@ mod tests {
     /// fail mode, and asked by every call once it answers again.
     #[tokio::test]
     async fn a_failed_store_rests_then_one_call_asks_it() {
-        let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
-            .ok()
-            .flatten()
-            .expect("a limit");
+        let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let key: Arc<str> = Arc::from("local:alice");
         let check = || limit.check(&backend, &key, None, "over");
         let asked = || flaky.asked.load(Ordering::SeqCst);
         for _ in 0..3 {
@@ -772,12 +777,8 @@ mod tests {
     /// A lone failure costs only its own call: the next one asks the store.
     #[tokio::test]
     async fn a_lone_failure_does_not_rest_the_store() {
-        let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
-            .ok()
-            .flatten()
-            .expect("a limit");
+        let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let key: Arc<str> = Arc::from("local:alice");
         let check = || limit.check(&backend, &key, None, "over");
         for _ in 0..3 {
             flaky.failing.store(true, Ordering::SeqCst);
@@ -794,26 +795,15 @@ mod tests {
     /// ask; a call that asked before the rest began, answering during it, does not end it.
     #[tokio::test]
     async fn a_dropped_probe_or_a_stale_answer_leaves_the_rest_right() {
-        let limit = Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
-            .ok()
-            .flatten()
-            .expect("a limit");
+        let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let key: Arc<str> = Arc::from("local:alice");
         let check = || limit.check(&backend, &key, None, "over");
         let asked = || flaky.asked.load(Ordering::SeqCst);
 
         // A slow call asks while the store is well; it then fails enough to rest.
         flaky.delay_ms.store(300, Ordering::SeqCst);
         let slow = tokio::spawn({
-            let (limit, backend, key) = (
-                Limit::new("tool:t".into(), Rate::per_hour(1000), &[], 100)
-                    .ok()
-                    .flatten()
-                    .expect("a limit"),
-                backend.clone(),
-                key.clone(),
-            );
+            let (limit, backend, key) = (hourly(1000), backend.clone(), key.clone());
             async move { limit.check(&backend, &key, None, "over").await.is_ok() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -848,12 +838,8 @@ mod tests {
     /// the store decides again once it answers.
     #[tokio::test]
     async fn failing_locally_keeps_the_quota_in_memory() {
-        let limit = Limit::new("tool:t".into(), Rate::per_hour(2), &[], 100)
-            .ok()
-            .flatten()
-            .expect("a limit");
+        let (limit, key) = (hourly(2), alice());
         let (flaky, backend) = flaky_backend(FailMode::Local);
-        let key: Arc<str> = Arc::from("local:alice");
         let check = || limit.check(&backend, &key, None, "over");
         flaky.failing.store(true, Ordering::SeqCst);
         assert_eq!(check().await.ok(), Some(Checked::Admitted));
