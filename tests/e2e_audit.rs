@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mcp_harden::audit::file::{verify, ChainBreak};
+use mcp_harden::audit::file::{verify, verify_expecting, ChainBreak, ChainKey, Expect};
 use mcp_harden::audit::{AuditSink, FileAuditConfig, FileAuditSink, Fsync, QueueFull};
 use mcp_harden::prelude::*;
 use rmcp::model::CallToolRequestParams;
@@ -272,6 +272,66 @@ fn rotated_files_chain_together_and_retention_is_visible() {
     let v = verify(&all[..4]).expect("a suffix is valid");
     assert!(!v.from_genesis);
     assert_eq!(v.first_seq, 3);
+}
+
+/// A keyed log across rotations and a restart: it verifies with its key, not without it,
+/// and a chain rewritten by someone without the key (every link recomputed as a plain
+/// SHA-256, which verifies without a key) fails with it.
+#[test]
+fn a_keyed_log_across_rotations_verifies_only_with_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let key = || ChainKey::new(b"a key the log's writers never see").expect("key");
+    let config = || {
+        FileAuditConfig::new(&path)
+            .rotate_bytes(Some(1))
+            .fsync(Fsync::Never)
+            .chain_key(key())
+    };
+    log_calls(config(), 3);
+    log_calls(config(), 2);
+    let mut files = mcp_harden::audit::file::rotated_files(&path).expect("lists");
+    files.push(path.clone());
+    let with_key = Expect {
+        key: Some(key()),
+        from_genesis: true,
+        ..Expect::default()
+    };
+    let v = verify_expecting(&files, &with_key).expect("valid with its key");
+    assert_eq!((v.records, v.keyed_from), (5, Some(1)));
+    assert!(verify(&files).is_err(), "a keyed record needs the key");
+
+    // Every file rewritten in order, each link a plain hash of the line before.
+    let mut prev = mcp_harden::audit::file::GENESIS.to_owned();
+    let mut ordered = files.clone();
+    ordered.sort_by_key(|f| {
+        let text = std::fs::read_to_string(f).expect("reads");
+        let v: Value = serde_json::from_str(text.lines().next().unwrap_or("{}")).expect("json");
+        v["seq"].as_u64()
+    });
+    for f in &ordered {
+        let mut out = String::new();
+        for line in std::fs::read_to_string(f).expect("reads").lines() {
+            let mut v: Value = serde_json::from_str(line).expect("json");
+            v["prev"] = Value::String(prev.clone());
+            let line = v.to_string();
+            prev = sha256_hex(line.as_bytes());
+            out.push_str(&line);
+            out.push('\n');
+        }
+        std::fs::write(f, out).expect("writes");
+    }
+    assert!(verify(&files).is_ok(), "a valid plain chain");
+    let b = verify_expecting(&files, &with_key).expect_err("rewritten without the key");
+    assert!(b.problem.contains("no record is linked"), "{b}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test]

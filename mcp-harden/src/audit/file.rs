@@ -7,6 +7,12 @@
 //! deleting or reordering a record breaks the chain at the next one; a crash mid-write leaves
 //! a partial last line after a verifiable prefix. [`verify`] (and `mcp-harden audit verify`)
 //! checks files and reports the first break.
+//!
+//! With a [`ChainKey`] ([`FileAuditConfig::chain_key`]), `"prev"` is instead `k:` and the hex
+//! HMAC-SHA256 of the previous line under that key (of the empty string before the first
+//! record): whoever rewrites the log without the key cannot make a chain that verifies
+//! with it, however much of it they rewrite. Cutting records off the end still needs a head
+//! kept elsewhere ([`Expect::heads`]) to be seen.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -21,8 +27,82 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{AuditRecord, AuditSink, AuditSlot, AuditUnavailable};
 
-/// The `prev` of the very first record.
+/// The `prev` of the very first record (of a log without a [`ChainKey`]).
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a keyed link starts with: `"prev":"k:<hex HMAC-SHA256>"`.
+const KEYED: &str = "k:";
+
+/// The shortest [`ChainKey`], in bytes.
+pub const MIN_CHAIN_KEY: usize = 32;
+
+/// A secret key for the audit chain's links (HMAC-SHA256): given to the sink that writes
+/// the log and to whoever verifies it, kept from whoever can write the log's files. Debug
+/// output shows no key.
+#[derive(Clone)]
+pub struct ChainKey {
+    bytes: Arc<[u8]>,
+    mac: hmac::Hmac<Sha256>,
+}
+
+impl ChainKey {
+    /// A key of at least [`MIN_CHAIN_KEY`] bytes (e.g. `mcp-harden secret`'s output, or 32
+    /// random bytes); a shorter one is refused.
+    pub fn new(key: impl AsRef<[u8]>) -> Result<Self, ChainKeyTooShort> {
+        use hmac::Mac;
+        let key = key.as_ref();
+        if key.len() < MIN_CHAIN_KEY {
+            return Err(ChainKeyTooShort(key.len()));
+        }
+        let mac = hmac::Hmac::<Sha256>::new_from_slice(key).map_err(|_| ChainKeyTooShort(0))?;
+        Ok(Self {
+            bytes: key.into(),
+            mac,
+        })
+    }
+
+    /// The link after `line`: `k:` and the hex HMAC of its bytes.
+    fn link(&self, line: &[u8]) -> String {
+        use hmac::Mac;
+        let tag = self.mac.clone().chain_update(line).finalize().into_bytes();
+        format!("{KEYED}{}", hex(&tag))
+    }
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChainKey([REDACTED])")
+    }
+}
+
+impl PartialEq for ChainKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for ChainKey {}
+
+/// A [`ChainKey`] shorter than [`MIN_CHAIN_KEY`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an audit chain key needs at least 32 bytes, not {0}")]
+pub struct ChainKeyTooShort(pub usize);
+
+/// The link after `line`: keyed or not.
+fn link(key: Option<&ChainKey>, line: &[u8]) -> String {
+    match key {
+        Some(k) => k.link(line),
+        None => hex(&Sha256::digest(line)),
+    }
+}
+
+/// The `prev` of the very first record.
+fn genesis(key: Option<&ChainKey>) -> String {
+    match key {
+        Some(k) => k.link(b""),
+        None => GENESIS.to_owned(),
+    }
+}
 
 /// The last sequence number a record can have: one less than `u64::MAX`, so that the number
 /// after any record's is representable (a record numbered `u64::MAX` is forged).
@@ -68,6 +148,7 @@ pub struct FileAuditConfig {
     retain: Option<usize>,
     full: QueueFull,
     max_record: usize,
+    key: Option<ChainKey>,
 }
 
 /// The default of [`FileAuditConfig::max_record_bytes`].
@@ -87,7 +168,18 @@ impl FileAuditConfig {
             retain: None,
             full: QueueFull::Refuse,
             max_record: DEFAULT_MAX_RECORD_BYTES,
+            key: None,
         }
+    }
+
+    /// Links the chain with `key` (HMAC-SHA256) instead of a plain SHA-256: a log rewritten
+    /// by someone without the key, whole or in part, then fails [`verify_expecting`] with
+    /// the key ([`Expect::key`], `mcp-harden audit verify --key-file`). A log written
+    /// without a key goes on keyed from its next record; a keyed log is not opened without
+    /// its key, nor with another (checked against its last records).
+    pub fn chain_key(mut self, key: ChainKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The largest record queued whole (default 64 KiB, at least 1 KiB): a larger one is
@@ -153,7 +245,7 @@ impl FileAuditConfig {
     pub fn open(self) -> std::io::Result<FileAuditSink> {
         // Before the log is read or cut: another sink may be writing it.
         let lock = lock(&self.path)?;
-        let (file, state) = open_active(&self.path)?;
+        let (file, state) = open_active(&self.path, self.key.as_ref())?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
@@ -513,7 +605,7 @@ impl Writer {
                     buf.extend_from_slice(members);
                 }
             }
-            prev = hex(&Sha256::digest(&buf[start..]));
+            prev = link(self.config.key.as_ref(), &buf[start..]);
             buf.push(b'\n');
         }
         let sync = match self.config.fsync {
@@ -705,7 +797,7 @@ fn sync_dir(path: &Path) {
 
 /// Opens the active file and finds where the chain stands: its last complete record, or
 /// the last record of the newest rotated file, or the genesis.
-fn open_active(path: &Path) -> std::io::Result<(File, ChainState)> {
+fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, ChainState)> {
     let mut file = create_append(path)?;
     // A log created here must still be there after a crash.
     sync_dir(path);
@@ -720,23 +812,42 @@ fn open_active(path: &Path) -> std::io::Result<(File, ChainState)> {
         file.sync_all()?;
         bytes.truncate(complete);
     }
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    // The last record's seq and the link after it; a keyed log only with its key (checked
+    // against the record before, or the genesis).
     let last_of = |bytes: &[u8]| -> std::io::Result<Option<(u64, String)>> {
-        let Some(line) = bytes.split(|b| *b == b'\n').rev().find(|l| !l.is_empty()) else {
+        let mut lines = bytes.split(|b| *b == b'\n').rev().filter(|l| !l.is_empty());
+        let Some(line) = lines.next() else {
             return Ok(None);
         };
-        let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the last audit record is not JSON: {e}"),
-            )
-        })?;
-        let seq = v["seq"].as_u64().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the last audit record has no seq",
-            )
-        })?;
-        Ok(Some((seq, hex(&Sha256::digest(line)))))
+        let v: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| invalid(format!("the last audit record is not JSON: {e}")))?;
+        let seq = v["seq"]
+            .as_u64()
+            .ok_or_else(|| invalid("the last audit record has no seq".into()))?;
+        let prev = v["prev"].as_str().unwrap_or_default();
+        if prev.starts_with(KEYED) {
+            let Some(key) = key else {
+                return Err(invalid(
+                    "the audit log is keyed: open it with its chain key".into(),
+                ));
+            };
+            let want = match lines.next() {
+                Some(before) => Some(key.link(before)),
+                None if seq == 1 => Some(genesis(Some(key))),
+                None => None,
+            };
+            if want.is_some_and(|w| w != prev) {
+                return Err(invalid(
+                    "the audit log's last record is not linked with the chain key given: \
+                     another key (or the record was edited)"
+                        .into(),
+                ));
+            }
+        } else if key.is_some() {
+            tracing::info!(target: "mcp_harden::audit", seq, "the audit log goes on keyed from the next record");
+        }
+        Ok(Some((seq, link(key, line))))
     };
     let first_seq_of = |bytes: &[u8]| {
         bytes
@@ -757,10 +868,10 @@ fn open_active(path: &Path) -> std::io::Result<(File, ChainState)> {
                     let complete = b.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
                     match last_of(&b[..complete])? {
                         Some((seq, prev)) => (seq, prev, None),
-                        None => (0, GENESIS.to_owned(), None),
+                        None => (0, genesis(key), None),
                     }
                 }
-                None => (0, GENESIS.to_owned(), None),
+                None => (0, genesis(key), None),
             }
         }
     };
@@ -800,6 +911,9 @@ pub struct Verified {
     pub head: String,
     /// Whether the chain starts at the genesis (no older file was deleted).
     pub from_genesis: bool,
+    /// With a [`ChainKey`]: the first record linked with it (the records before it were
+    /// written before the log had a key, and are covered by its link).
+    pub keyed_from: Option<u64>,
 }
 
 /// Where and how a chain breaks.
@@ -814,10 +928,14 @@ pub struct ChainBreak {
     pub problem: String,
 }
 
-/// What a verification must find besides an unbroken chain: what only a record kept
-/// elsewhere can show, as the chain has no key.
+/// What a verification must find besides an unbroken chain: the key its links were made
+/// with, and what only a record kept elsewhere can show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expect {
+    /// The log's [`ChainKey`]: every record from the first keyed one on must be linked with
+    /// it, and there must be one (a log rewritten without the key fails). Without a key, a
+    /// keyed record fails (it cannot be checked).
+    pub key: Option<ChainKey>,
     /// The chain must start at the genesis (`seq` 1): no file was removed from its start.
     pub from_genesis: bool,
     /// Heads recorded earlier, as `(seq, hash)` (what [`Verified`] reports as `last_seq`
@@ -870,10 +988,14 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
         records: 0,
         first_seq: 0,
         last_seq: 0,
-        head: GENESIS.to_owned(),
+        head: genesis(expect.key.as_ref()),
         from_genesis: false,
+        keyed_from: None,
     };
+    let key = expect.key.as_ref();
     let mut expected: Option<(u64, String)> = None;
+    // The last record's bytes: a plain link is followed by the first keyed one.
+    let mut previous: Vec<u8> = Vec::new();
     let count = ordered.len();
     for (i, (_, file, handle)) in ordered.iter_mut().enumerate() {
         let file = &*file;
@@ -919,10 +1041,42 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                     "no seq/prev: not a chained record (edited)".into(),
                 ));
             };
+            let keyed = prev.starts_with(KEYED);
+            match (keyed, key) {
+                (true, None) => {
+                    return Err(broke(
+                        file,
+                        n + 1,
+                        "a keyed record: verify with the log's chain key".into(),
+                    ))
+                }
+                (false, Some(_)) if out.keyed_from.is_some() => {
+                    return Err(broke(
+                        file,
+                        n + 1,
+                        "not linked with the chain key after records that were: rewritten by \
+                         someone without the key"
+                            .into(),
+                    ))
+                }
+                (true, Some(_)) if out.keyed_from.is_none() => out.keyed_from = Some(seq),
+                _ => {}
+            }
+            // A keyed link is checked with the key, an older plain one as a plain one.
+            let link_key = key.filter(|_| keyed);
             match &expected {
                 None => {
                     out.first_seq = seq;
-                    out.from_genesis = seq == 1 && prev == GENESIS;
+                    out.from_genesis = seq == 1 && prev == genesis(link_key);
+                    if keyed && seq == 1 && !out.from_genesis {
+                        return Err(broke(
+                            file,
+                            n + 1,
+                            "record 1 is not linked with the chain key given: another key, or \
+                             forged"
+                                .into(),
+                        ));
+                    }
                 }
                 Some((want, want_prev)) => {
                     if seq < *want {
@@ -948,6 +1102,10 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                             format!("seq {seq} where {want} was expected: {what}"),
                         ));
                     }
+                    let want_prev = match link_key {
+                        Some(k) if !want_prev.starts_with(KEYED) => &k.link(&previous),
+                        _ => want_prev,
+                    };
                     if prev != want_prev {
                         return Err(broke(file, n + 1, format!("prev does not match the hash of record {}: that record (or this one) was edited", seq - 1)));
                     }
@@ -960,7 +1118,7 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                     format!("seq {seq} is past the last sequence number: not written by a sink (edited)"),
                 ));
             };
-            let hash = hex(&Sha256::digest(&line));
+            let hash = link(link_key, &line);
             if heads
                 .iter()
                 .any(|(s, h)| *s == seq && !h.eq_ignore_ascii_case(&hash))
@@ -974,6 +1132,7 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                 ));
             }
             expected = Some((next, hash.clone()));
+            previous = line;
             out.records += 1;
             out.last_seq = seq;
             out.head = hash;
@@ -983,6 +1142,15 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
     let last = ordered
         .last()
         .map_or(Path::new(""), |(_, file, _)| file.as_path());
+    if key.is_some() && out.records > 0 && out.keyed_from.is_none() {
+        return Err(broke(
+            last,
+            0,
+            "no record is linked with the chain key: the log was written without it, or \
+             rewritten by someone without it (or its newer files not given)"
+                .into(),
+        ));
+    }
     if expect.from_genesis && !out.from_genesis {
         return Err(broke(
             last,
@@ -1281,6 +1449,7 @@ mod tests {
         let expect = |heads: Vec<(u64, String)>| Expect {
             from_genesis: true,
             heads,
+            ..Expect::default()
         };
         let v = verify_expecting(
             one,
@@ -1311,8 +1480,8 @@ mod tests {
         let b = verify_expecting(
             one,
             &Expect {
-                from_genesis: false,
                 heads: vec![(1, hash(0))],
+                ..Expect::default()
             },
         )
         .expect_err("a recorded head before the files");
@@ -1324,6 +1493,118 @@ mod tests {
         assert!(verify(one).is_ok());
         let b = verify_expecting(one, &expect(vec![(5, hash(4))])).expect_err("rewritten");
         assert!(b.problem.contains("rewritten"), "{b}");
+    }
+
+    fn key(byte: u8) -> ChainKey {
+        ChainKey::new([byte; 32]).expect("32 bytes")
+    }
+
+    fn keyed(k: &ChainKey) -> Expect {
+        Expect {
+            key: Some(k.clone()),
+            ..Expect::default()
+        }
+    }
+
+    fn write_records(config: FileAuditConfig, n: usize) {
+        let sink = config.open().expect("opens");
+        for _ in 0..n {
+            sink.record(&refusal());
+        }
+        assert!(sink.flush(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_chain_key_is_at_least_32_bytes_and_never_shown() {
+        assert_eq!(
+            ChainKey::new([7u8; 31]).map(|_| ()),
+            Err(ChainKeyTooShort(31))
+        );
+        let k = ChainKey::new(b"a chain key of thirty-two bytes!").expect("32 bytes");
+        assert_eq!(format!("{k:?}"), "ChainKey([REDACTED])");
+        let config = FileAuditConfig::new("x").chain_key(k);
+        assert!(!format!("{config:?}").contains("thirty"), "{config:?}");
+    }
+
+    /// A keyed log verifies with its key only; rewritten whole by someone without the key
+    /// (a valid plain chain, or one keyed with another key), it fails with the key.
+    #[tokio::test]
+    async fn a_keyed_chain_verifies_only_with_its_key() {
+        let (_dir, path) = temp_log();
+        let one = std::slice::from_ref(&path);
+        write_records(FileAuditConfig::new(&path).chain_key(key(1)), 4);
+        let text = std::fs::read_to_string(&path).expect("reads");
+        assert!(text.lines().all(|l| l.contains(r#""prev":"k:"#)), "{text}");
+        let v = verify_expecting(one, &keyed(&key(1))).expect("valid with its key");
+        assert_eq!(
+            (v.records, v.from_genesis, v.keyed_from),
+            (4, true, Some(1))
+        );
+        assert!(v.head.starts_with("k:"), "{}", v.head);
+        let b = verify(one).expect_err("keyed");
+        assert!(b.problem.contains("chain key"), "{b}");
+        let b = verify_expecting(one, &keyed(&key(2))).expect_err("another key");
+        assert!(b.problem.contains("record 1"), "{b}");
+
+        // Rewritten without the key: a plain chain of four other records.
+        std::fs::remove_file(&path).expect("removes");
+        write_records(FileAuditConfig::new(&path), 4);
+        assert!(verify(one).is_ok(), "a valid plain chain");
+        let b = verify_expecting(one, &keyed(&key(1))).expect_err("not keyed");
+        assert!(b.problem.contains("no record is linked"), "{b}");
+
+        // One record edited in a keyed log: the next link (an HMAC) no longer matches, and
+        // only the key could remake it.
+        std::fs::remove_file(&path).expect("removes");
+        write_records(FileAuditConfig::new(&path).chain_key(key(1)), 3);
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let edited = text.replacen("\"seq\":2,", "\"seq\":2,\"x\":1,", 1);
+        std::fs::write(&path, edited).expect("writes");
+        let b = verify_expecting(one, &keyed(&key(1))).expect_err("edited");
+        assert_eq!(b.line, 3, "{b}");
+    }
+
+    /// A plain log goes on keyed when a key is given; the plain records before the first
+    /// keyed one are covered by its link. A keyed log is not opened without its key, nor
+    /// with another; and a keyed record followed by a plain one fails.
+    #[tokio::test]
+    async fn a_plain_log_goes_on_keyed_and_a_keyed_one_stays_keyed() {
+        let (_dir, path) = temp_log();
+        let one = std::slice::from_ref(&path);
+        write_records(FileAuditConfig::new(&path), 2);
+        write_records(FileAuditConfig::new(&path).chain_key(key(1)), 2);
+        let v = verify_expecting(one, &keyed(&key(1))).expect("valid");
+        assert_eq!(
+            (v.records, v.keyed_from, v.from_genesis),
+            (4, Some(3), true)
+        );
+
+        // The plain records before the key are covered: the first keyed record links the
+        // last plain one with the key, so editing that one breaks it.
+        let text = std::fs::read_to_string(&path).expect("reads");
+        let lines: Vec<&str> = text.lines().collect();
+        let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        edited[1] = edited[1].replacen("\"seq\":2,", "\"seq\":2,\"x\":1,", 1);
+        std::fs::write(&path, edited.join("\n") + "\n").expect("writes");
+        let b = verify_expecting(one, &keyed(&key(1))).expect_err("edited before the key");
+        assert_eq!(b.line, 3, "{b}");
+        std::fs::write(&path, text.clone()).expect("writes");
+
+        for (config, what) in [
+            (FileAuditConfig::new(&path), "without its key"),
+            (FileAuditConfig::new(&path).chain_key(key(2)), "another key"),
+        ] {
+            let e = config.open().map(|_| ()).expect_err(what);
+            assert!(e.to_string().contains("key"), "{what}: {e}");
+        }
+        // A plain record after the keyed ones: written by someone without the key.
+        let forged = format!(
+            "{text}{{\"seq\":5,\"prev\":\"{}\"}}\n",
+            hex(&Sha256::digest(lines[3].as_bytes()))
+        );
+        std::fs::write(&path, forged).expect("writes");
+        let b = verify_expecting(one, &keyed(&key(1))).expect_err("plain after keyed");
+        assert!(b.problem.contains("after records that were"), "{b}");
     }
 
     #[test]

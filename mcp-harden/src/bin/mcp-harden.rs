@@ -6,6 +6,7 @@
 //! mcp-harden api-key --sub ci-bot --scopes db:read --keys-file keys.json
 //! mcp-harden audit verify audit.jsonl audit.jsonl.*
 //! mcp-harden audit verify --from-genesis --head 1200:<hash> audit.jsonl audit.jsonl.*
+//! mcp-harden audit verify --key-file /run/secrets/audit-key audit.jsonl audit.jsonl.*
 //! ```
 //!
 //! The HMAC secret is read from the environment (`MCP_HARDEN_JWT_SECRET`) or a file, never
@@ -94,6 +95,10 @@ enum AuditCommand {
         /// rewritten). Repeatable.
         #[arg(long = "head", value_name = "SEQ:HASH", value_parser = parse_head)]
         heads: Vec<(u64, String)>,
+        /// The file holding the log's chain key (`FileAuditConfig::chain_key`; a trailing
+        /// newline is not part of it): fail unless the records are linked with it.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
         /// The files, e.g. audit.jsonl audit.jsonl.*
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -107,8 +112,12 @@ fn parse_head(s: &str) -> Result<(u64, String), String> {
     let seq = seq
         .parse()
         .map_err(|_| format!("`{seq}`: not a sequence number"))?;
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("`{hash}`: not a SHA-256 in hex"));
+    // A keyed log's heads are `k:` and an HMAC-SHA256.
+    let hex = hash.strip_prefix("k:").unwrap_or(hash);
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{hash}`: not a SHA-256 (or k: and an HMAC) in hex"
+        ));
     }
     Ok((seq, hash.to_ascii_lowercase()))
 }
@@ -205,38 +214,55 @@ fn run(cli: Cli) -> Result<(), String> {
                 AuditCommand::Verify {
                     from_genesis,
                     heads,
+                    key_file,
                     files,
                 },
-        } => match mcp_harden::audit::file::verify_expecting(
-            &files,
-            &mcp_harden::audit::file::Expect {
-                from_genesis,
-                heads,
-            },
-        ) {
-            Ok(v) if v.records == 0 => {
-                println!("OK: no records");
-                Ok(())
-            }
-            Ok(v) => {
-                println!(
-                    "OK: {} records, seq {}..{}, head {}:{}{}",
-                    v.records,
-                    v.first_seq,
-                    v.last_seq,
-                    v.last_seq,
-                    v.head,
-                    if v.from_genesis {
-                        ""
-                    } else {
-                        " (the chain starts after the genesis: older files were removed)"
+        } => {
+            match mcp_harden::audit::file::verify_expecting(
+                &files,
+                &mcp_harden::audit::file::Expect {
+                    from_genesis,
+                    heads,
+                    key: key_file.as_deref().map(read_chain_key).transpose()?,
+                },
+            ) {
+                Ok(v) if v.records == 0 => {
+                    println!("OK: no records");
+                    Ok(())
+                }
+                Ok(v) => {
+                    println!(
+                        "OK: {} records, seq {}..{}, head {}:{}{}",
+                        v.records,
+                        v.first_seq,
+                        v.last_seq,
+                        v.last_seq,
+                        v.head,
+                        if v.from_genesis {
+                            ""
+                        } else {
+                            " (the chain starts after the genesis: older files were removed)"
+                        }
+                    );
+                    if let Some(seq) = v.keyed_from.filter(|s| *s > v.first_seq) {
+                        println!("keyed from seq {seq}: the records before it were written without the key");
                     }
-                );
-                Ok(())
+                    Ok(())
+                }
+                Err(b) => Err(format!("BROKEN: {b}")),
             }
-            Err(b) => Err(format!("BROKEN: {b}")),
-        },
+        }
     }
+}
+
+/// The chain key in `path`, without a trailing newline.
+fn read_chain_key(path: &Path) -> Result<mcp_harden::audit::file::ChainKey, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(&bytes);
+    mcp_harden::audit::file::ChainKey::new(key).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn add_entry(path: &Path, entry: ApiKeyEntry) -> Result<(), String> {
@@ -296,5 +322,27 @@ mod tests {
         assert!(parse_head(&format!("x:{hash}")).is_err());
         assert!(parse_head("42:abcd").is_err(), "not a SHA-256");
         assert!(parse_head(&format!("42:{}", "g".repeat(64))).is_err());
+        assert_eq!(
+            parse_head(&format!("42:k:{hash}")),
+            Ok((42, format!("k:{}", "ab".repeat(32)))),
+            "a keyed log's head"
+        );
+        assert!(parse_head("42:k:abcd").is_err());
+    }
+
+    #[test]
+    fn chain_keys_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        let key = "k".repeat(32);
+        std::fs::write(&path, format!("{key}\n")).expect("writes");
+        assert_eq!(
+            read_chain_key(&path),
+            Ok(mcp_harden::audit::file::ChainKey::new(&key).expect("key")),
+            "the newline is not part of it"
+        );
+        std::fs::write(&path, "short\n").expect("writes");
+        assert!(read_chain_key(&path).is_err_and(|e| e.contains("32 bytes")));
+        assert!(read_chain_key(&dir.path().join("none")).is_err());
     }
 }
