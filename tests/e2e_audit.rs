@@ -274,9 +274,10 @@ fn rotated_files_chain_together_and_retention_is_visible() {
     assert_eq!(v.first_seq, 3);
 }
 
-/// A keyed log across rotations and a restart: it verifies with its key, not without it,
-/// and a chain rewritten by someone without the key (every link recomputed as a plain
-/// SHA-256, which verifies without a key) fails with it.
+/// A keyed log across rotations and a restart: it verifies with its key, not without it;
+/// its last record edited fails with it; another key cannot open it; and a chain rewritten
+/// by someone without the key (every link recomputed as a plain SHA-256, which verifies
+/// without a key) fails with it.
 #[test]
 fn a_keyed_log_across_rotations_verifies_only_with_its_key() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -301,6 +302,24 @@ fn a_keyed_log_across_rotations_verifies_only_with_its_key() {
     assert_eq!((v.records, v.keyed_from), (5, Some(1)));
     assert!(verify(&files).is_err(), "a keyed record needs the key");
 
+    // The last record (alone in the active file) edited: its own MAC fails. And a keyed log
+    // is not opened with another key, though its last record is the first of its file.
+    let active = std::fs::read_to_string(&path).expect("reads");
+    assert_eq!(active.lines().count(), 1);
+    let edited = active.replacen(r#""outcome":"success""#, r#""outcome":"denied""#, 1);
+    assert_ne!(edited, active);
+    std::fs::write(&path, &edited).expect("writes");
+    let b = verify_expecting(&files, &with_key).expect_err("the last record edited");
+    assert!(b.problem.contains("MAC"), "{b}");
+    std::fs::write(&path, &active).expect("writes");
+    let other = ChainKey::new([9u8; 32]).expect("key");
+    let e = FileAuditConfig::new(&path)
+        .chain_key(other)
+        .open()
+        .map(drop)
+        .expect_err("another key");
+    assert!(e.to_string().contains("chain key"), "{e}");
+
     // Every file rewritten in order, each link a plain hash of the line before.
     let mut prev = mcp_harden::audit::file::GENESIS.to_owned();
     let mut ordered = files.clone();
@@ -323,7 +342,7 @@ fn a_keyed_log_across_rotations_verifies_only_with_its_key() {
     }
     assert!(verify(&files).is_ok(), "a valid plain chain");
     let b = verify_expecting(&files, &with_key).expect_err("rewritten without the key");
-    assert!(b.problem.contains("no record is linked"), "{b}");
+    assert!(b.problem.contains("no record carries"), "{b}");
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -8,11 +8,11 @@
 //! a partial last line after a verifiable prefix. [`verify`] (and `mcp-harden audit verify`)
 //! checks files and reports the first break.
 //!
-//! With a [`ChainKey`] ([`FileAuditConfig::chain_key`]), `"prev"` is instead `k:` and the hex
-//! HMAC-SHA256 of the previous line under that key (of the empty string before the first
-//! record): whoever rewrites the log without the key cannot make a chain that verifies
-//! with it, however much of it they rewrite. Cutting records off the end still needs a head
-//! kept elsewhere ([`Expect::heads`]) to be seen.
+//! With a [`ChainKey`] ([`FileAuditConfig::chain_key`]), each line also ends with `"mac"`,
+//! the hex HMAC-SHA256 under that key of the line's bytes before it, and the next record's
+//! `prev` is that MAC: whoever rewrites or edits the log without the key, any record of it,
+//! the last included, cannot make it verify with the key. Records cut off the end still
+//! need a head kept elsewhere ([`Expect::heads`]) to be seen.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -27,23 +27,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{AuditRecord, AuditSink, AuditSlot, AuditUnavailable};
 
-/// The `prev` of the very first record (of a log without a [`ChainKey`]).
+/// The `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// What a keyed link starts with: `"prev":"k:<hex HMAC-SHA256>"`.
-const KEYED: &str = "k:";
 
 /// The shortest [`ChainKey`], in bytes.
 pub const MIN_CHAIN_KEY: usize = 32;
 
-/// A secret key for the audit chain's links (HMAC-SHA256): given to the sink that writes
-/// the log and to whoever verifies it, kept from whoever can write the log's files. Debug
-/// output shows no key.
+/// What each keyed record's MAC covers first: the log's purpose, so that a MAC made for the
+/// audit log is not one for anything else made with the same key.
+const MAC_DOMAIN: &[u8] = b"mcp-harden audit record v1\n";
+
+/// A keyed line's end: `,"mac":"` and 64 hex digits and `"}`.
+const MAC_TAIL: usize = 8 + 64 + 2;
+
+/// A secret key for the audit records' MACs (HMAC-SHA256): given to the sink that writes
+/// the log and to whoever verifies it, kept from whoever can write the log's files. Use one
+/// key per log (a log written with the same key could stand in for another), and not a key
+/// used for anything else (the JWT secret, say). Debug output shows no key.
 #[derive(Clone)]
-pub struct ChainKey {
-    bytes: Arc<[u8]>,
-    mac: hmac::Hmac<Sha256>,
-}
+pub struct ChainKey(hmac::Hmac<Sha256>);
 
 impl ChainKey {
     /// A key of at least [`MIN_CHAIN_KEY`] bytes (e.g. `mcp-harden secret`'s output, or 32
@@ -54,18 +56,35 @@ impl ChainKey {
         if key.len() < MIN_CHAIN_KEY {
             return Err(ChainKeyTooShort(key.len()));
         }
-        let mac = hmac::Hmac::<Sha256>::new_from_slice(key).map_err(|_| ChainKeyTooShort(0))?;
-        Ok(Self {
-            bytes: key.into(),
-            mac,
-        })
+        hmac::Hmac::<Sha256>::new_from_slice(key)
+            .map(Self)
+            .map_err(|_| ChainKeyTooShort(key.len()))
     }
 
-    /// The link after `line`: `k:` and the hex HMAC of its bytes.
-    fn link(&self, line: &[u8]) -> String {
+    /// The hex MAC of a keyed line's bytes before its `,"mac":`.
+    fn mac(&self, content: &[u8]) -> String {
         use hmac::Mac;
-        let tag = self.mac.clone().chain_update(line).finalize().into_bytes();
-        format!("{KEYED}{}", hex(&tag))
+        let tag = self
+            .0
+            .clone()
+            .chain_update(MAC_DOMAIN)
+            .chain_update(content)
+            .finalize()
+            .into_bytes();
+        hex(&tag)
+    }
+
+    /// A keyed line's MAC if it is the one this key makes for the line.
+    fn checked<'l>(&self, line: &'l [u8]) -> Option<&'l str> {
+        use subtle::ConstantTimeEq as _;
+        let (body, tail) = line.split_at(line.len().checked_sub(MAC_TAIL)?);
+        let written = tail.strip_prefix(br#","mac":""#)?.strip_suffix(br#""}"#)?;
+        let made = self.mac(body);
+        if bool::from(made.as_bytes().ct_eq(written)) {
+            std::str::from_utf8(written).ok()
+        } else {
+            None
+        }
     }
 }
 
@@ -75,33 +94,29 @@ impl std::fmt::Debug for ChainKey {
     }
 }
 
-impl PartialEq for ChainKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
-    }
-}
-
-impl Eq for ChainKey {}
-
 /// A [`ChainKey`] shorter than [`MIN_CHAIN_KEY`] bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("an audit chain key needs at least 32 bytes, not {0}")]
 pub struct ChainKeyTooShort(pub usize);
 
-/// The link after `line`: keyed or not.
-fn link(key: Option<&ChainKey>, line: &[u8]) -> String {
-    match key {
-        Some(k) => k.link(line),
-        None => hex(&Sha256::digest(line)),
-    }
+/// Whether a record's line is keyed: it ends with its own `"mac"`.
+fn is_keyed(line: &[u8]) -> bool {
+    line.len()
+        .checked_sub(MAC_TAIL)
+        .is_some_and(|at| line[at..].starts_with(br#","mac":""#) && line.ends_with(br#""}"#))
 }
 
-/// The `prev` of the very first record.
-fn genesis(key: Option<&ChainKey>) -> String {
-    match key {
-        Some(k) => k.link(b""),
-        None => GENESIS.to_owned(),
+/// The link the next record's `prev` must be: a keyed line's MAC (checked with `key`), else
+/// the SHA-256 of the line. A keyed line whose MAC `key` does not make, or without `key`,
+/// is an error saying so.
+fn link_of(line: &[u8], key: Option<&ChainKey>) -> Result<String, &'static str> {
+    if !is_keyed(line) {
+        return Ok(hex(&Sha256::digest(line)));
     }
+    let key = key.ok_or("a keyed record: verify it with the log's chain key")?;
+    key.checked(line)
+        .map(str::to_owned)
+        .ok_or("its MAC is not the chain key's: the record was edited, or written with another key")
 }
 
 /// The last sequence number a record can have: one less than `u64::MAX`, so that the number
@@ -172,11 +187,13 @@ impl FileAuditConfig {
         }
     }
 
-    /// Links the chain with `key` (HMAC-SHA256) instead of a plain SHA-256: a log rewritten
-    /// by someone without the key, whole or in part, then fails [`verify_expecting`] with
-    /// the key ([`Expect::key`], `mcp-harden audit verify --key-file`). A log written
-    /// without a key goes on keyed from its next record; a keyed log is not opened without
-    /// its key, nor with another (checked against its last records).
+    /// Ends every record with its MAC under `key` (HMAC-SHA256), which the next record's
+    /// `prev` then is: a log edited or rewritten by someone without the key, any record of it
+    /// or the whole, fails [`verify_expecting`] with the key ([`Expect::key`],
+    /// `mcp-harden audit verify --key-file`). A log written without a key goes on keyed from
+    /// its next record (the first keyed record's `prev` covers the plain ones before it); a
+    /// keyed log is not opened without its key, nor with another (its last record's MAC is
+    /// checked).
     pub fn chain_key(mut self, key: ChainKey) -> Self {
         self.key = Some(key);
         self
@@ -595,17 +612,29 @@ impl Writer {
                 std::io::Error::other("the audit chain has reached its last sequence number")
             })?;
             first.get_or_insert(seq);
-            // `{"seq":N,"prev":"…",` then the record's members (its JSON without the `{`).
+            // `{"seq":N,"prev":"…",` then the record's members (its JSON without its braces),
+            // then, keyed, `,"mac":"…"` over all that.
             let start = buf.len();
             buf.extend_from_slice(format!(r#"{{"seq":{seq},"prev":"{prev}""#).as_bytes());
-            match json.strip_prefix(b"{") {
-                Some(b"}") | None => buf.push(b'}'),
-                Some(members) => {
-                    buf.push(b',');
-                    buf.extend_from_slice(members);
-                }
+            let members = json
+                .strip_prefix(b"{")
+                .and_then(|m| m.strip_suffix(b"}"))
+                .unwrap_or_default();
+            if !members.is_empty() {
+                buf.push(b',');
+                buf.extend_from_slice(members);
             }
-            prev = link(self.config.key.as_ref(), &buf[start..]);
+            prev = match &self.config.key {
+                Some(key) => {
+                    let mac = key.mac(&buf[start..]);
+                    buf.extend_from_slice(format!(r#","mac":"{mac}"}}"#).as_bytes());
+                    mac
+                }
+                None => {
+                    buf.push(b'}');
+                    hex(&Sha256::digest(&buf[start..]))
+                }
+            };
             buf.push(b'\n');
         }
         let sync = match self.config.fsync {
@@ -813,11 +842,10 @@ fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, Ch
         bytes.truncate(complete);
     }
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    // The last record's seq and the link after it; a keyed log only with its key (checked
-    // against the record before, or the genesis).
+    // The last record's seq and the link after it; a keyed log only with its key (the last
+    // record's own MAC checked).
     let last_of = |bytes: &[u8]| -> std::io::Result<Option<(u64, String)>> {
-        let mut lines = bytes.split(|b| *b == b'\n').rev().filter(|l| !l.is_empty());
-        let Some(line) = lines.next() else {
+        let Some(line) = bytes.split(|b| *b == b'\n').rev().find(|l| !l.is_empty()) else {
             return Ok(None);
         };
         let v: serde_json::Value = serde_json::from_slice(line)
@@ -825,29 +853,22 @@ fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, Ch
         let seq = v["seq"]
             .as_u64()
             .ok_or_else(|| invalid("the last audit record has no seq".into()))?;
-        let prev = v["prev"].as_str().unwrap_or_default();
-        if prev.starts_with(KEYED) {
-            let Some(key) = key else {
-                return Err(invalid(
-                    "the audit log is keyed: open it with its chain key".into(),
-                ));
-            };
-            let want = match lines.next() {
-                Some(before) => Some(key.link(before)),
-                None if seq == 1 => Some(genesis(Some(key))),
-                None => None,
-            };
-            if want.is_some_and(|w| w != prev) {
-                return Err(invalid(
-                    "the audit log's last record is not linked with the chain key given: \
-                     another key (or the record was edited)"
-                        .into(),
-                ));
-            }
-        } else if key.is_some() {
+        if is_keyed(line) && key.is_none() {
+            return Err(invalid(
+                "the audit log is keyed: open it with its chain key".into(),
+            ));
+        }
+        let link = link_of(line, key).map_err(|_| {
+            invalid(
+                "the audit log's last record does not carry the chain key's MAC: another key \
+                 (or the record was edited)"
+                    .into(),
+            )
+        })?;
+        if key.is_some() && !is_keyed(line) {
             tracing::info!(target: "mcp_harden::audit", seq, "the audit log goes on keyed from the next record");
         }
-        Ok(Some((seq, link(key, line))))
+        Ok(Some((seq, link)))
     };
     let first_seq_of = |bytes: &[u8]| {
         bytes
@@ -868,10 +889,10 @@ fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, Ch
                     let complete = b.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1);
                     match last_of(&b[..complete])? {
                         Some((seq, prev)) => (seq, prev, None),
-                        None => (0, genesis(key), None),
+                        None => (0, GENESIS.to_owned(), None),
                     }
                 }
-                None => (0, genesis(key), None),
+                None => (0, GENESIS.to_owned(), None),
             }
         }
     };
@@ -911,8 +932,8 @@ pub struct Verified {
     pub head: String,
     /// Whether the chain starts at the genesis (no older file was deleted).
     pub from_genesis: bool,
-    /// With a [`ChainKey`]: the first record linked with it (the records before it were
-    /// written before the log had a key, and are covered by its link).
+    /// With a [`ChainKey`]: the first record with its MAC (the records before it were
+    /// written before the log had a key, and are covered by its `prev`).
     pub keyed_from: Option<u64>,
 }
 
@@ -930,11 +951,11 @@ pub struct ChainBreak {
 
 /// What a verification must find besides an unbroken chain: the key its links were made
 /// with, and what only a record kept elsewhere can show.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Expect {
-    /// The log's [`ChainKey`]: every record from the first keyed one on must be linked with
-    /// it, and there must be one (a log rewritten without the key fails). Without a key, a
-    /// keyed record fails (it cannot be checked).
+    /// The log's [`ChainKey`]: every record from the first keyed one on must carry its MAC,
+    /// and there must be one (a log rewritten without the key fails). Without a key, a keyed
+    /// record fails (its MAC cannot be checked).
     pub key: Option<ChainKey>,
     /// The chain must start at the genesis (`seq` 1): no file was removed from its start.
     pub from_genesis: bool,
@@ -988,14 +1009,12 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
         records: 0,
         first_seq: 0,
         last_seq: 0,
-        head: genesis(expect.key.as_ref()),
+        head: GENESIS.to_owned(),
         from_genesis: false,
         keyed_from: None,
     };
     let key = expect.key.as_ref();
     let mut expected: Option<(u64, String)> = None;
-    // The last record's bytes: a plain link is followed by the first keyed one.
-    let mut previous: Vec<u8> = Vec::new();
     let count = ordered.len();
     for (i, (_, file, handle)) in ordered.iter_mut().enumerate() {
         let file = &*file;
@@ -1041,42 +1060,25 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                     "no seq/prev: not a chained record (edited)".into(),
                 ));
             };
-            let keyed = prev.starts_with(KEYED);
-            match (keyed, key) {
-                (true, None) => {
-                    return Err(broke(
-                        file,
-                        n + 1,
-                        "a keyed record: verify with the log's chain key".into(),
-                    ))
-                }
+            // The link after this record; a keyed one's own MAC checked first.
+            let hash = link_of(&line, key).map_err(|why| broke(file, n + 1, why.into()))?;
+            match (is_keyed(&line), key) {
                 (false, Some(_)) if out.keyed_from.is_some() => {
                     return Err(broke(
                         file,
                         n + 1,
-                        "not linked with the chain key after records that were: rewritten by \
-                         someone without the key"
-                            .into(),
+                        "no MAC after records with one: rewritten by someone without the chain \
+                         key"
+                        .into(),
                     ))
                 }
                 (true, Some(_)) if out.keyed_from.is_none() => out.keyed_from = Some(seq),
                 _ => {}
             }
-            // A keyed link is checked with the key, an older plain one as a plain one.
-            let link_key = key.filter(|_| keyed);
             match &expected {
                 None => {
                     out.first_seq = seq;
-                    out.from_genesis = seq == 1 && prev == genesis(link_key);
-                    if keyed && seq == 1 && !out.from_genesis {
-                        return Err(broke(
-                            file,
-                            n + 1,
-                            "record 1 is not linked with the chain key given: another key, or \
-                             forged"
-                                .into(),
-                        ));
-                    }
+                    out.from_genesis = seq == 1 && prev == GENESIS;
                 }
                 Some((want, want_prev)) => {
                     if seq < *want {
@@ -1102,10 +1104,6 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                             format!("seq {seq} where {want} was expected: {what}"),
                         ));
                     }
-                    let want_prev = match link_key {
-                        Some(k) if !want_prev.starts_with(KEYED) => &k.link(&previous),
-                        _ => want_prev,
-                    };
                     if prev != want_prev {
                         return Err(broke(file, n + 1, format!("prev does not match the hash of record {}: that record (or this one) was edited", seq - 1)));
                     }
@@ -1118,7 +1116,6 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                     format!("seq {seq} is past the last sequence number: not written by a sink (edited)"),
                 ));
             };
-            let hash = link(link_key, &line);
             if heads
                 .iter()
                 .any(|(s, h)| *s == seq && !h.eq_ignore_ascii_case(&hash))
@@ -1132,7 +1129,6 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
                 ));
             }
             expected = Some((next, hash.clone()));
-            previous = line;
             out.records += 1;
             out.last_seq = seq;
             out.head = hash;
@@ -1146,7 +1142,7 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
         return Err(broke(
             last,
             0,
-            "no record is linked with the chain key: the log was written without it, or \
+            "no record carries the chain key's MAC: the log was written without the key, or \
              rewritten by someone without it (or its newer files not given)"
                 .into(),
         ));
@@ -1534,34 +1530,49 @@ mod tests {
         let one = std::slice::from_ref(&path);
         write_records(FileAuditConfig::new(&path).chain_key(key(1)), 4);
         let text = std::fs::read_to_string(&path).expect("reads");
-        assert!(text.lines().all(|l| l.contains(r#""prev":"k:"#)), "{text}");
+        assert!(text.lines().all(|l| l.contains(r#","mac":""#)), "{text}");
         let v = verify_expecting(one, &keyed(&key(1))).expect("valid with its key");
         assert_eq!(
             (v.records, v.from_genesis, v.keyed_from),
             (4, true, Some(1))
         );
-        assert!(v.head.starts_with("k:"), "{}", v.head);
+        let last = text.lines().last().unwrap_or_default();
+        assert!(
+            last.ends_with(&format!(r#""mac":"{}"}}"#, v.head)),
+            "the head is its MAC"
+        );
         let b = verify(one).expect_err("keyed");
         assert!(b.problem.contains("chain key"), "{b}");
         let b = verify_expecting(one, &keyed(&key(2))).expect_err("another key");
-        assert!(b.problem.contains("record 1"), "{b}");
+        assert!(b.problem.contains("another key"), "{b}");
 
         // Rewritten without the key: a plain chain of four other records.
         std::fs::remove_file(&path).expect("removes");
         write_records(FileAuditConfig::new(&path), 4);
         assert!(verify(one).is_ok(), "a valid plain chain");
         let b = verify_expecting(one, &keyed(&key(1))).expect_err("not keyed");
-        assert!(b.problem.contains("no record is linked"), "{b}");
+        assert!(b.problem.contains("no record carries"), "{b}");
 
-        // One record edited in a keyed log: the next link (an HMAC) no longer matches, and
-        // only the key could remake it.
+        // Any record edited, the last one included: its own MAC no longer matches.
         std::fs::remove_file(&path).expect("removes");
         write_records(FileAuditConfig::new(&path).chain_key(key(1)), 3);
         let text = std::fs::read_to_string(&path).expect("reads");
-        let edited = text.replacen("\"seq\":2,", "\"seq\":2,\"x\":1,", 1);
-        std::fs::write(&path, edited).expect("writes");
-        let b = verify_expecting(one, &keyed(&key(1))).expect_err("edited");
-        assert_eq!(b.line, 3, "{b}");
+        for seq in 1..=3 {
+            let from = format!("\"seq\":{seq},");
+            let edited = text.replacen(&from, &format!("{from}\"x\":1,"), 1);
+            std::fs::write(&path, edited).expect("writes");
+            let b = verify_expecting(one, &keyed(&key(1))).expect_err("edited");
+            assert_eq!(b.line, seq, "{b}");
+            assert!(b.problem.contains("MAC"), "{b}");
+        }
+        // A log of one forged record, not from the genesis: its MAC cannot be made.
+        let forged = format!(
+            "{{\"seq\":77,\"prev\":\"{}\",\"outcome\":\"success\",\"mac\":\"{}\"}}\n",
+            "0".repeat(64),
+            "1".repeat(64)
+        );
+        std::fs::write(&path, forged).expect("writes");
+        assert!(verify_expecting(one, &keyed(&key(1))).is_err());
     }
 
     /// A plain log goes on keyed when a key is given; the plain records before the first
@@ -1579,8 +1590,8 @@ mod tests {
             (4, Some(3), true)
         );
 
-        // The plain records before the key are covered: the first keyed record links the
-        // last plain one with the key, so editing that one breaks it.
+        // The plain records before the key are covered: the first keyed record's `prev` (under
+        // its MAC) is the last plain one's hash, so editing that one breaks it.
         let text = std::fs::read_to_string(&path).expect("reads");
         let lines: Vec<&str> = text.lines().collect();
         let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
@@ -1598,13 +1609,11 @@ mod tests {
             assert!(e.to_string().contains("key"), "{what}: {e}");
         }
         // A plain record after the keyed ones: written by someone without the key.
-        let forged = format!(
-            "{text}{{\"seq\":5,\"prev\":\"{}\"}}\n",
-            hex(&Sha256::digest(lines[3].as_bytes()))
-        );
+        let head = verify_expecting(one, &keyed(&key(1))).expect("valid").head;
+        let forged = format!("{text}{{\"seq\":5,\"prev\":\"{head}\"}}\n");
         std::fs::write(&path, forged).expect("writes");
         let b = verify_expecting(one, &keyed(&key(1))).expect_err("plain after keyed");
-        assert!(b.problem.contains("after records that were"), "{b}");
+        assert!(b.problem.contains("no MAC after records with one"), "{b}");
     }
 
     #[test]

@@ -112,12 +112,9 @@ fn parse_head(s: &str) -> Result<(u64, String), String> {
     let seq = seq
         .parse()
         .map_err(|_| format!("`{seq}`: not a sequence number"))?;
-    // A keyed log's heads are `k:` and an HMAC-SHA256.
-    let hex = hash.strip_prefix("k:").unwrap_or(hash);
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "`{hash}`: not a SHA-256 (or k: and an HMAC) in hex"
-        ));
+    // A plain log's head is a SHA-256, a keyed one's an HMAC-SHA256.
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{hash}`: not a SHA-256 in hex"));
     }
     Ok((seq, hash.to_ascii_lowercase()))
 }
@@ -255,14 +252,26 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// The chain key in `path`, without a trailing newline.
+/// The chain key in `path` (at most 4 KiB), without trailing newlines.
 fn read_chain_key(path: &Path) -> Result<mcp_harden::audit::file::ChainKey, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let key = bytes
-        .strip_suffix(b"\r\n")
-        .or_else(|| bytes.strip_suffix(b"\n"))
-        .unwrap_or(&bytes);
-    mcp_harden::audit::file::ChainKey::new(key).map_err(|e| format!("{}: {e}", path.display()))
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4097).read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() > 4096 {
+        return Err(format!(
+            "{}: a chain key file holds at most 4 KiB",
+            path.display()
+        ));
+    }
+    let newlines = bytes
+        .iter()
+        .rev()
+        .take_while(|b| matches!(b, b'\n' | b'\r'))
+        .count();
+    mcp_harden::audit::file::ChainKey::new(&bytes[..bytes.len() - newlines])
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn add_entry(path: &Path, entry: ApiKeyEntry) -> Result<(), String> {
@@ -322,12 +331,6 @@ mod tests {
         assert!(parse_head(&format!("x:{hash}")).is_err());
         assert!(parse_head("42:abcd").is_err(), "not a SHA-256");
         assert!(parse_head(&format!("42:{}", "g".repeat(64))).is_err());
-        assert_eq!(
-            parse_head(&format!("42:k:{hash}")),
-            Ok((42, format!("k:{}", "ab".repeat(32)))),
-            "a keyed log's head"
-        );
-        assert!(parse_head("42:k:abcd").is_err());
     }
 
     #[test]
@@ -335,12 +338,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("key");
         let key = "k".repeat(32);
-        std::fs::write(&path, format!("{key}\n")).expect("writes");
-        assert_eq!(
-            read_chain_key(&path),
-            Ok(mcp_harden::audit::file::ChainKey::new(&key).expect("key")),
-            "the newline is not part of it"
+        std::fs::write(&path, format!("{key}\r\n\n")).expect("writes");
+        assert!(
+            read_chain_key(&path).is_ok(),
+            "the newlines are not part of it"
         );
+        std::fs::write(&path, format!("{}\n", "k".repeat(31))).expect("writes");
+        assert!(read_chain_key(&path).is_err_and(|e| e.contains("not 31")));
+        std::fs::write(&path, "k".repeat(5000)).expect("writes");
+        assert!(read_chain_key(&path).is_err_and(|e| e.contains("4 KiB")));
         std::fs::write(&path, "short\n").expect("writes");
         assert!(read_chain_key(&path).is_err_and(|e| e.contains("32 bytes")));
         assert!(read_chain_key(&dir.path().join("none")).is_err());
