@@ -164,6 +164,7 @@ pub struct FileAuditConfig {
     full: QueueFull,
     max_record: usize,
     key: Option<ChainKey>,
+    adopt_plain: bool,
 }
 
 /// The default of [`FileAuditConfig::max_record_bytes`].
@@ -184,18 +185,30 @@ impl FileAuditConfig {
             full: QueueFull::Refuse,
             max_record: DEFAULT_MAX_RECORD_BYTES,
             key: None,
+            adopt_plain: false,
         }
     }
 
     /// Ends every record with its MAC under `key` (HMAC-SHA256), which the next record's
     /// `prev` then is: a log edited or rewritten by someone without the key, any record of it
     /// or the whole, fails [`verify_expecting`] with the key ([`Expect::key`],
-    /// `mcp-harden audit verify --key-file`). A log written without a key goes on keyed from
-    /// its next record (the first keyed record's `prev` covers the plain ones before it); a
-    /// keyed log is not opened without its key, nor with another (its last record's MAC is
-    /// checked).
+    /// `mcp-harden audit verify --key-file`). A keyed log is not opened without its key, nor
+    /// with another (its last record's MAC is checked), nor when its last record has no MAC:
+    /// a log written without a key goes on keyed only with
+    /// [`adopt_plain_log`](Self::adopt_plain_log).
     pub fn chain_key(mut self, key: ChainKey) -> Self {
         self.key = Some(key);
+        self
+    }
+
+    /// With [`chain_key`](Self::chain_key): lets a log written so far without a key go on
+    /// keyed from its next record (the first keyed record's `prev`, under its MAC, covers
+    /// the plain ones before it). Give it for one start only, and note the first keyed
+    /// record's seq (logged, and printed by verify) for [`Expect::keyed_from`]: a log
+    /// rewritten whole without the key looks just like a plain log, and with this kept on, the
+    /// sink would go on from it. A log that has keyed records is never adopted.
+    pub fn adopt_plain_log(mut self) -> Self {
+        self.adopt_plain = true;
         self
     }
 
@@ -262,7 +275,7 @@ impl FileAuditConfig {
     pub fn open(self) -> std::io::Result<FileAuditSink> {
         // Before the log is read or cut: another sink may be writing it.
         let lock = lock(&self.path)?;
-        let (file, state) = open_active(&self.path, self.key.as_ref())?;
+        let (file, state) = open_active(&self.path, self.key.as_ref(), self.adopt_plain)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
@@ -826,7 +839,11 @@ fn sync_dir(path: &Path) {
 
 /// Opens the active file and finds where the chain stands: its last complete record, or
 /// the last record of the newest rotated file, or the genesis.
-fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, ChainState)> {
+fn open_active(
+    path: &Path,
+    key: Option<&ChainKey>,
+    adopt_plain: bool,
+) -> std::io::Result<(File, ChainState)> {
     let mut file = create_append(path)?;
     // A log created here must still be there after a crash.
     sync_dir(path);
@@ -853,10 +870,33 @@ fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, Ch
         let seq = v["seq"]
             .as_u64()
             .ok_or_else(|| invalid("the last audit record has no seq".into()))?;
-        if is_keyed(line) && key.is_none() {
-            return Err(invalid(
-                "the audit log is keyed: open it with its chain key".into(),
-            ));
+        // Any keyed record in the file makes it a keyed log.
+        let keyed_log = bytes.split(|b| *b == b'\n').any(is_keyed);
+        match (key, is_keyed(line)) {
+            (None, _) if keyed_log => {
+                return Err(invalid(
+                    "the audit log is keyed: open it with its chain key".into(),
+                ))
+            }
+            (Some(_), false) if keyed_log => {
+                return Err(invalid(
+                    "the audit log's last record has no MAC after records with one: it was \
+                     written by someone without the chain key"
+                        .into(),
+                ))
+            }
+            (Some(_), false) if !adopt_plain => {
+                return Err(invalid(
+                    "the audit log's last record has no MAC: a log written without a chain \
+                     key goes on keyed only with adopt_plain_log() (a log rewritten without \
+                     the key looks the same)"
+                        .into(),
+                ))
+            }
+            (Some(_), false) => {
+                tracing::warn!(target: "mcp_harden::audit", keyed_from = seq.saturating_add(1), "the audit log goes on keyed from the next record: verify it with --keyed-from that seq");
+            }
+            _ => {}
         }
         let link = link_of(line, key).map_err(|_| {
             invalid(
@@ -865,9 +905,6 @@ fn open_active(path: &Path, key: Option<&ChainKey>) -> std::io::Result<(File, Ch
                     .into(),
             )
         })?;
-        if key.is_some() && !is_keyed(line) {
-            tracing::info!(target: "mcp_harden::audit", seq, "the audit log goes on keyed from the next record");
-        }
         Ok(Some((seq, link)))
     };
     let first_seq_of = |bytes: &[u8]| {
@@ -957,6 +994,11 @@ pub struct Expect {
     /// and there must be one (a log rewritten without the key fails). Without a key, a keyed
     /// record fails (its MAC cannot be checked).
     pub key: Option<ChainKey>,
+    /// With [`key`](Self::key), the seq of the first keyed record of a log written without a
+    /// key before ([`FileAuditConfig::adopt_plain_log`]). Records without a MAC before a
+    /// later first keyed record fail (a log rewritten without the key, then adopted), and so
+    /// do any without this: a log keyed from the start has none.
+    pub keyed_from: Option<u64>,
     /// The chain must start at the genesis (`seq` 1): no file was removed from its start.
     pub from_genesis: bool,
     /// Heads recorded earlier, as `(seq, hash)` (what [`Verified`] reports as `last_seq`
@@ -1138,6 +1180,21 @@ pub fn verify_expecting(files: &[PathBuf], expect: &Expect) -> Result<Verified, 
     let last = ordered
         .last()
         .map_or(Path::new(""), |(_, file, _)| file.as_path());
+    if let (Some(_), Some(first_keyed)) = (key, out.keyed_from) {
+        if first_keyed > out.first_seq && expect.keyed_from.is_none_or(|k| first_keyed > k) {
+            return Err(broke(
+                last,
+                0,
+                format!(
+                    "records {}..{} carry no MAC: the log was rewritten without the chain key, \
+                     or it was written without a key before it was adopted at seq \
+                     {first_keyed} (then say so: keyed from {first_keyed})",
+                    out.first_seq,
+                    first_keyed - 1
+                ),
+            ));
+        }
+    }
     if key.is_some() && out.records > 0 && out.keyed_from.is_none() {
         return Err(broke(
             last,
@@ -1583,12 +1640,32 @@ mod tests {
         let (_dir, path) = temp_log();
         let one = std::slice::from_ref(&path);
         write_records(FileAuditConfig::new(&path), 2);
-        write_records(FileAuditConfig::new(&path).chain_key(key(1)), 2);
-        let v = verify_expecting(one, &keyed(&key(1))).expect("valid");
+        let e = FileAuditConfig::new(&path)
+            .chain_key(key(1))
+            .open()
+            .map(drop)
+            .expect_err("a plain log is adopted only on request");
+        assert!(e.to_string().contains("adopt_plain_log"), "{e}");
+        write_records(
+            FileAuditConfig::new(&path)
+                .chain_key(key(1))
+                .adopt_plain_log(),
+            2,
+        );
+        let adopted_at = |k: Option<u64>| Expect {
+            keyed_from: k,
+            ..keyed(&key(1))
+        };
+        let v = verify_expecting(one, &adopted_at(Some(3))).expect("valid");
         assert_eq!(
             (v.records, v.keyed_from, v.from_genesis),
             (4, Some(3), true)
         );
+        // Plain records not said to be the log's before its key: as if rewritten.
+        for k in [None, Some(2)] {
+            let b = verify_expecting(one, &adopted_at(k)).expect_err("unannounced plain records");
+            assert!(b.problem.contains("records 1..2 carry no MAC"), "{b}");
+        }
 
         // The plain records before the key are covered: the first keyed record's `prev` (under
         // its MAC) is the last plain one's hash, so editing that one breaks it.
@@ -1597,7 +1674,7 @@ mod tests {
         let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
         edited[1] = edited[1].replacen("\"seq\":2,", "\"seq\":2,\"x\":1,", 1);
         std::fs::write(&path, edited.join("\n") + "\n").expect("writes");
-        let b = verify_expecting(one, &keyed(&key(1))).expect_err("edited before the key");
+        let b = verify_expecting(one, &adopted_at(Some(3))).expect_err("edited before the key");
         assert_eq!(b.line, 3, "{b}");
         std::fs::write(&path, text.clone()).expect("writes");
 
@@ -1609,11 +1686,33 @@ mod tests {
             assert!(e.to_string().contains("key"), "{what}: {e}");
         }
         // A plain record after the keyed ones: written by someone without the key.
-        let head = verify_expecting(one, &keyed(&key(1))).expect("valid").head;
+        let head = verify_expecting(one, &adopted_at(Some(3)))
+            .expect("valid")
+            .head;
         let forged = format!("{text}{{\"seq\":5,\"prev\":\"{head}\"}}\n");
         std::fs::write(&path, forged).expect("writes");
-        let b = verify_expecting(one, &keyed(&key(1))).expect_err("plain after keyed");
+        let b = verify_expecting(one, &adopted_at(Some(3))).expect_err("plain after keyed");
         assert!(b.problem.contains("no MAC after records with one"), "{b}");
+        for config in [
+            FileAuditConfig::new(&path).chain_key(key(1)),
+            FileAuditConfig::new(&path)
+                .chain_key(key(1))
+                .adopt_plain_log(),
+        ] {
+            let e = config.open().map(drop).expect_err("not opened");
+            assert!(e.to_string().contains("after records with one"), "{e}");
+        }
+
+        // A keyed log replaced whole by a plain one (a rewrite without the key): the sink
+        // does not go on from it.
+        std::fs::remove_file(&path).expect("removes");
+        write_records(FileAuditConfig::new(&path), 3);
+        let e = FileAuditConfig::new(&path)
+            .chain_key(key(1))
+            .open()
+            .map(drop)
+            .expect_err("not adopted");
+        assert!(e.to_string().contains("adopt_plain_log"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,11 @@ enum AuditCommand {
         /// newline is not part of it): fail unless the records are linked with it.
         #[arg(long, value_name = "PATH")]
         key_file: Option<PathBuf>,
+        /// With --key-file, for a log written without a key before it was given one
+        /// (`adopt_plain_log`): the seq of its first keyed record. Records without a MAC
+        /// after it fail, and any without this.
+        #[arg(long, value_name = "SEQ", requires = "key_file")]
+        keyed_from: Option<u64>,
         /// The files, e.g. audit.jsonl audit.jsonl.*
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -212,6 +217,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     from_genesis,
                     heads,
                     key_file,
+                    keyed_from,
                     files,
                 },
         } => {
@@ -221,6 +227,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     from_genesis,
                     heads,
                     key: key_file.as_deref().map(read_chain_key).transpose()?,
+                    keyed_from,
                 },
             ) {
                 Ok(v) if v.records == 0 => {
