@@ -476,14 +476,21 @@ struct Cli {
     /// A JSON file of hashed API keys (made by `mcp-harden api-key --keys-file`).
     #[arg(long)]
     api_keys: Option<PathBuf>,
-    /// Share rate limits with other replicas through this Redis (e.g. redis://127.0.0.1:6379);
-    /// if it becomes unreachable, calls are refused (UNAVAILABLE, retryable).
+    /// Share rate limits with other replicas through this Redis (e.g. redis://127.0.0.1:6379).
     #[arg(long)]
     redis: Option<String>,
+    /// What calls get while Redis cannot decide: `closed` refuses them (UNAVAILABLE,
+    /// retryable), `local` limits them in this process, `open` lets them through unlimited.
+    #[arg(long, value_enum, default_value = "closed", requires = "redis")]
+    redis_fail: RedisFail,
     /// Also write the audit trail to this hash-chained JSON-lines file (rotated at 64 MiB;
     /// check it with `mcp-harden audit verify`).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// With --audit-log: a file holding the audit chain's key (at least 32 bytes, e.g. from
+    /// `mcp-harden secret`): every record then carries its MAC (verify with --key-file).
+    #[arg(long, requires = "audit_log")]
+    audit_key_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9090), at /metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -510,6 +517,14 @@ struct Cli {
     print_manifest: bool,
 }
 
+/// `--redis-fail`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum RedisFail {
+    Closed,
+    Local,
+    Open,
+}
+
 fn rmcp_log_cap() -> tracing_subscriber::filter::Directive {
     // A constant directive; should it ever fail to parse, silence rmcp entirely.
     "rmcp=info"
@@ -531,12 +546,21 @@ fn build(cli: &Cli) -> Result<Hardened<App>, Box<dyn std::error::Error>> {
         .tier("enterprise", 10.0)
         .local_principal(Principal::local(cli.subject.as_str(), &cli.scopes));
     if let Some(path) = &cli.audit_log {
-        let file = mcp_harden::audit::FileAuditConfig::new(path).open()?;
+        let mut config = mcp_harden::audit::FileAuditConfig::new(path);
+        if let Some(key_file) = &cli.audit_key_file {
+            config = config.chain_key(mcp_harden::audit::file::ChainKey::from_file(key_file)?);
+        }
+        let file = config.open()?;
         builder = builder.audit_sink((file, mcp_harden::TracingAuditSink));
     }
     if let Some(url) = &cli.redis {
         let store = mcp_harden::limits::RedisStore::new(url)?;
-        builder = builder.rate_limit_store(store, mcp_harden::limits::FailMode::Closed);
+        let fail = match cli.redis_fail {
+            RedisFail::Closed => mcp_harden::limits::FailMode::Closed,
+            RedisFail::Local => mcp_harden::limits::FailMode::Local,
+            RedisFail::Open => mcp_harden::limits::FailMode::Open,
+        };
+        builder = builder.rate_limit_store(store, fail);
     }
     Ok(builder.build()?)
 }

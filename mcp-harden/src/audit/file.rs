@@ -33,6 +33,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The shortest [`ChainKey`], in bytes.
 pub const MIN_CHAIN_KEY: usize = 32;
 
+/// The largest chain key file ([`ChainKey::from_file`]).
+const MAX_KEY_FILE: u64 = 4096;
+
 /// What each keyed record's MAC covers first: the log's purpose, so that a MAC made for the
 /// audit log is not one for anything else made with the same key.
 const MAC_DOMAIN: &[u8] = b"mcp-harden audit record v1\n";
@@ -59,6 +62,31 @@ impl ChainKey {
         hmac::Hmac::<Sha256>::new_from_slice(key)
             .map(Self)
             .map_err(|_| ChainKeyTooShort(key.len()))
+    }
+
+    /// The key in the file at `path` (at most 4 KiB; trailing newlines are not part of it),
+    /// e.g. a secret mounted by the deployment: a key never needs to be on a command line.
+    pub fn from_file(path: impl AsRef<Path>) -> std::io::Result<Self> {
+        let path = path.as_ref();
+        let mut bytes = Vec::new();
+        File::open(path)?
+            .take(MAX_KEY_FILE + 1)
+            .read_to_end(&mut bytes)?;
+        let invalid = |what: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {what}", path.display()),
+            )
+        };
+        if bytes.len() as u64 > MAX_KEY_FILE {
+            return Err(invalid("a chain key file holds at most 4 KiB".into()));
+        }
+        let newlines = bytes
+            .iter()
+            .rev()
+            .take_while(|b| matches!(b, b'\n' | b'\r'))
+            .count();
+        Self::new(&bytes[..bytes.len() - newlines]).map_err(|e| invalid(e.to_string()))
     }
 
     /// The hex MAC of a keyed line's bytes before its `,"mac":`.
@@ -1565,6 +1593,24 @@ mod tests {
             sink.record(&refusal());
         }
         assert!(sink.flush(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn chain_keys_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("key");
+        std::fs::write(&path, format!("{}\r\n\n", "k".repeat(32))).expect("writes");
+        assert!(
+            ChainKey::from_file(&path).is_ok(),
+            "the newlines are not part of it"
+        );
+        std::fs::write(&path, format!("{}\n", "k".repeat(31))).expect("writes");
+        let e = ChainKey::from_file(&path).map(drop).expect_err("short");
+        assert!(e.to_string().contains("not 31"), "{e}");
+        std::fs::write(&path, "k".repeat(5000)).expect("writes");
+        let e = ChainKey::from_file(&path).map(drop).expect_err("long");
+        assert!(e.to_string().contains("4 KiB"), "{e}");
+        assert!(ChainKey::from_file(dir.path().join("none")).is_err());
     }
 
     #[test]

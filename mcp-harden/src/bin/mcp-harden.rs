@@ -226,7 +226,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 &mcp_harden::audit::file::Expect {
                     from_genesis,
                     heads,
-                    key: key_file.as_deref().map(read_chain_key).transpose()?,
+                    key: key_file
+                        .as_deref()
+                        .map(mcp_harden::audit::file::ChainKey::from_file)
+                        .transpose()
+                        .map_err(|e| e.to_string())?,
                     keyed_from,
                 },
             ) {
@@ -257,28 +261,6 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
     }
-}
-
-/// The chain key in `path` (at most 4 KiB), without trailing newlines.
-fn read_chain_key(path: &Path) -> Result<mcp_harden::audit::file::ChainKey, String> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(4097).read_to_end(&mut bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() > 4096 {
-        return Err(format!(
-            "{}: a chain key file holds at most 4 KiB",
-            path.display()
-        ));
-    }
-    let newlines = bytes
-        .iter()
-        .rev()
-        .take_while(|b| matches!(b, b'\n' | b'\r'))
-        .count();
-    mcp_harden::audit::file::ChainKey::new(&bytes[..bytes.len() - newlines])
-        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn add_entry(path: &Path, entry: ApiKeyEntry) -> Result<(), String> {
@@ -338,24 +320,5 @@ mod tests {
         assert!(parse_head(&format!("x:{hash}")).is_err());
         assert!(parse_head("42:abcd").is_err(), "not a SHA-256");
         assert!(parse_head(&format!("42:{}", "g".repeat(64))).is_err());
-    }
-
-    #[test]
-    fn chain_keys_from_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("key");
-        let key = "k".repeat(32);
-        std::fs::write(&path, format!("{key}\r\n\n")).expect("writes");
-        assert!(
-            read_chain_key(&path).is_ok(),
-            "the newlines are not part of it"
-        );
-        std::fs::write(&path, format!("{}\n", "k".repeat(31))).expect("writes");
-        assert!(read_chain_key(&path).is_err_and(|e| e.contains("not 31")));
-        std::fs::write(&path, "k".repeat(5000)).expect("writes");
-        assert!(read_chain_key(&path).is_err_and(|e| e.contains("4 KiB")));
-        std::fs::write(&path, "short\n").expect("writes");
-        assert!(read_chain_key(&path).is_err_and(|e| e.contains("32 bytes")));
-        assert!(read_chain_key(&dir.path().join("none")).is_err());
     }
 }
