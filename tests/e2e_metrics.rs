@@ -136,14 +136,7 @@ async fn scraped_metrics_match_the_calls() {
     assert_eq!(r.status(), 401);
     let mut page = String::new();
     for _ in 0..50 {
-        page = client
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
+        page = common::scrape(addr).await;
         if page.contains("mcp_harden_tool_calls_total") {
             break;
         }

@@ -104,14 +104,7 @@ async fn secrets_reach_no_sink_log_or_metric() {
     )
     .await;
     let audit = std::fs::read_to_string(&audit_path).expect("audit log");
-    let metrics = client
-        .get(format!("http://{metrics_addr}/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("page");
+    let metrics = common::scrape(metrics_addr).await;
     let logs = common::logs();
 
     assert!(audit.contains("\"passphrase\":\"[REDACTED]\""), "{audit}");
