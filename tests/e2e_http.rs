@@ -899,6 +899,118 @@ async fn repeated_failures_throttle_the_source_even_with_a_valid_token() {
         .all(|r| r.event == AuditEvent::Authentication && r.outcome == Outcome::Denied));
 }
 
+/// A flood of refused requests is answered in full but recorded within the source's budget;
+/// the rest is summed up in one record when serving ends, and the tools' own records are
+/// never held back.
+#[tokio::test]
+async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
+    let srv = start(
+        config()
+            .stateless()
+            .authenticator(hs_auth())
+            .refusal_records_per_source(1, 4),
+    )
+    .await;
+    let expired = bearer(&hs256(
+        &json!({"sub": "x", "iss": ISSUER, "aud": srv.resource, "exp": 1}),
+    ));
+    for i in 0..30 {
+        let headers: &[(&str, &str)] = if i % 3 == 0 {
+            &[("authorization", &expired)]
+        } else {
+            &[]
+        };
+        let r = srv.raw_call("read_rows", headers).await;
+        assert_eq!(r.status(), 401, "every refusal is still answered");
+    }
+    // A caller with a valid token: its calls are recorded whatever the budget.
+    let good = bearer(&srv.token("alice", "db:read"));
+    for _ in 0..3 {
+        let r = srv.raw_call("read_rows", &[("authorization", &good)]).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(srv.runs(), 3);
+    let before_stop = srv.audit.records();
+    let refusals = before_stop
+        .iter()
+        .filter(|r| r.event == AuditEvent::Authentication)
+        .count();
+    assert_eq!(refusals, 4, "the burst is recorded one by one");
+    let calls = before_stop
+        .iter()
+        .filter(|r| r.event == AuditEvent::ToolCall && r.outcome == Outcome::Success)
+        .count();
+    assert_eq!(calls, 3, "tool calls are never held back");
+    assert!(
+        before_stop
+            .iter()
+            .all(|r| r.event != AuditEvent::Unrecorded),
+        "no summary before it is due"
+    );
+
+    // Due 10 s after the first refusal held back, with no later refusal to bring it.
+    let summaries = |audit: &Collect| -> Vec<AuditRecord> {
+        audit
+            .records()
+            .into_iter()
+            .filter(|r| r.event == AuditEvent::Unrecorded)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while summaries(&srv.audit).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the summary is recorded on time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Held back after it: summed up when serving ends.
+    for _ in 0..2 {
+        assert_eq!(srv.raw_call("read_rows", &[]).await.status(), 401);
+    }
+    let audit = srv.audit.clone();
+    srv.stop().await.expect("serves until stopped");
+    let summaries = summaries(&audit);
+    assert_eq!(summaries.len(), 2, "{summaries:#?}");
+    let last = summaries[1]
+        .unrecorded
+        .as_deref()
+        .expect("the last summary");
+    assert_eq!(
+        (last.count, last.reasons[0].reason),
+        (2, "missing_credentials")
+    );
+    let summary = &summaries[0];
+    assert_eq!(summary.reason, Some("record_budget"));
+    assert_eq!(summary.outcome, Outcome::Denied);
+    assert_eq!(summary.source, None);
+    let u = summary
+        .unrecorded
+        .as_deref()
+        .expect("what the summary stands for");
+    assert_eq!(u.count, 26);
+    assert_eq!(u.sources, 1);
+    assert_eq!(u.top_sources.len(), 1);
+    assert!(u.top_sources[0].source.is_loopback());
+    assert_eq!(u.top_sources[0].count, 26);
+    let by_reason: std::collections::BTreeMap<&str, u64> =
+        u.reasons.iter().map(|r| (r.reason, r.count)).collect();
+    // Requests 0, 3, 6 and 9 carried the expired token: 0 and 3 were recorded, with 1 and 2.
+    assert_eq!(
+        by_reason,
+        [("expired", 8), ("missing_credentials", 18)].into(),
+        "{u:?}"
+    );
+    assert!(u
+        .reasons
+        .iter()
+        .all(|r| r.event == AuditEvent::Authentication));
+    assert!(u.first <= u.last && summary.time == u.first);
+    let json = summary.to_json();
+    assert!(json.contains(r#""event":"unrecorded""#), "{json}");
+    assert!(json.contains(r#""unrecorded":{"count":26"#), "{json}");
+}
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_is_throttled_alone() {
     // The test's requests come from 127.0.0.1: here, the proxy.

@@ -102,7 +102,9 @@ async fn scraped_metrics_match_the_calls() {
         .bind_http(
             mcp_harden::server::http::HttpConfig::new("127.0.0.1:0".parse().expect("address"))
                 .authenticator(keys)
-                .max_sessions_per_caller(1),
+                .max_sessions_per_caller(1)
+                // Two refusals recorded one by one, the rest summed up.
+                .refusal_records_per_source(1, 2),
         )
         .await
         .expect("binds");
@@ -123,17 +125,20 @@ async fn scraped_metrics_match_the_calls() {
             .expect("answers");
         assert_eq!(r.status(), expected);
     }
-    // A security event: audited like a call.
-    let r = client
-        .post(&url)
-        .header("authorization", "Bearer not-a-key")
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .body(init.to_string())
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(r.status(), 401);
+    // A security event: audited like a call, the first; the next three are over the
+    // record budget.
+    for _ in 0..4 {
+        let r = client
+            .post(&url)
+            .header("authorization", "Bearer not-a-key")
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(init.to_string())
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(r.status(), 401);
+    }
     let mut page = String::new();
     for _ in 0..50 {
         page = common::scrape(addr).await;
@@ -206,6 +211,24 @@ async fn scraped_metrics_match_the_calls() {
         ),
         11.0,
         "nine calls, a session refused, a credential refused"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_audit_records_total",
+            &[("result", "suppressed")]
+        ),
+        3.0,
+        "three refusals over the budget"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "mcp_harden_auth_failures_total",
+            &[("reason", "unrecognized_credentials")]
+        ),
+        4.0,
+        "refusals over the budget are counted all the same: {page}"
     );
     assert_eq!(sample(&page, "mcp_harden_http_sessions", &[]), 1.0);
     assert_eq!(

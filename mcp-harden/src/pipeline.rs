@@ -267,6 +267,7 @@ pub(crate) fn record<S>(
         duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         transport: info.transport,
         source: info.source,
+        unrecorded: None,
     };
     crate::audit::deliver(&*inner.audit, Some(slot), &record);
 }

@@ -1290,6 +1290,7 @@ mod tests {
             duration_us: 3,
             transport: "http",
             source: Some(([192, 0, 2, 7], 4711).into()),
+            unrecorded: None,
         }
     }
 

@@ -20,7 +20,7 @@ pub use redact::{
 };
 
 /// The version of the audit record format.
-pub const AUDIT_RECORD_VERSION: u32 = 2;
+pub const AUDIT_RECORD_VERSION: u32 = 3;
 
 /// What happened to a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,6 +75,54 @@ pub enum AuditEvent {
     /// (reason `session_owned_by_another_principal`), or a new one beyond the server's or
     /// the caller's bound (`too_many_sessions`, `too_many_sessions_for_caller`).
     Session,
+    /// Refused HTTP requests not recorded one by one, over the guard's record budget
+    /// ([`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source)):
+    /// one summary ([`AuditRecord::unrecorded`]) stands for them, reason `record_budget`.
+    Unrecorded,
+}
+
+/// Refused HTTP requests summed up in one record ([`AuditEvent::Unrecorded`]) instead of
+/// one record each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Unrecorded {
+    /// How many requests.
+    pub count: u64,
+    /// When the first arrived (also the record's `time`).
+    pub first: Timestamp,
+    /// When the last arrived.
+    pub last: Timestamp,
+    /// How many for each event and reason, in order of first appearance.
+    pub reasons: Vec<UnrecordedReason>,
+    /// From how many sources (IPv4 addresses, IPv6 /64 networks), at most 4 096 told apart.
+    pub sources: u64,
+    /// Whether further sources sent some too, counted in `count` but not told apart.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more_sources: bool,
+    /// The sources that sent most, most first (at most 10).
+    pub top_sources: Vec<SourceCount>,
+}
+
+/// How many refusals of one event and reason a summary stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UnrecordedReason {
+    /// The event the refusals would have been recorded as.
+    pub event: AuditEvent,
+    /// Their reason.
+    pub reason: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
+/// How many refusals of a summary came from one source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SourceCount {
+    /// An IPv4 address, or an IPv6 /64 network's first address.
+    pub source: std::net::IpAddr,
+    /// How many.
+    pub count: u64,
 }
 
 /// The caller as recorded: never a credential.
@@ -164,6 +212,9 @@ pub struct AuditRecord {
     /// The peer's address, over HTTP (serialized as `ip:port`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<std::net::SocketAddr>,
+    /// What a summary record ([`AuditEvent::Unrecorded`]) stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrecorded: Option<Box<Unrecorded>>,
 }
 
 impl AuditRecord {

@@ -39,7 +39,9 @@ use crate::auth::{AuthContext, AuthFailure, Authenticator, Authenticators, Princ
 use crate::errors::{ErrorCode, ToolError};
 use crate::spec::Scopes;
 
+mod refusals;
 mod sessions;
+use refusals::RefusalRecords;
 use sessions::{Bounds, Full, Opener, OwnedSessions, SessionCheck, Sessions};
 
 /// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
@@ -64,8 +66,9 @@ pub enum ScopeChallenge {
 /// requires a bearer credential on every MCP request, caps bodies at 1 MiB, speaks
 /// HTTP/1.1 only (with or without TLS), closes connections whose request head does not
 /// arrive within 30 s, answers 408 to a POST whose body has not arrived 30 s after its
-/// head, and bounds sessions (32 per caller, 100 anonymous, 1 000 in all; idle ones close
-/// after 5 minutes).
+/// head, bounds sessions (32 per caller, 100 anonymous, 1 000 in all; idle ones close
+/// after 5 minutes), and audits refused requests one by one within a budget (60 a minute
+/// per source, 600 in all), summing up the rest.
 ///
 /// ```no_run
 /// # use mcp_harden::server::http::HttpConfig;
@@ -96,6 +99,8 @@ pub struct HttpConfig {
     max_body_bytes: usize,
     max_credential_bytes: usize,
     auth_failures: (u32, u32),
+    refusal_records_per_source: (u32, u32),
+    refusal_records_total: (u32, u32),
     challenge: ScopeChallenge,
     grace: Duration,
     header_read_timeout: Duration,
@@ -140,6 +145,8 @@ impl HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_credential_bytes: 8 * 1024,
             auth_failures: (10, 10),
+            refusal_records_per_source: (60, 30),
+            refusal_records_total: (600, 100),
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
@@ -282,6 +289,28 @@ impl HttpConfig {
     /// HTTP 429 without its credentials being checked, until the limit lets it through.
     pub fn auth_failure_limit(mut self, per_minute: u32, burst: u32) -> Self {
         self.auth_failures = (per_minute, burst);
+        self
+    }
+
+    /// Refused requests recorded one by one per source address (IPv6: per /64):
+    /// `per_minute` sustained with bursts of `burst` (default 60 and 30). Every refusal is
+    /// a security event with an audit record and a log line; beyond this budget (or
+    /// [`refusal_records_total`](Self::refusal_records_total)) a refusal is still answered
+    /// and counted (`mcp_harden_audit_records_total{result="suppressed"}`), and summed up in
+    /// one [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record at most every 10 s and
+    /// at shutdown: how many, when, for which reasons, and the sources that sent most.
+    /// Without a budget, anyone who can reach the port could write to the audit log as fast
+    /// as they send requests, filling the disk or rotating older records away. Records of
+    /// tool calls are never held back.
+    pub fn refusal_records_per_source(mut self, per_minute: u32, burst: u32) -> Self {
+        self.refusal_records_per_source = (per_minute, burst);
+        self
+    }
+
+    /// Refused requests recorded one by one from all sources together (default 600 a
+    /// minute, bursts of 100); see [`refusal_records_per_source`](Self::refusal_records_per_source).
+    pub fn refusal_records_total(mut self, per_minute: u32, burst: u32) -> Self {
+        self.refusal_records_total = (per_minute, burst);
         self
     }
 
@@ -568,6 +597,13 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let throttle = AuthThrottle::new(per_minute, burst).ok_or_else(|| {
             HttpError::Config("the failed-authentication limit must be at least 1/min".into())
         })?;
+        let refusals = RefusalRecords::new(
+            config.refusal_records_per_source,
+            config.refusal_records_total,
+        )
+        .ok_or_else(|| {
+            HttpError::Config("the refusal record budgets must be at least 1/min".into())
+        })?;
 
         // The session table rmcp's session manager keeps (stateless mode never asks it for a
         // session, and the guard then has none to check).
@@ -585,6 +621,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             hosts,
             origins,
             throttle,
+            refusals,
             trusted_proxies,
             max_credential: config.max_credential_bytes,
             max_body: config.max_body_bytes,
@@ -676,7 +713,8 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
     }
 
     /// Serves until `signal` completes, then stops accepting connections, lets in-flight
-    /// calls finish (up to the grace period), closes the sessions, waits up to
+    /// calls finish (up to the grace period), closes the sessions, records the summary of
+    /// any refusals held back over the record budget, waits up to
     /// [`AUDIT_FLUSH`](super::AUDIT_FLUSH) for the audit sink to write what it holds, and
     /// returns.
     pub async fn serve_until(
@@ -684,7 +722,23 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         signal: impl Future<Output = ()> + Send,
     ) -> Result<(), HttpError> {
         let hardened = self.hardened.clone();
+        let gate = self.gate.clone();
+        // Refusals held back over the record budget are summed up on time even when no
+        // later refusal comes to do it, and once more when serving ends.
+        let summaries = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+            let gate = gate.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    gate.summarize_unrecorded(false);
+                }
+            }
+        }));
         let served = self.serve_then_drain(signal).await;
+        summaries.abort();
+        gate.summarize_unrecorded(true);
         hardened.flush_audit(super::AUDIT_FLUSH).await;
         served
     }
@@ -1029,6 +1083,8 @@ struct Gate {
     hosts: Vec<HostRule>,
     origins: Vec<OriginRule>,
     throttle: AuthThrottle,
+    /// How many refusals are recorded one by one.
+    refusals: RefusalRecords,
     /// Whose `X-Forwarded-For` is believed (see [`HttpConfig::trusted_proxies`]).
     trusted_proxies: Vec<ipnet::IpNet>,
     max_credential: usize,
@@ -1090,6 +1146,14 @@ impl Gate {
         if e.event == AuditEvent::Authentication {
             crate::telemetry::auth_failure(e.reason);
         }
+        self.summarize_unrecorded(false);
+        let outcome = Outcome::of_refusal(e.code);
+        if !self
+            .refusals
+            .admit(e.source.ip(), e.event, e.reason, outcome)
+        {
+            return;
+        }
         tracing::warn!(target: "mcp_harden::security", event = ?e.event, reason = e.reason, source = %e.source, "request refused");
         let record = AuditRecord {
             version: AUDIT_RECORD_VERSION,
@@ -1105,7 +1169,7 @@ impl Gate {
                 .map(|t| std::borrow::Cow::Owned(crate::audit::cut_chars(t, 128).to_owned())),
             arguments: serde_json::Value::Null,
             // A late body is not a security event (and may be sent again).
-            outcome: Outcome::of_refusal(e.code),
+            outcome,
             error_code: Some(e.code.as_str()),
             retryable: !e.code.is_security_event(),
             reason: Some(e.reason),
@@ -1113,8 +1177,17 @@ impl Gate {
             duration_us: u64::try_from(e.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             transport: "http",
             source: Some(e.source),
+            unrecorded: None,
         };
         self.hardened.audit(&record);
+    }
+
+    /// Records the summary of the refusals held back over the record budget, when one is
+    /// due (`force`: whenever there are any).
+    fn summarize_unrecorded(&self, force: bool) {
+        if let Some(summary) = self.refusals.summary(force) {
+            self.hardened.audit(&summary);
+        }
     }
 
     /// A new session refused for want of room: audited, counted, and answered 429 (the

@@ -1,0 +1,336 @@
+//! How many refused requests are recorded one by one.
+//!
+//! Every request the guard refuses (no credential, a bad one, a throttled source, a
+//! foreign `Host`, a session that is not the caller's...) is a security event with its own
+//! audit record and log line. Unbounded, that lets anyone who can reach the port write to
+//! the audit log as fast as they can send requests: fill the disk, or, with rotated files
+//! retained in a bounded number, rotate the records of earlier calls out of existence.
+//!
+//! [`RefusalRecords`] bounds it twice with GCRA: per source (an IPv4 address, an IPv6 /64)
+//! and for all sources together. A refusal over either budget is still answered, counted
+//! in the metrics and summed up, but not recorded on its own; the refusals held back are
+//! recorded as one summary record ([`AuditEvent::Unrecorded`]: how many, when, for which
+//! reasons, from how many sources and which sent most) at most every
+//! [`SUMMARY_EVERY`], and when the server shuts down. Records of tool calls are never held
+//! back.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::audit::{
+    AuditEvent, AuditPrincipal, AuditRecord, Outcome, SourceCount, Timestamp, Unrecorded,
+    UnrecordedReason, AUDIT_RECORD_VERSION,
+};
+use crate::limits::rate::SweepPace;
+use crate::telemetry::{AuditResult, TraceIds};
+
+/// Refusals held back are summed up in one record at most this often (and at shutdown).
+pub(super) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Most sources told apart in one summary; refusals from any further source are counted,
+/// but not by source.
+const MAX_SOURCES: usize = 4_096;
+
+/// Most sources named in a summary (those that sent most).
+const TOP_SOURCES: usize = 10;
+
+/// The record budget for refused requests, and the refusals held back since the last
+/// summary.
+pub(super) struct RefusalRecords {
+    per_source: DefaultKeyedRateLimiter<IpAddr>,
+    total: DefaultDirectRateLimiter,
+    pace: SweepPace,
+    held: Mutex<Held>,
+    /// Whether `held` counts any refusal: the common case (none) takes no lock.
+    any_held: AtomicBool,
+}
+
+/// Refusals held back since the last summary.
+#[derive(Default)]
+struct Held {
+    /// When the first and the last arrived.
+    first: Option<(Timestamp, Instant)>,
+    last: Option<(Timestamp, Instant)>,
+    count: u64,
+    /// Whether any was a security event (identity, permission).
+    denied: bool,
+    reasons: Vec<UnrecordedReason>,
+    sources: HashMap<IpAddr, u64>,
+    /// Whether a refusal came from a source beyond [`MAX_SOURCES`].
+    more_sources: bool,
+}
+
+impl RefusalRecords {
+    /// `per_source` and `total` are `(per_minute, burst)`; `None` if a rate is zero.
+    pub(super) fn new(per_source: (u32, u32), total: (u32, u32)) -> Option<Self> {
+        let quota = |(per_minute, burst): (u32, u32)| {
+            let per_minute = NonZeroU32::new(per_minute)?;
+            Some(
+                Quota::per_minute(per_minute)
+                    .allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute)),
+            )
+        };
+        Some(Self {
+            per_source: RateLimiter::keyed(quota(per_source)?),
+            total: RateLimiter::direct(quota(total)?),
+            pace: SweepPace::new(),
+            held: Mutex::new(Held::default()),
+            any_held: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a refusal from `ip` is recorded on its own; if not, it is held back for the
+    /// next summary (and counted as `suppressed` in the audit records metric).
+    pub(super) fn admit(
+        &self,
+        ip: IpAddr,
+        event: AuditEvent,
+        reason: &'static str,
+        outcome: Outcome,
+    ) -> bool {
+        let key = super::AuthThrottle::key(ip);
+        if self.pace.due() {
+            self.per_source.retain_recent();
+            self.pace.swept(self.per_source.len());
+        }
+        // The source's budget first: a source over its own does not use up everyone's.
+        if self.per_source.check_key(&key).is_ok() && self.total.check().is_ok() {
+            return true;
+        }
+        crate::telemetry::audit(AuditResult::Suppressed);
+        let now = (Timestamp::now(), Instant::now());
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.first.get_or_insert(now);
+        held.last = Some(now);
+        held.count += 1;
+        held.denied |= outcome == Outcome::Denied;
+        match held
+            .reasons
+            .iter_mut()
+            .find(|r| r.event == event && r.reason == reason)
+        {
+            Some(r) => r.count += 1,
+            None => held.reasons.push(UnrecordedReason {
+                event,
+                reason,
+                count: 1,
+            }),
+        }
+        let told_apart = held.sources.len();
+        match held.sources.get_mut(&key) {
+            Some(n) => *n += 1,
+            None if told_apart < MAX_SOURCES => {
+                held.sources.insert(key, 1);
+            }
+            None => held.more_sources = true,
+        }
+        self.any_held.store(true, Ordering::Release);
+        false
+    }
+
+    /// The summary of the refusals held back, when one is due: [`SUMMARY_EVERY`] after the
+    /// first of them, or now with `force`. Taking it starts the count again.
+    pub(super) fn summary(&self, force: bool) -> Option<AuditRecord> {
+        if !self.any_held.load(Ordering::Acquire) {
+            return None;
+        }
+        let held = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let (_, since) = held.first?;
+            if !force && since.elapsed() < SUMMARY_EVERY {
+                return None;
+            }
+            self.any_held.store(false, Ordering::Release);
+            std::mem::take(&mut *held)
+        };
+        let ((first, first_at), (last, last_at)) = (held.first?, held.last?);
+        let mut top: Vec<SourceCount> = held
+            .sources
+            .iter()
+            .map(|(&source, &count)| SourceCount { source, count })
+            .collect();
+        // Most first; ties in address order, so that a summary reads the same every time.
+        top.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.source.cmp(&b.source)));
+        top.truncate(TOP_SOURCES);
+        let trace = TraceIds::continue_or_start(None);
+        Some(AuditRecord {
+            version: AUDIT_RECORD_VERSION,
+            time: first,
+            trace_id: trace.trace_id,
+            span_id: None,
+            parent_span_id: None,
+            client: None,
+            event: AuditEvent::Unrecorded,
+            principal: AuditPrincipal::of(None),
+            tool: None,
+            arguments: serde_json::Value::Null,
+            outcome: if held.denied {
+                Outcome::Denied
+            } else {
+                Outcome::Rejected
+            },
+            error_code: None,
+            retryable: false,
+            reason: Some("record_budget"),
+            detail: None,
+            duration_us: u64::try_from((last_at - first_at).as_micros()).unwrap_or(u64::MAX),
+            transport: "http",
+            source: None,
+            unrecorded: Some(Box::new(Unrecorded {
+                count: held.count,
+                first,
+                last,
+                reasons: held.reasons,
+                sources: held.sources.len() as u64,
+                more_sources: held.more_sources,
+                top_sources: top,
+            })),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const BOB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    fn refuse(r: &RefusalRecords, ip: IpAddr, reason: &'static str) -> bool {
+        r.admit(ip, AuditEvent::Authentication, reason, Outcome::Denied)
+    }
+
+    #[test]
+    fn a_source_over_its_budget_is_summed_up() {
+        let r = RefusalRecords::new((1, 3), (1_000, 1_000)).expect("budgets");
+        let recorded = (0..10)
+            .filter(|_| refuse(&r, ALICE, "missing_credentials"))
+            .count();
+        assert_eq!(recorded, 3, "the burst is recorded, the rest held back");
+        // Another source has a budget of its own.
+        assert!(refuse(&r, BOB, "invalid_token"));
+
+        assert!(r.summary(false).is_none(), "not due before SUMMARY_EVERY");
+        let summary = r.summary(true).expect("forced");
+        assert_eq!(summary.event, AuditEvent::Unrecorded);
+        assert_eq!(summary.outcome, Outcome::Denied);
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!(u.count, 7);
+        assert_eq!(u.sources, 1);
+        assert!(!u.more_sources);
+        assert_eq!(
+            u.top_sources,
+            vec![SourceCount {
+                source: ALICE,
+                count: 7
+            }]
+        );
+        assert_eq!(
+            u.reasons,
+            vec![UnrecordedReason {
+                event: AuditEvent::Authentication,
+                reason: "missing_credentials",
+                count: 7
+            }]
+        );
+        assert!(u.first <= u.last);
+        assert_eq!(summary.time, u.first);
+        let json = summary.to_json();
+        assert!(json.contains(r#""event":"unrecorded""#), "{json}");
+        assert!(json.contains(r#""source":"192.0.2.1","count":7"#), "{json}");
+
+        // Taken: the count starts again.
+        assert!(r.summary(true).is_none());
+        assert!(!refuse(&r, ALICE, "missing_credentials"));
+        let again = r.summary(true).expect("a new summary");
+        assert_eq!(again.unrecorded.as_deref().map(|u| u.count), Some(1));
+    }
+
+    #[test]
+    fn all_sources_share_a_total_budget() {
+        let r = RefusalRecords::new((1_000, 1_000), (1, 5)).expect("budgets");
+        let recorded = (0..40u8)
+            .filter(|i| {
+                let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, *i));
+                r.admit(ip, AuditEvent::Transport, "foreign_host", Outcome::Rejected)
+            })
+            .count();
+        assert_eq!(recorded, 5);
+        let summary = r.summary(true).expect("held back");
+        assert_eq!(
+            summary.outcome,
+            Outcome::Rejected,
+            "no security event held back"
+        );
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!((u.count, u.sources), (35, 35));
+        assert_eq!(u.top_sources.len(), TOP_SOURCES);
+        // Ties in address order.
+        assert_eq!(
+            u.top_sources[0].source,
+            IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 5))
+        );
+    }
+
+    #[test]
+    fn reasons_are_counted_apart_and_sources_by_slash_64() {
+        let r = RefusalRecords::new((1, 1), (1_000, 1_000)).expect("budgets");
+        let v6 =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
+        assert!(refuse(&r, v6(1), "invalid_token"));
+        // Same /64: same budget.
+        assert!(!refuse(&r, v6(2), "invalid_token"));
+        assert!(!refuse(&r, v6(3), "throttled"));
+        assert!(!r.admit(
+            v6(4),
+            AuditEvent::Session,
+            "too_many_sessions",
+            Outcome::Rejected
+        ));
+        let summary = r.summary(true).expect("held back");
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!(u.sources, 1);
+        assert_eq!(u.top_sources[0].source, v6(0));
+        let reasons: Vec<_> = u
+            .reasons
+            .iter()
+            .map(|r| (r.event, r.reason, r.count))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (AuditEvent::Authentication, "invalid_token", 1),
+                (AuditEvent::Authentication, "throttled", 1),
+                (AuditEvent::Session, "too_many_sessions", 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn sources_beyond_the_cap_are_counted_not_told_apart() {
+        let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX)).expect("budgets");
+        let n = MAX_SOURCES as u32 + 10;
+        for i in 0..n {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(refuse(&r, ip, "invalid_token"), "first from each source");
+            assert!(!refuse(&r, ip, "invalid_token"));
+        }
+        let summary = r.summary(true).expect("held back");
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!(u.count, u64::from(n));
+        assert_eq!(u.sources, MAX_SOURCES as u64);
+        assert!(u.more_sources);
+    }
+
+    #[test]
+    fn a_zero_rate_is_refused() {
+        assert!(RefusalRecords::new((0, 1), (1, 1)).is_none());
+        assert!(RefusalRecords::new((1, 1), (0, 1)).is_none());
+    }
+}
