@@ -899,21 +899,47 @@ async fn repeated_failures_throttle_the_source_even_with_a_valid_token() {
         .all(|r| r.event == AuditEvent::Authentication && r.outcome == Outcome::Denied));
 }
 
+/// The refusals summed up in `audit`'s summary records, in order.
+fn summaries(audit: &Collect) -> Vec<AuditRecord> {
+    audit
+        .records()
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::Unrecorded)
+        .collect()
+}
+
+/// Waits (up to 20 s) until `audit` holds `n` summary records.
+async fn until_summaries(audit: &Collect, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while summaries(audit).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} summaries recorded on time: {:#?}",
+            audit.records()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A flood of refused requests is answered in full but recorded within the source's budget;
-/// the rest is summed up in one record when serving ends, and the tools' own records are
-/// never held back.
+/// the rest is summed up in one record when due, and once more when serving ends. An
+/// authenticated caller's refusals and calls are never held back.
 #[tokio::test]
 async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
     let srv = start(
         config()
             .stateless()
             .authenticator(hs_auth())
-            .refusal_records_per_source(1, 4),
+            .authorization_server("https://auth.example")
+            .refusal_records_per_source(1, 4)
+            .refusal_summary_interval(Duration::from_secs(1)),
     )
     .await;
     let expired = bearer(&hs256(
         &json!({"sub": "x", "iss": ISSUER, "aud": srv.resource, "exp": 1}),
     ));
+    // Requests 0-3 use up the budget of 4; of the rest, those with an expired token (every
+    // third: 6, 9, ... 27) and those without any are held back.
     for i in 0..30 {
         let headers: &[(&str, &str)] = if i % 3 == 0 {
             &[("authorization", &expired)]
@@ -923,47 +949,46 @@ async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
         let r = srv.raw_call("read_rows", headers).await;
         assert_eq!(r.status(), 401, "every refusal is still answered");
     }
-    // A caller with a valid token: its calls are recorded whatever the budget.
+    // An authenticated caller, from the same address: its calls and its refusal (a scope
+    // it lacks) are recorded whatever the budget.
     let good = bearer(&srv.token("alice", "db:read"));
     for _ in 0..3 {
         let r = srv.raw_call("read_rows", &[("authorization", &good)]).await;
         assert_eq!(r.status(), 200);
     }
+    let r = srv
+        .raw_call("admin_reset", &[("authorization", &good)])
+        .await;
+    assert_eq!(r.status(), 403);
     assert_eq!(srv.runs(), 3);
-    let before_stop = srv.audit.records();
-    let refusals = before_stop
-        .iter()
+    let refusals = srv
+        .audit
+        .records()
+        .into_iter()
         .filter(|r| r.event == AuditEvent::Authentication)
         .count();
     assert_eq!(refusals, 4, "the burst is recorded one by one");
-    let calls = before_stop
-        .iter()
-        .filter(|r| r.event == AuditEvent::ToolCall && r.outcome == Outcome::Success)
-        .count();
-    assert_eq!(calls, 3, "tool calls are never held back");
-    assert!(
-        before_stop
-            .iter()
-            .all(|r| r.event != AuditEvent::Unrecorded),
-        "no summary before it is due"
+    let calls = srv
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::ToolCall)
+        .map(|r| (r.principal.subject.as_deref().map(str::to_owned), r.outcome))
+        .collect::<Vec<_>>();
+    let alice = Some("alice".to_owned());
+    assert_eq!(
+        calls,
+        [
+            (alice.clone(), Outcome::Success),
+            (alice.clone(), Outcome::Success),
+            (alice.clone(), Outcome::Success),
+            (alice, Outcome::Denied)
+        ],
+        "the authenticated caller's records are never held back"
     );
 
-    // Due 10 s after the first refusal held back, with no later refusal to bring it.
-    let summaries = |audit: &Collect| -> Vec<AuditRecord> {
-        audit
-            .records()
-            .into_iter()
-            .filter(|r| r.event == AuditEvent::Unrecorded)
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while summaries(&srv.audit).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the summary is recorded on time"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Due a second after the first refusal held back, with no later refusal to bring it.
+    until_summaries(&srv.audit, 1).await;
     // Held back after it: summed up when serving ends.
     for _ in 0..2 {
         assert_eq!(srv.raw_call("read_rows", &[]).await.status(), 401);
@@ -989,13 +1014,12 @@ async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
         .as_deref()
         .expect("what the summary stands for");
     assert_eq!(u.count, 26);
-    assert_eq!(u.sources, 1);
+    assert_eq!(u.distinct_sources, 1);
     assert_eq!(u.top_sources.len(), 1);
     assert!(u.top_sources[0].source.is_loopback());
     assert_eq!(u.top_sources[0].count, 26);
     let by_reason: std::collections::BTreeMap<&str, u64> =
         u.reasons.iter().map(|r| (r.reason, r.count)).collect();
-    // Requests 0, 3, 6 and 9 carried the expired token: 0 and 3 were recorded, with 1 and 2.
     assert_eq!(
         by_reason,
         [("expired", 8), ("missing_credentials", 18)].into(),
@@ -1009,6 +1033,105 @@ async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
     let json = summary.to_json();
     assert!(json.contains(r#""event":"unrecorded""#), "{json}");
     assert!(json.contains(r#""unrecorded":{"count":26"#), "{json}");
+}
+
+/// A server bound and driven without `serve` (its router alone), then dropped: what it held
+/// back is summed up as it goes.
+#[tokio::test]
+async fn refusals_held_back_are_summed_up_when_an_unserved_server_is_dropped() {
+    let audit = Collect::default();
+    let hardened = Hardened::builder(Arc::new(App::default()))
+        .tool::<read_rows>()
+        .audit_sink(audit.clone())
+        .build()
+        .expect("the server builds");
+    let server = hardened
+        .bind_http(
+            config()
+                .authenticator(hs_auth())
+                .refusal_records_per_source(1, 1),
+        )
+        .await
+        .expect("binds");
+    let app = server.router();
+    for _ in 0..3 {
+        let mut req = axum::http::Request::post("/mcp")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from("{}"))
+            .expect("a request");
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, 9],
+                5000,
+            ))));
+        let r = tower::ServiceExt::oneshot(app.clone(), req)
+            .await
+            .expect("infallible");
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(audit.records().len(), 1, "one recorded, two held back");
+    drop(app);
+    drop(server);
+    let summaries = summaries(&audit);
+    assert_eq!(summaries.len(), 1, "{:#?}", audit.records());
+    let u = summaries[0].unrecorded.as_deref().expect("the summary");
+    assert_eq!(u.count, 2);
+    assert_eq!(
+        u.top_sources[0].source,
+        std::net::IpAddr::from([192, 0, 2, 9])
+    );
+}
+
+/// An anonymous caller's refused calls (here: a tool that does not exist) are recorded
+/// within the same budget as refused requests, apart from its calls that run.
+#[tokio::test]
+async fn an_anonymous_callers_refused_calls_are_recorded_within_the_budget() {
+    let srv = start(
+        config()
+            .stateless()
+            .authenticator(hs_auth())
+            .allow_anonymous()
+            .refusal_records_per_source(1, 2),
+    )
+    .await;
+    for _ in 0..6 {
+        let r = srv.raw_call("no_such_tool", &[]).await;
+        assert_eq!(r.status(), 200, "a JSON-RPC error");
+        assert!(r.text().await.expect("body").contains("unknown tool"));
+    }
+    // A denied call (a tool that needs a scope): held back too.
+    let r = srv.raw_call("read_rows", &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.runs(), 0);
+    let recorded: Vec<_> = srv
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.event == AuditEvent::ToolCall)
+        .collect();
+    assert_eq!(recorded.len(), 2, "{recorded:#?}");
+    assert!(recorded
+        .iter()
+        .all(|r| r.principal.auth_method == "anonymous" && r.outcome == Outcome::Rejected));
+    let audit = srv.audit.clone();
+    srv.stop().await.expect("serves until stopped");
+    let summaries = summaries(&audit);
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    let u = summaries[0].unrecorded.as_deref().expect("the summary");
+    let reasons: Vec<_> = u
+        .reasons
+        .iter()
+        .map(|r| (r.event, r.reason, r.count))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (AuditEvent::ToolCall, "INVALID_ARGUMENTS", 4),
+            (AuditEvent::ToolCall, "UNAUTHENTICATED", 1)
+        ]
+    );
+    assert_eq!(summaries[0].outcome, Outcome::Denied);
 }
 
 #[tokio::test]
@@ -1449,6 +1572,16 @@ async fn unusable_configurations_are_refused_at_bind() {
         ),
         (jwt().allowed_hosts(["a b"]), "is not a host"),
         (jwt().auth_failure_limit(0, 1), "at least 1/min"),
+        (jwt().refusal_records_per_source(0, 1), "at least 1/min"),
+        (jwt().refusal_records_total(0, 0), "at least 1/min"),
+        (
+            jwt().refusal_summary_interval(Duration::from_millis(500)),
+            "at least 1 s",
+        ),
+        (
+            jwt().refusal_summary_interval(Duration::from_secs(3601)),
+            "at most an hour",
+        ),
         (jwt().trusted_proxies(["10.0.0.0/33"]), "trusted proxy"),
         (jwt().trusted_proxies(["proxy"]), "trusted proxy"),
         (jwt().trusted_proxies(["10.0.0.5/8"]), "host bits"),

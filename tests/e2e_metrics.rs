@@ -103,7 +103,8 @@ async fn scraped_metrics_match_the_calls() {
             mcp_harden::server::http::HttpConfig::new("127.0.0.1:0".parse().expect("address"))
                 .authenticator(keys)
                 .max_sessions_per_caller(1)
-                // Two refusals recorded one by one, the rest summed up.
+                // Two refusals of unknown callers recorded one by one, the rest summed up
+                // (an authenticated caller's, the session refused, are always recorded).
                 .refusal_records_per_source(1, 2),
         )
         .await
@@ -125,7 +126,7 @@ async fn scraped_metrics_match_the_calls() {
             .expect("answers");
         assert_eq!(r.status(), expected);
     }
-    // A security event: audited like a call, the first; the next three are over the
+    // Security events: audited like calls, the first two; the next two are over the
     // record budget.
     for _ in 0..4 {
         let r = client
@@ -209,8 +210,8 @@ async fn scraped_metrics_match_the_calls() {
             "mcp_harden_audit_records_total",
             &[("result", "recorded")]
         ),
-        11.0,
-        "nine calls, a session refused, a credential refused"
+        12.0,
+        "nine calls, a session refused, two credentials refused"
     );
     assert_eq!(
         sample(
@@ -218,8 +219,8 @@ async fn scraped_metrics_match_the_calls() {
             "mcp_harden_audit_records_total",
             &[("result", "suppressed")]
         ),
-        3.0,
-        "three refusals over the budget"
+        2.0,
+        "two refusals over the budget"
     );
     assert_eq!(
         sample(

@@ -55,6 +55,8 @@ pub(crate) struct CallInfo {
     pub principal: Option<Arc<Principal>>,
     pub transport: &'static str,
     pub source: Option<std::net::SocketAddr>,
+    /// An anonymous caller's over HTTP: its refusals are recorded within this budget.
+    pub budget: Option<Arc<crate::server::http::RefusalRecords>>,
 }
 
 /// Stage 2: the tool's scopes against the caller's. A public tool admits anyone.
@@ -237,6 +239,19 @@ pub(crate) fn record<S>(
     refusal: Option<&Refusal>,
     elapsed: Duration,
 ) {
+    // An anonymous caller's refusal over the record budget is summed up instead.
+    if let (Some(budget), Some(refusal), Some(source)) = (&info.budget, refusal, info.source) {
+        if matches!(refusal.outcome, Outcome::Denied | Outcome::Rejected)
+            && !budget.admit(
+                source.ip(),
+                AuditEvent::ToolCall,
+                refusal.error.code.as_str(),
+                refusal.outcome,
+            )
+        {
+            return;
+        }
+    }
     // A hand-written `redact_json` or `audit_json` could panic on odd input: never let that
     // lose the record or the reply, and never record what it failed to redact. `redact` is
     // the tool's whole audit walk (`ToolArgs::audit_json`); without a tool, the generic one.

@@ -467,11 +467,13 @@ impl FileAuditSink {
 impl AuditSink for FileAuditSink {
     fn record(&self, record: &AuditRecord) {
         // Not reserved (a security event before any call): one of their own slots if there
-        // is one. Anyone can cause refusals of unauthenticated requests: those never take a
-        // call's slot. An authenticated caller's (a scope or session refusal, bounded by its
-        // credentials) may, so that a flood of the former cannot hide it.
+        // is one. Anyone can cause refusals of unauthenticated or anonymous requests: those
+        // never take a call's slot. An authenticated caller's (a scope or session refusal,
+        // bounded by its credentials) may, so that a flood of the former cannot hide it.
+        let authenticated = record.principal.subject.is_some()
+            && record.principal.auth_method != crate::auth::AuthMethod::Anonymous.as_str();
         let permit = match self.events.clone().try_acquire_owned() {
-            Err(_) if record.principal.subject.is_some() => self.slots.clone().try_acquire_owned(),
+            Err(_) if authenticated => self.slots.clone().try_acquire_owned(),
             taken => taken,
         };
         match permit {

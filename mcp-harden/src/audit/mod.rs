@@ -75,14 +75,15 @@ pub enum AuditEvent {
     /// (reason `session_owned_by_another_principal`), or a new one beyond the server's or
     /// the caller's bound (`too_many_sessions`, `too_many_sessions_for_caller`).
     Session,
-    /// Refused HTTP requests not recorded one by one, over the guard's record budget
+    /// Refusals over HTTP not recorded one by one, over the record budget for requests of
+    /// unknown or anonymous callers
     /// ([`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source)):
     /// one summary ([`AuditRecord::unrecorded`]) stands for them, reason `record_budget`.
     Unrecorded,
 }
 
-/// Refused HTTP requests summed up in one record ([`AuditEvent::Unrecorded`]) instead of
-/// one record each.
+/// Refusals summed up in one record ([`AuditEvent::Unrecorded`]) instead of one record
+/// each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Unrecorded {
@@ -95,7 +96,7 @@ pub struct Unrecorded {
     /// How many for each event and reason, in order of first appearance.
     pub reasons: Vec<UnrecordedReason>,
     /// From how many sources (IPv4 addresses, IPv6 /64 networks), at most 4 096 told apart.
-    pub sources: u64,
+    pub distinct_sources: u64,
     /// Whether further sources sent some too, counted in `count` but not told apart.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub more_sources: bool,
@@ -109,7 +110,8 @@ pub struct Unrecorded {
 pub struct UnrecordedReason {
     /// The event the refusals would have been recorded as.
     pub event: AuditEvent,
-    /// Their reason.
+    /// Their reason: a refused request's (`missing_credentials`, `foreign_host`, …), or a
+    /// refused call's error code (`INVALID_ARGUMENTS`, `RATE_LIMITED`, …).
     pub reason: &'static str,
     /// How many.
     pub count: u64,
@@ -119,7 +121,9 @@ pub struct UnrecordedReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct SourceCount {
-    /// An IPv4 address, or an IPv6 /64 network's first address.
+    /// An IPv4 address, or an IPv6 /64 network's first address (serialized as the network:
+    /// `2001:db8::/64`).
+    #[serde(serialize_with = "source_key")]
     pub source: std::net::IpAddr,
     /// How many.
     pub count: u64,
@@ -160,13 +164,23 @@ impl AuditPrincipal {
     }
 }
 
-/// One record per tool call, and one per refused HTTP request (a security event).
+/// Serializes a summary's source: an IPv4 address as it is, an IPv6 one as its /64.
+fn source_key<S: serde::Serializer>(ip: &std::net::IpAddr, s: S) -> Result<S::Ok, S::Error> {
+    match ip {
+        std::net::IpAddr::V4(v4) => s.collect_str(v4),
+        std::net::IpAddr::V6(v6) => s.collect_str(&format_args!("{v6}/64")),
+    }
+}
+
+/// One record per tool call, and one per refused HTTP request (a security event); refusals
+/// over the record budget are summed up instead ([`AuditEvent::Unrecorded`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct AuditRecord {
     /// The record format version ([`AUDIT_RECORD_VERSION`]).
     pub version: u32,
-    /// When the call arrived, RFC 3339 UTC with milliseconds.
+    /// When the call arrived, RFC 3339 UTC with milliseconds (a summary: when the first
+    /// refusal it stands for arrived).
     pub time: Timestamp,
     /// The call's trace id (32 hex digits): the caller's when it sent a W3C `traceparent`.
     pub trace_id: TraceId,
@@ -205,7 +219,8 @@ pub struct AuditRecord {
     /// to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Time from arrival to reply, in microseconds.
+    /// Time from arrival to reply, in microseconds (a summary: from the first refusal it
+    /// stands for to the last).
     pub duration_us: u64,
     /// The transport the call came through (`stdio`, `local`, `http`).
     pub transport: &'static str,

@@ -41,7 +41,7 @@ use crate::spec::Scopes;
 
 mod refusals;
 mod sessions;
-use refusals::RefusalRecords;
+pub(crate) use refusals::RefusalRecords;
 use sessions::{Bounds, Full, Opener, OwnedSessions, SessionCheck, Sessions};
 
 /// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
@@ -67,8 +67,8 @@ pub enum ScopeChallenge {
 /// HTTP/1.1 only (with or without TLS), closes connections whose request head does not
 /// arrive within 30 s, answers 408 to a POST whose body has not arrived 30 s after its
 /// head, bounds sessions (32 per caller, 100 anonymous, 1 000 in all; idle ones close
-/// after 5 minutes), and audits refused requests one by one within a budget (60 a minute
-/// per source, 600 in all), summing up the rest.
+/// after 5 minutes), and audits refusals of unknown or anonymous callers one by one within
+/// a budget (30 a minute per source, 300 in all), summing up the rest.
 ///
 /// ```no_run
 /// # use mcp_harden::server::http::HttpConfig;
@@ -101,6 +101,7 @@ pub struct HttpConfig {
     auth_failures: (u32, u32),
     refusal_records_per_source: (u32, u32),
     refusal_records_total: (u32, u32),
+    refusal_summary_interval: Duration,
     challenge: ScopeChallenge,
     grace: Duration,
     header_read_timeout: Duration,
@@ -145,8 +146,9 @@ impl HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_credential_bytes: 8 * 1024,
             auth_failures: (10, 10),
-            refusal_records_per_source: (60, 30),
-            refusal_records_total: (600, 100),
+            refusal_records_per_source: (30, 20),
+            refusal_records_total: (300, 100),
+            refusal_summary_interval: refusals::SUMMARY_EVERY,
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
@@ -292,25 +294,45 @@ impl HttpConfig {
         self
     }
 
-    /// Refused requests recorded one by one per source address (IPv6: per /64):
-    /// `per_minute` sustained with bursts of `burst` (default 60 and 30). Every refusal is
-    /// a security event with an audit record and a log line; beyond this budget (or
-    /// [`refusal_records_total`](Self::refusal_records_total)) a refusal is still answered
+    /// Refusals of unknown or anonymous callers recorded one by one per source address
+    /// (IPv6: per /64): `per_minute` sustained with bursts of `burst` (default 30 and 20; a
+    /// burst of 0 means `per_minute`).
+    ///
+    /// Every request refused before its caller is known (no credential, a bad one, a
+    /// throttled source, a foreign `Host` or `Origin`, a late body) and every refused call of
+    /// an anonymous caller (an unknown tool, arguments refused, a rate limit, a missing
+    /// scope) is a security event with an audit record and a log line. Beyond this budget, or
+    /// [`refusal_records_total`](Self::refusal_records_total), a refusal is still answered
     /// and counted (`mcp_harden_audit_records_total{result="suppressed"}`), and summed up in
-    /// one [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record at most every 10 s and
-    /// at shutdown: how many, when, for which reasons, and the sources that sent most.
-    /// Without a budget, anyone who can reach the port could write to the audit log as fast
-    /// as they send requests, filling the disk or rotating older records away. Records of
-    /// tool calls are never held back.
+    /// one [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record once
+    /// [`refusal_summary_interval`](Self::refusal_summary_interval) has passed since the
+    /// first of them, and when serving ends: how many, when, for which reasons, and the
+    /// sources that sent most. Without a budget, anyone who can reach the port could write to
+    /// the audit log as fast as they send requests, filling the disk or rotating older
+    /// records away; with the defaults, refusals add at most 300 records a minute (about
+    /// 430 000 a day) plus a summary every 10 s. An authenticated caller's refusals (bounded
+    /// by its credentials) and every call that runs are always recorded.
+    ///
+    /// The source's budget is asked first; while the total is used up, a source's own is
+    /// still spent on its refusals held back.
     pub fn refusal_records_per_source(mut self, per_minute: u32, burst: u32) -> Self {
         self.refusal_records_per_source = (per_minute, burst);
         self
     }
 
-    /// Refused requests recorded one by one from all sources together (default 600 a
-    /// minute, bursts of 100); see [`refusal_records_per_source`](Self::refusal_records_per_source).
+    /// Refusals of unknown or anonymous callers recorded one by one from all sources
+    /// together (default 300 a minute, bursts of 100; a burst of 0 means `per_minute`); see
+    /// [`refusal_records_per_source`](Self::refusal_records_per_source).
     pub fn refusal_records_total(mut self, per_minute: u32, burst: u32) -> Self {
         self.refusal_records_total = (per_minute, burst);
+        self
+    }
+
+    /// How long after the first refusal held back over the record budget its summary is
+    /// recorded (default 10 s; at least 1 s, at most an hour); see
+    /// [`refusal_records_per_source`](Self::refusal_records_per_source).
+    pub fn refusal_summary_interval(mut self, interval: Duration) -> Self {
+        self.refusal_summary_interval = interval;
         self
     }
 
@@ -414,6 +436,8 @@ pub enum HttpError {
 pub(crate) struct Authenticated {
     pub principal: Arc<Principal>,
     pub source: SocketAddr,
+    /// For an anonymous caller: the record budget its refused calls are audited within.
+    pub budget: Option<Arc<RefusalRecords>>,
 }
 
 /// A bound HTTP server, not yet serving: its address is known (useful with port 0).
@@ -597,10 +621,20 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let throttle = AuthThrottle::new(per_minute, burst).ok_or_else(|| {
             HttpError::Config("the failed-authentication limit must be at least 1/min".into())
         })?;
+        if config.refusal_summary_interval < Duration::from_secs(1)
+            || config.refusal_summary_interval > Duration::from_secs(3600)
+        {
+            return Err(HttpError::Config(format!(
+                "the refusal summary interval ({:?}) must be at least 1 s and at most an hour",
+                config.refusal_summary_interval
+            )));
+        }
         let refusals = RefusalRecords::new(
             config.refusal_records_per_source,
             config.refusal_records_total,
+            config.refusal_summary_interval,
         )
+        .map(Arc::new)
         .ok_or_else(|| {
             HttpError::Config("the refusal record budgets must be at least 1/min".into())
         })?;
@@ -725,7 +759,7 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         let gate = self.gate.clone();
         // Refusals held back over the record budget are summed up on time even when no
         // later refusal comes to do it, and once more when serving ends.
-        let summaries = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+        let mut summaries = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
             let gate = gate.clone();
             async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -737,7 +771,10 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
             }
         }));
         let served = self.serve_then_drain(signal).await;
+        // Ended before the last summary: one the ticker is recording now is delivered
+        // before the flush.
         summaries.abort();
+        let _ = (&mut summaries).await;
         gate.summarize_unrecorded(true);
         hardened.flush_audit(super::AUDIT_FLUSH).await;
         served
@@ -1083,8 +1120,9 @@ struct Gate {
     hosts: Vec<HostRule>,
     origins: Vec<OriginRule>,
     throttle: AuthThrottle,
-    /// How many refusals are recorded one by one.
-    refusals: RefusalRecords,
+    /// How many refusals are recorded one by one (shared with the calls of anonymous
+    /// callers, through [`Authenticated`]).
+    refusals: Arc<RefusalRecords>,
     /// Whose `X-Forwarded-For` is believed (see [`HttpConfig::trusted_proxies`]).
     trusted_proxies: Vec<ipnet::IpNet>,
     max_credential: usize,
@@ -1095,6 +1133,14 @@ struct Gate {
     allow_anonymous: bool,
     /// Stateful mode: which principal opened each session.
     sessions: Option<Arc<Sessions>>,
+}
+
+/// The last refusals held back are summed up when the guard goes (a server dropped
+/// without being served to its end, or a router driven by hand).
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.summarize_unrecorded(true);
+    }
 }
 
 /// What the guard needs of the server, without its state type.
@@ -1141,19 +1187,26 @@ struct Event<'a> {
 }
 
 impl Gate {
-    fn record(&self, e: Event<'_>) {
-        let trace = crate::telemetry::TraceIds::continue_or_start(e.traceparent);
+    /// Audits and logs a refusal, unless it is over the record budget (then it is summed up
+    /// later); returns whether it was recorded. An authenticated caller's refusals are
+    /// always recorded.
+    fn record(&self, e: Event<'_>) -> bool {
         if e.event == AuditEvent::Authentication {
             crate::telemetry::auth_failure(e.reason);
         }
         self.summarize_unrecorded(false);
         let outcome = Outcome::of_refusal(e.code);
-        if !self
-            .refusals
-            .admit(e.source.ip(), e.event, e.reason, outcome)
+        let budgeted = e
+            .principal
+            .is_none_or(|p| p.method() == crate::auth::AuthMethod::Anonymous);
+        if budgeted
+            && !self
+                .refusals
+                .admit(e.source.ip(), e.event, e.reason, outcome)
         {
-            return;
+            return false;
         }
+        let trace = crate::telemetry::TraceIds::continue_or_start(e.traceparent);
         tracing::warn!(target: "mcp_harden::security", event = ?e.event, reason = e.reason, source = %e.source, "request refused");
         let record = AuditRecord {
             version: AUDIT_RECORD_VERSION,
@@ -1180,6 +1233,7 @@ impl Gate {
             unrecorded: None,
         };
         self.hardened.audit(&record);
+        true
     }
 
     /// Records the summary of the refusals held back over the record budget, when one is
@@ -1687,14 +1741,20 @@ where
         reply: (req.method() == Method::POST).then(|| gate.hardened.inflight()),
         body,
     };
+    let budget =
+        (principal.method() == crate::auth::AuthMethod::Anonymous).then(|| gate.refusals.clone());
     let Some((opener, traceparent)) = opener else {
-        req.extensions_mut()
-            .insert(Authenticated { principal, source });
+        req.extensions_mut().insert(Authenticated {
+            principal,
+            source,
+            budget,
+        });
         return GuardFuture::Call(inner.call(req), Some(after));
     };
     req.extensions_mut().insert(Authenticated {
         principal: principal.clone(),
         source,
+        budget,
     });
     let call = inner.call(req);
     let gate = gate.clone();
@@ -2035,7 +2095,7 @@ impl Gate {
         started: Instant,
         headers: &HeaderMap,
     ) -> Response {
-        self.record(Event {
+        let recorded = self.record(Event {
             event: AuditEvent::Authentication,
             principal: None,
             tool: None,
@@ -2045,7 +2105,8 @@ impl Gate {
             started,
             traceparent: crate::telemetry::traceparent(headers),
         });
-        if let Some(wait) = self.throttle.failed(source.ip()) {
+        // Logged with the refusal that blocks the source, within the same budget.
+        if let (Some(wait), true) = (self.throttle.failed(source.ip()), recorded) {
             tracing::warn!(target: "mcp_harden::security", source = %source, wait_ms = wait.as_millis() as u64, "too many failed authentications: source throttled");
         }
         let error = if failure == AuthFailure::MalformedHeader {

@@ -89,6 +89,15 @@ pub(crate) struct Entry<S> {
     pub metrics: crate::telemetry::ToolMetrics,
 }
 
+/// Who is calling, from where, and (an anonymous caller over HTTP) the record budget its
+/// refused calls are audited within.
+#[derive(Default)]
+struct Caller {
+    principal: Option<Arc<Principal>>,
+    source: Option<std::net::SocketAddr>,
+    budget: Option<Arc<http::RefusalRecords>>,
+}
+
 impl<S: Send + Sync + 'static> Hardened<S> {
     /// Starts building a server around the shared application state.
     pub fn builder(state: impl Into<Arc<S>>) -> HardenedBuilder<S> {
@@ -259,20 +268,24 @@ impl<S: Send + Sync + 'static> Hardened<S> {
     /// Stage 1: who is calling, and from where. On a local transport, the principal
     /// configured at start-up; over HTTP, the principal the guard authenticated for this very
     /// request (the guard also keeps sessions to their owners); on anything else, no one.
-    fn identify(
-        &self,
-        rc: &RequestContext<RoleServer>,
-    ) -> (Option<Arc<Principal>>, Option<std::net::SocketAddr>) {
+    fn identify(&self, rc: &RequestContext<RoleServer>) -> Caller {
         if let Some(p) = &self.local {
-            return (Some(p.clone()), None);
+            return Caller {
+                principal: Some(p.clone()),
+                ..Caller::default()
+            };
         }
         match rc
             .extensions
             .get::<axum::http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<http::Authenticated>())
         {
-            Some(auth) => (Some(auth.principal.clone()), Some(auth.source)),
-            None => (None, None),
+            Some(auth) => Caller {
+                principal: Some(auth.principal.clone()),
+                source: Some(auth.source),
+                budget: auth.budget.clone(),
+            },
+            None => Caller::default(),
         }
     }
 
@@ -298,7 +311,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             .with_retry_after(Duration::from_secs(1));
             return Ok(pipeline::error_result(&error).into());
         };
-        let (principal, source) = self.identify(&rc);
+        let Caller {
+            principal,
+            source,
+            budget,
+        } = self.identify(&rc);
         let CallToolRequestParams {
             name, arguments, ..
         } = params;
@@ -317,6 +334,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             principal,
             transport: self.transport,
             source,
+            budget: budget.clone(),
         };
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
         let Some(entry) = inner.tools.get(&*name) else {
@@ -376,7 +394,11 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         );
         let stages = async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
-                tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
+                // An anonymous caller's denials over HTTP are logged by their records alone,
+                // within the record budget.
+                if budget.is_none() {
+                    tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
+                }
                 pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
             })?;
             let _permit = pipeline::limit(inner, entry, &caller, &rc.ct)
@@ -485,7 +507,7 @@ impl<S: Send + Sync + 'static> ServerHandler for Hardened<S> {
         _request: Option<PaginatedRequestParams>,
         rc: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let (principal, _) = self.identify(&rc);
+        let principal = self.identify(&rc).principal;
         let tools = self
             .inner
             .order

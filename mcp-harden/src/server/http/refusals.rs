@@ -1,23 +1,26 @@
 //! How many refused requests are recorded one by one.
 //!
-//! Every request the guard refuses (no credential, a bad one, a throttled source, a
-//! foreign `Host`, a session that is not the caller's...) is a security event with its own
-//! audit record and log line. Unbounded, that lets anyone who can reach the port write to
-//! the audit log as fast as they can send requests: fill the disk, or, with rotated files
-//! retained in a bounded number, rotate the records of earlier calls out of existence.
+//! Every request the guard refuses without knowing who sent it (no credential, a bad one, a
+//! throttled source, a foreign `Host`, a late body) is a security event with its own audit
+//! record and log line, and so is every refused call of an anonymous caller (an unknown
+//! tool, arguments refused, a rate limit). Unbounded, that lets anyone who can reach the
+//! port write to the audit log as fast as they can send requests: fill the disk, or, with
+//! rotated files retained in a bounded number, rotate the records of earlier calls out of
+//! existence.
 //!
 //! [`RefusalRecords`] bounds it twice with GCRA: per source (an IPv4 address, an IPv6 /64)
 //! and for all sources together. A refusal over either budget is still answered, counted
 //! in the metrics and summed up, but not recorded on its own; the refusals held back are
 //! recorded as one summary record ([`AuditEvent::Unrecorded`]: how many, when, for which
-//! reasons, from how many sources and which sent most) at most every
-//! [`SUMMARY_EVERY`], and when the server shuts down. Records of tool calls are never held
-//! back.
+//! reasons, from how many sources and which sent most) once the summary interval has passed
+//! since the first of them, and when the server stops. An authenticated caller's refusals
+//! (bounded by its credentials, and attributable) and every call that runs are always
+//! recorded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,8 @@ use crate::audit::{
 use crate::limits::rate::SweepPace;
 use crate::telemetry::{AuditResult, TraceIds};
 
-/// Refusals held back are summed up in one record at most this often (and at shutdown).
+/// Refusals held back are summed up in one record at most this often by default (and at
+/// shutdown).
 pub(super) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 /// Most sources told apart in one summary; refusals from any further source are counted,
@@ -42,13 +46,19 @@ const TOP_SOURCES: usize = 10;
 
 /// The record budget for refused requests, and the refusals held back since the last
 /// summary.
-pub(super) struct RefusalRecords {
+pub(crate) struct RefusalRecords {
     per_source: DefaultKeyedRateLimiter<IpAddr>,
     total: DefaultDirectRateLimiter,
     pace: SweepPace,
     held: Mutex<Held>,
-    /// Whether `held` counts any refusal: the common case (none) takes no lock.
-    any_held: AtomicBool,
+    /// How long after the first refusal held back its summary is due.
+    every: Duration,
+    /// What `due` counts from.
+    epoch: Instant,
+    /// When the summary of the refusals held back is due, in nanoseconds from `epoch`;
+    /// `u64::MAX` when none is held: a refusal takes the lock only to be held back, never
+    /// to learn that no summary is due.
+    due: AtomicU64,
 }
 
 /// Refusals held back since the last summary.
@@ -67,8 +77,10 @@ struct Held {
 }
 
 impl RefusalRecords {
-    /// `per_source` and `total` are `(per_minute, burst)`; `None` if a rate is zero.
-    pub(super) fn new(per_source: (u32, u32), total: (u32, u32)) -> Option<Self> {
+    /// `per_source` and `total` are `(per_minute, burst)` (a burst of 0: `per_minute`);
+    /// `every`, how long after the first refusal held back the summary is due. `None` if a
+    /// rate is zero.
+    pub(super) fn new(per_source: (u32, u32), total: (u32, u32), every: Duration) -> Option<Self> {
         let quota = |(per_minute, burst): (u32, u32)| {
             let per_minute = NonZeroU32::new(per_minute)?;
             Some(
@@ -81,13 +93,19 @@ impl RefusalRecords {
             total: RateLimiter::direct(quota(total)?),
             pace: SweepPace::new(),
             held: Mutex::new(Held::default()),
-            any_held: AtomicBool::new(false),
+            every,
+            epoch: Instant::now(),
+            due: AtomicU64::new(u64::MAX),
         })
     }
 
     /// Whether a refusal from `ip` is recorded on its own; if not, it is held back for the
     /// next summary (and counted as `suppressed` in the audit records metric).
-    pub(super) fn admit(
+    ///
+    /// The source's budget is asked first, so that a source over its own does not use up
+    /// everyone's; while the total is used up, a source's own budget is still spent on its
+    /// refusals held back (governor gives nothing back).
+    pub(crate) fn admit(
         &self,
         ip: IpAddr,
         event: AuditEvent,
@@ -99,14 +117,21 @@ impl RefusalRecords {
             self.per_source.retain_recent();
             self.pace.swept(self.per_source.len());
         }
-        // The source's budget first: a source over its own does not use up everyone's.
         if self.per_source.check_key(&key).is_ok() && self.total.check().is_ok() {
             return true;
         }
         crate::telemetry::audit(AuditResult::Suppressed);
-        let now = (Timestamp::now(), Instant::now());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.first.get_or_insert(now);
+        // Read under the lock: `last` is the latest, whatever the threads' order.
+        let now = (Timestamp::now(), Instant::now());
+        if held.first.is_none() {
+            held.first = Some(now);
+            let due = (now.1 + self.every).saturating_duration_since(self.epoch);
+            self.due.store(
+                u64::try_from(due.as_nanos()).unwrap_or(u64::MAX - 1),
+                Ordering::Release,
+            );
+        }
         held.last = Some(now);
         held.count += 1;
         held.denied |= outcome == Outcome::Denied;
@@ -130,23 +155,26 @@ impl RefusalRecords {
             }
             None => held.more_sources = true,
         }
-        self.any_held.store(true, Ordering::Release);
         false
     }
 
-    /// The summary of the refusals held back, when one is due: [`SUMMARY_EVERY`] after the
-    /// first of them, or now with `force`. Taking it starts the count again.
+    /// The summary of the refusals held back, when one is due (the summary interval after
+    /// the first of them), or now with `force`. Taking it starts the count again.
     pub(super) fn summary(&self, force: bool) -> Option<AuditRecord> {
-        if !self.any_held.load(Ordering::Acquire) {
+        let due = self.due.load(Ordering::Acquire);
+        if due == u64::MAX {
             return None;
+        }
+        if !force {
+            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if now < due {
+                return None;
+            }
         }
         let held = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            let (_, since) = held.first?;
-            if !force && since.elapsed() < SUMMARY_EVERY {
-                return None;
-            }
-            self.any_held.store(false, Ordering::Release);
+            held.first?;
+            self.due.store(u64::MAX, Ordering::Release);
             std::mem::take(&mut *held)
         };
         let ((first, first_at), (last, last_at)) = (held.first?, held.last?);
@@ -187,7 +215,7 @@ impl RefusalRecords {
                 first,
                 last,
                 reasons: held.reasons,
-                sources: held.sources.len() as u64,
+                distinct_sources: held.sources.len() as u64,
                 more_sources: held.more_sources,
                 top_sources: top,
             })),
@@ -208,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_source_over_its_budget_is_summed_up() {
-        let r = RefusalRecords::new((1, 3), (1_000, 1_000)).expect("budgets");
+        let r = RefusalRecords::new((1, 3), (1_000, 1_000), SUMMARY_EVERY).expect("budgets");
         let recorded = (0..10)
             .filter(|_| refuse(&r, ALICE, "missing_credentials"))
             .count();
@@ -222,7 +250,7 @@ mod tests {
         assert_eq!(summary.outcome, Outcome::Denied);
         let u = summary.unrecorded.as_deref().expect("the summary");
         assert_eq!(u.count, 7);
-        assert_eq!(u.sources, 1);
+        assert_eq!(u.distinct_sources, 1);
         assert!(!u.more_sources);
         assert_eq!(
             u.top_sources,
@@ -254,7 +282,7 @@ mod tests {
 
     #[test]
     fn all_sources_share_a_total_budget() {
-        let r = RefusalRecords::new((1_000, 1_000), (1, 5)).expect("budgets");
+        let r = RefusalRecords::new((1_000, 1_000), (1, 5), SUMMARY_EVERY).expect("budgets");
         let recorded = (0..40u8)
             .filter(|i| {
                 let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, *i));
@@ -269,7 +297,7 @@ mod tests {
             "no security event held back"
         );
         let u = summary.unrecorded.as_deref().expect("the summary");
-        assert_eq!((u.count, u.sources), (35, 35));
+        assert_eq!((u.count, u.distinct_sources), (35, 35));
         assert_eq!(u.top_sources.len(), TOP_SOURCES);
         // Ties in address order.
         assert_eq!(
@@ -280,7 +308,7 @@ mod tests {
 
     #[test]
     fn reasons_are_counted_apart_and_sources_by_slash_64() {
-        let r = RefusalRecords::new((1, 1), (1_000, 1_000)).expect("budgets");
+        let r = RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY).expect("budgets");
         let v6 =
             |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
         assert!(refuse(&r, v6(1), "invalid_token"));
@@ -295,7 +323,7 @@ mod tests {
         ));
         let summary = r.summary(true).expect("held back");
         let u = summary.unrecorded.as_deref().expect("the summary");
-        assert_eq!(u.sources, 1);
+        assert_eq!(u.distinct_sources, 1);
         assert_eq!(u.top_sources[0].source, v6(0));
         let reasons: Vec<_> = u
             .reasons
@@ -314,7 +342,7 @@ mod tests {
 
     #[test]
     fn sources_beyond_the_cap_are_counted_not_told_apart() {
-        let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX)).expect("budgets");
+        let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX), SUMMARY_EVERY).expect("budgets");
         let n = MAX_SOURCES as u32 + 10;
         for i in 0..n {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
@@ -324,13 +352,58 @@ mod tests {
         let summary = r.summary(true).expect("held back");
         let u = summary.unrecorded.as_deref().expect("the summary");
         assert_eq!(u.count, u64::from(n));
-        assert_eq!(u.sources, MAX_SOURCES as u64);
+        assert_eq!(u.distinct_sources, MAX_SOURCES as u64);
         assert!(u.more_sources);
     }
 
     #[test]
+    fn a_source_over_its_own_budget_leaves_the_total_alone() {
+        let r = RefusalRecords::new((1, 2), (1, 3), SUMMARY_EVERY).expect("budgets");
+        let recorded = (0..10)
+            .filter(|_| refuse(&r, ALICE, "invalid_token"))
+            .count();
+        assert_eq!(recorded, 2);
+        // One of the total's three is left for another source, however many Alice sent.
+        assert!(refuse(&r, BOB, "invalid_token"));
+        assert!(!refuse(&r, BOB, "invalid_token"), "the total is used up");
+    }
+
+    #[test]
+    fn a_summary_is_due_the_interval_after_the_first_refusal_held_back() {
+        let every = Duration::from_millis(50);
+        let r = RefusalRecords::new((1, 1), (1_000, 1_000), every).expect("budgets");
+        assert!(refuse(&r, ALICE, "invalid_token"));
+        assert!(r.summary(false).is_none(), "nothing held back");
+        assert!(!refuse(&r, ALICE, "invalid_token"));
+        assert!(r.summary(false).is_none(), "not due yet");
+        std::thread::sleep(every);
+        assert!(!refuse(&r, ALICE, "invalid_token"));
+        let summary = r.summary(false).expect("due");
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!(u.count, 2);
+        assert!(
+            summary.duration_us >= 50_000,
+            "first to last: {}",
+            summary.duration_us
+        );
+        // The next one is due the interval after the next refusal held back.
+        assert!(!refuse(&r, ALICE, "invalid_token"));
+        assert!(r.summary(false).is_none());
+    }
+
+    #[test]
+    fn an_ipv6_source_is_written_as_its_slash_64() {
+        let r = RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY).expect("budgets");
+        let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6));
+        assert!(refuse(&r, ip, "invalid_token"));
+        assert!(!refuse(&r, ip, "invalid_token"));
+        let json = r.summary(true).expect("held back").to_json();
+        assert!(json.contains(r#""source":"2001:db8:1:2::/64""#), "{json}");
+    }
+
+    #[test]
     fn a_zero_rate_is_refused() {
-        assert!(RefusalRecords::new((0, 1), (1, 1)).is_none());
-        assert!(RefusalRecords::new((1, 1), (0, 1)).is_none());
+        assert!(RefusalRecords::new((0, 1), (1, 1), SUMMARY_EVERY).is_none());
+        assert!(RefusalRecords::new((1, 1), (0, 1), SUMMARY_EVERY).is_none());
     }
 }
