@@ -527,7 +527,7 @@ enum RedisFail {
 
 fn rmcp_log_cap() -> tracing_subscriber::filter::Directive {
     // A constant directive; should it ever fail to parse, silence rmcp entirely.
-    "rmcp=info"
+    "rmcp=error"
         .parse()
         .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::OFF.into())
 }
@@ -587,8 +587,9 @@ async fn main() -> ExitCode {
     // Logs and audit records go to stderr: on stdio, stdout carries only the protocol.
     let logs = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-        // rmcp logs raw request arguments (secrets included) at debug level: never let
-        // RUST_LOG=debug put them on stderr.
+        // rmcp logs raw request arguments (secrets included) at debug level, and some
+        // refused requests at warn, one line each with the client's text: never let
+        // RUST_LOG put them on stderr.
         .add_directive(rmcp_log_cap());
     // Spans (and the events inside them) at INFO for the collector, with the same cap.
     let traces = tracing_subscriber::EnvFilter::new("info").add_directive(rmcp_log_cap());

@@ -320,6 +320,7 @@ async fn a_missing_scope_is_forbidden_and_audited_as_a_security_event() {
     let rec = records.last().expect("audited");
     assert_eq!(rec.outcome, Outcome::Denied);
     assert_eq!(rec.error_code, Some("FORBIDDEN"));
+    assert_eq!(rec.reason, Some("insufficient_scope"));
     assert_eq!(
         rec.arguments["password"], "[REDACTED]",
         "denied calls are redacted too"
@@ -484,19 +485,31 @@ async fn exactly_one_audit_record_per_call_whatever_happened() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), calls.len(), "one trace id per call");
-    let outcomes: Vec<_> = records.iter().map(|r| (r.outcome, r.error_code)).collect();
+    let outcomes: Vec<_> = records
+        .iter()
+        .map(|r| (r.outcome, r.error_code, r.reason))
+        .collect();
+    // A reason only for a call refused before it ran.
     assert_eq!(
         outcomes,
         [
-            (Outcome::Success, None),
-            (Outcome::Rejected, Some("INVALID_ARGUMENTS")),
-            (Outcome::Success, None),
-            (Outcome::Failed, Some("TOOL_ERROR")),
-            (Outcome::Failed, Some("INTERNAL")),
-            (Outcome::Rejected, Some("INVALID_ARGUMENTS")),
-            (Outcome::Success, None),
-            (Outcome::Success, None),
-            (Outcome::Failed, Some("TIMEOUT")),
+            (Outcome::Success, None, None),
+            (
+                Outcome::Rejected,
+                Some("INVALID_ARGUMENTS"),
+                Some("invalid_arguments")
+            ),
+            (Outcome::Success, None, None),
+            (Outcome::Failed, Some("TOOL_ERROR"), None),
+            (Outcome::Failed, Some("INTERNAL"), None),
+            (
+                Outcome::Rejected,
+                Some("INVALID_ARGUMENTS"),
+                Some("invalid_arguments")
+            ),
+            (Outcome::Success, None, None),
+            (Outcome::Success, None, None),
+            (Outcome::Failed, Some("TIMEOUT"), None),
         ]
     );
     let all = serde_json::to_string(&records.iter().map(AuditRecord::to_json).collect::<Vec<_>>())

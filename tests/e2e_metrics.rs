@@ -114,30 +114,23 @@ async fn scraped_metrics_match_the_calls() {
     let init = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "metrics", "version": "1"}}});
-    for expected in [200, 429] {
-        let r = client
+    let initialize = |credential: String| {
+        client
             .post(&url)
-            .header("authorization", format!("Bearer {}", key.expose()))
+            .header("authorization", format!("Bearer {credential}"))
             .header("accept", "application/json, text/event-stream")
             .header("content-type", "application/json")
             .body(init.to_string())
             .send()
-            .await
-            .expect("answers");
+    };
+    for expected in [200, 429] {
+        let r = initialize(key.expose().to_owned()).await.expect("answers");
         assert_eq!(r.status(), expected);
     }
     // Security events: audited like calls, the first two; the next two are over the
     // record budget.
     for _ in 0..4 {
-        let r = client
-            .post(&url)
-            .header("authorization", "Bearer not-a-key")
-            .header("accept", "application/json, text/event-stream")
-            .header("content-type", "application/json")
-            .body(init.to_string())
-            .send()
-            .await
-            .expect("answers");
+        let r = initialize("not-a-key".to_owned()).await.expect("answers");
         assert_eq!(r.status(), 401);
     }
     let mut page = String::new();

@@ -67,6 +67,20 @@ impl ErrorCode {
     pub const fn is_security_event(self) -> bool {
         matches!(self, ErrorCode::Unauthenticated | ErrorCode::Forbidden)
     }
+
+    /// The audit record's `reason` for a call refused with this code.
+    pub(crate) const fn reason(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "insufficient_scope",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidArguments => "invalid_arguments",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::ToolError => "tool_error",
+            ErrorCode::Internal => "internal",
+        }
+    }
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -24,18 +24,27 @@ pub(crate) struct Refusal {
     pub error: ToolError,
     pub outcome: Outcome,
     pub detail: Option<String>,
+    /// The record's `reason` when the call was refused before it ran.
+    pub reason: &'static str,
 }
 
 impl Refusal {
-    fn before_run(error: ToolError) -> Self {
+    /// A call refused before it ran with `error`: `outcome`, and the code's reason.
+    pub(crate) fn refused(error: ToolError, outcome: Outcome) -> Self {
         Self {
-            outcome: Outcome::of_refusal(error.code),
+            outcome,
+            reason: error.code.reason(),
             error,
             detail: None,
         }
     }
+    fn before_run(error: ToolError) -> Self {
+        let outcome = Outcome::of_refusal(error.code);
+        Self::refused(error, outcome)
+    }
     fn failed(error: ToolError, detail: impl Into<String>) -> Self {
         Self {
+            reason: error.code.reason(),
             error,
             outcome: Outcome::Failed,
             detail: Some(detail.into()),
@@ -239,17 +248,17 @@ pub(crate) fn record<S>(
     refusal: Option<&Refusal>,
     elapsed: Duration,
 ) {
+    let refused = refusal.filter(|r| matches!(r.outcome, Outcome::Denied | Outcome::Rejected));
     // An anonymous caller's refusal over the record budget is summed up instead.
-    if let (Some(budget), Some(refusal), Some(source)) = (&info.budget, refusal, info.source) {
-        if matches!(refusal.outcome, Outcome::Denied | Outcome::Rejected)
-            && !budget.admit(
-                source.ip(),
-                AuditEvent::ToolCall,
-                refusal.error.code.as_str(),
-                refusal.outcome,
-            )
-        {
-            return;
+    if let (Some(budget), Some(source)) = (&info.budget, info.source) {
+        budget.summarize(false);
+        if let Some(r) = refused {
+            if !budget.admit(source.ip(), AuditEvent::ToolCall, r.reason, r.outcome) {
+                return;
+            }
+            if r.outcome == Outcome::Denied {
+                tracing::warn!(target: "mcp_harden::security", tool = %info.tool, code = r.error.code.as_str(), "call denied");
+            }
         }
     }
     // A hand-written `redact_json` or `audit_json` could panic on odd input: never let that
@@ -277,7 +286,7 @@ pub(crate) fn record<S>(
         outcome: refusal.map_or(Outcome::Success, |r| r.outcome),
         error_code: refusal.map(|r| r.error.code.as_str()),
         retryable: refusal.is_some_and(|r| r.error.retryable),
-        reason: None,
+        reason: refused.map(|r| r.reason),
         detail: refusal.and_then(|r| r.detail.clone()),
         duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         transport: info.transport,

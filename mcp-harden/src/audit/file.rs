@@ -470,10 +470,13 @@ impl AuditSink for FileAuditSink {
         // is one. Anyone can cause refusals of unauthenticated or anonymous requests: those
         // never take a call's slot. An authenticated caller's (a scope or session refusal,
         // bounded by its credentials) may, so that a flood of the former cannot hide it.
+        // A summary of refusals held back stands for many: it may take a call's slot too.
         let authenticated = record.principal.subject.is_some()
             && record.principal.auth_method != crate::auth::AuthMethod::Anonymous.as_str();
         let permit = match self.events.clone().try_acquire_owned() {
-            Err(_) if authenticated => self.slots.clone().try_acquire_owned(),
+            Err(_) if authenticated || record.event == crate::audit::AuditEvent::Unrecorded => {
+                self.slots.clone().try_acquire_owned()
+            }
             taken => taken,
         };
         match permit {

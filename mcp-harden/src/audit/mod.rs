@@ -110,8 +110,9 @@ pub struct Unrecorded {
 pub struct UnrecordedReason {
     /// The event the refusals would have been recorded as.
     pub event: AuditEvent,
-    /// Their reason: a refused request's (`missing_credentials`, `foreign_host`, …), or a
-    /// refused call's error code (`INVALID_ARGUMENTS`, `RATE_LIMITED`, …).
+    /// Their reason, as their own records would have had it: a refused request's
+    /// (`missing_credentials`, `foreign_host`, …) or a refused call's (`unknown_tool`,
+    /// `invalid_arguments`, `rate_limited`, …).
     pub reason: &'static str,
     /// How many.
     pub count: u64,
@@ -212,7 +213,8 @@ pub struct AuditRecord {
     /// Whether the client was told it may retry.
     pub retryable: bool,
     /// Why a request was refused before reaching a tool (e.g. `expired`, `wrong_audience`,
-    /// `foreign_origin`).
+    /// `foreign_origin`), or a call before its tool ran (`unknown_tool`, `invalid_arguments`,
+    /// `rate_limited`, `insufficient_scope`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     /// Server-side detail of a failure (the tool error's text, a panic message). Never sent

@@ -299,9 +299,10 @@ impl HttpConfig {
     /// burst of 0 means `per_minute`).
     ///
     /// Every request refused before its caller is known (no credential, a bad one, a
-    /// throttled source, a foreign `Host` or `Origin`, a late body) and every refused call of
-    /// an anonymous caller (an unknown tool, arguments refused, a rate limit, a missing
-    /// scope) is a security event with an audit record and a log line. Beyond this budget, or
+    /// throttled source, a foreign `Host` or `Origin`) and every refusal of an anonymous
+    /// caller (a late body, a session, an unknown tool, arguments refused, a rate limit, a
+    /// missing scope) has an audit record (and, a security event, a log line). Beyond this
+    /// budget, or
     /// [`refusal_records_total`](Self::refusal_records_total), a refusal is still answered
     /// and counted (`mcp_harden_audit_records_total{result="suppressed"}`), and summed up in
     /// one [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record once
@@ -310,8 +311,9 @@ impl HttpConfig {
     /// sources that sent most. Without a budget, anyone who can reach the port could write to
     /// the audit log as fast as they send requests, filling the disk or rotating older
     /// records away; with the defaults, refusals add at most 300 records a minute (about
-    /// 430 000 a day) plus a summary every 10 s. An authenticated caller's refusals (bounded
-    /// by its credentials) and every call that runs are always recorded.
+    /// 430 000 a day) after a first burst of 100, plus a summary every 10 s. An
+    /// authenticated caller's refusals (bounded by its credentials) and every call that runs
+    /// are always recorded.
     ///
     /// The source's budget is asked first; while the total is used up, a source's own is
     /// still spent on its refusals held back.
@@ -633,6 +635,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             config.refusal_records_per_source,
             config.refusal_records_total,
             config.refusal_summary_interval,
+            self.inner.audit.clone(),
         )
         .map(Arc::new)
         .ok_or_else(|| {
@@ -735,7 +738,9 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
     }
 
     /// The endpoint's router, guard included, to drive without a listener (the benchmarks).
-    /// Requests need a `ConnectInfo<SocketAddr>` extension for the peer address.
+    /// Requests need a `ConnectInfo<SocketAddr>` extension for the peer address. Without
+    /// [`serve`](Self::serve), refusals held back over the record budget are summed up only
+    /// with a later refusal or when the router and this server are dropped.
     #[doc(hidden)]
     pub fn router(&self) -> Router {
         self.app.clone()
@@ -1135,14 +1140,6 @@ struct Gate {
     sessions: Option<Arc<Sessions>>,
 }
 
-/// The last refusals held back are summed up when the guard goes (a server dropped
-/// without being served to its end, or a router driven by hand).
-impl Drop for Gate {
-    fn drop(&mut self) {
-        self.summarize_unrecorded(true);
-    }
-}
-
 /// What the guard needs of the server, without its state type.
 trait GateServer: Send + Sync + 'static {
     fn audit(&self, record: &AuditRecord);
@@ -1239,9 +1236,7 @@ impl Gate {
     /// Records the summary of the refusals held back over the record budget, when one is
     /// due (`force`: whenever there are any).
     fn summarize_unrecorded(&self, force: bool) {
-        if let Some(summary) = self.refusals.summary(force) {
-            self.hardened.audit(&summary);
-        }
+        self.refusals.summarize(force);
     }
 
     /// A new session refused for want of room: audited, counted, and answered 429 (the

@@ -341,13 +341,16 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             let tool = crate::audit::cut_chars(&name, 128).to_owned();
             let info = call_info(trace, std::borrow::Cow::Owned(tool), principal);
             let refusal = pipeline::Refusal {
-                error: crate::ToolError::new(
-                    crate::ErrorCode::InvalidArguments,
-                    "unknown tool",
-                    false,
-                ),
-                outcome: crate::audit::Outcome::Rejected,
                 detail: Some("unknown tool".to_owned()),
+                reason: "unknown_tool",
+                ..pipeline::Refusal::refused(
+                    crate::ToolError::new(
+                        crate::ErrorCode::InvalidArguments,
+                        "unknown tool",
+                        false,
+                    ),
+                    crate::audit::Outcome::Rejected,
+                )
             };
             let elapsed = started.elapsed();
             pipeline::record(inner, slot, info, raw, None, Some(&refusal), elapsed);
@@ -394,20 +397,16 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         );
         let stages = async {
             let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
-                // An anonymous caller's denials over HTTP are logged by their records alone,
+                // An anonymous caller's denials over HTTP are logged with their records,
                 // within the record budget.
                 if budget.is_none() {
                     tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
                 }
-                pipeline::Refusal { outcome: crate::audit::Outcome::Denied, error: e, detail: None }
+                pipeline::Refusal::refused(e, crate::audit::Outcome::Denied)
             })?;
             let _permit = pipeline::limit(inner, entry, &caller, &rc.ct)
                 .await
-                .map_err(|e| pipeline::Refusal {
-                    outcome: crate::audit::Outcome::Rejected,
-                    error: e,
-                    detail: None,
-                })?;
+                .map_err(|e| pipeline::Refusal::refused(e, crate::audit::Outcome::Rejected))?;
             let timeout = entry.spec.timeout.unwrap_or(inner.default_timeout);
             let value = pipeline::run(
                 entry,

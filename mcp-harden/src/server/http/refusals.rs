@@ -1,12 +1,12 @@
 //! How many refused requests are recorded one by one.
 //!
 //! Every request the guard refuses without knowing who sent it (no credential, a bad one, a
-//! throttled source, a foreign `Host`, a late body) is a security event with its own audit
-//! record and log line, and so is every refused call of an anonymous caller (an unknown
-//! tool, arguments refused, a rate limit). Unbounded, that lets anyone who can reach the
-//! port write to the audit log as fast as they can send requests: fill the disk, or, with
-//! rotated files retained in a bounded number, rotate the records of earlier calls out of
-//! existence.
+//! throttled source, a foreign `Host` or `Origin`) has its own audit record and log line,
+//! and so has every refusal of an anonymous caller (a late body, a session, an unknown tool,
+//! arguments refused, a rate limit, a missing scope). Unbounded, that lets anyone who can
+//! reach the port write to the audit log as fast as they can send requests: fill the disk,
+//! or, with rotated files retained in a bounded number, rotate the records of earlier calls
+//! out of existence.
 //!
 //! [`RefusalRecords`] bounds it twice with GCRA: per source (an IPv4 address, an IPv6 /64)
 //! and for all sources together. A refusal over either budget is still answered, counted
@@ -21,14 +21,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::audit::{
-    AuditEvent, AuditPrincipal, AuditRecord, Outcome, SourceCount, Timestamp, Unrecorded,
-    UnrecordedReason, AUDIT_RECORD_VERSION,
+    AuditEvent, AuditPrincipal, AuditRecord, AuditSink, Outcome, SourceCount, Timestamp,
+    Unrecorded, UnrecordedReason, AUDIT_RECORD_VERSION,
 };
 use crate::limits::rate::SweepPace;
 use crate::telemetry::{AuditResult, TraceIds};
@@ -55,6 +55,9 @@ pub(crate) struct RefusalRecords {
     every: Duration,
     /// What `due` counts from.
     epoch: Instant,
+    /// Where summaries go: the server's sink, held so that the last summary is recorded
+    /// when the last of the guard and the calls it let through lets go of this.
+    sink: Arc<dyn AuditSink>,
     /// When the summary of the refusals held back is due, in nanoseconds from `epoch`;
     /// `u64::MAX` when none is held: a refusal takes the lock only to be held back, never
     /// to learn that no summary is due.
@@ -80,7 +83,12 @@ impl RefusalRecords {
     /// `per_source` and `total` are `(per_minute, burst)` (a burst of 0: `per_minute`);
     /// `every`, how long after the first refusal held back the summary is due. `None` if a
     /// rate is zero.
-    pub(super) fn new(per_source: (u32, u32), total: (u32, u32), every: Duration) -> Option<Self> {
+    pub(super) fn new(
+        per_source: (u32, u32),
+        total: (u32, u32),
+        every: Duration,
+        sink: Arc<dyn AuditSink>,
+    ) -> Option<Self> {
         let quota = |(per_minute, burst): (u32, u32)| {
             let per_minute = NonZeroU32::new(per_minute)?;
             Some(
@@ -95,6 +103,7 @@ impl RefusalRecords {
             held: Mutex::new(Held::default()),
             every,
             epoch: Instant::now(),
+            sink,
             due: AtomicU64::new(u64::MAX),
         })
     }
@@ -158,16 +167,21 @@ impl RefusalRecords {
         false
     }
 
-    /// The summary of the refusals held back, when one is due (the summary interval after
-    /// the first of them), or now with `force`. Taking it starts the count again.
-    pub(super) fn summary(&self, force: bool) -> Option<AuditRecord> {
-        let due = self.due.load(Ordering::Acquire);
-        if due == u64::MAX {
-            return None;
+    /// Records the summary of the refusals held back, when one is due (the summary interval
+    /// after the first of them), or now with `force`.
+    pub(crate) fn summarize(&self, force: bool) {
+        if let Some(summary) = self.summary(force) {
+            crate::audit::deliver(&*self.sink, None, &summary);
         }
+    }
+
+    /// The summary of the refusals held back, when one is due, or now with `force` (which
+    /// always looks, under the lock). Taking it starts the count again.
+    fn summary(&self, force: bool) -> Option<AuditRecord> {
         if !force {
+            let due = self.due.load(Ordering::Acquire);
             let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if now < due {
+            if due == u64::MAX || now < due {
                 return None;
             }
         }
@@ -223,9 +237,27 @@ impl RefusalRecords {
     }
 }
 
+/// The refusals held back since the last summary are summed up when the guard and every
+/// call it let through are gone (a server dropped, calls refused after serving ended).
+impl Drop for RefusalRecords {
+    fn drop(&mut self) {
+        self.summarize(true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that keeps nothing (the tests read summaries with `summary`).
+    fn sink() -> Arc<dyn AuditSink> {
+        #[derive(Default)]
+        struct Nothing;
+        impl AuditSink for Nothing {
+            fn record(&self, _: &AuditRecord) {}
+        }
+        Arc::new(Nothing)
+    }
 
     const ALICE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
     const BOB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
@@ -236,7 +268,8 @@ mod tests {
 
     #[test]
     fn a_source_over_its_budget_is_summed_up() {
-        let r = RefusalRecords::new((1, 3), (1_000, 1_000), SUMMARY_EVERY).expect("budgets");
+        let r =
+            RefusalRecords::new((1, 3), (1_000, 1_000), SUMMARY_EVERY, sink()).expect("budgets");
         let recorded = (0..10)
             .filter(|_| refuse(&r, ALICE, "missing_credentials"))
             .count();
@@ -282,7 +315,8 @@ mod tests {
 
     #[test]
     fn all_sources_share_a_total_budget() {
-        let r = RefusalRecords::new((1_000, 1_000), (1, 5), SUMMARY_EVERY).expect("budgets");
+        let r =
+            RefusalRecords::new((1_000, 1_000), (1, 5), SUMMARY_EVERY, sink()).expect("budgets");
         let recorded = (0..40u8)
             .filter(|i| {
                 let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, *i));
@@ -308,7 +342,8 @@ mod tests {
 
     #[test]
     fn reasons_are_counted_apart_and_sources_by_slash_64() {
-        let r = RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY).expect("budgets");
+        let r =
+            RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY, sink()).expect("budgets");
         let v6 =
             |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
         assert!(refuse(&r, v6(1), "invalid_token"));
@@ -342,7 +377,8 @@ mod tests {
 
     #[test]
     fn sources_beyond_the_cap_are_counted_not_told_apart() {
-        let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX), SUMMARY_EVERY).expect("budgets");
+        let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX), SUMMARY_EVERY, sink())
+            .expect("budgets");
         let n = MAX_SOURCES as u32 + 10;
         for i in 0..n {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
@@ -358,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_source_over_its_own_budget_leaves_the_total_alone() {
-        let r = RefusalRecords::new((1, 2), (1, 3), SUMMARY_EVERY).expect("budgets");
+        let r = RefusalRecords::new((1, 2), (1, 3), SUMMARY_EVERY, sink()).expect("budgets");
         let recorded = (0..10)
             .filter(|_| refuse(&r, ALICE, "invalid_token"))
             .count();
@@ -371,7 +407,7 @@ mod tests {
     #[test]
     fn a_summary_is_due_the_interval_after_the_first_refusal_held_back() {
         let every = Duration::from_millis(50);
-        let r = RefusalRecords::new((1, 1), (1_000, 1_000), every).expect("budgets");
+        let r = RefusalRecords::new((1, 1), (1_000, 1_000), every, sink()).expect("budgets");
         assert!(refuse(&r, ALICE, "invalid_token"));
         assert!(r.summary(false).is_none(), "nothing held back");
         assert!(!refuse(&r, ALICE, "invalid_token"));
@@ -393,7 +429,8 @@ mod tests {
 
     #[test]
     fn an_ipv6_source_is_written_as_its_slash_64() {
-        let r = RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY).expect("budgets");
+        let r =
+            RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY, sink()).expect("budgets");
         let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6));
         assert!(refuse(&r, ip, "invalid_token"));
         assert!(!refuse(&r, ip, "invalid_token"));
@@ -403,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_zero_rate_is_refused() {
-        assert!(RefusalRecords::new((0, 1), (1, 1), SUMMARY_EVERY).is_none());
-        assert!(RefusalRecords::new((1, 1), (0, 1), SUMMARY_EVERY).is_none());
+        assert!(RefusalRecords::new((0, 1), (1, 1), SUMMARY_EVERY, sink()).is_none());
+        assert!(RefusalRecords::new((1, 1), (0, 1), SUMMARY_EVERY, sink()).is_none());
     }
 }
