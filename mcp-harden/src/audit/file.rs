@@ -306,6 +306,7 @@ impl FileAuditConfig {
         let (file, state) = open_active(&self.path, self.key.as_ref(), self.adopt_plain)?;
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
+            loss_logged: crate::limits::rate::Moment::new(),
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -340,6 +341,8 @@ impl FileAuditConfig {
 }
 
 struct Shared {
+    /// When a lost or refused record was last logged.
+    loss_logged: crate::limits::rate::Moment,
     written: AtomicU64,
     dropped: AtomicU64,
     refused: AtomicU64,
@@ -459,7 +462,16 @@ impl FileAuditSink {
         if self.tx.send(Item::Record((value, permit))).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             crate::telemetry::audit(crate::telemetry::AuditResult::Dropped);
-            tracing::error!(target: "mcp_harden::audit", "the audit writer has stopped; a record is lost");
+            self.log_loss("the audit writer has stopped: records are lost");
+        }
+    }
+
+    /// Logs a lost record, or a call refused for want of a slot, at most once a second: a
+    /// stalled disk or a stopped writer would otherwise log at the rate of requests. The
+    /// counts are totals since the sink opened.
+    fn log_loss(&self, what: &'static str) {
+        if self.shared.loss_logged.claim(Duration::from_secs(1)) {
+            tracing::error!(target: "mcp_harden::audit", dropped = self.dropped(), refused = self.refused(), "{what} (logged at most once a second)");
         }
     }
 }
@@ -484,7 +496,7 @@ impl AuditSink for FileAuditSink {
             Err(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 crate::telemetry::audit(crate::telemetry::AuditResult::Dropped);
-                tracing::error!(target: "mcp_harden::audit", "the audit queue is full; a security event record is dropped");
+                self.log_loss("the audit queue is full: security event records are dropped");
             }
         }
     }
@@ -495,7 +507,7 @@ impl AuditSink for FileAuditSink {
             Err(_) if self.full == QueueFull::AdmitAndCount => Ok(AuditSlot::unreserved()),
             Err(_) => {
                 self.shared.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(target: "mcp_harden::audit", "the audit queue is full: a call is refused");
+                self.log_loss("the audit queue is full: calls are refused");
                 Err(AuditUnavailable)
             }
         }
