@@ -871,3 +871,57 @@ fn a_million_distinct_callers_stay_bounded() {
         grown >> 20
     );
 }
+
+/// An agent looping past its rate limit: every call is answered, but the rejections are
+/// recorded within the caller's budget and the rest summed up when the audit is flushed.
+#[tokio::test]
+async fn a_caller_looping_past_its_limit_is_recorded_within_a_budget() {
+    let app = Arc::new(App::default());
+    let audit = common::Collect::default();
+    let server = builder(&app)
+        .tool::<tiered>()
+        .audit_sink(audit.clone())
+        .rejected_records_per_caller(1, 5)
+        .build()
+        .expect("the server builds");
+    let c = connect(&server).await;
+    let mut limited = 0;
+    for _ in 0..40 {
+        let r = call(&c, "tiered").await;
+        if r.is_error == Some(true) {
+            retryable(&r, "RATE_LIMITED");
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 38, "two calls a minute");
+    let records = audit.records();
+    let outcomes: Vec<_> = records
+        .iter()
+        .map(|r| (r.outcome, r.reason))
+        .collect::<Vec<_>>();
+    let mut expected = vec![(mcp_harden::audit::Outcome::Success, None); 2];
+    expected.extend([(mcp_harden::audit::Outcome::Rejected, Some("rate_limited")); 5]);
+    assert_eq!(outcomes, expected, "the calls that ran, and the burst of 5");
+
+    assert!(server.flush_audit(Duration::from_secs(5)).await);
+    let records = audit.records();
+    assert_eq!(records.len(), 8, "{records:#?}");
+    let summary = &records[7];
+    assert_eq!(summary.event, mcp_harden::audit::AuditEvent::Unrecorded);
+    assert_eq!(summary.transport, "local");
+    let u = summary.unrecorded.as_deref().expect("the summary");
+    assert_eq!(u.count, 33);
+    assert_eq!(u.distinct_callers, 1);
+    assert_eq!(u.top_callers[0].caller.subject.as_deref(), Some("tester"));
+    assert_eq!(u.top_callers[0].count, 33);
+    assert_eq!(
+        u.reasons
+            .iter()
+            .map(|r| (r.reason, r.count))
+            .collect::<Vec<_>>(),
+        [("rate_limited", 33)]
+    );
+    // Flushed again: nothing more to sum up.
+    assert!(server.flush_audit(Duration::from_secs(5)).await);
+    assert_eq!(audit.records().len(), 8);
+}

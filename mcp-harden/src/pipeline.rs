@@ -9,6 +9,7 @@ use futures::FutureExt;
 use rmcp::model::{CallToolResult, ContentBlock};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::budget::Who;
 use crate::audit::{
     redact_credentials, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
 };
@@ -65,7 +66,7 @@ pub(crate) struct CallInfo {
     pub transport: &'static str,
     pub source: Option<std::net::SocketAddr>,
     /// An anonymous caller's over HTTP: its refusals are recorded within this budget.
-    pub budget: Option<Arc<crate::server::http::RefusalRecords>>,
+    pub budget: Option<Arc<crate::audit::budget::RefusalRecords>>,
 }
 
 /// Stage 2: the tool's scopes against the caller's. A public tool admits anyone.
@@ -249,15 +250,31 @@ pub(crate) fn record<S>(
     elapsed: Duration,
 ) {
     let refused = refusal.filter(|r| matches!(r.outcome, Outcome::Denied | Outcome::Rejected));
-    // An anonymous caller's refusal over the record budget is summed up instead.
-    if let (Some(budget), Some(source)) = (&info.budget, info.source) {
-        budget.summarize(false);
-        if let Some(r) = refused {
-            if !budget.admit(source.ip(), AuditEvent::ToolCall, r.reason, r.outcome) {
-                return;
+    // A refusal over its record budget is summed up instead: an anonymous caller's over
+    // HTTP per source, an identified caller's rejection (not a security event) per caller.
+    match (&info.budget, info.source) {
+        (Some(budget), Some(source)) => {
+            budget.summarize(false);
+            if let Some(r) = refused {
+                let who = Who::Source(source.ip());
+                if !budget.admit(who, AuditEvent::ToolCall, r.reason, r.outcome) {
+                    return;
+                }
+                if r.outcome == Outcome::Denied {
+                    tracing::warn!(target: "mcp_harden::security", tool = %info.tool, code = r.error.code.as_str(), "call denied");
+                }
             }
-            if r.outcome == Outcome::Denied {
-                tracing::warn!(target: "mcp_harden::security", tool = %info.tool, code = r.error.code.as_str(), "call denied");
+        }
+        _ => {
+            inner.rejected.summarize(false);
+            if let Some(r) = refused.filter(|r| r.outcome == Outcome::Rejected) {
+                let who = Who::Caller(info.principal.as_deref(), info.transport);
+                if !inner
+                    .rejected
+                    .admit(who, AuditEvent::ToolCall, r.reason, r.outcome)
+                {
+                    return;
+                }
             }
         }
     }

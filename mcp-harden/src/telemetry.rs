@@ -10,7 +10,7 @@
 //! | `mcp_harden_tool_calls_in_flight` | gauge | `tool` |
 //! | `mcp_harden_auth_failures_total` | counter | `reason` |
 //! | `mcp_harden_rate_limited_total` | counter | `tool`, `limit` (`tool`, `principal`, `global`) |
-//! | `mcp_harden_audit_records_total` | counter | `result`: `recorded` (handed to the sink: tool calls, security events and summaries of refusals), `dropped` (of those, lost by the file sink: its queue full or its writer stopped), `refused` (calls refused for want of an audit slot), `suppressed` (refusals of unknown or anonymous callers over HTTP beyond the record budget, summed up in an `unrecorded` record instead) |
+//! | `mcp_harden_audit_records_total` | counter | `result`: `recorded` (handed to the sink: tool calls, security events and summaries of refusals), `dropped` (of those, lost by the file sink: its queue full or its writer stopped), `refused` (calls refused for want of an audit slot), `suppressed` (refusals beyond a record budget: of unknown or anonymous callers over HTTP, or identified callers' rejected calls; summed up in an `unrecorded` record instead) |
 //! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
 //! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`caller`, `anonymous`, `server`) |
 //! | `mcp_harden_rate_store_unavailable_total` | counter | `fail` (`closed`, `open`, `local`), `reason` (`failed`, `resting`): rate decisions the shared store did not make |
@@ -223,8 +223,7 @@ pub(crate) enum AuditResult {
     Refused = 1,
     /// A record the file sink handed back unwritten (its queue full, its writer stopped).
     Dropped = 2,
-    /// A refusal of an unknown or anonymous caller over HTTP beyond the record budget,
-    /// summed up instead of recorded.
+    /// A refusal beyond a record budget, summed up instead of recorded.
     Suppressed = 3,
 }
 

@@ -4,6 +4,7 @@
 //! `tracing` event with target `mcp_harden::audit`. Where it goes is the subscriber's choice;
 //! on stdio it must be stderr, never stdout, which carries the protocol.
 
+pub(crate) mod budget;
 pub mod file;
 mod redact;
 
@@ -75,9 +76,11 @@ pub enum AuditEvent {
     /// (reason `session_owned_by_another_principal`), or a new one beyond the server's or
     /// the caller's bound (`too_many_sessions`, `too_many_sessions_for_caller`).
     Session,
-    /// Refusals over HTTP not recorded one by one, over the record budget for requests of
-    /// unknown or anonymous callers
-    /// ([`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source)):
+    /// Refusals not recorded one by one, over a record budget (for requests of unknown or
+    /// anonymous callers over HTTP,
+    /// [`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source);
+    /// for identified callers' rejected calls,
+    /// [`HardenedBuilder::rejected_records_per_caller`](crate::HardenedBuilder::rejected_records_per_caller)):
     /// one summary ([`AuditRecord::unrecorded`]) stands for them, reason `record_budget`.
     Unrecorded,
 }
@@ -95,13 +98,40 @@ pub struct Unrecorded {
     pub last: Timestamp,
     /// How many for each event and reason, in order of first appearance.
     pub reasons: Vec<UnrecordedReason>,
-    /// From how many sources (IPv4 addresses, IPv6 /64 networks), at most 4 096 told apart.
+    /// From how many sources (IPv4 addresses, IPv6 /64 networks; over HTTP, refusals of
+    /// unknown or anonymous callers), at most 4 096 told apart.
+    #[serde(skip_serializing_if = "is_zero")]
     pub distinct_sources: u64,
     /// Whether further sources sent some too, counted in `count` but not told apart.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub more_sources: bool,
     /// The sources that sent most, most first (at most 10).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub top_sources: Vec<SourceCount>,
+    /// From how many callers (identified callers' calls rejected before they ran), at most
+    /// 4 096 told apart.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub distinct_callers: u64,
+    /// Whether further callers made some too, counted in `count` but not told apart.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub more_callers: bool,
+    /// The callers that made most, most first (at most 10).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_callers: Vec<CallerCount>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How many refusals of a summary one caller made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CallerCount {
+    /// The caller, as its own records name it.
+    pub caller: AuditPrincipal,
+    /// How many.
+    pub count: u64,
 }
 
 /// How many refusals of one event and reason a summary stands for.

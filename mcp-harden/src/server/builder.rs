@@ -42,6 +42,9 @@ pub enum BuildError {
         /// Why.
         reason: &'static str,
     },
+    /// A record budget for rejected calls of zero a minute.
+    #[error("the rejected-call record budgets must be at least 1/min")]
+    InvalidRecordBudget,
     /// A tier multiplier that is not a finite number above zero.
     #[error("the tier `{0}` has an unusable multiplier: it must be a finite number above 0")]
     InvalidTier(String),
@@ -88,6 +91,8 @@ pub struct HardenedBuilder<S> {
     /// A shared rate-limit store and what to do when it cannot decide (`None`: in memory).
     store: Option<(Arc<dyn RateLimitStore>, FailMode)>,
     max_tracked: usize,
+    rejected_records_per_caller: (u32, u32),
+    rejected_records_total: (u32, u32),
 }
 
 impl<S: Send + Sync + 'static> HardenedBuilder<S> {
@@ -99,6 +104,8 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             audit: Arc::new(TracingAuditSink),
             default_timeout: Duration::from_secs(30),
             max_output_bytes: 1024 * 1024,
+            rejected_records_per_caller: (30, 20),
+            rejected_records_total: (300, 100),
             name: "mcp-harden".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instructions: None,
@@ -145,6 +152,34 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// The largest result, in bytes of JSON text, a tool may return (default: 1 MiB).
     pub fn max_output_bytes(mut self, bytes: usize) -> Self {
         self.max_output_bytes = bytes;
+        self
+    }
+
+    /// An identified caller's calls rejected before they ran, for a reason that is not a
+    /// security event (a rate limit, a busy tool, arguments refused, an unknown tool),
+    /// recorded one by one per caller: `per_minute` sustained with bursts of `burst` (default
+    /// 30 and 20; a burst of 0 means `per_minute`).
+    ///
+    /// An agent looping on its own mistake (calling on past its rate limit, resending
+    /// arguments that are refused) can cause thousands of rejections a minute. Beyond this
+    /// budget, or [`rejected_records_total`](Self::rejected_records_total), a rejection is
+    /// still answered and counted (`mcp_harden_tool_calls_total`,
+    /// `mcp_harden_audit_records_total{result="suppressed"}`), and summed up in one
+    /// [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record 10 s after the first held
+    /// back, and when the audit is flushed at shutdown: how many, when, for which reasons,
+    /// and the callers that made most. Security events (a missing scope) and every call that
+    /// runs are always recorded. Anonymous callers over HTTP are bounded per source instead
+    /// ([`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source)).
+    pub fn rejected_records_per_caller(mut self, per_minute: u32, burst: u32) -> Self {
+        self.rejected_records_per_caller = (per_minute, burst);
+        self
+    }
+
+    /// Rejected calls recorded one by one from all callers together (default 300 a minute,
+    /// bursts of 100; a burst of 0 means `per_minute`); see
+    /// [`rejected_records_per_caller`](Self::rejected_records_per_caller).
+    pub fn rejected_records_total(mut self, per_minute: u32, burst: u32) -> Self {
+        self.rejected_records_total = (per_minute, burst);
         self
     }
 
@@ -327,6 +362,13 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         if let Some(i) = self.instructions {
             info = info.with_instructions(i);
         }
+        let rejected = crate::audit::budget::RefusalRecords::new(
+            self.rejected_records_per_caller,
+            self.rejected_records_total,
+            crate::audit::budget::SUMMARY_EVERY,
+            self.audit.clone(),
+        )
+        .ok_or(BuildError::InvalidRecordBudget)?;
         Ok(Hardened {
             inner: Arc::new(Inner {
                 state: self.state,
@@ -340,6 +382,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 inflight: tokio_util::task::TaskTracker::new(),
                 backend,
                 principal_rate,
+                rejected,
             }),
             local: None,
             transport: "none",

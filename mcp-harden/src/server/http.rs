@@ -39,9 +39,8 @@ use crate::auth::{AuthContext, AuthFailure, Authenticator, Authenticators, Princ
 use crate::errors::{ErrorCode, ToolError};
 use crate::spec::Scopes;
 
-mod refusals;
 mod sessions;
-pub(crate) use refusals::RefusalRecords;
+use crate::audit::budget::{RefusalRecords, Who};
 use sessions::{Bounds, Full, Opener, OwnedSessions, SessionCheck, Sessions};
 
 /// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
@@ -148,7 +147,7 @@ impl HttpConfig {
             auth_failures: (10, 10),
             refusal_records_per_source: (30, 20),
             refusal_records_total: (300, 100),
-            refusal_summary_interval: refusals::SUMMARY_EVERY,
+            refusal_summary_interval: crate::audit::budget::SUMMARY_EVERY,
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(30),
@@ -772,6 +771,7 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
                 loop {
                     tick.tick().await;
                     gate.summarize_unrecorded(false);
+                    gate.hardened.summarize_rejected();
                 }
             }
         }));
@@ -1013,6 +1013,18 @@ fn split_host(s: &str) -> Option<(&str, Option<u16>)> {
     (!host.is_empty()).then_some((host, port))
 }
 
+/// What limits and budgets count a source address by: IPv4 per address; IPv6 per /64 (one
+/// host usually owns a whole /64).
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// Failed authentications per source (GCRA); a source over the limit is refused without
 /// its credentials being checked until the limiter would admit it again.
 struct AuthThrottle {
@@ -1042,15 +1054,9 @@ impl AuthThrottle {
         })
     }
 
-    /// IPv4 per address; IPv6 per /64 (one host usually owns a whole /64).
+    /// See [`source_key`].
     fn key(ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-            },
-        }
+        source_key(ip)
     }
 
     /// How long `ip` must still wait, if it is blocked.
@@ -1147,6 +1153,8 @@ trait GateServer: Send + Sync + 'static {
     fn required_scopes(&self, tool: &str) -> Option<&'static [&'static str]>;
     /// Counts a reply in progress: shutdown waits for it.
     fn inflight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken;
+    /// Records the summary of rejected calls held back, if due.
+    fn summarize_rejected(&self);
 }
 
 impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
@@ -1161,6 +1169,9 @@ impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
     }
     fn inflight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
         self.inner.inflight.token()
+    }
+    fn summarize_rejected(&self) {
+        self.inner.rejected.summarize(false);
     }
 }
 
@@ -1199,7 +1210,7 @@ impl Gate {
         if budgeted
             && !self
                 .refusals
-                .admit(e.source.ip(), e.event, e.reason, outcome)
+                .admit(Who::Source(e.source.ip()), e.event, e.reason, outcome)
         {
             return false;
         }

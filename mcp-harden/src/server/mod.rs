@@ -74,6 +74,8 @@ pub(crate) struct Inner<S> {
     pub backend: Backend,
     /// Each caller's total across tools (tier-scaled).
     pub principal_rate: Option<Limit>,
+    /// How many rejected calls of identified callers are recorded one by one.
+    pub rejected: crate::audit::budget::RefusalRecords,
 }
 
 pub(crate) struct Entry<S> {
@@ -95,7 +97,7 @@ pub(crate) struct Entry<S> {
 struct Caller {
     principal: Option<Arc<Principal>>,
     source: Option<std::net::SocketAddr>,
-    budget: Option<Arc<http::RefusalRecords>>,
+    budget: Option<Arc<crate::audit::budget::RefusalRecords>>,
 }
 
 impl<S: Send + Sync + 'static> Hardened<S> {
@@ -216,12 +218,16 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         served
     }
 
-    /// Waits until every audit record handed to the sink so far is written (and synced, per
-    /// the sink's policy), or `timeout` passes; returns whether it finished. `serve_stdio`
+    /// Records the summary of rejected calls held back over their record budget, if any
+    /// ([`HardenedBuilder::rejected_records_per_caller`](crate::HardenedBuilder::rejected_records_per_caller)),
+    /// then waits until every audit record handed to the sink so far is written (and synced,
+    /// per the sink's policy), or `timeout` passes; returns whether it finished. `serve_stdio`
     /// and the HTTP server's shutdown call it; call it before the process exits when you
     /// serve otherwise (`serve_transport`, your own router), or records still queued are
     /// lost.
     pub async fn flush_audit(&self, timeout: std::time::Duration) -> bool {
+        // Rejected calls held back over the record budget: their summary first.
+        self.inner.rejected.summarize(true);
         let audit = self.inner.audit.clone();
         let done = tokio::task::spawn_blocking(move || audit.flush(timeout))
             .await

@@ -1,21 +1,25 @@
-//! How many refused requests are recorded one by one.
+//! How many refusals are recorded one by one.
 //!
-//! Every request the guard refuses without knowing who sent it (no credential, a bad one, a
-//! throttled source, a foreign `Host` or `Origin`) has its own audit record and log line,
-//! and so has every refusal of an anonymous caller (a late body, a session, an unknown tool,
-//! arguments refused, a rate limit, a missing scope). Unbounded, that lets anyone who can
-//! reach the port write to the audit log as fast as they can send requests: fill the disk,
-//! or, with rotated files retained in a bounded number, rotate the records of earlier calls
-//! out of existence.
+//! Every refusal has its own audit record. Unbounded, that lets whoever can cause refusals
+//! write to the audit log as fast as they can send requests: fill the disk, or, with rotated
+//! files retained in a bounded number, rotate the records of earlier calls out of existence.
+//! Two budgets bound it, each with GCRA per key and for all keys together:
 //!
-//! [`RefusalRecords`] bounds it twice with GCRA: per source (an IPv4 address, an IPv6 /64)
-//! and for all sources together. A refusal over either budget is still answered, counted
-//! in the metrics and summed up, but not recorded on its own; the refusals held back are
-//! recorded as one summary record ([`AuditEvent::Unrecorded`]: how many, when, for which
-//! reasons, from how many sources and which sent most) once the summary interval has passed
-//! since the first of them, and when the server stops. An authenticated caller's refusals
-//! (bounded by its credentials, and attributable) and every call that runs are always
-//! recorded.
+//! - over HTTP, per source (an IPv4 address, an IPv6 /64): every request the guard refuses
+//!   without knowing who sent it (no credential, a bad one, a throttled source, a foreign
+//!   `Host` or `Origin`), and every refusal of an anonymous caller (a late body, a session,
+//!   an unknown tool, arguments refused, a rate limit, a missing scope);
+//! - on every transport, per caller: an identified caller's calls rejected before they ran
+//!   for a reason that is not a security event (a rate limit, a busy tool, arguments
+//!   refused, an unknown tool), which an agent looping on its own mistake can cause by the
+//!   thousand a minute.
+//!
+//! A refusal over a budget is still answered and counted in the metrics, but not recorded
+//! on its own; the refusals held back are recorded as one summary record
+//! ([`AuditEvent::Unrecorded`]: how many, when, for which reasons, from whom) once the
+//! summary interval has passed since the first of them, and when the server stops. An
+//! identified caller's security events (a missing scope, a session of another's) and every
+//! call that runs are always recorded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,27 +31,43 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::audit::{
-    AuditEvent, AuditPrincipal, AuditRecord, AuditSink, Outcome, SourceCount, Timestamp,
-    Unrecorded, UnrecordedReason, AUDIT_RECORD_VERSION,
+    AuditEvent, AuditPrincipal, AuditRecord, AuditSink, CallerCount, Outcome, SourceCount,
+    Timestamp, Unrecorded, UnrecordedReason, AUDIT_RECORD_VERSION,
 };
+use crate::auth::Principal;
 use crate::limits::rate::SweepPace;
 use crate::telemetry::{AuditResult, TraceIds};
 
 /// Refusals held back are summed up in one record at most this often by default (and at
 /// shutdown).
-pub(super) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Most sources told apart in one summary; refusals from any further source are counted,
-/// but not by source.
-const MAX_SOURCES: usize = 4_096;
+/// Most sources, and most callers, told apart in one summary; refusals from any further one
+/// are counted, but not by whom.
+const MAX_TOLD_APART: usize = 4_096;
 
-/// Most sources named in a summary (those that sent most).
-const TOP_SOURCES: usize = 10;
+/// Most sources, and most callers, named in a summary (those that sent most).
+const TOP: usize = 10;
 
-/// The record budget for refused requests, and the refusals held back since the last
-/// summary.
+/// Whose refusal it is: what a budget is kept per.
+pub(crate) enum Who<'a> {
+    /// A source address (an IPv6 one is counted by its /64).
+    Source(IpAddr),
+    /// A caller, by its rate-limit key (`jwt:alice`; `None`: a call without any identity),
+    /// and the transport its call came through.
+    Caller(Option<&'a Principal>, &'static str),
+}
+
+/// A budget's key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Source(IpAddr),
+    Caller(Arc<str>),
+}
+
+/// The record budget for refusals, and the refusals held back since the last summary.
 pub(crate) struct RefusalRecords {
-    per_source: DefaultKeyedRateLimiter<IpAddr>,
+    per_key: DefaultKeyedRateLimiter<Key>,
     total: DefaultDirectRateLimiter,
     pace: SweepPace,
     held: Mutex<Held>,
@@ -55,13 +75,13 @@ pub(crate) struct RefusalRecords {
     every: Duration,
     /// What `due` counts from.
     epoch: Instant,
-    /// Where summaries go: the server's sink, held so that the last summary is recorded
-    /// when the last of the guard and the calls it let through lets go of this.
-    sink: Arc<dyn AuditSink>,
     /// When the summary of the refusals held back is due, in nanoseconds from `epoch`;
     /// `u64::MAX` when none is held: a refusal takes the lock only to be held back, never
     /// to learn that no summary is due.
     due: AtomicU64,
+    /// Where summaries go: the server's sink, held so that the last summary is recorded
+    /// when the last holder of the budget lets go of it.
+    sink: Arc<dyn AuditSink>,
 }
 
 /// Refusals held back since the last summary.
@@ -75,16 +95,23 @@ struct Held {
     denied: bool,
     reasons: Vec<UnrecordedReason>,
     sources: HashMap<IpAddr, u64>,
-    /// Whether a refusal came from a source beyond [`MAX_SOURCES`].
+    callers: HashMap<Arc<str>, (AuditPrincipal, u64)>,
+    /// Whether a refusal came from a source, or a caller, beyond [`MAX_TOLD_APART`].
     more_sources: bool,
+    more_callers: bool,
+    /// The transport of the refusals held back (`mixed` if they came through several).
+    transport: Option<&'static str>,
 }
 
+/// The rate-limit key of a call without any identity.
+const NO_ONE: &str = "none";
+
 impl RefusalRecords {
-    /// `per_source` and `total` are `(per_minute, burst)` (a burst of 0: `per_minute`);
-    /// `every`, how long after the first refusal held back the summary is due. `None` if a
-    /// rate is zero.
-    pub(super) fn new(
-        per_source: (u32, u32),
+    /// `per_key` and `total` are `(per_minute, burst)` (a burst of 0: `per_minute`);
+    /// `every`, how long after the first refusal held back the summary is due; summaries go
+    /// to `sink`. `None` if a rate is zero.
+    pub(crate) fn new(
+        per_key: (u32, u32),
         total: (u32, u32),
         every: Duration,
         sink: Arc<dyn AuditSink>,
@@ -97,36 +124,42 @@ impl RefusalRecords {
             )
         };
         Some(Self {
-            per_source: RateLimiter::keyed(quota(per_source)?),
+            per_key: RateLimiter::keyed(quota(per_key)?),
             total: RateLimiter::direct(quota(total)?),
             pace: SweepPace::new(),
             held: Mutex::new(Held::default()),
             every,
             epoch: Instant::now(),
-            sink,
             due: AtomicU64::new(u64::MAX),
+            sink,
         })
     }
 
-    /// Whether a refusal from `ip` is recorded on its own; if not, it is held back for the
+    /// Whether a refusal of `who`'s is recorded on its own; if not, it is held back for the
     /// next summary (and counted as `suppressed` in the audit records metric).
     ///
-    /// The source's budget is asked first, so that a source over its own does not use up
-    /// everyone's; while the total is used up, a source's own budget is still spent on its
+    /// The key's budget is asked first, so that one over its own does not use up
+    /// everyone's; while the total is used up, a key's own budget is still spent on its
     /// refusals held back (governor gives nothing back).
     pub(crate) fn admit(
         &self,
-        ip: IpAddr,
+        who: Who<'_>,
         event: AuditEvent,
         reason: &'static str,
         outcome: Outcome,
     ) -> bool {
-        let key = super::AuthThrottle::key(ip);
+        let (key, transport) = match who {
+            Who::Source(ip) => (Key::Source(crate::server::http::source_key(ip)), "http"),
+            Who::Caller(p, transport) => (
+                Key::Caller(p.map_or_else(|| Arc::from(NO_ONE), |p| p.rate_key().clone())),
+                transport,
+            ),
+        };
         if self.pace.due() {
-            self.per_source.retain_recent();
-            self.pace.swept(self.per_source.len());
+            self.per_key.retain_recent();
+            self.pace.swept(self.per_key.len());
         }
-        if self.per_source.check_key(&key).is_ok() && self.total.check().is_ok() {
+        if self.per_key.check_key(&key).is_ok() && self.total.check().is_ok() {
             return true;
         }
         crate::telemetry::audit(AuditResult::Suppressed);
@@ -142,6 +175,10 @@ impl RefusalRecords {
             );
         }
         held.last = Some(now);
+        held.transport = match held.transport {
+            Some(t) if t != transport => Some("mixed"),
+            _ => Some(transport),
+        };
         held.count += 1;
         held.denied |= outcome == Outcome::Denied;
         match held
@@ -156,13 +193,26 @@ impl RefusalRecords {
                 count: 1,
             }),
         }
-        let told_apart = held.sources.len();
-        match held.sources.get_mut(&key) {
-            Some(n) => *n += 1,
-            None if told_apart < MAX_SOURCES => {
-                held.sources.insert(key, 1);
-            }
-            None => held.more_sources = true,
+        let told_apart = held.sources.len() + held.callers.len();
+        match key {
+            Key::Source(ip) => match held.sources.get_mut(&ip) {
+                Some(n) => *n += 1,
+                None if told_apart < MAX_TOLD_APART => {
+                    held.sources.insert(ip, 1);
+                }
+                None => held.more_sources = true,
+            },
+            Key::Caller(k) => match held.callers.get_mut(&k) {
+                Some((_, n)) => *n += 1,
+                None if told_apart < MAX_TOLD_APART => {
+                    let principal = match who {
+                        Who::Caller(p, _) => AuditPrincipal::of(p),
+                        Who::Source(_) => AuditPrincipal::of(None),
+                    };
+                    held.callers.insert(k, (principal, 1));
+                }
+                None => held.more_callers = true,
+            },
         }
         false
     }
@@ -180,8 +230,11 @@ impl RefusalRecords {
     fn summary(&self, force: bool) -> Option<AuditRecord> {
         if !force {
             let due = self.due.load(Ordering::Acquire);
+            if due == u64::MAX {
+                return None;
+            }
             let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if due == u64::MAX || now < due {
+            if now < due {
                 return None;
             }
         }
@@ -192,14 +245,29 @@ impl RefusalRecords {
             std::mem::take(&mut *held)
         };
         let ((first, first_at), (last, last_at)) = (held.first?, held.last?);
-        let mut top: Vec<SourceCount> = held
+        let mut top_sources: Vec<SourceCount> = held
             .sources
             .iter()
             .map(|(&source, &count)| SourceCount { source, count })
             .collect();
         // Most first; ties in address order, so that a summary reads the same every time.
-        top.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.source.cmp(&b.source)));
-        top.truncate(TOP_SOURCES);
+        top_sources.sort_unstable_by(|a, b| b.count.cmp(&a.count).then(a.source.cmp(&b.source)));
+        top_sources.truncate(TOP);
+        let mut top_callers: Vec<(&Arc<str>, CallerCount)> = held
+            .callers
+            .iter()
+            .map(|(k, (caller, count))| {
+                (
+                    k,
+                    CallerCount {
+                        caller: caller.clone(),
+                        count: *count,
+                    },
+                )
+            })
+            .collect();
+        top_callers.sort_unstable_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        top_callers.truncate(TOP);
         let trace = TraceIds::continue_or_start(None);
         Some(AuditRecord {
             version: AUDIT_RECORD_VERSION,
@@ -222,7 +290,7 @@ impl RefusalRecords {
             reason: Some("record_budget"),
             detail: None,
             duration_us: u64::try_from((last_at - first_at).as_micros()).unwrap_or(u64::MAX),
-            transport: "http",
+            transport: held.transport.unwrap_or("none"),
             source: None,
             unrecorded: Some(Box::new(Unrecorded {
                 count: held.count,
@@ -231,14 +299,17 @@ impl RefusalRecords {
                 reasons: held.reasons,
                 distinct_sources: held.sources.len() as u64,
                 more_sources: held.more_sources,
-                top_sources: top,
+                top_sources,
+                distinct_callers: held.callers.len() as u64,
+                more_callers: held.more_callers,
+                top_callers: top_callers.into_iter().map(|(_, c)| c).collect(),
             })),
         })
     }
 }
 
-/// The refusals held back since the last summary are summed up when the guard and every
-/// call it let through are gone (a server dropped, calls refused after serving ended).
+/// The refusals held back since the last summary are summed up when the last holder of the
+/// budget lets go of it (a server dropped, calls refused after serving ended).
 impl Drop for RefusalRecords {
     fn drop(&mut self) {
         self.summarize(true);
@@ -263,7 +334,12 @@ mod tests {
     const BOB: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
 
     fn refuse(r: &RefusalRecords, ip: IpAddr, reason: &'static str) -> bool {
-        r.admit(ip, AuditEvent::Authentication, reason, Outcome::Denied)
+        r.admit(
+            Who::Source(ip),
+            AuditEvent::Authentication,
+            reason,
+            Outcome::Denied,
+        )
     }
 
     #[test]
@@ -320,7 +396,12 @@ mod tests {
         let recorded = (0..40u8)
             .filter(|i| {
                 let ip = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, *i));
-                r.admit(ip, AuditEvent::Transport, "foreign_host", Outcome::Rejected)
+                r.admit(
+                    Who::Source(ip),
+                    AuditEvent::Transport,
+                    "foreign_host",
+                    Outcome::Rejected,
+                )
             })
             .count();
         assert_eq!(recorded, 5);
@@ -332,7 +413,7 @@ mod tests {
         );
         let u = summary.unrecorded.as_deref().expect("the summary");
         assert_eq!((u.count, u.distinct_sources), (35, 35));
-        assert_eq!(u.top_sources.len(), TOP_SOURCES);
+        assert_eq!(u.top_sources.len(), TOP);
         // Ties in address order.
         assert_eq!(
             u.top_sources[0].source,
@@ -351,7 +432,7 @@ mod tests {
         assert!(!refuse(&r, v6(2), "invalid_token"));
         assert!(!refuse(&r, v6(3), "throttled"));
         assert!(!r.admit(
-            v6(4),
+            Who::Source(v6(4)),
             AuditEvent::Session,
             "too_many_sessions",
             Outcome::Rejected
@@ -379,7 +460,7 @@ mod tests {
     fn sources_beyond_the_cap_are_counted_not_told_apart() {
         let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX), SUMMARY_EVERY, sink())
             .expect("budgets");
-        let n = MAX_SOURCES as u32 + 10;
+        let n = MAX_TOLD_APART as u32 + 10;
         for i in 0..n {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             assert!(refuse(&r, ip, "invalid_token"), "first from each source");
@@ -388,7 +469,7 @@ mod tests {
         let summary = r.summary(true).expect("held back");
         let u = summary.unrecorded.as_deref().expect("the summary");
         assert_eq!(u.count, u64::from(n));
-        assert_eq!(u.distinct_sources, MAX_SOURCES as u64);
+        assert_eq!(u.distinct_sources, MAX_TOLD_APART as u64);
         assert!(u.more_sources);
     }
 
@@ -436,6 +517,53 @@ mod tests {
         assert!(!refuse(&r, ip, "invalid_token"));
         let json = r.summary(true).expect("held back").to_json();
         assert!(json.contains(r#""source":"2001:db8:1:2::/64""#), "{json}");
+    }
+
+    #[test]
+    fn callers_are_counted_by_their_rate_key_and_named_as_their_records_name_them() {
+        let r =
+            RefusalRecords::new((1, 2), (1_000, 1_000), SUMMARY_EVERY, sink()).expect("budgets");
+        let alice = Principal::local("alice", ["db:read"]);
+        let bob = Principal::local("bob", ["db:read"]);
+        let reject = |p: Option<&Principal>, transport| {
+            r.admit(
+                Who::Caller(p, transport),
+                AuditEvent::ToolCall,
+                "rate_limited",
+                Outcome::Rejected,
+            )
+        };
+        let recorded = (0..10).filter(|_| reject(Some(&alice), "stdio")).count();
+        assert_eq!(recorded, 2);
+        assert!(
+            reject(Some(&bob), "stdio"),
+            "another caller has its own budget"
+        );
+        assert!(reject(Some(&bob), "stdio"));
+        assert!(!reject(Some(&bob), "local"));
+        assert!(reject(None, "stdio"), "no identity: one budget of its own");
+        let summary = r.summary(true).expect("held back");
+        assert_eq!(summary.transport, "mixed");
+        assert_eq!(summary.outcome, Outcome::Rejected);
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!((u.count, u.distinct_callers, u.distinct_sources), (9, 2, 0));
+        let top: Vec<_> = u
+            .top_callers
+            .iter()
+            .map(|c| (c.caller.subject.as_deref(), c.caller.auth_method, c.count))
+            .collect();
+        assert_eq!(
+            top,
+            [(Some("alice"), "local", 8), (Some("bob"), "local", 1)]
+        );
+        let json = summary.to_json();
+        assert!(
+            json.contains(
+                r#""top_callers":[{"caller":{"subject":"alice","auth_method":"local"},"count":8}"#
+            ),
+            "{json}"
+        );
+        assert!(!json.contains("top_sources"), "{json}");
     }
 
     #[test]
