@@ -282,17 +282,27 @@ fn config() -> HttpConfig {
 }
 
 async fn start(config: HttpConfig) -> Srv {
+    start_with(config, |b| b).await
+}
+
+/// [`start`], the server's builder set up further by `setup`.
+async fn start_with(
+    config: HttpConfig,
+    setup: impl FnOnce(mcp_harden::HardenedBuilder<App>) -> mcp_harden::HardenedBuilder<App>,
+) -> Srv {
     capture_logs("trace");
     let app = Arc::new(App::default());
     let audit = Collect::default();
-    let hardened = Hardened::builder(app.clone())
-        .tool::<read_rows>()
-        .tool::<write_row>()
-        .tool::<admin_reset>()
-        .tool::<nap>()
-        .audit_sink(audit.clone())
-        .build()
-        .expect("the server builds");
+    let hardened = setup(
+        Hardened::builder(app.clone())
+            .tool::<read_rows>()
+            .tool::<write_row>()
+            .tool::<admin_reset>()
+            .tool::<nap>()
+            .audit_sink(audit.clone()),
+    )
+    .build()
+    .expect("the server builds");
     let server = hardened.bind_http(config).await.expect("binds");
     let (stop, stopped) = oneshot::channel::<()>();
     let srv = Srv {
@@ -2030,6 +2040,42 @@ async fn sessions_are_bounded_per_caller_and_in_all() {
     let third = open_session(&srv, &alice, "alice-3").await;
     assert_ne!(third, second);
     assert_eq!(srv.runs(), 1);
+}
+
+/// An identified caller re-initializing past its session bound (an agent that drops its
+/// session id): each refusal answered, recorded within its budget for rejected calls, the
+/// rest summed up under its name.
+#[tokio::test]
+async fn an_identified_callers_session_refusals_are_recorded_within_its_budget() {
+    let srv = start_with(
+        config().authenticator(hs_auth()).max_sessions_per_caller(1),
+        |b| b.rejected_records_per_caller(1, 2),
+    )
+    .await;
+    let alice = srv.token("alice", "db:read");
+    open_session(&srv, &alice, "alice").await;
+    for _ in 0..6 {
+        let (status, _, _) = try_initialize(&srv, &alice, "alice").await;
+        assert_eq!(status, 429);
+    }
+    assert_eq!(
+        srv.audit.events(AuditEvent::Session).len(),
+        2,
+        "the burst of 2"
+    );
+    let audit = srv.audit.clone();
+    srv.stop().await.expect("serves until stopped");
+    let summaries = summaries(&audit);
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    let u = summaries[0].unrecorded.as_deref().expect("the summary");
+    assert_eq!(u.count, 4);
+    assert_eq!((u.distinct_callers, u.distinct_sources), (1, 0));
+    assert_eq!(u.top_callers[0].caller.subject.as_deref(), Some("alice"));
+    assert_eq!(
+        (u.reasons[0].event, u.reasons[0].reason),
+        (AuditEvent::Session, "too_many_sessions_for_caller")
+    );
+    assert_eq!(summaries[0].transport, "http");
 }
 
 #[tokio::test]

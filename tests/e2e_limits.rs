@@ -136,6 +136,12 @@ async fn blocker(ctx: Ctx<App>, forever: bool) -> String {
     "done".to_owned()
 }
 
+/// Needs a scope the local principal lacks.
+#[tool(scopes = "limits:admin", rate = "unlimited")]
+async fn guarded() -> String {
+    "guarded".to_owned()
+}
+
 /// Never registered with any server.
 #[tool(scopes = "limits:call", rate = "unlimited")]
 async fn orphan() -> String {
@@ -567,6 +573,16 @@ async fn the_builder_sets_and_checks_concurrency() {
             .global_rate::<orphan>(Rate::per_minute(1))),
         Some(BuildError::UnknownTool("orphan"))
     );
+    for b in [
+        builder(&app)
+            .tool::<unbounded>()
+            .rejected_records_per_caller(0, 1),
+        builder(&app)
+            .tool::<unbounded>()
+            .rejected_records_total(0, 0),
+    ] {
+        assert_eq!(err(b), Some(BuildError::InvalidRecordBudget));
+    }
     assert!(matches!(
         err(builder(&app)
             .tool::<unbounded>()
@@ -880,6 +896,8 @@ async fn a_caller_looping_past_its_limit_is_recorded_within_a_budget() {
     let audit = common::Collect::default();
     let server = builder(&app)
         .tool::<tiered>()
+        .tool::<guarded>()
+        .tool::<blocker>()
         .audit_sink(audit.clone())
         .rejected_records_per_caller(1, 5)
         .build()
@@ -903,10 +921,37 @@ async fn a_caller_looping_past_its_limit_is_recorded_within_a_budget() {
     expected.extend([(mcp_harden::audit::Outcome::Rejected, Some("rate_limited")); 5]);
     assert_eq!(outcomes, expected, "the calls that ran, and the burst of 5");
 
+    // The budget spent: a denial (a security event), a call that runs, and a rejection of
+    // another kind are each recorded all the same.
+    refusal(&call(&c, "guarded").await, "FORBIDDEN");
+    ok_text(&call_with(&c, "blocker", json!({"forever": false})).await);
+    refusal(
+        &call_with(&c, "blocker", json!({"forever": "no"})).await,
+        "INVALID_ARGUMENTS",
+    );
+    let outcomes: Vec<_> = audit.records()[7..]
+        .iter()
+        .map(|r| (r.outcome, r.reason))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (
+                mcp_harden::audit::Outcome::Denied,
+                Some("insufficient_scope")
+            ),
+            (mcp_harden::audit::Outcome::Success, None),
+            (
+                mcp_harden::audit::Outcome::Rejected,
+                Some("invalid_arguments")
+            ),
+        ]
+    );
+
     assert!(server.flush_audit(Duration::from_secs(5)).await);
     let records = audit.records();
-    assert_eq!(records.len(), 8, "{records:#?}");
-    let summary = &records[7];
+    assert_eq!(records.len(), 11, "{records:#?}");
+    let summary = &records[10];
     assert_eq!(summary.event, mcp_harden::audit::AuditEvent::Unrecorded);
     assert_eq!(summary.transport, "local");
     let u = summary.unrecorded.as_deref().expect("the summary");
@@ -917,11 +962,11 @@ async fn a_caller_looping_past_its_limit_is_recorded_within_a_budget() {
     assert_eq!(
         u.reasons
             .iter()
-            .map(|r| (r.reason, r.count))
+            .map(|r| (r.reason, r.tool, r.count))
             .collect::<Vec<_>>(),
-        [("rate_limited", 33)]
+        [("rate_limited", Some("tiered"), 33)]
     );
     // Flushed again: nothing more to sum up.
     assert!(server.flush_audit(Duration::from_secs(5)).await);
-    assert_eq!(audit.records().len(), 8);
+    assert_eq!(audit.records().len(), 11);
 }

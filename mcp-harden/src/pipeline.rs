@@ -250,6 +250,11 @@ pub(crate) fn record<S>(
     elapsed: Duration,
 ) {
     let refused = refusal.filter(|r| matches!(r.outcome, Outcome::Denied | Outcome::Rejected));
+    // A registered tool's name (an unknown one, owned, is not kept in a summary).
+    let tool = match &info.tool {
+        std::borrow::Cow::Borrowed(t) => Some(*t),
+        std::borrow::Cow::Owned(_) => None,
+    };
     // A refusal over its record budget is summed up instead: an anonymous caller's over
     // HTTP per source, an identified caller's rejection (not a security event) per caller.
     match (&info.budget, info.source) {
@@ -257,7 +262,7 @@ pub(crate) fn record<S>(
             budget.summarize(false);
             if let Some(r) = refused {
                 let who = Who::Source(source.ip());
-                if !budget.admit(who, AuditEvent::ToolCall, r.reason, r.outcome) {
+                if !budget.admit(who, AuditEvent::ToolCall, r.reason, tool, r.outcome) {
                     return;
                 }
                 if r.outcome == Outcome::Denied {
@@ -271,7 +276,7 @@ pub(crate) fn record<S>(
                 let who = Who::Caller(info.principal.as_deref(), info.transport);
                 if !inner
                     .rejected
-                    .admit(who, AuditEvent::ToolCall, r.reason, r.outcome)
+                    .admit(who, AuditEvent::ToolCall, r.reason, tool, r.outcome)
                 {
                     return;
                 }

@@ -58,15 +58,18 @@ pub(crate) enum Who<'a> {
     Caller(Option<&'a Principal>, &'static str),
 }
 
-/// A budget's key.
+/// A budget's key: a source, or a caller and a reason (so that a caller cannot spend its
+/// budget on one kind of rejection, an unknown tool say, to hide another, arguments refused).
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     Source(IpAddr),
-    Caller(Arc<str>),
+    Caller(Arc<str>, &'static str),
 }
 
 /// The record budget for refusals, and the refusals held back since the last summary.
 pub(crate) struct RefusalRecords {
+    /// This budget, for the timer that records a summary when it is due.
+    me: std::sync::Weak<RefusalRecords>,
     per_key: DefaultKeyedRateLimiter<Key>,
     total: DefaultDirectRateLimiter,
     pace: SweepPace,
@@ -103,19 +106,20 @@ struct Held {
     transport: Option<&'static str>,
 }
 
-/// The rate-limit key of a call without any identity.
-const NO_ONE: &str = "none";
+/// The key of calls without any identity: they share one budget.
+static NO_ONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
 
 impl RefusalRecords {
     /// `per_key` and `total` are `(per_minute, burst)` (a burst of 0: `per_minute`);
-    /// `every`, how long after the first refusal held back the summary is due; summaries go
-    /// to `sink`. `None` if a rate is zero.
+    /// `every`, how long after the first refusal held back the summary is due (a timer on
+    /// the current Tokio runtime records it then); summaries go to `sink`. `None` if a rate
+    /// is zero.
     pub(crate) fn new(
         per_key: (u32, u32),
         total: (u32, u32),
         every: Duration,
         sink: Arc<dyn AuditSink>,
-    ) -> Option<Self> {
+    ) -> Option<Arc<Self>> {
         let quota = |(per_minute, burst): (u32, u32)| {
             let per_minute = NonZeroU32::new(per_minute)?;
             Some(
@@ -123,16 +127,18 @@ impl RefusalRecords {
                     .allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute)),
             )
         };
-        Some(Self {
-            per_key: RateLimiter::keyed(quota(per_key)?),
-            total: RateLimiter::direct(quota(total)?),
+        let (per_key, total) = (quota(per_key)?, quota(total)?);
+        Some(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            per_key: RateLimiter::keyed(per_key),
+            total: RateLimiter::direct(total),
             pace: SweepPace::new(),
             held: Mutex::new(Held::default()),
             every,
             epoch: Instant::now(),
             due: AtomicU64::new(u64::MAX),
             sink,
-        })
+        }))
     }
 
     /// Whether a refusal of `who`'s is recorded on its own; if not, it is held back for the
@@ -141,17 +147,22 @@ impl RefusalRecords {
     /// The key's budget is asked first, so that one over its own does not use up
     /// everyone's; while the total is used up, a key's own budget is still spent on its
     /// refusals held back (governor gives nothing back).
+    /// `tool`: the registered tool a refused call named, if any.
     pub(crate) fn admit(
         &self,
         who: Who<'_>,
         event: AuditEvent,
         reason: &'static str,
+        tool: Option<&'static str>,
         outcome: Outcome,
     ) -> bool {
         let (key, transport) = match who {
             Who::Source(ip) => (Key::Source(crate::server::http::source_key(ip)), "http"),
             Who::Caller(p, transport) => (
-                Key::Caller(p.map_or_else(|| Arc::from(NO_ONE), |p| p.rate_key().clone())),
+                Key::Caller(
+                    p.map_or_else(|| NO_ONE.clone(), |p| p.rate_key().clone()),
+                    reason,
+                ),
                 transport,
             ),
         };
@@ -173,6 +184,17 @@ impl RefusalRecords {
                 u64::try_from(due.as_nanos()).unwrap_or(u64::MAX - 1),
                 Ordering::Release,
             );
+            // Recorded when due even if nothing else comes to do it (a quiet stdio server,
+            // a flood that stopped).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (me, every) = (self.me.clone(), self.every);
+                runtime.spawn(async move {
+                    tokio::time::sleep(every).await;
+                    if let Some(me) = me.upgrade() {
+                        me.summarize(false);
+                    }
+                });
+            }
         }
         held.last = Some(now);
         held.transport = match held.transport {
@@ -184,12 +206,13 @@ impl RefusalRecords {
         match held
             .reasons
             .iter_mut()
-            .find(|r| r.event == event && r.reason == reason)
+            .find(|r| r.event == event && r.reason == reason && r.tool == tool)
         {
             Some(r) => r.count += 1,
             None => held.reasons.push(UnrecordedReason {
                 event,
                 reason,
+                tool,
                 count: 1,
             }),
         }
@@ -202,13 +225,17 @@ impl RefusalRecords {
                 }
                 None => held.more_sources = true,
             },
-            Key::Caller(k) => match held.callers.get_mut(&k) {
+            Key::Caller(k, _) => match held.callers.get_mut(&k) {
                 Some((_, n)) => *n += 1,
                 None if told_apart < MAX_TOLD_APART => {
-                    let principal = match who {
+                    // As the caller's records name it, but for its tier and key id, which
+                    // may differ from one of its calls to the next.
+                    let mut principal = match who {
                         Who::Caller(p, _) => AuditPrincipal::of(p),
                         Who::Source(_) => AuditPrincipal::of(None),
                     };
+                    principal.tier = None;
+                    principal.key_id = None;
                     held.callers.insert(k, (principal, 1));
                 }
                 None => held.more_callers = true,
@@ -219,30 +246,46 @@ impl RefusalRecords {
 
     /// Records the summary of the refusals held back, when one is due (the summary interval
     /// after the first of them), or now with `force`.
+    ///
+    /// Delivered under the lock: a summary being recorded (by its timer, say) is in the sink
+    /// before another can be taken, so a forced one at shutdown comes after it, and before
+    /// the flush that follows.
     pub(crate) fn summarize(&self, force: bool) {
-        if let Some(summary) = self.summary(force) {
+        if !force {
+            let due = self.due.load(Ordering::Acquire);
+            if due == u64::MAX {
+                return;
+            }
+            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if now < due {
+                return;
+            }
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(summary) = self.take(&mut held, force) {
             crate::audit::deliver(&*self.sink, None, &summary);
         }
     }
 
     /// The summary of the refusals held back, when one is due, or now with `force` (which
     /// always looks, under the lock). Taking it starts the count again.
+    #[cfg(test)]
     fn summary(&self, force: bool) -> Option<AuditRecord> {
-        if !force {
-            let due = self.due.load(Ordering::Acquire);
-            if due == u64::MAX {
-                return None;
-            }
-            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if now < due {
-                return None;
-            }
-        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        self.take(&mut held, force)
+    }
+
+    /// [`summary`](Self::summary) with the lock held.
+    fn take(&self, held: &mut Held, force: bool) -> Option<AuditRecord> {
         let held = {
-            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            held.first?;
+            let (_, since) = held.first?;
+            // Looked at under the lock: another thread may have taken the batch that was
+            // due, and this one just begun.
+            if !force && since.elapsed() < self.every {
+                return None;
+            }
             self.due.store(u64::MAX, Ordering::Release);
-            std::mem::take(&mut *held)
+            std::mem::take(held)
         };
         let ((first, first_at), (last, last_at)) = (held.first?, held.last?);
         let mut top_sources: Vec<SourceCount> = held
@@ -338,6 +381,7 @@ mod tests {
             Who::Source(ip),
             AuditEvent::Authentication,
             reason,
+            None,
             Outcome::Denied,
         )
     }
@@ -373,6 +417,7 @@ mod tests {
             vec![UnrecordedReason {
                 event: AuditEvent::Authentication,
                 reason: "missing_credentials",
+                tool: None,
                 count: 7
             }]
         );
@@ -400,6 +445,7 @@ mod tests {
                     Who::Source(ip),
                     AuditEvent::Transport,
                     "foreign_host",
+                    None,
                     Outcome::Rejected,
                 )
             })
@@ -435,6 +481,7 @@ mod tests {
             Who::Source(v6(4)),
             AuditEvent::Session,
             "too_many_sessions",
+            None,
             Outcome::Rejected
         ));
         let summary = r.summary(true).expect("held back");
@@ -530,6 +577,7 @@ mod tests {
                 Who::Caller(p, transport),
                 AuditEvent::ToolCall,
                 "rate_limited",
+                None,
                 Outcome::Rejected,
             )
         };
@@ -564,6 +612,108 @@ mod tests {
             "{json}"
         );
         assert!(!json.contains("top_sources"), "{json}");
+    }
+
+    #[test]
+    fn a_caller_cannot_spend_one_reason_s_budget_to_hide_another() {
+        let r =
+            RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY, sink()).expect("budgets");
+        let alice = Principal::local("alice", ["db:read"]);
+        let reject = |reason, tool| {
+            r.admit(
+                Who::Caller(Some(&alice), "stdio"),
+                AuditEvent::ToolCall,
+                reason,
+                tool,
+                Outcome::Rejected,
+            )
+        };
+        assert!(reject("unknown_tool", None));
+        assert!(!reject("unknown_tool", None));
+        assert!(
+            reject("invalid_arguments", Some("query")),
+            "a budget of its own"
+        );
+        assert!(!reject("invalid_arguments", Some("query")));
+        assert!(!reject("invalid_arguments", Some("other")));
+        let summary = r.summary(true).expect("held back");
+        let reasons: Vec<_> = summary
+            .unrecorded
+            .as_deref()
+            .expect("the summary")
+            .reasons
+            .iter()
+            .map(|r| (r.reason, r.tool, r.count))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("unknown_tool", None, 1),
+                ("invalid_arguments", Some("query"), 1),
+                ("invalid_arguments", Some("other"), 1)
+            ]
+        );
+        assert!(summary
+            .to_json()
+            .contains(r#""reason":"invalid_arguments","tool":"query","count":1"#));
+    }
+
+    #[test]
+    fn callers_beyond_the_cap_are_counted_not_told_apart() {
+        let r = RefusalRecords::new((1, 1), (u32::MAX, u32::MAX), SUMMARY_EVERY, sink())
+            .expect("budgets");
+        let n = MAX_TOLD_APART + 3;
+        for i in 0..n {
+            let p = Principal::local(format!("caller-{i}"), ["x"]);
+            let who = || Who::Caller(Some(&p), "local");
+            assert!(r.admit(
+                who(),
+                AuditEvent::ToolCall,
+                "rate_limited",
+                None,
+                Outcome::Rejected
+            ));
+            assert!(!r.admit(
+                who(),
+                AuditEvent::ToolCall,
+                "rate_limited",
+                None,
+                Outcome::Rejected
+            ));
+        }
+        let summary = r.summary(true).expect("held back");
+        let u = summary.unrecorded.as_deref().expect("the summary");
+        assert_eq!(u.count, n as u64);
+        assert_eq!(u.distinct_callers, MAX_TOLD_APART as u64);
+        assert!(u.more_callers);
+        // Ties (one each) in key order.
+        assert_eq!(u.top_callers[0].caller.subject.as_deref(), Some("caller-0"));
+    }
+
+    #[tokio::test]
+    async fn a_timer_records_the_summary_when_it_is_due() {
+        #[derive(Default)]
+        struct Keep(Mutex<Vec<AuditRecord>>);
+        impl AuditSink for Keep {
+            fn record(&self, r: &AuditRecord) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(r.clone());
+            }
+        }
+        let keep = Arc::new(Keep::default());
+        let every = Duration::from_millis(100);
+        let r = RefusalRecords::new((1, 1), (1_000, 1_000), every, keep.clone()).expect("budgets");
+        assert!(refuse(&r, ALICE, "invalid_token"));
+        assert!(!refuse(&r, ALICE, "invalid_token"));
+        tokio::time::sleep(every * 5).await;
+        let kept = keep.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(kept.len(), 1, "recorded by its timer, nothing else asked");
+        assert_eq!(kept[0].unrecorded.as_deref().map(|u| u.count), Some(1));
+        // Dropped with nothing held: nothing more.
+        drop(r);
+        assert_eq!(keep.0.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub struct UnrecordedReason {
     /// (`missing_credentials`, `foreign_host`, …) or a refused call's (`unknown_tool`,
     /// `invalid_arguments`, `rate_limited`, …).
     pub reason: &'static str,
+    /// The tool the calls named, when it is a registered one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<&'static str>,
     /// How many.
     pub count: u64,
 }
@@ -361,7 +364,12 @@ pub struct TracingAuditSink;
 
 impl AuditSink for TracingAuditSink {
     fn record(&self, record: &AuditRecord) {
-        if record.outcome == Outcome::Denied || record.event != AuditEvent::ToolCall {
+        // A summary is a security event when what it stands for is.
+        let security = match record.event {
+            AuditEvent::ToolCall | AuditEvent::Unrecorded => record.outcome == Outcome::Denied,
+            _ => true,
+        };
+        if security {
             if tracing::enabled!(target: "mcp_harden::audit", tracing::Level::WARN) {
                 tracing::warn!(target: "mcp_harden::audit", record = %record.to_json(), "security event");
             }

@@ -161,14 +161,21 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// 30 and 20; a burst of 0 means `per_minute`).
     ///
     /// An agent looping on its own mistake (calling on past its rate limit, resending
-    /// arguments that are refused) can cause thousands of rejections a minute. Beyond this
-    /// budget, or [`rejected_records_total`](Self::rejected_records_total), a rejection is
-    /// still answered and counted (`mcp_harden_tool_calls_total`,
-    /// `mcp_harden_audit_records_total{result="suppressed"}`), and summed up in one
+    /// arguments that are refused) can cause thousands of rejections a minute. The budget
+    /// is kept per caller and reason, so that one kind of rejection cannot use it up to hide
+    /// another. Beyond it, or [`rejected_records_total`](Self::rejected_records_total), a
+    /// rejection is still answered and counted
+    /// (`mcp_harden_audit_records_total{result="suppressed"}`, and for a registered tool
+    /// `mcp_harden_tool_calls_total`), and summed up in one
     /// [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record 10 s after the first held
-    /// back, and when the audit is flushed at shutdown: how many, when, for which reasons,
-    /// and the callers that made most. Security events (a missing scope) and every call that
-    /// runs are always recorded. Anonymous callers over HTTP are bounded per source instead
+    /// back (a timer on the Tokio runtime) and when the audit is flushed at shutdown: how
+    /// many, when, for which reasons and tools, and the callers that made most. Calls
+    /// without any identity share one budget. Over HTTP, an identified caller's other
+    /// non-security refusals (no room for a session, a late body) count here too. Security
+    /// events (a missing scope) and every call that runs are always recorded; to record
+    /// every rejection, give `u32::MAX`. A summary recorded after the last flush (the server
+    /// dropped with rejections held back) is handed to the sink unflushed.
+    /// Anonymous callers over HTTP are bounded per source instead
     /// ([`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source)).
     pub fn rejected_records_per_caller(mut self, per_minute: u32, burst: u32) -> Self {
         self.rejected_records_per_caller = (per_minute, burst);

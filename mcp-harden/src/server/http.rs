@@ -309,10 +309,13 @@ impl HttpConfig {
     /// first of them, and when serving ends: how many, when, for which reasons, and the
     /// sources that sent most. Without a budget, anyone who can reach the port could write to
     /// the audit log as fast as they send requests, filling the disk or rotating older
-    /// records away; with the defaults, refusals add at most 300 records a minute (about
-    /// 430 000 a day) after a first burst of 100, plus a summary every 10 s. An
-    /// authenticated caller's refusals (bounded by its credentials) and every call that runs
-    /// are always recorded.
+    /// records away; with the defaults, these refusals add at most 300 records a minute
+    /// (about 430 000 a day) after a first burst of 100, plus a summary every 10 s (and
+    /// identified callers' rejections as many again:
+    /// [`HardenedBuilder::rejected_records_per_caller`](crate::HardenedBuilder::rejected_records_per_caller),
+    /// which also bounds an identified caller's other refusals here, no room for a session
+    /// or a late body). An identified caller's security events and every call that runs are
+    /// always recorded.
     ///
     /// The source's budget is asked first; while the total is used up, a source's own is
     /// still spent on its refusals held back.
@@ -636,7 +639,6 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             config.refusal_summary_interval,
             self.inner.audit.clone(),
         )
-        .map(Arc::new)
         .ok_or_else(|| {
             HttpError::Config("the refusal record budgets must be at least 1/min".into())
         })?;
@@ -761,25 +763,9 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
     ) -> Result<(), HttpError> {
         let hardened = self.hardened.clone();
         let gate = self.gate.clone();
-        // Refusals held back over the record budget are summed up on time even when no
-        // later refusal comes to do it, and once more when serving ends.
-        let mut summaries = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
-            let gate = gate.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    tick.tick().await;
-                    gate.summarize_unrecorded(false);
-                    gate.hardened.summarize_rejected();
-                }
-            }
-        }));
         let served = self.serve_then_drain(signal).await;
-        // Ended before the last summary: one the ticker is recording now is delivered
-        // before the flush.
-        summaries.abort();
-        let _ = (&mut summaries).await;
+        // Refusals held back over the record budget: their summary before the flush (one
+        // being recorded by its timer now is delivered before this returns).
         gate.summarize_unrecorded(true);
         hardened.flush_audit(super::AUDIT_FLUSH).await;
         served
@@ -1153,8 +1139,8 @@ trait GateServer: Send + Sync + 'static {
     fn required_scopes(&self, tool: &str) -> Option<&'static [&'static str]>;
     /// Counts a reply in progress: shutdown waits for it.
     fn inflight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken;
-    /// Records the summary of rejected calls held back, if due.
-    fn summarize_rejected(&self);
+    /// The record budget of identified callers' rejected calls.
+    fn rejected(&self) -> &RefusalRecords;
 }
 
 impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
@@ -1170,8 +1156,8 @@ impl<S: Send + Sync + 'static> GateServer for Hardened<S> {
     fn inflight(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
         self.inner.inflight.token()
     }
-    fn summarize_rejected(&self) {
-        self.inner.rejected.summarize(false);
+    fn rejected(&self) -> &RefusalRecords {
+        &self.inner.rejected
     }
 }
 
@@ -1204,14 +1190,25 @@ impl Gate {
         }
         self.summarize_unrecorded(false);
         let outcome = Outcome::of_refusal(e.code);
-        let budgeted = e
-            .principal
-            .is_none_or(|p| p.method() == crate::auth::AuthMethod::Anonymous);
-        if budgeted
-            && !self
+        // Unknown and anonymous callers within the budget per source; an identified caller's
+        // refusals that are not security events (no room for a session, a late body) within
+        // its own, as its rejected calls; its security events always.
+        let admitted = match e.principal {
+            Some(p) if p.method() != crate::auth::AuthMethod::Anonymous => {
+                outcome != Outcome::Rejected
+                    || self.hardened.rejected().admit(
+                        Who::Caller(Some(p), "http"),
+                        e.event,
+                        e.reason,
+                        None,
+                        outcome,
+                    )
+            }
+            _ => self
                 .refusals
-                .admit(Who::Source(e.source.ip()), e.event, e.reason, outcome)
-        {
+                .admit(Who::Source(e.source.ip()), e.event, e.reason, None, outcome),
+        };
+        if !admitted {
             return false;
         }
         let trace = crate::telemetry::TraceIds::continue_or_start(e.traceparent);

@@ -75,7 +75,7 @@ pub(crate) struct Inner<S> {
     /// Each caller's total across tools (tier-scaled).
     pub principal_rate: Option<Limit>,
     /// How many rejected calls of identified callers are recorded one by one.
-    pub rejected: crate::audit::budget::RefusalRecords,
+    pub rejected: Arc<crate::audit::budget::RefusalRecords>,
 }
 
 pub(crate) struct Entry<S> {
