@@ -9,10 +9,11 @@
 //!   without knowing who sent it (no credential, a bad one, a throttled source, a foreign
 //!   `Host` or `Origin`), and every refusal of an anonymous caller (a late body, a session,
 //!   an unknown tool, arguments refused, a rate limit, a missing scope);
-//! - on every transport, per caller: an identified caller's calls rejected before they ran
-//!   for a reason that is not a security event (a rate limit, a busy tool, arguments
-//!   refused, an unknown tool), which an agent looping on its own mistake can cause by the
-//!   thousand a minute.
+//! - on every transport, per caller and reason: an identified caller's calls rejected before
+//!   they ran for a reason that is not a security event (a rate limit, a busy tool,
+//!   arguments refused, an unknown tool), which an agent looping on its own mistake can
+//!   cause by the thousand a minute, and over HTTP its other such refusals (no room for a
+//!   session, a late body).
 //!
 //! A refusal over a budget is still answered and counted in the metrics, but not recorded
 //! on its own; the refusals held back are recorded as one summary record
@@ -26,7 +27,10 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, as the timer's: a paused clock (in tests) moves both alike.
+use tokio::time::Instant;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -74,6 +78,10 @@ pub(crate) struct RefusalRecords {
     total: DefaultDirectRateLimiter,
     pace: SweepPace,
     held: Mutex<Held>,
+    /// Held while a summary is taken and delivered: one being delivered reaches the sink
+    /// before another is taken (a forced one at shutdown comes after it), while refusals,
+    /// which take only `held`, never wait on the sink.
+    delivering: Mutex<()>,
     /// How long after the first refusal held back its summary is due.
     every: Duration,
     /// What `due` counts from.
@@ -134,6 +142,7 @@ impl RefusalRecords {
             total: RateLimiter::direct(total),
             pace: SweepPace::new(),
             held: Mutex::new(Held::default()),
+            delivering: Mutex::new(()),
             every,
             epoch: Instant::now(),
             due: AtomicU64::new(u64::MAX),
@@ -247,9 +256,8 @@ impl RefusalRecords {
     /// Records the summary of the refusals held back, when one is due (the summary interval
     /// after the first of them), or now with `force`.
     ///
-    /// Delivered under the lock: a summary being recorded (by its timer, say) is in the sink
-    /// before another can be taken, so a forced one at shutdown comes after it, and before
-    /// the flush that follows.
+    /// A summary being recorded (by its timer, say) is in the sink before another can be
+    /// taken, so a forced one at shutdown comes after it, and before the flush that follows.
     pub(crate) fn summarize(&self, force: bool) {
         if !force {
             let due = self.due.load(Ordering::Acquire);
@@ -261,8 +269,12 @@ impl RefusalRecords {
                 return;
             }
         }
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(summary) = self.take(&mut held, force) {
+        let _delivering = self.delivering.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = self.take(
+            &mut self.held.lock().unwrap_or_else(|p| p.into_inner()),
+            force,
+        );
+        if let Some(summary) = taken.and_then(Self::build) {
             crate::audit::deliver(&*self.sink, None, &summary);
         }
     }
@@ -271,22 +283,28 @@ impl RefusalRecords {
     /// always looks, under the lock). Taking it starts the count again.
     #[cfg(test)]
     fn summary(&self, force: bool) -> Option<AuditRecord> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        self.take(&mut held, force)
+        let taken = self.take(
+            &mut self.held.lock().unwrap_or_else(|p| p.into_inner()),
+            force,
+        );
+        taken.and_then(Self::build)
     }
 
-    /// [`summary`](Self::summary) with the lock held.
-    fn take(&self, held: &mut Held, force: bool) -> Option<AuditRecord> {
-        let held = {
-            let (_, since) = held.first?;
-            // Looked at under the lock: another thread may have taken the batch that was
-            // due, and this one just begun.
-            if !force && since.elapsed() < self.every {
-                return None;
-            }
-            self.due.store(u64::MAX, Ordering::Release);
-            std::mem::take(held)
-        };
+    /// The batch held back, when due or with `force`, from `held` (locked): the count
+    /// starts again.
+    fn take(&self, held: &mut Held, force: bool) -> Option<Held> {
+        let (_, since) = held.first?;
+        // Looked at under the lock: another thread may have taken the batch that was due,
+        // and this one just begun.
+        if !force && since.elapsed() < self.every {
+            return None;
+        }
+        self.due.store(u64::MAX, Ordering::Release);
+        Some(std::mem::take(held))
+    }
+
+    /// The summary record of a batch taken.
+    fn build(held: Held) -> Option<AuditRecord> {
         let ((first, first_at), (last, last_at)) = (held.first?, held.last?);
         let mut top_sources: Vec<SourceCount> = held
             .sources

@@ -369,12 +369,28 @@ impl AuditSink for TracingAuditSink {
             AuditEvent::ToolCall | AuditEvent::Unrecorded => record.outcome == Outcome::Denied,
             _ => true,
         };
-        if security {
-            if tracing::enabled!(target: "mcp_harden::audit", tracing::Level::WARN) {
-                tracing::warn!(target: "mcp_harden::audit", record = %record.to_json(), "security event");
+        let enabled = if security {
+            tracing::enabled!(target: "mcp_harden::audit", tracing::Level::WARN)
+        } else {
+            tracing::enabled!(target: "mcp_harden::audit", tracing::Level::INFO)
+        };
+        if !enabled {
+            return;
+        }
+        let json = record.to_json();
+        match (security, record.event == AuditEvent::Unrecorded) {
+            (true, true) => {
+                tracing::warn!(target: "mcp_harden::audit", record = %json, "refusals summed up")
             }
-        } else if tracing::enabled!(target: "mcp_harden::audit", tracing::Level::INFO) {
-            tracing::info!(target: "mcp_harden::audit", record = %record.to_json(), "tool call");
+            (true, false) => {
+                tracing::warn!(target: "mcp_harden::audit", record = %json, "security event")
+            }
+            (false, true) => {
+                tracing::info!(target: "mcp_harden::audit", record = %json, "refusals summed up")
+            }
+            (false, false) => {
+                tracing::info!(target: "mcp_harden::audit", record = %json, "tool call")
+            }
         }
     }
 }

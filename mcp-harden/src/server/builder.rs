@@ -170,10 +170,11 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record 10 s after the first held
     /// back (a timer on the Tokio runtime) and when the audit is flushed at shutdown: how
     /// many, when, for which reasons and tools, and the callers that made most. Calls
-    /// without any identity share one budget. Over HTTP, an identified caller's other
+    /// without any identity share one budget per reason. Over HTTP, an identified caller's other
     /// non-security refusals (no room for a session, a late body) count here too. Security
     /// events (a missing scope) and every call that runs are always recorded; to record
-    /// every rejection, give `u32::MAX`. A summary recorded after the last flush (the server
+    /// every rejection, give `u32::MAX` here and to
+    /// [`rejected_records_total`](Self::rejected_records_total). A summary recorded after the last flush (the server
     /// dropped with rejections held back) is handed to the sink unflushed.
     /// Anonymous callers over HTTP are bounded per source instead
     /// ([`HttpConfig::refusal_records_per_source`](crate::server::http::HttpConfig::refusal_records_per_source)).

@@ -1181,8 +1181,8 @@ struct Event<'a> {
 }
 
 impl Gate {
-    /// Audits and logs a refusal, unless it is over the record budget (then it is summed up
-    /// later); returns whether it was recorded. An authenticated caller's refusals are
+    /// Audits and logs a refusal, unless it is over its record budget (then it is summed up
+    /// later); returns whether it was recorded. An identified caller's security events are
     /// always recorded.
     fn record(&self, e: Event<'_>) -> bool {
         if e.event == AuditEvent::Authentication {
