@@ -583,6 +583,15 @@ async fn the_builder_sets_and_checks_concurrency() {
     ] {
         assert_eq!(err(b), Some(BuildError::InvalidRecordBudget));
     }
+    assert_eq!(
+        err(builder(&app)
+            .tool::<unbounded>()
+            .store_outage(mcp_harden::limits::StoreOutage::new(
+                0,
+                Duration::from_secs(1)
+            ))),
+        Some(BuildError::InvalidStoreOutage)
+    );
     assert!(matches!(
         err(builder(&app)
             .tool::<unbounded>()

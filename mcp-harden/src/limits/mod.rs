@@ -145,6 +145,47 @@ pub const STORE_REST: Duration = Duration::from_secs(1);
 /// [`STORE_REST`]: a lone failure (a timeout under a burst of load) costs only its own call.
 pub const STORE_TRIP: u32 = 3;
 
+/// When a failing [`RateLimitStore`] is left alone, and for how long
+/// ([`HardenedBuilder::store_outage`](crate::HardenedBuilder::store_outage)); the default
+/// is [`STORE_TRIP`] failures in a row and [`STORE_REST`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOutage {
+    trip: u32,
+    rest: Duration,
+}
+
+impl StoreOutage {
+    /// Rest for `rest` after `trip` decisions failed in a row. At least 1 failure, and a
+    /// rest of at least 10 ms and at most a minute (a longer rest is a longer outage of the
+    /// limits, whatever the store does), or [`build`](crate::HardenedBuilder::build) refuses it.
+    pub const fn new(trip: u32, rest: Duration) -> Self {
+        Self { trip, rest }
+    }
+
+    /// Failures in a row before a rest.
+    pub const fn trip(&self) -> u32 {
+        self.trip
+    }
+
+    /// How long a rest lasts.
+    pub const fn rest(&self) -> Duration {
+        self.rest
+    }
+
+    /// Whether [`build`](crate::HardenedBuilder::build) accepts it.
+    pub(crate) fn usable(&self) -> bool {
+        self.trip >= 1
+            && self.rest >= Duration::from_millis(10)
+            && self.rest <= Duration::from_secs(60)
+    }
+}
+
+impl Default for StoreOutage {
+    fn default() -> Self {
+        Self::new(STORE_TRIP, STORE_REST)
+    }
+}
+
 /// What to do when the [`RateLimitStore`] cannot decide: for a decision it failed, and for
 /// every decision while it rests after [`STORE_TRIP`] failures in a row (at least
 /// [`STORE_REST`], then until a call finds it answering again). The outage is logged (target
@@ -156,7 +197,8 @@ pub const STORE_TRIP: u32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailMode {
-    /// Refuse the call with `UNAVAILABLE` (retryable, a [`STORE_REST`] hint). The default.
+    /// Refuse the call with `UNAVAILABLE` (retryable, the rest as its hint: [`STORE_REST`] by
+    /// default). The default.
     #[default]
     Closed,
     /// Let the call through unlimited: none of its rate limits is checked further. Opt in only
@@ -184,6 +226,7 @@ impl FailMode {
 /// A shared store's health as this server sees it: whether to ask it, and how many
 /// decisions it did not make.
 pub(crate) struct StoreHealth {
+    outage: StoreOutage,
     born: std::time::Instant,
     /// 0 while the store answers; else when (ms after `born`, at least 1) it may be asked
     /// again.
@@ -224,8 +267,9 @@ impl Drop for Probe<'_> {
 }
 
 impl StoreHealth {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(outage: StoreOutage) -> Self {
         Self {
+            outage,
             born: std::time::Instant::now(),
             rest_until_ms: AtomicU64::new(0),
             probing: std::sync::atomic::AtomicBool::new(false),
@@ -245,7 +289,7 @@ impl StoreHealth {
     }
 
     fn rest_end(&self, now: u64) -> u64 {
-        now.saturating_add(STORE_REST.as_millis() as u64)
+        now.saturating_add(u64::try_from(self.outage.rest.as_millis()).unwrap_or(u64::MAX))
     }
 
     fn ask(&self) -> Ask<'_> {
@@ -286,13 +330,13 @@ impl StoreHealth {
                 let down_ms = now.saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
                 tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), down_ms, "rate-limit store still failing");
             }
-        } else if in_a_row >= STORE_TRIP {
+        } else if in_a_row >= self.outage.trip {
             self.down_since_ms.store(now, Ordering::Relaxed);
             self.rest_until_ms
                 .store(self.rest_end(now), Ordering::Relaxed);
             self.lasts.mark();
             if self.began.claim(Duration::from_secs(60)) {
-                tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, rest_ms = STORE_REST.as_millis() as u64, "rate-limit store failing: decisions follow the fail mode until it answers again");
+                tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, rest_ms = self.outage.rest.as_millis() as u64, "rate-limit store failing: decisions follow the fail mode until it answers again");
             }
         } else {
             tracing::debug!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision");
@@ -460,7 +504,7 @@ impl Limit {
                                     "rate limiting is unavailable; retry shortly",
                                     true,
                                 )
-                                .with_retry_after(STORE_REST))
+                                .with_retry_after(health.outage.rest))
                             }
                             FailMode::Local => (limiter.check(key), Checked::Admitted),
                         }
@@ -705,14 +749,42 @@ mod tests {
     }
 
     fn flaky_backend(fail: FailMode) -> (Arc<Flaky>, Backend) {
+        flaky_backend_resting(fail, StoreOutage::default())
+    }
+
+    fn flaky_backend_resting(fail: FailMode, outage: StoreOutage) -> (Arc<Flaky>, Backend) {
         let flaky = Arc::new(Flaky::default());
         let backend = Backend::Store {
             store: Arc::new(flaky.clone()),
             fail,
             prefix: Arc::from("t:"),
-            health: Arc::new(StoreHealth::new()),
+            health: Arc::new(StoreHealth::new(outage)),
         };
         (flaky, backend)
+    }
+
+    /// A store outage configured: one failure trips a rest of 200 ms, given as the retry hint.
+    #[tokio::test]
+    async fn the_trip_and_the_rest_are_settings() {
+        let (limit, key) = (hourly(1000), alice());
+        let outage = StoreOutage::new(1, Duration::from_millis(200));
+        let (flaky, backend) = flaky_backend_resting(FailMode::Closed, outage);
+        let check = || limit.check(&backend, &key, None, "over");
+        let asked = || flaky.asked.load(Ordering::SeqCst);
+        flaky.failing.store(true, Ordering::SeqCst);
+        let refused = check().await.expect_err("closed");
+        assert_eq!(refused.retry_after_ms, Some(200), "the rest as the hint");
+        assert_eq!(asked(), 1);
+        assert!(check().await.is_err());
+        assert_eq!(asked(), 1, "one failure trips the rest");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        flaky.failing.store(false, Ordering::SeqCst);
+        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        assert_eq!(asked(), 2, "asked again after the rest");
+        assert!(!StoreOutage::new(0, Duration::from_secs(1)).usable());
+        assert!(!StoreOutage::new(1, Duration::from_millis(5)).usable());
+        assert!(!StoreOutage::new(1, Duration::from_secs(61)).usable());
+        assert!(StoreOutage::default().usable());
     }
 
     /// A store that failed `STORE_TRIP` decisions in a row is left alone for `STORE_REST`

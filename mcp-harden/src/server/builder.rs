@@ -42,6 +42,12 @@ pub enum BuildError {
         /// Why.
         reason: &'static str,
     },
+    /// A [`StoreOutage`](crate::limits::StoreOutage) of no failures, or a rest under 10 ms
+    /// or over a minute.
+    #[error(
+        "the store outage setting is unusable: at least 1 failure, and a rest of 10 ms to a minute"
+    )]
+    InvalidStoreOutage,
     /// A record budget for rejected calls of zero a minute.
     #[error("the rejected-call record budgets must be at least 1/min")]
     InvalidRecordBudget,
@@ -90,6 +96,7 @@ pub struct HardenedBuilder<S> {
     concurrency: Vec<(&'static str, Concurrency)>,
     /// A shared rate-limit store and what to do when it cannot decide (`None`: in memory).
     store: Option<(Arc<dyn RateLimitStore>, FailMode)>,
+    store_outage: crate::limits::StoreOutage,
     max_tracked: usize,
     rejected_records_per_caller: (u32, u32),
     rejected_records_total: (u32, u32),
@@ -114,6 +121,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             global_rates: Vec::new(),
             concurrency: Vec::new(),
             store: None,
+            store_outage: crate::limits::StoreOutage::default(),
             max_tracked: DEFAULT_MAX_TRACKED,
         }
     }
@@ -249,6 +257,17 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
+    /// When a failing rate-limit store is left alone, and for how long (default
+    /// [`STORE_TRIP`](crate::limits::STORE_TRIP) = 3 failed decisions in a row, then
+    /// [`STORE_REST`](crate::limits::STORE_REST) = 1 s). A lower trip spares calls the store's
+    /// timeout sooner in an outage but takes a rest for a lone slow answer; a longer rest
+    /// costs fewer timeouts (one a rest) and keeps the fail mode longer after the store is
+    /// back. `FailMode::Closed` gives the rest as its retry hint.
+    pub fn store_outage(mut self, outage: crate::limits::StoreOutage) -> Self {
+        self.store_outage = outage;
+        self
+    }
+
     /// The most callers each in-memory limiter tracks (default one million; at least 1):
     /// every limit has one limiter per configured tier and one for the other callers, each
     /// with this bound. Beyond it new callers are refused (`UNAVAILABLE`, retryable) until
@@ -362,13 +381,16 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
                 store,
                 fail,
                 prefix: Arc::from(format!("mcp-harden:{}:", self.name)),
-                health: Arc::new(crate::limits::StoreHealth::new()),
+                health: Arc::new(crate::limits::StoreHealth::new(self.store_outage)),
             },
             None => Backend::Memory,
         };
         let mut info = default_info(&self.name, &self.version);
         if let Some(i) = self.instructions {
             info = info.with_instructions(i);
+        }
+        if !self.store_outage.usable() {
+            return Err(BuildError::InvalidStoreOutage);
         }
         let rejected = crate::audit::budget::RefusalRecords::new(
             self.rejected_records_per_caller,
