@@ -210,7 +210,7 @@ async fn scraped_metrics_match_the_calls() {
         sample(
             &page,
             "mcp_harden_audit_records_total",
-            &[("result", "suppressed")]
+            &[("result", "unrecorded")]
         ),
         2.0,
         "two refusals over the budget"

@@ -10,7 +10,7 @@
 //! | `mcp_harden_tool_calls_in_flight` | gauge | `tool` |
 //! | `mcp_harden_auth_failures_total` | counter | `reason` |
 //! | `mcp_harden_rate_limited_total` | counter | `tool`, `limit` (`tool`, `principal`, `global`) |
-//! | `mcp_harden_audit_records_total` | counter | `result`: `recorded` (handed to the sink: tool calls, security events and summaries of refusals), `dropped` (of those, lost by the file sink: its queue full or its writer stopped), `refused` (calls refused for want of an audit slot), `suppressed` (refusals beyond a record budget: of unknown or anonymous callers over HTTP, or identified callers' rejected calls; summed up in an `unrecorded` record instead) |
+//! | `mcp_harden_audit_records_total` | counter | `result`: `recorded` (handed to the sink: tool calls, security events and summaries of refusals), `dropped` (of those, lost by the file sink: its queue full or its writer stopped), `refused` (calls refused for want of an audit slot), `unrecorded` (refusals beyond a record budget: of unknown or anonymous callers over HTTP, or identified callers' rejected calls; summed up in an `unrecorded` record instead) |
 //! | `mcp_harden_http_sessions` | gauge | (none): stateful HTTP sessions held |
 //! | `mcp_harden_http_sessions_refused_total` | counter | `limit` (`caller`, `anonymous`, `server`) |
 //! | `mcp_harden_rate_store_unavailable_total` | counter | `fail` (`closed`, `open`, `local`), `reason` (`failed`, `resting`): rate decisions the shared store did not make |
@@ -201,14 +201,14 @@ pub(crate) fn audit(result: AuditResult) {
         [metrics::Label::from_static_parts("result", "recorded")];
     static REFUSED: [metrics::Label; 1] = [metrics::Label::from_static_parts("result", "refused")];
     static DROPPED: [metrics::Label; 1] = [metrics::Label::from_static_parts("result", "dropped")];
-    static SUPPRESSED: [metrics::Label; 1] =
-        [metrics::Label::from_static_parts("result", "suppressed")];
+    static UNRECORDED: [metrics::Label; 1] =
+        [metrics::Label::from_static_parts("result", "unrecorded")];
     // Statics, not consts: a key caches its hash.
     static KEYS: [metrics::Key; 4] = [
         metrics::Key::from_static_parts(names::AUDIT_RECORDS, &RECORDED),
         metrics::Key::from_static_parts(names::AUDIT_RECORDS, &REFUSED),
         metrics::Key::from_static_parts(names::AUDIT_RECORDS, &DROPPED),
-        metrics::Key::from_static_parts(names::AUDIT_RECORDS, &SUPPRESSED),
+        metrics::Key::from_static_parts(names::AUDIT_RECORDS, &UNRECORDED),
     ];
     let key = &KEYS[result as usize];
     metrics::with_recorder(|r| r.register_counter(key, &METADATA).increment(1));
@@ -224,7 +224,7 @@ pub(crate) enum AuditResult {
     /// A record the file sink handed back unwritten (its queue full, its writer stopped).
     Dropped = 2,
     /// A refusal beyond a record budget, summed up instead of recorded.
-    Suppressed = 3,
+    Unrecorded = 3,
 }
 
 /// Installs a Prometheus recorder and serves `/metrics` on `addr` (its own listener, apart

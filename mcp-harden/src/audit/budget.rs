@@ -151,7 +151,7 @@ impl RefusalRecords {
     }
 
     /// Whether a refusal of `who`'s is recorded on its own; if not, it is held back for the
-    /// next summary (and counted as `suppressed` in the audit records metric).
+    /// next summary (and counted as `unrecorded` in the audit records metric).
     ///
     /// The key's budget is asked first, so that one over its own does not use up
     /// everyone's; while the total is used up, a key's own budget is still spent on its
@@ -182,7 +182,7 @@ impl RefusalRecords {
         if self.per_key.check_key(&key).is_ok() && self.total.check().is_ok() {
             return true;
         }
-        crate::telemetry::audit(AuditResult::Suppressed);
+        crate::telemetry::audit(AuditResult::Unrecorded);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         // Read under the lock: `last` is the latest, whatever the threads' order.
         let now = (Timestamp::now(), Instant::now());

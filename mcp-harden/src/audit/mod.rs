@@ -90,13 +90,13 @@ pub enum AuditEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Unrecorded {
-    /// How many requests.
+    /// How many refusals (requests or calls).
     pub count: u64,
     /// When the first arrived (also the record's `time`).
     pub first: Timestamp,
     /// When the last arrived.
     pub last: Timestamp,
-    /// How many for each event and reason, in order of first appearance.
+    /// How many for each event, reason and tool, in order of first appearance.
     pub reasons: Vec<UnrecordedReason>,
     /// From how many sources (IPv4 addresses, IPv6 /64 networks; over HTTP, refusals of
     /// unknown or anonymous callers), at most 4 096 told apart.
@@ -108,8 +108,9 @@ pub struct Unrecorded {
     /// The sources that sent most, most first (at most 10).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub top_sources: Vec<SourceCount>,
-    /// From how many callers (identified callers' calls rejected before they ran), at most
-    /// 4 096 told apart.
+    /// From how many callers (identified callers' rejected calls, and over HTTP their
+    /// session and late-body refusals; calls without any identity count as one caller), at
+    /// most 4 096 told apart.
     #[serde(skip_serializing_if = "is_zero")]
     pub distinct_callers: u64,
     /// Whether further callers made some too, counted in `count` but not told apart.
@@ -128,13 +129,14 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct CallerCount {
-    /// The caller, as its own records name it.
+    /// The caller: its subject and authentication method (its tier and key id, which may
+    /// change from one call to the next, are left out).
     pub caller: AuditPrincipal,
     /// How many.
     pub count: u64,
 }
 
-/// How many refusals of one event and reason a summary stands for.
+/// How many refusals of one event, reason and tool a summary stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct UnrecordedReason {
@@ -144,7 +146,8 @@ pub struct UnrecordedReason {
     /// (`missing_credentials`, `foreign_host`, …) or a refused call's (`unknown_tool`,
     /// `invalid_arguments`, `rate_limited`, …).
     pub reason: &'static str,
-    /// The tool the calls named, when it is a registered one.
+    /// The tool the calls named, for calls the pipeline refused that named a registered one
+    /// (requests the HTTP guard refused have none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<&'static str>,
     /// How many.
@@ -206,8 +209,10 @@ fn source_key<S: serde::Serializer>(ip: &std::net::IpAddr, s: S) -> Result<S::Ok
     }
 }
 
-/// One record per tool call, and one per refused HTTP request (a security event); refusals
-/// over the record budget are summed up instead ([`AuditEvent::Unrecorded`]).
+/// One record per tool call, and one per refused HTTP request; refusals over a record budget
+/// are summed up instead ([`AuditEvent::Unrecorded`]). A summary's principal is
+/// `{"subject": null, "auth_method": "none"}`, as an unauthenticated refusal's: filter on
+/// `event`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct AuditRecord {
@@ -218,7 +223,7 @@ pub struct AuditRecord {
     pub time: Timestamp,
     /// The call's trace id (32 hex digits): the caller's when it sent a W3C `traceparent`.
     pub trace_id: TraceId,
-    /// The call's span id (16 hex digits); absent for refused HTTP requests.
+    /// The call's span id (16 hex digits); absent for refused HTTP requests and summaries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub span_id: Option<SpanId>,
     /// The caller's span, when it sent a `traceparent`.
@@ -247,7 +252,7 @@ pub struct AuditRecord {
     pub retryable: bool,
     /// Why a request was refused before reaching a tool (e.g. `expired`, `wrong_audience`,
     /// `foreign_origin`), or a call before its tool ran (`unknown_tool`, `invalid_arguments`,
-    /// `rate_limited`, `insufficient_scope`, …).
+    /// `rate_limited`, `insufficient_scope`, …); a summary's is `record_budget`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     /// Server-side detail of a failure (the tool error's text, a panic message). Never sent
@@ -257,7 +262,8 @@ pub struct AuditRecord {
     /// Time from arrival to reply, in microseconds (a summary: from the first refusal it
     /// stands for to the last).
     pub duration_us: u64,
-    /// The transport the call came through (`stdio`, `local`, `http`).
+    /// The transport the call came through (`stdio`, `local`, `http`; a summary of refusals
+    /// from several: `mixed`).
     pub transport: &'static str,
     /// The peer's address, over HTTP (serialized as `ip:port`).
     #[serde(skip_serializing_if = "Option::is_none")]

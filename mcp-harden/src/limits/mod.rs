@@ -118,9 +118,9 @@ const TOO_FAST: &str =
 /// feature).
 ///
 /// An error means the store cannot decide for now, not for this key alone: the [`FailMode`]
-/// answers, and after [`STORE_TRIP`] errors in a row the store is not asked for
-/// [`STORE_REST`], then by one call while the others keep to the `FailMode` until that call
-/// has its answer. Bound each decision's time yourself: the call waits for it.
+/// answers, and after [`STORE_TRIP`] errors in a row (by default: [`StoreOutage`]) the store
+/// is not asked for [`STORE_REST`], then by one call while the others keep to the
+/// `FailMode` until that call has its answer. Bound each decision's time yourself: the call waits for it.
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one cell of `quota` for `key`, or says how long until one is free.
     fn check<'a>(
@@ -135,14 +135,14 @@ pub trait RateLimitStore: Send + Sync + 'static {
 #[error("rate-limit store: {0}")]
 pub struct StoreError(pub String);
 
-/// How long a [`RateLimitStore`] that failed [`STORE_TRIP`] decisions in a row is left
-/// alone: meanwhile every decision is its [`FailMode`]'s, at once, instead of each call
+/// How long, by default ([`StoreOutage`]), a [`RateLimitStore`] that failed [`STORE_TRIP`]
+/// decisions in a row is left alone: meanwhile every decision is its [`FailMode`]'s, at once, instead of each call
 /// waiting for the store's timeout; then one call asks it again (the others keep to the
 /// `FailMode` until that call has its answer, however long it takes).
 pub const STORE_REST: Duration = Duration::from_secs(1);
 
-/// How many decisions in a row a [`RateLimitStore`] fails before it rests for
-/// [`STORE_REST`]: a lone failure (a timeout under a burst of load) costs only its own call.
+/// How many decisions in a row, by default ([`StoreOutage`]), a [`RateLimitStore`] fails
+/// before it rests for [`STORE_REST`]: a lone failure (a timeout under a burst of load) costs only its own call.
 pub const STORE_TRIP: u32 = 3;
 
 /// When a failing [`RateLimitStore`] is left alone, and for how long
@@ -157,7 +157,9 @@ pub struct StoreOutage {
 impl StoreOutage {
     /// Rest for `rest` after `trip` decisions failed in a row. At least 1 failure, and a
     /// rest of at least 10 ms and at most a minute (a longer rest is a longer outage of the
-    /// limits, whatever the store does), or [`build`](crate::HardenedBuilder::build) refuses it.
+    /// limits, whatever the store does), or [`build`](crate::HardenedBuilder::build) refuses
+    /// it with [`BuildError::InvalidStoreOutage`](crate::BuildError::InvalidStoreOutage),
+    /// with a store or without.
     pub const fn new(trip: u32, rest: Duration) -> Self {
         Self { trip, rest }
     }
@@ -188,7 +190,8 @@ impl Default for StoreOutage {
 
 /// What to do when the [`RateLimitStore`] cannot decide: for a decision it failed, and for
 /// every decision while it rests after [`STORE_TRIP`] failures in a row (at least
-/// [`STORE_REST`], then until a call finds it answering again). The outage is logged (target
+/// [`STORE_REST`], then until a call finds it answering again; both by default:
+/// [`StoreOutage`]). The outage is logged (target
 /// `mcp_harden::limits`: when it starts and when it ends, at most once a minute each, and
 /// while it lasts, at most once a minute), and every decision the store did not make is
 /// counted ([`Hardened::rate_store_errors`](crate::Hardened::rate_store_errors), the metric

@@ -59,7 +59,8 @@ impl RedisStore {
     /// A store for the Redis at `url` (`redis://host:port/db`, `rediss://` for TLS is not
     /// compiled in). Connects lazily and reconnects by itself. Each decision, connecting
     /// included, times out after 250 ms; after [`STORE_TRIP`](super::STORE_TRIP) failures in
-    /// a row the server asks Redis nothing for [`STORE_REST`](super::STORE_REST) (the
+    /// a row the server asks Redis nothing for [`STORE_REST`](super::STORE_REST) (both by
+    /// default: [`StoreOutage`](super::StoreOutage); the
     /// configured [`FailMode`](super::FailMode) decides), then one call asks again, so an
     /// unreachable or hung Redis costs one call a timeout per rest, not every call. Call it
     /// inside a Tokio runtime (outside one it returns an error).

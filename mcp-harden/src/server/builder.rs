@@ -48,7 +48,9 @@ pub enum BuildError {
         "the store outage setting is unusable: at least 1 failure, and a rest of 10 ms to a minute"
     )]
     InvalidStoreOutage,
-    /// A record budget for rejected calls of zero a minute.
+    /// A record budget for rejected calls
+    /// ([`rejected_records_per_caller`](HardenedBuilder::rejected_records_per_caller),
+    /// [`rejected_records_total`](HardenedBuilder::rejected_records_total)) of zero a minute.
     #[error("the rejected-call record budgets must be at least 1/min")]
     InvalidRecordBudget,
     /// A tier multiplier that is not a finite number above zero.
@@ -166,14 +168,15 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// An identified caller's calls rejected before they ran, for a reason that is not a
     /// security event (a rate limit, a busy tool, arguments refused, an unknown tool),
     /// recorded one by one per caller: `per_minute` sustained with bursts of `burst` (default
-    /// 30 and 20; a burst of 0 means `per_minute`).
+    /// 30 and 20; a burst of 0 means `per_minute`; a rate of 0 a minute:
+    /// [`BuildError::InvalidRecordBudget`]).
     ///
     /// An agent looping on its own mistake (calling on past its rate limit, resending
     /// arguments that are refused) can cause thousands of rejections a minute. The budget
     /// is kept per caller and reason, so that one kind of rejection cannot use it up to hide
     /// another. Beyond it, or [`rejected_records_total`](Self::rejected_records_total), a
     /// rejection is still answered and counted
-    /// (`mcp_harden_audit_records_total{result="suppressed"}`, and for a registered tool
+    /// (`mcp_harden_audit_records_total{result="unrecorded"}`, and for a registered tool
     /// `mcp_harden_tool_calls_total`), and summed up in one
     /// [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record 10 s after the first held
     /// back (a timer on the Tokio runtime) and when the audit is flushed at shutdown: how

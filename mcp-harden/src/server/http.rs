@@ -300,10 +300,10 @@ impl HttpConfig {
     /// Every request refused before its caller is known (no credential, a bad one, a
     /// throttled source, a foreign `Host` or `Origin`) and every refusal of an anonymous
     /// caller (a late body, a session, an unknown tool, arguments refused, a rate limit, a
-    /// missing scope) has an audit record (and, a security event, a log line). Beyond this
-    /// budget, or
+    /// missing scope) has an audit record (and, refused by the guard, a log line). Beyond
+    /// this budget, or
     /// [`refusal_records_total`](Self::refusal_records_total), a refusal is still answered
-    /// and counted (`mcp_harden_audit_records_total{result="suppressed"}`), and summed up in
+    /// and counted (`mcp_harden_audit_records_total{result="unrecorded"}`), and summed up in
     /// one [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record once
     /// [`refusal_summary_interval`](Self::refusal_summary_interval) has passed since the
     /// first of them, and when serving ends: how many, when, for which reasons, and the
@@ -318,7 +318,9 @@ impl HttpConfig {
     /// always recorded.
     ///
     /// The source's budget is asked first; while the total is used up, a source's own is
-    /// still spent on its refusals held back.
+    /// still spent on its refusals held back. A rate of 0 a minute is refused by
+    /// [`bind_http`](Hardened::bind_http) ([`HttpError::Config`]); `u32::MAX` for both
+    /// budgets records every refusal.
     pub fn refusal_records_per_source(mut self, per_minute: u32, burst: u32) -> Self {
         self.refusal_records_per_source = (per_minute, burst);
         self
@@ -332,9 +334,12 @@ impl HttpConfig {
         self
     }
 
-    /// How long after the first refusal held back over the record budget its summary is
-    /// recorded (default 10 s; at least 1 s, at most an hour); see
-    /// [`refusal_records_per_source`](Self::refusal_records_per_source).
+    /// How long after the first refusal held back over the per-source record budget its
+    /// summary is recorded (default 10 s; at least 1 s, at most an hour, or
+    /// [`bind_http`](Hardened::bind_http) refuses it with [`HttpError::Config`]); see
+    /// [`refusal_records_per_source`](Self::refusal_records_per_source). Identified callers'
+    /// rejections are summed up 10 s after the first held back, whatever this says
+    /// ([`HardenedBuilder::rejected_records_per_caller`](crate::HardenedBuilder::rejected_records_per_caller)).
     pub fn refusal_summary_interval(mut self, interval: Duration) -> Self {
         self.refusal_summary_interval = interval;
         self
@@ -739,9 +744,10 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
     }
 
     /// The endpoint's router, guard included, to drive without a listener (the benchmarks).
-    /// Requests need a `ConnectInfo<SocketAddr>` extension for the peer address. Without
-    /// [`serve`](Self::serve), refusals held back over the record budget are summed up only
-    /// with a later refusal or when the router and this server are dropped.
+    /// Requests need a `ConnectInfo<SocketAddr>` extension for the peer address. Refusals
+    /// held back over the record budget are summed up by a timer on the runtime they were
+    /// refused on, and, without [`serve`](Self::serve), last when the router and this
+    /// server are dropped.
     #[doc(hidden)]
     pub fn router(&self) -> Router {
         self.app.clone()
