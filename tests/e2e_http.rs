@@ -937,7 +937,8 @@ async fn until_summaries(audit: &Collect, n: usize) {
 
 /// A flood of refused requests is answered in full but recorded within the source's budget;
 /// the rest is summed up in one record when due, and once more when serving ends. An
-/// authenticated caller's refusals and calls are never held back.
+/// authenticated caller's security events and calls are never held back (nor counted in the
+/// budget per source).
 #[tokio::test]
 async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
     let srv = start(
@@ -998,7 +999,7 @@ async fn a_flood_of_refusals_is_recorded_within_a_budget_and_summed_up() {
             (alice.clone(), Outcome::Success),
             (alice, Outcome::Denied)
         ],
-        "the authenticated caller's records are never held back"
+        "the authenticated caller's records are not held back by the budget per source"
     );
 
     // Due a second after the first refusal held back, with no later refusal to bring it.

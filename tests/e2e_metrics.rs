@@ -104,7 +104,8 @@ async fn scraped_metrics_match_the_calls() {
                 .authenticator(keys)
                 .max_sessions_per_caller(1)
                 // Two refusals of unknown callers recorded one by one, the rest summed up
-                // (an authenticated caller's, the session refused, are always recorded).
+                // (an authenticated caller's, the session refused, counts against its own
+                // budget for rejected calls, far from spent).
                 .refusal_records_per_source(1, 2),
         )
         .await

@@ -9,7 +9,7 @@ use futures::FutureExt;
 use rmcp::model::{CallToolResult, ContentBlock};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::budget::Who;
+use crate::audit::budget::{Budgets, Refused};
 use crate::audit::{
     redact_credentials, AuditEvent, AuditPrincipal, AuditRecord, Outcome, AUDIT_RECORD_VERSION,
 };
@@ -65,8 +65,9 @@ pub(crate) struct CallInfo {
     pub principal: Option<Arc<Principal>>,
     pub transport: &'static str,
     pub source: Option<std::net::SocketAddr>,
-    /// An anonymous caller's over HTTP: its refusals are recorded within this budget.
-    pub budget: Option<Arc<crate::audit::budget::RefusalRecords>>,
+    /// An anonymous caller's over HTTP: the guard's record budget per source, which its
+    /// refusals are recorded within.
+    pub per_source: Option<Arc<crate::audit::budget::RefusalRecords>>,
 }
 
 /// Stage 2: the tool's scopes against the caller's. A public tool admits anyone.
@@ -255,32 +256,26 @@ pub(crate) fn record<S>(
         std::borrow::Cow::Borrowed(t) => Some(*t),
         std::borrow::Cow::Owned(_) => None,
     };
-    // A refusal over its record budget is summed up instead: an anonymous caller's over
-    // HTTP per source, an identified caller's rejection (not a security event) per caller.
-    match (&info.budget, info.source) {
-        (Some(budget), Some(source)) => {
-            budget.summarize(false);
-            if let Some(r) = refused {
-                let who = Who::Source(source.ip());
-                if !budget.admit(who, AuditEvent::ToolCall, r.reason, tool, r.outcome) {
-                    return;
-                }
-                if r.outcome == Outcome::Denied {
-                    tracing::warn!(target: "mcp_harden::security", tool = %info.tool, code = r.error.code.as_str(), "call denied");
-                }
-            }
+    // A refusal over its record budget is summed up instead.
+    if let Some(r) = refused {
+        let budgets = Budgets {
+            per_source: info.per_source.as_deref(),
+            per_caller: &inner.rejected,
+        };
+        let admitted = budgets.admit(Refused {
+            principal: info.principal.as_deref(),
+            source: info.source.map(|s| s.ip()),
+            transport: info.transport,
+            event: AuditEvent::ToolCall,
+            reason: r.reason,
+            tool,
+            outcome: r.outcome,
+        });
+        if !admitted {
+            return;
         }
-        _ => {
-            inner.rejected.summarize(false);
-            if let Some(r) = refused.filter(|r| r.outcome == Outcome::Rejected) {
-                let who = Who::Caller(info.principal.as_deref(), info.transport);
-                if !inner
-                    .rejected
-                    .admit(who, AuditEvent::ToolCall, r.reason, tool, r.outcome)
-                {
-                    return;
-                }
-            }
+        if r.outcome == Outcome::Denied {
+            tracing::warn!(target: "mcp_harden::security", tool = %info.tool, code = r.error.code.as_str(), "call denied");
         }
     }
     // A hand-written `redact_json` or `audit_json` could panic on odd input: never let that

@@ -24,27 +24,31 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 // Tokio's clock, as the timer's: a paused clock (in tests) moves both alike.
 use tokio::time::Instant;
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 
 use crate::audit::{
     AuditEvent, AuditPrincipal, AuditRecord, AuditSink, CallerCount, Outcome, SourceCount,
     Timestamp, Unrecorded, UnrecordedReason, AUDIT_RECORD_VERSION,
 };
-use crate::auth::Principal;
-use crate::limits::rate::SweepPace;
+use crate::auth::{AuthMethod, Principal};
+use crate::limits::rate::{per_minute_quota, SweepPace};
 use crate::telemetry::{AuditResult, TraceIds};
 
 /// Refusals held back are summed up in one record at most this often by default (and at
 /// shutdown).
 pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// The default budget per key (source, or caller and reason): 30 a minute, bursts of 20.
+pub(crate) const DEFAULT_PER_KEY: (u32, u32) = (30, 20);
+
+/// The default budget for all keys together: 300 a minute, bursts of 100.
+pub(crate) const DEFAULT_TOTAL: (u32, u32) = (300, 100);
 
 /// Most sources, and most callers, told apart in one summary; refusals from any further one
 /// are counted, but not by whom.
@@ -53,8 +57,56 @@ const MAX_TOLD_APART: usize = 4_096;
 /// Most sources, and most callers, named in a summary (those that sent most).
 const TOP: usize = 10;
 
+/// The budgets a refusal may be recorded within.
+pub(crate) struct Budgets<'a> {
+    /// Over HTTP: unknown and anonymous callers' refusals, per source.
+    pub per_source: Option<&'a RefusalRecords>,
+    /// Rejections that are not security events, per caller and reason.
+    pub per_caller: &'a RefusalRecords,
+}
+
+/// A refusal, as the budgets see it.
+pub(crate) struct Refused<'a> {
+    /// The caller, if it has any identity.
+    pub principal: Option<&'a Principal>,
+    /// Its address, over HTTP.
+    pub source: Option<IpAddr>,
+    pub transport: &'static str,
+    pub event: AuditEvent,
+    pub reason: &'static str,
+    /// The registered tool a refused call named, if any.
+    pub tool: Option<&'static str>,
+    pub outcome: Outcome,
+}
+
+impl Budgets<'_> {
+    /// Whether `r` is recorded on its own (if not, it is held back for the next summary):
+    /// an unknown or anonymous caller's refusal over HTTP within the budget per source; any
+    /// other rejection that is not a security event within the budget per caller and
+    /// reason; an identified caller's security event always. The one rule for the HTTP
+    /// guard's refusals and the pipeline's alike.
+    pub(crate) fn admit(&self, r: Refused<'_>) -> bool {
+        let anonymous = r
+            .principal
+            .is_none_or(|p| p.method() == AuthMethod::Anonymous);
+        match (self.per_source, r.source) {
+            (Some(budget), Some(ip)) if anonymous => {
+                budget.admit(Who::Source(ip), r.event, r.reason, r.tool, r.outcome)
+            }
+            _ if r.outcome == Outcome::Rejected => self.per_caller.admit(
+                Who::Caller(r.principal, r.transport),
+                r.event,
+                r.reason,
+                r.tool,
+                r.outcome,
+            ),
+            _ => true,
+        }
+    }
+}
+
 /// Whose refusal it is: what a budget is kept per.
-pub(crate) enum Who<'a> {
+enum Who<'a> {
     /// A source address (an IPv6 one is counted by its /64).
     Source(IpAddr),
     /// A caller, by its rate-limit key (`jwt:alice`; `None`: a call without any identity),
@@ -82,14 +134,8 @@ pub(crate) struct RefusalRecords {
     /// before another is taken (a forced one at shutdown comes after it), while refusals,
     /// which take only `held`, never wait on the sink.
     delivering: Mutex<()>,
-    /// How long after the first refusal held back its summary is due.
+    /// How long after the first refusal held back its summary is due (its timer's wait).
     every: Duration,
-    /// What `due` counts from.
-    epoch: Instant,
-    /// When the summary of the refusals held back is due, in nanoseconds from `epoch`;
-    /// `u64::MAX` when none is held: a refusal takes the lock only to be held back, never
-    /// to learn that no summary is due.
-    due: AtomicU64,
     /// Where summaries go: the server's sink, held so that the last summary is recorded
     /// when the last holder of the budget lets go of it.
     sink: Arc<dyn AuditSink>,
@@ -120,22 +166,19 @@ static NO_ONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::
 impl RefusalRecords {
     /// `per_key` and `total` are `(per_minute, burst)` (a burst of 0: `per_minute`);
     /// `every`, how long after the first refusal held back the summary is due (a timer on
-    /// the current Tokio runtime records it then); summaries go to `sink`. `None` if a rate
-    /// is zero.
+    /// the current Tokio runtime records it then; without a runtime, the summary waits for
+    /// [`summarize`](Self::summarize) with `force`, or the drop); summaries go to `sink`.
+    /// `None` if a rate is zero.
     pub(crate) fn new(
         per_key: (u32, u32),
         total: (u32, u32),
         every: Duration,
         sink: Arc<dyn AuditSink>,
     ) -> Option<Arc<Self>> {
-        let quota = |(per_minute, burst): (u32, u32)| {
-            let per_minute = NonZeroU32::new(per_minute)?;
-            Some(
-                Quota::per_minute(per_minute)
-                    .allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute)),
-            )
-        };
-        let (per_key, total) = (quota(per_key)?, quota(total)?);
+        let (per_key, total) = (
+            per_minute_quota(per_key.0, per_key.1)?,
+            per_minute_quota(total.0, total.1)?,
+        );
         Some(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             per_key: RateLimiter::keyed(per_key),
@@ -144,8 +187,6 @@ impl RefusalRecords {
             held: Mutex::new(Held::default()),
             delivering: Mutex::new(()),
             every,
-            epoch: Instant::now(),
-            due: AtomicU64::new(u64::MAX),
             sink,
         }))
     }
@@ -157,7 +198,7 @@ impl RefusalRecords {
     /// everyone's; while the total is used up, a key's own budget is still spent on its
     /// refusals held back (governor gives nothing back).
     /// `tool`: the registered tool a refused call named, if any.
-    pub(crate) fn admit(
+    fn admit(
         &self,
         who: Who<'_>,
         event: AuditEvent,
@@ -188,13 +229,8 @@ impl RefusalRecords {
         let now = (Timestamp::now(), Instant::now());
         if held.first.is_none() {
             held.first = Some(now);
-            let due = (now.1 + self.every).saturating_duration_since(self.epoch);
-            self.due.store(
-                u64::try_from(due.as_nanos()).unwrap_or(u64::MAX - 1),
-                Ordering::Release,
-            );
-            // Recorded when due even if nothing else comes to do it (a quiet stdio server,
-            // a flood that stopped).
+            // Recorded when due, whatever comes next (a quiet stdio server, a flood that
+            // stopped).
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let (me, every) = (self.me.clone(), self.every);
                 runtime.spawn(async move {
@@ -254,21 +290,11 @@ impl RefusalRecords {
     }
 
     /// Records the summary of the refusals held back, when one is due (the summary interval
-    /// after the first of them), or now with `force`.
+    /// after the first of them: its timer), or now with `force` (shutdown, drop).
     ///
     /// A summary being recorded (by its timer, say) is in the sink before another can be
     /// taken, so a forced one at shutdown comes after it, and before the flush that follows.
     pub(crate) fn summarize(&self, force: bool) {
-        if !force {
-            let due = self.due.load(Ordering::Acquire);
-            if due == u64::MAX {
-                return;
-            }
-            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if now < due {
-                return;
-            }
-        }
         let _delivering = self.delivering.lock().unwrap_or_else(|p| p.into_inner());
         let taken = self.take(
             &mut self.held.lock().unwrap_or_else(|p| p.into_inner()),
@@ -294,12 +320,10 @@ impl RefusalRecords {
     /// starts again.
     fn take(&self, held: &mut Held, force: bool) -> Option<Held> {
         let (_, since) = held.first?;
-        // Looked at under the lock: another thread may have taken the batch that was due,
-        // and this one just begun.
+        // A timer may find its batch taken (forced) and another just begun.
         if !force && since.elapsed() < self.every {
             return None;
         }
-        self.due.store(u64::MAX, Ordering::Release);
         Some(std::mem::take(held))
     }
 
@@ -381,14 +405,22 @@ impl Drop for RefusalRecords {
 mod tests {
     use super::*;
 
-    /// A sink that keeps nothing (the tests read summaries with `summary`).
-    fn sink() -> Arc<dyn AuditSink> {
-        #[derive(Default)]
-        struct Nothing;
-        impl AuditSink for Nothing {
-            fn record(&self, _: &AuditRecord) {}
+    /// A sink that keeps what it is given.
+    #[derive(Default)]
+    struct Keep(Mutex<Vec<AuditRecord>>);
+
+    impl AuditSink for Keep {
+        fn record(&self, r: &AuditRecord) {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r.clone());
         }
-        Arc::new(Nothing)
+    }
+
+    /// A sink for budgets whose summaries the tests take with `summary`.
+    fn sink() -> Arc<dyn AuditSink> {
+        Arc::new(Keep::default())
     }
 
     const ALICE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
@@ -710,16 +742,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_timer_records_the_summary_when_it_is_due() {
-        #[derive(Default)]
-        struct Keep(Mutex<Vec<AuditRecord>>);
-        impl AuditSink for Keep {
-            fn record(&self, r: &AuditRecord) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(r.clone());
-            }
-        }
         let keep = Arc::new(Keep::default());
         let every = Duration::from_millis(100);
         let r = RefusalRecords::new((1, 1), (1_000, 1_000), every, keep.clone()).expect("budgets");
@@ -732,6 +754,71 @@ mod tests {
         // Dropped with nothing held: nothing more.
         drop(r);
         assert_eq!(keep.0.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
+    }
+
+    /// The one rule: which budget a refusal is recorded within, if any.
+    #[test]
+    fn each_refusal_meets_the_budget_its_caller_and_outcome_call_for() {
+        let tight =
+            || RefusalRecords::new((1, 1), (1_000, 1_000), SUMMARY_EVERY, sink()).expect("budgets");
+        let (per_source, per_caller) = (tight(), tight());
+        let budgets = Budgets {
+            per_source: Some(&per_source),
+            per_caller: &per_caller,
+        };
+        let alice = Principal::local("alice", ["x"]);
+        let anonymous = Principal::anonymous();
+        let refused = |principal, outcome| Refused {
+            principal,
+            source: Some(ALICE),
+            transport: "http",
+            event: AuditEvent::ToolCall,
+            reason: "rate_limited",
+            tool: None,
+            outcome,
+        };
+        // An identified caller's security event: always.
+        for _ in 0..3 {
+            assert!(budgets.admit(refused(Some(&alice), Outcome::Denied)));
+        }
+        // Its rejections: per caller and reason (the burst of 1, then held back).
+        assert!(budgets.admit(refused(Some(&alice), Outcome::Rejected)));
+        assert!(!budgets.admit(refused(Some(&alice), Outcome::Rejected)));
+        // Unknown and anonymous callers, security events included: per source.
+        assert!(budgets.admit(refused(None, Outcome::Denied)));
+        assert!(!budgets.admit(refused(Some(&anonymous), Outcome::Rejected)));
+        assert!(!budgets.admit(refused(None, Outcome::Denied)));
+        let by_source = per_source.summary(true).expect("held back");
+        assert_eq!(
+            by_source
+                .unrecorded
+                .as_deref()
+                .map(|u| (u.count, u.distinct_sources)),
+            Some((2, 1))
+        );
+        let by_caller = per_caller.summary(true).expect("held back");
+        assert_eq!(
+            by_caller
+                .unrecorded
+                .as_deref()
+                .map(|u| (u.count, u.distinct_callers)),
+            Some((1, 1))
+        );
+        // Without a budget per source (not HTTP): no identity is one caller for rejections,
+        // and its security events are always recorded.
+        let budgets = Budgets {
+            per_source: None,
+            per_caller: &per_caller,
+        };
+        let local = |outcome| Refused {
+            source: None,
+            transport: "stdio",
+            ..refused(None, outcome)
+        };
+        assert!(budgets.admit(local(Outcome::Denied)));
+        assert!(budgets.admit(local(Outcome::Denied)));
+        assert!(budgets.admit(local(Outcome::Rejected)));
+        assert!(!budgets.admit(local(Outcome::Rejected)));
     }
 
     #[test]

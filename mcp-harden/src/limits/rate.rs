@@ -37,6 +37,13 @@ const SWEEP_EVERY: u32 = 4096;
 /// Keys beyond which a limiter's periodic sweep runs in the background (within a runtime).
 const BACKGROUND_SWEEP: usize = 4 * SWEEP_EVERY as usize;
 
+/// `per_minute` sustained with bursts of `burst` (0: `per_minute`); `None` for a rate of 0.
+/// The form of the HTTP guard's limits on failed authentications and audit records.
+pub(crate) fn per_minute_quota(per_minute: u32, burst: u32) -> Option<Quota> {
+    let per_minute = NonZeroU32::new(per_minute)?;
+    Some(Quota::per_minute(per_minute).allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute)))
+}
+
 /// The last time something happened, which threads claim in turn: milliseconds since the
 /// moment was made, plus one (0: never).
 pub(crate) struct Moment {

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -26,7 +25,7 @@ use axum::routing::get;
 use axum::Router;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +39,7 @@ use crate::errors::{ErrorCode, ToolError};
 use crate::spec::Scopes;
 
 mod sessions;
-use crate::audit::budget::{RefusalRecords, Who};
+use crate::audit::budget::{Budgets, RefusalRecords, Refused};
 use sessions::{Bounds, Full, Opener, OwnedSessions, SessionCheck, Sessions};
 
 /// How a `tools/call` is answered when the caller's token lacks a scope the tool needs.
@@ -145,8 +144,8 @@ impl HttpConfig {
             max_body_bytes: 1024 * 1024,
             max_credential_bytes: 8 * 1024,
             auth_failures: (10, 10),
-            refusal_records_per_source: (30, 20),
-            refusal_records_total: (300, 100),
+            refusal_records_per_source: crate::audit::budget::DEFAULT_PER_KEY,
+            refusal_records_total: crate::audit::budget::DEFAULT_TOTAL,
             refusal_summary_interval: crate::audit::budget::SUMMARY_EVERY,
             challenge: ScopeChallenge::Auto,
             grace: Duration::from_secs(30),
@@ -445,8 +444,9 @@ pub enum HttpError {
 pub(crate) struct Authenticated {
     pub principal: Arc<Principal>,
     pub source: SocketAddr,
-    /// For an anonymous caller: the record budget its refused calls are audited within.
-    pub budget: Option<Arc<RefusalRecords>>,
+    /// For an anonymous caller: the guard's record budget per source, which its refused
+    /// calls are audited within.
+    pub per_source: Option<Arc<RefusalRecords>>,
 }
 
 /// A bound HTTP server, not yet serving: its address is known (useful with port 0).
@@ -772,7 +772,7 @@ impl<S: Send + Sync + 'static> HttpServer<S> {
         let served = self.serve_then_drain(signal).await;
         // Refusals held back over the record budget: their summary before the flush (one
         // being recorded by its timer now is delivered before this returns).
-        gate.summarize_unrecorded(true);
+        gate.refusals.summarize(true);
         hardened.flush_audit(super::AUDIT_FLUSH).await;
         served
     }
@@ -1034,9 +1034,7 @@ const MAX_BLOCKED: usize = 100_000;
 
 impl AuthThrottle {
     fn new(per_minute: u32, burst: u32) -> Option<Self> {
-        let per_minute = NonZeroU32::new(per_minute)?;
-        let quota =
-            Quota::per_minute(per_minute).allow_burst(NonZeroU32::new(burst).unwrap_or(per_minute));
+        let quota = crate::limits::rate::per_minute_quota(per_minute, burst)?;
         Some(Self {
             limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
             blocked: Mutex::new(HashMap::new()),
@@ -1046,17 +1044,12 @@ impl AuthThrottle {
         })
     }
 
-    /// See [`source_key`].
-    fn key(ip: IpAddr) -> IpAddr {
-        source_key(ip)
-    }
-
     /// How long `ip` must still wait, if it is blocked.
     fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         if !self.any_blocked.load(Ordering::Acquire) {
             return None;
         }
-        let key = Self::key(ip);
+        let key = source_key(ip);
         let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         let until = *blocked.get(&key)?;
         let now = Instant::now();
@@ -1074,7 +1067,7 @@ impl AuthThrottle {
     /// failure that uses up the burst blocks the source: with a burst of 3, the 4th attempt
     /// is refused without its credentials being checked.
     fn failed(&self, ip: IpAddr) -> Option<Duration> {
-        let key = Self::key(ip);
+        let key = source_key(ip);
         if self.pace.due() {
             self.limiter.retain_recent();
             self.pace.swept(self.limiter.len());
@@ -1194,26 +1187,20 @@ impl Gate {
         if e.event == AuditEvent::Authentication {
             crate::telemetry::auth_failure(e.reason);
         }
-        self.summarize_unrecorded(false);
         let outcome = Outcome::of_refusal(e.code);
-        // Unknown and anonymous callers within the budget per source; an identified caller's
-        // refusals that are not security events (no room for a session, a late body) within
-        // its own, as its rejected calls; its security events always.
-        let admitted = match e.principal {
-            Some(p) if p.method() != crate::auth::AuthMethod::Anonymous => {
-                outcome != Outcome::Rejected
-                    || self.hardened.rejected().admit(
-                        Who::Caller(Some(p), "http"),
-                        e.event,
-                        e.reason,
-                        None,
-                        outcome,
-                    )
-            }
-            _ => self
-                .refusals
-                .admit(Who::Source(e.source.ip()), e.event, e.reason, None, outcome),
+        let budgets = Budgets {
+            per_source: Some(&self.refusals),
+            per_caller: self.hardened.rejected(),
         };
+        let admitted = budgets.admit(Refused {
+            principal: e.principal,
+            source: Some(e.source.ip()),
+            transport: "http",
+            event: e.event,
+            reason: e.reason,
+            tool: None,
+            outcome,
+        });
         if !admitted {
             return false;
         }
@@ -1245,12 +1232,6 @@ impl Gate {
         };
         self.hardened.audit(&record);
         true
-    }
-
-    /// Records the summary of the refusals held back over the record budget, when one is
-    /// due (`force`: whenever there are any).
-    fn summarize_unrecorded(&self, force: bool) {
-        self.refusals.summarize(force);
     }
 
     /// A new session refused for want of room: audited, counted, and answered 429 (the
@@ -1372,7 +1353,7 @@ impl Gate {
             // Anonymous callers are told apart by source address (IPv6: /64), so that one of
             // them cannot use up a public tool's rate for all the others.
             Err(AuthFailure::Missing) if self.allow_anonymous => Ok(Arc::new(Principal::new(
-                format!("anonymous@{}", AuthThrottle::key(source.ip())),
+                format!("anonymous@{}", source_key(source.ip())),
                 std::iter::empty::<&str>(),
                 crate::auth::AuthMethod::Anonymous,
             ))),
@@ -1750,20 +1731,20 @@ where
         reply: (req.method() == Method::POST).then(|| gate.hardened.inflight()),
         body,
     };
-    let budget =
+    let per_source =
         (principal.method() == crate::auth::AuthMethod::Anonymous).then(|| gate.refusals.clone());
     let Some((opener, traceparent)) = opener else {
         req.extensions_mut().insert(Authenticated {
             principal,
             source,
-            budget,
+            per_source,
         });
         return GuardFuture::Call(inner.call(req), Some(after));
     };
     req.extensions_mut().insert(Authenticated {
         principal: principal.clone(),
         source,
-        budget,
+        per_source,
     });
     let call = inner.call(req);
     let gate = gate.clone();
@@ -2472,7 +2453,7 @@ mod tests {
         let t = AuthThrottle::new(1, 2).unwrap();
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         let same64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
-        assert_eq!(AuthThrottle::key(ip), AuthThrottle::key(same64));
+        assert_eq!(source_key(ip), source_key(same64));
         assert_eq!(t.blocked(ip), None);
         assert_eq!(t.failed(ip), None);
         assert_eq!(t.blocked(same64), None);

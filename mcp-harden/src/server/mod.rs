@@ -91,13 +91,13 @@ pub(crate) struct Entry<S> {
     pub metrics: crate::telemetry::ToolMetrics,
 }
 
-/// Who is calling, from where, and (an anonymous caller over HTTP) the record budget its
-/// refused calls are audited within.
+/// Who is calling, from where, and (an anonymous caller over HTTP) the guard's record
+/// budget per source, which its refused calls are audited within.
 #[derive(Default)]
 struct Caller {
     principal: Option<Arc<Principal>>,
     source: Option<std::net::SocketAddr>,
-    budget: Option<Arc<crate::audit::budget::RefusalRecords>>,
+    per_source: Option<Arc<crate::audit::budget::RefusalRecords>>,
 }
 
 impl<S: Send + Sync + 'static> Hardened<S> {
@@ -289,7 +289,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             Some(auth) => Caller {
                 principal: Some(auth.principal.clone()),
                 source: Some(auth.source),
-                budget: auth.budget.clone(),
+                per_source: auth.per_source.clone(),
             },
             None => Caller::default(),
         }
@@ -320,7 +320,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let Caller {
             principal,
             source,
-            budget,
+            per_source,
         } = self.identify(&rc);
         let CallToolRequestParams {
             name, arguments, ..
@@ -340,7 +340,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             principal,
             transport: self.transport,
             source,
-            budget: budget.clone(),
+            per_source: per_source.clone(),
         };
         let raw = serde_json::Value::Object(arguments.unwrap_or_default());
         let Some(entry) = inner.tools.get(&*name) else {
@@ -402,14 +402,9 @@ impl<S: Send + Sync + 'static> Hardened<S> {
             principal.clone(),
         );
         let stages = async {
-            let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref()).map_err(|e| {
-                // An anonymous caller's denials over HTTP are logged with their records,
-                // within the record budget.
-                if budget.is_none() {
-                    tracing::warn!(target: "mcp_harden::security", tool = entry.spec.name, code = e.code.as_str(), "call denied");
-                }
-                pipeline::Refusal::refused(e, crate::audit::Outcome::Denied)
-            })?;
+            // Logged with its record (`pipeline::record`), within its record budget.
+            let caller = pipeline::authorize(entry.spec.scopes, principal.as_ref())
+                .map_err(|e| pipeline::Refusal::refused(e, crate::audit::Outcome::Denied))?;
             let _permit = pipeline::limit(inner, entry, &caller, &rc.ct)
                 .await
                 .map_err(|e| pipeline::Refusal::refused(e, crate::audit::Outcome::Rejected))?;
