@@ -583,6 +583,14 @@ async fn the_builder_sets_and_checks_concurrency() {
     ] {
         assert_eq!(err(b), Some(BuildError::InvalidRecordBudget));
     }
+    for interval in [Duration::from_millis(999), Duration::from_secs(3601)] {
+        assert_eq!(
+            err(builder(&app)
+                .tool::<unbounded>()
+                .rejected_summary_interval(interval)),
+            Some(BuildError::InvalidSummaryInterval(interval))
+        );
+    }
     assert_eq!(
         err(builder(&app)
             .tool::<unbounded>()
@@ -978,4 +986,45 @@ async fn a_caller_looping_past_its_limit_is_recorded_within_a_budget() {
     // Flushed again: nothing more to sum up.
     assert!(server.flush_audit(Duration::from_secs(5)).await);
     assert_eq!(audit.records().len(), 11);
+}
+
+/// The per-caller budget's summary comes when its interval says, not at the default 10 s.
+#[tokio::test]
+async fn rejections_are_summed_up_after_the_configured_interval() {
+    let app = Arc::new(App::default());
+    let audit = common::Collect::default();
+    let server = builder(&app)
+        .tool::<tiered>()
+        .audit_sink(audit.clone())
+        .rejected_records_per_caller(1, 1)
+        .rejected_summary_interval(Duration::from_secs(1))
+        .build()
+        .expect("the server builds");
+    let c = connect(&server).await;
+    for _ in 0..5 {
+        call(&c, "tiered").await;
+    }
+    // Two calls ran, one rejection recorded, two held back.
+    assert_eq!(audit.records().len(), 3);
+    let held = std::time::Instant::now();
+    let summary = loop {
+        if let Some(r) = audit
+            .records()
+            .into_iter()
+            .find(|r| r.event == mcp_harden::audit::AuditEvent::Unrecorded)
+        {
+            break r;
+        }
+        assert!(
+            held.elapsed() < Duration::from_secs(6),
+            "no summary 6 s after the rejections held back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        held.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        held.elapsed()
+    );
+    assert_eq!(summary.unrecorded.as_deref().map(|u| u.count), Some(2));
 }

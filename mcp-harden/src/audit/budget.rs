@@ -42,13 +42,25 @@ use crate::telemetry::{AuditResult, TraceIds};
 
 /// Refusals held back are summed up in one record at most this often by default (and at
 /// shutdown).
-pub(crate) const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// The default budget per key (source, or caller and reason): 30 a minute, bursts of 20.
-pub(crate) const DEFAULT_PER_KEY: (u32, u32) = (30, 20);
+/// The shortest summary interval a server accepts.
+pub const MIN_SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The default budget for all keys together: 300 a minute, bursts of 100.
-pub(crate) const DEFAULT_TOTAL: (u32, u32) = (300, 100);
+/// The longest summary interval a server accepts.
+pub const MAX_SUMMARY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The default budget per key (a source, or a caller and reason): 30 records a minute,
+/// bursts of 20.
+pub const DEFAULT_PER_KEY: (u32, u32) = (30, 20);
+
+/// The default budget for all keys together: 300 records a minute, bursts of 100.
+pub const DEFAULT_TOTAL: (u32, u32) = (300, 100);
+
+/// Whether `interval` is one a server accepts.
+pub(crate) fn usable_interval(interval: Duration) -> bool {
+    (MIN_SUMMARY_INTERVAL..=MAX_SUMMARY_INTERVAL).contains(&interval)
+}
 
 /// Most sources, and most callers, told apart in one summary; refusals from any further one
 /// are counted, but not by whom.

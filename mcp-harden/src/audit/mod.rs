@@ -4,7 +4,7 @@
 //! `tracing` event with target `mcp_harden::audit`. Where it goes is the subscriber's choice;
 //! on stdio it must be stderr, never stdout, which carries the protocol.
 
-pub(crate) mod budget;
+pub mod budget;
 pub mod file;
 mod redact;
 

@@ -53,6 +53,12 @@ pub enum BuildError {
     /// [`rejected_records_total`](HardenedBuilder::rejected_records_total)) of zero a minute.
     #[error("the rejected-call record budgets must be at least 1/min")]
     InvalidRecordBudget,
+    /// A summary interval for rejected calls
+    /// ([`rejected_summary_interval`](HardenedBuilder::rejected_summary_interval)) under
+    /// [`MIN_SUMMARY_INTERVAL`](crate::audit::budget::MIN_SUMMARY_INTERVAL) or over
+    /// [`MAX_SUMMARY_INTERVAL`](crate::audit::budget::MAX_SUMMARY_INTERVAL).
+    #[error("the rejected-call summary interval ({0:?}) must be at least 1 s and at most an hour")]
+    InvalidSummaryInterval(Duration),
     /// A tier multiplier that is not a finite number above zero.
     #[error("the tier `{0}` has an unusable multiplier: it must be a finite number above 0")]
     InvalidTier(String),
@@ -102,6 +108,7 @@ pub struct HardenedBuilder<S> {
     max_tracked: usize,
     rejected_records_per_caller: (u32, u32),
     rejected_records_total: (u32, u32),
+    rejected_summary_interval: Duration,
 }
 
 impl<S: Send + Sync + 'static> HardenedBuilder<S> {
@@ -115,6 +122,7 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             max_output_bytes: 1024 * 1024,
             rejected_records_per_caller: crate::audit::budget::DEFAULT_PER_KEY,
             rejected_records_total: crate::audit::budget::DEFAULT_TOTAL,
+            rejected_summary_interval: crate::audit::budget::SUMMARY_EVERY,
             name: "mcp-harden".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             instructions: None,
@@ -168,7 +176,8 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// An identified caller's calls rejected before they ran, for a reason that is not a
     /// security event (a rate limit, a busy tool, arguments refused, an unknown tool),
     /// recorded one by one per caller: `per_minute` sustained with bursts of `burst` (default
-    /// 30 and 20; a burst of 0 means `per_minute`; a rate of 0 a minute:
+    /// 30 and 20, [`DEFAULT_PER_KEY`](crate::audit::budget::DEFAULT_PER_KEY); a burst of 0
+    /// means `per_minute`; a rate of 0 a minute:
     /// [`BuildError::InvalidRecordBudget`]).
     ///
     /// An agent looping on its own mistake (calling on past its rate limit, resending
@@ -178,7 +187,8 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     /// rejection is still answered and counted
     /// (`mcp_harden_audit_records_total{result="unrecorded"}`, and for a registered tool
     /// `mcp_harden_tool_calls_total`), and summed up in one
-    /// [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record 10 s after the first held
+    /// [`Unrecorded`](crate::audit::AuditEvent::Unrecorded) record
+    /// [`rejected_summary_interval`](Self::rejected_summary_interval) after the first held
     /// back (a timer on the Tokio runtime) and when the audit is flushed at shutdown: how
     /// many, when, for which reasons and tools, and the callers that made most. Calls
     /// without any identity share one budget per reason. Over HTTP, an identified caller's other
@@ -195,10 +205,21 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
     }
 
     /// Rejected calls recorded one by one from all callers together (default 300 a minute,
-    /// bursts of 100; a burst of 0 means `per_minute`); see
+    /// bursts of 100, [`DEFAULT_TOTAL`](crate::audit::budget::DEFAULT_TOTAL); a burst of 0
+    /// means `per_minute`); see
     /// [`rejected_records_per_caller`](Self::rejected_records_per_caller).
     pub fn rejected_records_total(mut self, per_minute: u32, burst: u32) -> Self {
         self.rejected_records_total = (per_minute, burst);
+        self
+    }
+
+    /// How long after the first rejection held back over
+    /// [`rejected_records_per_caller`](Self::rejected_records_per_caller) its summary is
+    /// recorded (default [`SUMMARY_EVERY`](crate::audit::budget::SUMMARY_EVERY), 10 s; from
+    /// 1 s to an hour, or [`BuildError::InvalidSummaryInterval`]). Longer means fewer
+    /// summaries and later ones.
+    pub fn rejected_summary_interval(mut self, interval: Duration) -> Self {
+        self.rejected_summary_interval = interval;
         self
     }
 
@@ -395,10 +416,15 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         if !self.store_outage.usable() {
             return Err(BuildError::InvalidStoreOutage);
         }
+        if !crate::audit::budget::usable_interval(self.rejected_summary_interval) {
+            return Err(BuildError::InvalidSummaryInterval(
+                self.rejected_summary_interval,
+            ));
+        }
         let rejected = crate::audit::budget::RefusalRecords::new(
             self.rejected_records_per_caller,
             self.rejected_records_total,
-            crate::audit::budget::SUMMARY_EVERY,
+            self.rejected_summary_interval,
             self.audit.clone(),
         )
         .ok_or(BuildError::InvalidRecordBudget)?;

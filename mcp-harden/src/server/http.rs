@@ -293,8 +293,9 @@ impl HttpConfig {
     }
 
     /// Refusals of unknown or anonymous callers recorded one by one per source address
-    /// (IPv6: per /64): `per_minute` sustained with bursts of `burst` (default 30 and 20; a
-    /// burst of 0 means `per_minute`).
+    /// (IPv6: per /64): `per_minute` sustained with bursts of `burst` (default 30 and 20,
+    /// [`DEFAULT_PER_KEY`](crate::audit::budget::DEFAULT_PER_KEY); a burst of 0 means
+    /// `per_minute`).
     ///
     /// Every request refused before its caller is known (no credential, a bad one, a
     /// throttled source, a foreign `Host` or `Origin`) and every refusal of an anonymous
@@ -326,8 +327,9 @@ impl HttpConfig {
     }
 
     /// Refusals of unknown or anonymous callers recorded one by one from all sources
-    /// together (default 300 a minute, bursts of 100; a burst of 0 means `per_minute`); see
-    /// [`refusal_records_per_source`](Self::refusal_records_per_source).
+    /// together (default 300 a minute, bursts of 100,
+    /// [`DEFAULT_TOTAL`](crate::audit::budget::DEFAULT_TOTAL); a burst of 0 means
+    /// `per_minute`); see [`refusal_records_per_source`](Self::refusal_records_per_source).
     pub fn refusal_records_total(mut self, per_minute: u32, burst: u32) -> Self {
         self.refusal_records_total = (per_minute, burst);
         self
@@ -337,8 +339,8 @@ impl HttpConfig {
     /// summary is recorded (default 10 s; at least 1 s, at most an hour, or
     /// [`bind_http`](Hardened::bind_http) refuses it with [`HttpError::Config`]); see
     /// [`refusal_records_per_source`](Self::refusal_records_per_source). Identified callers'
-    /// rejections are summed up 10 s after the first held back, whatever this says
-    /// ([`HardenedBuilder::rejected_records_per_caller`](crate::HardenedBuilder::rejected_records_per_caller)).
+    /// rejections have their own interval
+    /// ([`HardenedBuilder::rejected_summary_interval`](crate::HardenedBuilder::rejected_summary_interval)).
     pub fn refusal_summary_interval(mut self, interval: Duration) -> Self {
         self.refusal_summary_interval = interval;
         self
@@ -630,9 +632,7 @@ impl<S: Send + Sync + 'static> Hardened<S> {
         let throttle = AuthThrottle::new(per_minute, burst).ok_or_else(|| {
             HttpError::Config("the failed-authentication limit must be at least 1/min".into())
         })?;
-        if config.refusal_summary_interval < Duration::from_secs(1)
-            || config.refusal_summary_interval > Duration::from_secs(3600)
-        {
+        if !crate::audit::budget::usable_interval(config.refusal_summary_interval) {
             return Err(HttpError::Config(format!(
                 "the refusal summary interval ({:?}) must be at least 1 s and at most an hour",
                 config.refusal_summary_interval
