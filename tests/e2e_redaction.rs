@@ -20,8 +20,9 @@ async fn sign_in(
     #[arg(max_len = 64, secret)] passphrase: String,
     #[arg(max_len = 64)] api_key: String,
     #[arg(max_len = 200)] note: String,
+    #[arg(max_len = 200)] body: String,
 ) -> String {
-    let _ = (passphrase, api_key, note);
+    let _ = (passphrase, api_key, note, body);
     format!("signed in {user}")
 }
 
@@ -72,13 +73,20 @@ async fn secrets_reach_no_sink_log_or_metric() {
     // A credential inside an ordinary string: its value masked, the rest kept.
     let db_password = "Tr0ub4dor-and-3";
     let note = format!("dsn host=db user=app password={db_password} dbname=crm");
+    // In XML, and URL-encoded in a query string.
+    let xml_key = "xk-5f0c2a9e7b1d";
+    let encoded_secret = "cs-93be41d07a6f";
+    let body = format!(
+        "<Config><ns:ApiKey>{xml_key}</ns:ApiKey></Config> \
+         cb?state=ok&data=client_secret%3D{encoded_secret}%26next%3D1"
+    );
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
     let post = |auth: String| {
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": "sign_in", "arguments": {"user": "ann", "passphrase": passphrase, "api_key": api_key, "note": note}}});
+            "params": {"name": "sign_in", "arguments": {"user": "ann", "passphrase": passphrase, "api_key": api_key, "note": note, "body": body}}});
         client
             .post(&url)
             .header("accept", "application/json, text/event-stream")
@@ -114,6 +122,13 @@ async fn secrets_reach_no_sink_log_or_metric() {
         "{audit}"
     );
     assert!(
+        audit.contains(
+            "<Config><ns:ApiKey>[REDACTED]</ns:ApiKey></Config> \
+             cb?state=ok&data=client_secret%3D[REDACTED]%26next%3D1"
+        ),
+        "{audit}"
+    );
+    assert!(
         logs.contains("mcp_harden::audit"),
         "the tracing sink logged the call"
     );
@@ -127,6 +142,8 @@ async fn secrets_reach_no_sink_log_or_metric() {
             passphrase,
             api_key,
             db_password,
+            xml_key,
+            encoded_secret,
             token.as_str(),
             forged.as_str(),
         ] {
