@@ -165,7 +165,11 @@ fn rate(c: &mut Criterion) {
             .expect("a limited tool");
         g.bench_function("redis_one_caller", |b| {
             b.to_async(&rt).iter(|| async {
-                let d = mcp_harden::limits::RateLimitStore::check(&store, "bench-user", quota)
+                let limits = [mcp_harden::limits::StoreLimit {
+                    key: "bench-user",
+                    quota,
+                }];
+                let d = mcp_harden::limits::RateLimitStore::check(&store, &limits)
                     .await
                     .expect("decides");
                 black_box(d)

@@ -458,14 +458,16 @@ async fn rejects_a_second_call(server: &Hardened<App>, app: &Arc<App>, tool: &'s
     assert_eq!(server.running(tool), 0);
 }
 
-/// A call refused as busy never ran: it spends none of the tool's global rate, which every
-/// caller shares (the global rate is checked once the call holds its slot).
+/// A call refused as busy never ran: it gives back the cells its rate limits took, the
+/// caller's own as well as the tool's global rate, which every caller shares. (A retry at
+/// the busy hint would otherwise spend the caller's quota on calls that never ran.)
 #[tokio::test]
-async fn busy_refusals_spend_no_global_rate() {
+async fn busy_refusals_spend_no_rate() {
     let app = Arc::new(App::default());
     let server = builder(&app)
         .tool::<exclusive>()
         .global_rate::<exclusive>(Rate::per_minute(2))
+        .principal_rate(Rate::per_minute(2))
         .build()
         .expect("builds");
     let c = connect(&server).await;
@@ -479,8 +481,12 @@ async fn busy_refusals_spend_no_global_rate() {
     let second = start_holding(&c, &app, "exclusive").await;
     app.release.notify_one();
     ok_text(&join(second).await);
+    // Both spent now: the refusal is named by the first, the caller's total.
     let e = refusal(&call(&c, "exclusive").await, "RATE_LIMITED");
-    assert_eq!(e["message"], "this tool's overall rate limit is reached");
+    assert_eq!(
+        e["message"],
+        "rate limit exceeded across tools for this caller"
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use mcp_harden::limits::{FailMode, GcraQuota, RateDecision, RateLimitStore, RedisStore};
+use mcp_harden::limits::{
+    FailMode, GcraQuota, RateLimitStore, RedisStore, StoreDecision, StoreLimit,
+};
 use mcp_harden::prelude::*;
 use mcp_harden::spec::Rate;
 use mcp_harden::HardenedBuilder;
@@ -67,6 +69,15 @@ fn error_code(r: &CallToolResult) -> Option<String> {
     v["error"]["code"].as_str().map(str::to_owned)
 }
 
+/// One decision over one limit: `key`'s.
+async fn one(
+    store: &RedisStore,
+    key: &str,
+    quota: GcraQuota,
+) -> Result<StoreDecision, mcp_harden::limits::StoreError> {
+    store.check(&[StoreLimit { key, quota }]).await
+}
+
 #[tokio::test]
 async fn one_gcra_decision_per_call_with_an_exact_wait() {
     let Some(redis) = Redis::start() else { return };
@@ -77,23 +88,85 @@ async fn one_gcra_decision_per_call_with_an_exact_wait() {
     };
     for i in 0..3 {
         assert_eq!(
-            store.check("k", quota).await.expect("decides"),
-            RateDecision::Allow,
+            one(&store, "k", quota).await.expect("decides"),
+            StoreDecision::Allow,
             "call {i} is within the burst"
         );
     }
-    match store.check("k", quota).await.expect("decides") {
-        RateDecision::Deny(wait) => assert!(
+    match one(&store, "k", quota).await.expect("decides") {
+        StoreDecision::Deny { wait, .. } => assert!(
             wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
             "{wait:?}"
         ),
         other => panic!("the fourth call is over the burst: {other:?}"),
     }
     assert_eq!(
-        store.check("other", quota).await.expect("decides"),
-        RateDecision::Allow,
+        one(&store, "other", quota).await.expect("decides"),
+        StoreDecision::Allow,
         "keys are independent"
     );
+}
+
+/// A call's limits are one decision in Redis, all or nothing: a refusal by one takes no
+/// cell of the others, names the first refusing, and waits for the longest; the cells of a
+/// call refused afterwards come back.
+#[tokio::test]
+async fn a_calls_limits_are_decided_together() {
+    let Some(redis) = Redis::start() else { return };
+    let store = RedisStore::new(&redis.url()).expect("store");
+    let minute = GcraQuota {
+        emission: Duration::from_secs(60),
+        burst: 2,
+    };
+    let hour = GcraQuota {
+        emission: Duration::from_secs(3600),
+        burst: 1,
+    };
+    let mine = StoreLimit {
+        key: "mine",
+        quota: minute,
+    };
+    let shared = StoreLimit {
+        key: "shared",
+        quota: hour,
+    };
+    let both = [mine, shared];
+    assert_eq!(store.check(&both).await.ok(), Some(StoreDecision::Allow));
+    let tat = |key: &str| -> u64 {
+        redis_command(redis.port, &["GET", key])[0]
+            .parse()
+            .expect("a TAT")
+    };
+    let mine_after_one = tat("mine");
+    for _ in 0..5 {
+        match store.check(&both).await.expect("decides") {
+            StoreDecision::Deny { limit, wait } => {
+                assert_eq!(limit, 1, "the shared limit refused");
+                assert!(wait > Duration::from_secs(3590), "{wait:?}");
+            }
+            other => panic!("the shared limit is spent: {other:?}"),
+        }
+    }
+    assert_eq!(tat("mine"), mine_after_one, "no cell of mine taken");
+    // Mine alone: its second cell, then spent; given back, it is free again.
+    assert_eq!(store.check(&[mine]).await.ok(), Some(StoreDecision::Allow));
+    assert!(matches!(
+        store.check(&[mine]).await,
+        Ok(StoreDecision::Deny { limit: 0, .. })
+    ));
+    store.refund(&[mine]).await.expect("gives back");
+    assert_eq!(store.check(&[mine]).await.ok(), Some(StoreDecision::Allow));
+    // Both spent: named by the first, the wait the longest (the hour's, not the minute's).
+    match store.check(&both).await.expect("decides") {
+        StoreDecision::Deny { limit, wait } => {
+            assert_eq!(limit, 0);
+            assert!(wait > Duration::from_secs(3590), "{wait:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A key given back to before now is deleted: an idle caller costs nothing.
+    store.refund(&[shared]).await.expect("gives back");
+    assert_eq!(redis_command(redis.port, &["EXISTS", "shared"]), ["0"]);
 }
 
 #[tokio::test]
@@ -186,7 +259,7 @@ async fn a_hung_redis_costs_a_decision_one_timeout() {
     };
     let timed = |store: RedisStore| async move {
         let started = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(20), store.check("k", quota))
+        let r = tokio::time::timeout(Duration::from_secs(20), one(&store, "k", quota))
             .await
             .expect("a decision ends");
         (started.elapsed(), r)
@@ -194,8 +267,8 @@ async fn a_hung_redis_costs_a_decision_one_timeout() {
     let before_first_use = RedisStore::new(&redis.url()).expect("store");
     let connected = RedisStore::new(&redis.url()).expect("store");
     assert_eq!(
-        connected.check("k", quota).await.expect("decides"),
-        RateDecision::Allow
+        one(&connected, "k", quota).await.expect("decides"),
+        StoreDecision::Allow
     );
     redis.pause();
     for store in [&before_first_use, &connected] {
@@ -209,7 +282,7 @@ async fn a_hung_redis_costs_a_decision_one_timeout() {
     redis.resume();
     let deadline = Instant::now() + Duration::from_secs(10);
     for store in [&before_first_use, &connected] {
-        while !matches!(timed(store.clone()).await.1, Ok(RateDecision::Allow)) {
+        while !matches!(timed(store.clone()).await.1, Ok(StoreDecision::Allow)) {
             assert!(Instant::now() < deadline, "decisions resume after SIGCONT");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -260,8 +333,8 @@ async fn a_call_asks_a_failed_store_once() {
         assert_eq!(r.is_error, Some(false), "decided locally: {r:?}");
         assert_eq!(
             local.rate_store_errors(),
-            3 * n,
-            "its three limits, in memory"
+            n,
+            "its three limits, one decision, in memory"
         );
     }
 }
@@ -330,9 +403,8 @@ async fn redis_going_away_decides_locally_on_request() {
     }
 }
 
-/// Deciding locally, the tool's global rate holds in memory too (it is checked after the
-/// concurrency slot, apart from the caller's own limits), and the refusals are counted by
-/// reason in the metrics.
+/// Deciding locally, the tool's global rate holds in memory too, and the refusals are
+/// counted by reason in the metrics.
 #[tokio::test]
 async fn deciding_locally_keeps_the_global_rate() {
     let Some(mut redis) = Redis::start() else {
@@ -368,6 +440,12 @@ async fn deciding_locally_keeps_the_global_rate() {
     let r = call(&c).await;
     assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
     assert!(overall(&r), "the global rate, in memory: {r:?}");
+    // Three failed decisions (one per call) rest the store: the next is not asked.
+    let r = call(&c).await;
+    assert!(
+        overall(&r),
+        "the global rate, in memory, the store resting: {r:?}"
+    );
 
     let page = common::scrape(metrics_addr).await;
     for reason in ["failed", "resting"] {
@@ -439,8 +517,8 @@ async fn fractional_intervals_round_up() {
     let ahead = (now + 1_000_000_000).to_string();
     redis_command(redis.port, &["SET", "k", &ahead]);
     assert_eq!(
-        store.check("k", quota).await.expect("decides"),
-        RateDecision::Allow
+        one(&store, "k", quota).await.expect("decides"),
+        StoreDecision::Allow
     );
     let after: u64 = redis_command(redis.port, &["GET", "k"])[0]
         .parse()

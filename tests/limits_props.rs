@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mcp_harden::limits::{GcraQuota, RateDecision, RateLimitStore, RateLimiter, RedisStore};
+use mcp_harden::limits::{
+    GcraQuota, RateDecision, RateLimitStore, RateLimiter, RedisStore, StoreDecision, StoreLimit,
+};
 use proptest::prelude::*;
 
 mod common;
@@ -137,7 +139,10 @@ fn redis_decisions_follow_gcra() {
         let decisions = rt.block_on(run(&gaps, || {
             let store = &store;
             let key = key.as_str();
-            async move { matches!(store.check(key, quota).await, Ok(RateDecision::Allow)) }
+            async move {
+                let limits = [StoreLimit { key, quota }];
+                matches!(store.check(&limits).await, Ok(StoreDecision::Allow))
+            }
         }));
         check_against_model(quota, &decisions)
     });

@@ -16,7 +16,7 @@ use crate::audit::{
 use crate::auth::{AuthMethod, Principal};
 use crate::ctx::Ctx;
 use crate::errors::{ErrorCode, Failure, ToolError};
-use crate::limits::Checked;
+use crate::limits::CallRates;
 use crate::server::{Entry, Inner};
 use crate::spec::Scopes;
 
@@ -105,33 +105,33 @@ pub(crate) fn visible(scopes: Scopes, principal: Option<&Arc<Principal>>) -> boo
     }
 }
 
-/// Stage 3: the caller's own rate limits (per caller and tool, per caller across tools),
-/// a concurrency slot (held until the returned permit is dropped), then the tool's global
-/// rate, so that calls refused as busy never spend the budget every caller shares.
+/// Stage 3: the call's rate limits (per caller and tool, per caller across tools, the
+/// tool's across callers), decided together, then a concurrency slot (held until the
+/// returned permit is dropped). A call refused for the slot (busy, or cancelled while it
+/// waited) gives its rate limits' cells back.
 pub(crate) async fn limit<S>(
     inner: &Inner<S>,
     entry: &Entry<S>,
     principal: &Principal,
     cancel: &CancellationToken,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ToolError> {
-    let tool = entry.spec.name;
-    let backend = &inner.backend;
-    let own = crate::limits::check_own(
-        tool,
-        backend,
+    let rates = CallRates::new(
         entry.rate.as_ref(),
         inner.principal_rate.as_ref(),
+        entry.global.as_ref(),
         principal,
-    )
-    .await?;
-    let permit = match &entry.concurrency {
-        Some(gate) => Some(gate.acquire(cancel).await?),
-        None => None,
+    );
+    let taken = crate::limits::decide(entry.spec.name, &inner.backend, rates).await?;
+    let Some(gate) = &entry.concurrency else {
+        return Ok(None);
     };
-    if let (Some(global), Checked::Admitted) = (&entry.global, own) {
-        crate::limits::check_global(tool, backend, global).await?;
+    match gate.acquire(cancel).await {
+        Ok(permit) => Ok(Some(permit)),
+        Err(refused) => {
+            taken.give_back(&inner.backend).await;
+            Err(refused)
+        }
     }
-    Ok(permit)
 }
 
 /// Stages 4 and 5: decode and validate, then run under the timeout with panics caught and
@@ -146,6 +146,14 @@ pub(crate) async fn run<S: Send + Sync + 'static>(
     timeout: Duration,
     call_ct: &CancellationToken,
 ) -> Result<serde_json::Value, Refusal> {
+    // A client that gave up while its call waited for a slot or a rate decision: the tool
+    // does not start.
+    if call_ct.is_cancelled() {
+        return Err(Refusal::failed(
+            ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true),
+            "cancelled by the client",
+        ));
+    }
     let (state, principal, trace_id) = ctx_parts;
     let ctx = Ctx::from_parts(state, principal, trace_id, call_ct.clone());
     let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| (entry.fns.prepare)(ctx, raw)));

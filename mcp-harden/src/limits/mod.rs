@@ -2,14 +2,16 @@
 //! [`RateLimitStore`] such as Redis for several replicas), tier-scaled quotas, and
 //! per-tool concurrency.
 //!
-//! Up to three rate limits apply to a call, in this order, the first refusal winning:
-//! the tool's own rate per caller (`rate = "50/min"`, scaled by the caller's tier), the
-//! caller's total across all tools ([`HardenedBuilder::principal_rate`], scaled by tier),
-//! then, once the call holds its concurrency slot (if the tool limits concurrency), the
-//! tool's global rate across all callers ([`HardenedBuilder::global_rate`]). The caller's
-//! own limits come first so that a call they refuse, or one refused as busy, never spends
-//! the budget every caller shares; a limit that admitted a call keeps its cell when a later
-//! one refuses it.
+//! Up to three rate limits apply to a call: the tool's own rate per caller
+//! (`rate = "50/min"`, scaled by the caller's tier), the caller's total across all tools
+//! ([`HardenedBuilder::principal_rate`], scaled by tier), and the tool's global rate across
+//! all callers ([`HardenedBuilder::global_rate`]). They are decided together, before the
+//! call waits for a concurrency slot, all or nothing: the call takes a cell of each, or of
+//! none, and a refusal, named by the first of them (in that order) without a free cell,
+//! gives the longest of their waits as its hint. A call refused afterwards as busy (or
+//! cancelled while it waited for a slot) gives its cells back. A refused call thus costs
+//! nobody a cell, itself included; a call refused later, for its arguments say, keeps
+//! them.
 //!
 //! [`HardenedBuilder::global_rate`]: crate::HardenedBuilder::global_rate
 //! [`HardenedBuilder::principal_rate`]: crate::HardenedBuilder::principal_rate
@@ -63,7 +65,14 @@ impl GcraQuota {
         if count == 0 {
             return Err(ZERO_RATE);
         }
-        Self::checked(period.as_duration() / count, burst.unwrap_or(count)).map(Some)
+        let period = period.as_duration().as_nanos();
+        if period < u128::from(count) * 1000 {
+            return Err(TOO_FAST);
+        }
+        // Rounded up to the nanosecond: a rate is never enforced looser than declared.
+        let interval = period.div_ceil(u128::from(count));
+        let interval = Duration::from_nanos(u64::try_from(interval).unwrap_or(u64::MAX));
+        Self::checked(interval, burst.unwrap_or(count)).map(Some)
     }
 
     /// A quota that can be enforced: at least a microsecond per call, a burst of at least
@@ -93,7 +102,10 @@ impl GcraQuota {
             return Err("a tier's multiplier must be a finite number above 0");
         }
         let secs = self.emission.as_secs_f64() / factor;
-        let burst = (f64::from(self.burst) * factor).round().max(1.0);
+        // Never looser than scaled: the burst rounded down (but at least 1; the 1e-9 absorbs
+        // float error, 10 × 0.7 being 7.000000000000001 and 3 × 0.1 / 0.1 a hair under 3),
+        // the interval up to the nanosecond.
+        let burst = (f64::from(self.burst) * factor + 1e-9).floor().max(1.0);
         if secs < 1e-6 {
             return Err(TOO_FAST);
         }
@@ -105,7 +117,8 @@ impl GcraQuota {
                 "scaled by the tier, its burst exceeds 4 294 967 295: use a smaller multiplier",
             );
         }
-        Self::checked(Duration::from_secs_f64(secs), burst as u32)
+        let nanos = (self.emission.as_nanos() as f64 / factor).ceil();
+        Self::checked(Duration::from_nanos(nanos as u64), burst as u32)
     }
 }
 
@@ -113,21 +126,61 @@ const ZERO_RATE: &str = "a rate of 0 admits no call (for no limit, use `unlimite
 const TOO_FAST: &str =
     "more than one call per microsecond cannot be enforced (lower it, or use `unlimited`)";
 
-/// A shared store of rate-limit state: one atomic GCRA decision per limit a call meets.
-/// Implement it for a store shared by every replica (see `RedisStore` with the `redis`
-/// feature).
+/// One of the rate limits a call meets, as a [`RateLimitStore`] sees it: the key of its
+/// state (namespaced by the server, the limit, the caller's tier and the caller) and its
+/// quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimit<'a> {
+    /// The key of this limit's state for this caller.
+    pub key: &'a str,
+    /// The quota it enforces.
+    pub quota: GcraQuota,
+}
+
+/// A [`RateLimitStore`]'s decision over the rate limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreDecision {
+    /// Every limit had a cell free, and one of each was taken.
+    Allow,
+    /// Not every limit had a cell free, and none was taken.
+    Deny {
+        /// The first limit (its index in the slice) without a free cell: it names the
+        /// refusal.
+        limit: usize,
+        /// How long until every limit has a cell free: the longest of their waits (exact,
+        /// from the GCRA).
+        wait: Duration,
+    },
+}
+
+/// A shared store of rate-limit state: one atomic GCRA decision over all the rate limits a
+/// call meets (all or nothing: a cell of each, or of none), and those cells given back when
+/// the call is refused after them (its tool busy). Implement it for a store shared by every
+/// replica (see `RedisStore` with the `redis` feature).
 ///
-/// An error means the store cannot decide for now, not for this key alone: the [`FailMode`]
-/// answers, and after [`STORE_TRIP`] errors in a row (by default: [`StoreOutage`]) the store
-/// is not asked for [`STORE_REST`], then by one call while the others keep to the
-/// `FailMode` until that call has its answer. Bound each decision's time yourself: the call waits for it.
+/// An error means the store cannot decide for now, not for these keys alone: the
+/// [`FailMode`] answers, and after [`STORE_TRIP`] errors in a row (by default:
+/// [`StoreOutage`]) the store is not asked for [`STORE_REST`], then by one call while the
+/// others keep to the `FailMode` until that call has its answer. Bound each decision's time
+/// yourself: the call waits for it.
 pub trait RateLimitStore: Send + Sync + 'static {
-    /// Takes one cell of `quota` for `key`, or says how long until one is free.
+    /// Takes one cell of each limit's quota for its key if every one has a cell free; else
+    /// takes none and says how long until all have. One call's limits, in the order they are
+    /// named in refusals (the tool's per caller, the caller's across tools, the tool's
+    /// across callers); never empty.
     fn check<'a>(
         &'a self,
-        key: &'a str,
-        quota: GcraQuota,
-    ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>>;
+        limits: &'a [StoreLimit<'a>],
+    ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>>;
+
+    /// Gives back the cells a [`check`](Self::check) of the same limits took: the call was
+    /// refused after it (its tool busy, or cancelled while it waited for a slot). Best
+    /// effort: on an error the cells stay spent, and the caller pays, never anyone else.
+    fn refund<'a>(
+        &'a self,
+        limits: &'a [StoreLimit<'a>],
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 }
 
 /// The store could not decide (unreachable, timed out, answered nonsense).
@@ -289,6 +342,16 @@ impl StoreHealth {
         u64::try_from(self.born.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .saturating_add(1)
+    }
+
+    /// What is left of the store's rest (at least a millisecond), or the whole rest when it
+    /// does not rest (a failure short of [`StoreOutage::trip`]): a [`FailMode::Closed`]
+    /// refusal's hint.
+    fn rest_left(&self) -> Duration {
+        match self.rest_until_ms.load(Ordering::Relaxed) {
+            0 => self.outage.rest,
+            until => Duration::from_millis(until.saturating_sub(self.now_ms()).max(1)),
+        }
     }
 
     fn rest_end(&self, now: u64) -> u64 {
@@ -458,143 +521,273 @@ impl Limit {
                 .map(|(_, l)| l.tracked_keys())
                 .sum::<usize>()
     }
+}
 
-    /// One decision for `key` (the caller's method and subject, `jwt:alice`, or `*` for a global limit).
-    pub(crate) async fn check(
-        &self,
-        backend: &Backend,
-        key: &Arc<str>,
-        tier: Option<&str>,
-        message: &'static str,
-    ) -> Result<Checked, ToolError> {
-        let (tier_name, limiter) = self.for_tier(tier);
-        let (decision, checked) = match backend {
-            Backend::Memory => (limiter.check(key), Checked::Admitted),
-            Backend::Store {
-                store,
-                fail,
-                prefix,
-                health,
-            } => {
-                let ask = health.ask();
-                let asked = !matches!(ask, Ask::Skip);
-                let answer = match ask {
-                    Ask::Skip => None,
-                    Ask::Store | Ask::Probe { .. } => {
-                        let store_key = format!("{prefix}{}:{tier_name}:{key}", self.id);
-                        match store.check(&store_key, limiter.quota()).await {
-                            Ok(d) => {
-                                health.answered(matches!(ask, Ask::Probe { .. }));
-                                Some(d)
-                            }
-                            Err(e) => {
-                                health.failed(&self.id, &e, *fail);
-                                None
-                            }
+/// Which of a call's rate limits: it names a refusal (its message and metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The tool's rate per caller.
+    Tool,
+    /// The caller's total across tools.
+    Principal,
+    /// The tool's rate across callers.
+    Global,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Tool => "tool",
+            Self::Principal => "principal",
+            Self::Global => "global",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Tool => "rate limit exceeded for this tool",
+            Self::Principal => "rate limit exceeded across tools for this caller",
+            Self::Global => "this tool's overall rate limit is reached",
+        }
+    }
+}
+
+/// One rate limit a call meets: the limit's variant for the caller's tier, and the key
+/// (the caller's method and subject, `jwt:alice`, or `*` for a global limit).
+#[derive(Clone, Copy)]
+pub(crate) struct Meet<'a> {
+    id: &'a str,
+    tier: &'a str,
+    limiter: &'a RateLimiter,
+    key: &'a Arc<str>,
+    kind: Kind,
+}
+
+impl<'a> Meet<'a> {
+    pub(crate) fn new(limit: &'a Limit, key: &'a Arc<str>, tier: Option<&str>, kind: Kind) -> Self {
+        let (tier, limiter) = limit.for_tier(tier);
+        Self {
+            id: &limit.id,
+            tier,
+            limiter,
+            key,
+            kind,
+        }
+    }
+
+    fn store_key(&self, prefix: &str) -> String {
+        format!("{prefix}{}:{}:{}", self.id, self.tier, self.key)
+    }
+}
+
+/// The rate limits of one call, in order: the tool's per caller (tier-scaled), the
+/// caller's across tools (tier-scaled), the tool's across callers.
+pub(crate) struct CallRates<'a>([Option<Meet<'a>>; 3]);
+
+impl<'a> CallRates<'a> {
+    pub(crate) fn new(
+        per_caller: Option<&'a Limit>,
+        per_principal: Option<&'a Limit>,
+        global: Option<&'a Limit>,
+        principal: &'a Principal,
+    ) -> Self {
+        let (me, tier) = (principal.rate_key(), principal.tier());
+        Self([
+            per_caller.map(|l| Meet::new(l, me, tier, Kind::Tool)),
+            per_principal.map(|l| Meet::new(l, me, tier, Kind::Principal)),
+            global.map(|l| Meet::new(l, global_key(), None, Kind::Global)),
+        ])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Meet<'a>> {
+        self.0.iter().flatten()
+    }
+
+    /// The store's view of these limits: their keys, and the limits naming them.
+    fn in_store(&self, prefix: &str) -> Vec<String> {
+        self.iter().map(|m| m.store_key(prefix)).collect()
+    }
+
+    fn store_limits<'k>(&self, keys: &'k [String]) -> Vec<StoreLimit<'k>> {
+        self.iter()
+            .zip(keys)
+            .map(|(m, key)| StoreLimit {
+                key,
+                quota: m.limiter.quota(),
+            })
+            .collect()
+    }
+}
+
+/// Where a call's cells were taken, to give them back there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Nowhere: no rate limit, or a store failing open ([`FailMode::Open`]).
+    Nowhere,
+    /// In this process's limiters.
+    Memory,
+    /// In the shared store.
+    Store,
+}
+
+/// The cells a call's rate limits took, given back ([`give_back`](Self::give_back)) if it
+/// is refused after them.
+pub(crate) struct Taken<'a> {
+    rates: CallRates<'a>,
+    place: Place,
+}
+
+impl Taken<'_> {
+    /// Gives the cells back: the call was refused after its rate limits admitted it (its
+    /// tool busy, or it was cancelled waiting for a slot), and costs nobody a cell. From a
+    /// store only while it answers (as far as this server knows); its failure is logged at
+    /// debug level, the cells then staying spent.
+    pub(crate) async fn give_back(self, backend: &Backend) {
+        match (self.place, backend) {
+            (Place::Memory, _) => {
+                for m in self.rates.iter() {
+                    m.limiter.refund(m.key);
+                }
+            }
+            (
+                Place::Store,
+                Backend::Store {
+                    store,
+                    prefix,
+                    health,
+                    ..
+                },
+            ) if health.rest_until_ms.load(Ordering::Relaxed) == 0 => {
+                let keys = self.rates.in_store(prefix);
+                if let Err(e) = store.refund(&self.rates.store_limits(&keys)).await {
+                    tracing::debug!(target: "mcp_harden::limits", error = %e, "rate-limit store failed to give back a refused call's cells");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the call's rate limits were decided (not skipped by a store failing open).
+    #[cfg(test)]
+    fn decided(&self) -> bool {
+        self.place != Place::Nowhere
+    }
+}
+
+/// One decision over all of a call's rate limits, all or nothing: a cell of each is taken
+/// if every one has a cell free, else none, and the refusal, named by the first limit
+/// without a free cell, gives the longest wait of all as its hint (retrying after it, the
+/// caller meets none of them refused, unless others spent them meanwhile). In memory the
+/// limits are asked in order, and what the earlier ones took is given back on a refusal;
+/// a store decides all in one step ([`RateLimitStore::check`]). A refused call thus costs
+/// nobody a cell, the caller included.
+pub(crate) async fn decide<'a>(
+    tool: &'static str,
+    backend: &Backend,
+    rates: CallRates<'a>,
+) -> Result<Taken<'a>, ToolError> {
+    let Some(first) = rates.iter().next() else {
+        return Ok(Taken {
+            rates,
+            place: Place::Nowhere,
+        });
+    };
+    let place = match backend {
+        Backend::Memory => {
+            decide_in_memory(tool, &rates)?;
+            Place::Memory
+        }
+        Backend::Store {
+            store,
+            fail,
+            prefix,
+            health,
+        } => {
+            let ask = health.ask();
+            let asked = !matches!(ask, Ask::Skip);
+            let answer = match ask {
+                Ask::Skip => None,
+                Ask::Store | Ask::Probe { .. } => {
+                    let keys = rates.in_store(prefix);
+                    match store.check(&rates.store_limits(&keys)).await {
+                        Ok(d) => {
+                            health.answered(matches!(ask, Ask::Probe { .. }));
+                            Some(d)
+                        }
+                        Err(e) => {
+                            health.failed(first.id, &e, *fail);
+                            None
                         }
                     }
-                };
-                drop(ask);
-                match answer {
-                    Some(d) => (d, Checked::Admitted),
-                    None => {
-                        health.unmade(*fail, asked);
-                        match fail {
-                            FailMode::Open => return Ok(Checked::StoreDown),
-                            FailMode::Closed => {
-                                return Err(ToolError::new(
-                                    ErrorCode::Unavailable,
-                                    "rate limiting is unavailable; retry shortly",
-                                    true,
-                                )
-                                .with_retry_after(health.outage.rest))
-                            }
-                            FailMode::Local => (limiter.check(key), Checked::Admitted),
+                }
+            };
+            drop(ask);
+            match answer {
+                Some(StoreDecision::Allow) => Place::Store,
+                Some(StoreDecision::Deny { limit, wait }) => {
+                    let kind = rates.iter().nth(limit).map_or(first.kind, |m| m.kind);
+                    crate::telemetry::rate_limited(tool, kind.label());
+                    return Err(ToolError::rate_limited(wait, kind.message()));
+                }
+                None => {
+                    health.unmade(*fail, asked);
+                    match fail {
+                        FailMode::Open => Place::Nowhere,
+                        FailMode::Closed => {
+                            return Err(ToolError::new(
+                                ErrorCode::Unavailable,
+                                "rate limiting is unavailable; retry shortly",
+                                true,
+                            )
+                            .with_retry_after(health.rest_left()))
+                        }
+                        FailMode::Local => {
+                            decide_in_memory(tool, &rates)?;
+                            Place::Memory
                         }
                     }
                 }
             }
+        }
+    };
+    Ok(Taken { rates, place })
+}
+
+/// [`decide`] in this process's limiters.
+fn decide_in_memory(tool: &'static str, rates: &CallRates<'_>) -> Result<(), ToolError> {
+    for (i, m) in rates.iter().enumerate() {
+        let refused = match m.limiter.check(m.key) {
+            RateDecision::Allow => continue,
+            refused => refused,
         };
-        match decision {
-            RateDecision::Allow => Ok(checked),
-            RateDecision::Deny(wait) => Err(ToolError::rate_limited(wait, message)),
-            RateDecision::Full => Err(ToolError::new(
+        for done in rates.iter().take(i) {
+            done.limiter.refund(done.key);
+        }
+        let later = rates
+            .iter()
+            .skip(i + 1)
+            .map(|m| m.limiter.wait(m.key))
+            .max()
+            .unwrap_or_default();
+        return Err(match refused {
+            RateDecision::Deny(wait) => {
+                crate::telemetry::rate_limited(tool, m.kind.label());
+                ToolError::rate_limited(wait.max(later), m.kind.message())
+            }
+            _ => ToolError::new(
                 ErrorCode::Unavailable,
                 "the server is tracking too many callers; retry shortly",
                 true,
             )
-            .with_retry_after(rate::FULL_RETRY)),
-        }
+            .with_retry_after(rate::FULL_RETRY.max(later)),
+        });
     }
+    Ok(())
 }
 
-/// A limit's decision that let the call on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Checked {
-    /// The limit admitted the call.
-    Admitted,
-    /// The store could not decide and fails open ([`FailMode::Open`]): the call goes on
-    /// unlimited, its other rate limits not checked.
-    StoreDown,
-}
-
-/// The caller's own rate limits, in order: per caller for the tool, then per caller across
-/// tools. Checked before the call waits for a concurrency slot, and before the global rate
-/// ([`check_global`]), so that a call they refuse never spends what every caller shares. A
-/// limit that admits takes its cell, and a later refusal does not give it back: a refused
-/// call may cost the caller, never anyone else.
-pub(crate) async fn check_own(
-    tool: &'static str,
-    backend: &Backend,
-    per_caller: Option<&Limit>,
-    per_principal: Option<&Limit>,
-    principal: &Principal,
-) -> Result<Checked, ToolError> {
-    let tier = principal.tier();
-    let me = principal.rate_key();
-    if let Some(l) = per_caller {
-        let m = "rate limit exceeded for this tool";
-        let c = l
-            .check(backend, me, tier, m)
-            .await
-            .inspect_err(|e| count_refusal(e, tool, "tool"))?;
-        if c == Checked::StoreDown {
-            return Ok(c);
-        }
-    }
-    if let Some(l) = per_principal {
-        let m = "rate limit exceeded across tools for this caller";
-        return l
-            .check(backend, me, tier, m)
-            .await
-            .inspect_err(|e| count_refusal(e, tool, "principal"));
-    }
-    Ok(Checked::Admitted)
-}
-
-/// The tool's global rate across all callers: checked last, once the call holds its
-/// concurrency slot, so that only calls about to run spend it.
-pub(crate) async fn check_global(
-    tool: &'static str,
-    backend: &Backend,
-    global: &Limit,
-) -> Result<Checked, ToolError> {
-    let m = "this tool's overall rate limit is reached";
-    global
-        .check(backend, &global_key(), None, m)
-        .await
-        .inspect_err(|e| count_refusal(e, tool, "global"))
-}
-
-fn count_refusal(e: &ToolError, tool: &'static str, limit: &'static str) {
-    if e.code == ErrorCode::RateLimited {
-        crate::telemetry::rate_limited(tool, limit);
-    }
-}
-
-fn global_key() -> Arc<str> {
+fn global_key() -> &'static Arc<str> {
     static KEY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| Arc::from("*")).clone()
+    KEY.get_or_init(|| Arc::from("*"))
 }
 
 /// A tool's concurrency limit at run time.
@@ -684,10 +877,45 @@ mod tests {
         assert_eq!(ten.burst, 50);
         let half = q.scaled(0.5).expect("scaled");
         assert_eq!(half.emission, Duration::from_secs(2));
-        assert_eq!(half.burst, 3);
+        assert_eq!(half.burst, 2, "2.5 rounded down: never looser than scaled");
+        let third = q.scaled(1.0 / 3.0).expect("scaled");
+        let over = third.emission.saturating_sub(Duration::from_secs(3));
+        assert!(over <= Duration::from_nanos(1), "{:?}", third.emission);
+        assert_eq!(third.burst, 1);
+        // An interval that is not a whole number of nanoseconds is rounded up.
+        let odd = GcraQuota::from_rate(Rate::per_second(999_999)).expect("quota");
+        assert_eq!(odd.emission, Duration::from_nanos(1_001));
+        let seventh = GcraQuota::from_rate(Rate::per_second(7)).expect("quota");
+        assert_eq!(seventh.emission, Duration::from_nanos(142_857_143));
+        assert_eq!(seventh.scaled(0.7).map(|q| q.burst), Some(4));
         assert_eq!(q.scaled(0.0), None);
         assert_eq!(q.scaled(f64::NAN), None);
         assert_eq!(GcraQuota::from_rate(Rate::Unlimited), None);
+    }
+
+    /// The one limit of a call, decided as `decide` does.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Checked {
+        Admitted,
+        StoreDown,
+    }
+
+    impl Limit {
+        async fn check(
+            &self,
+            backend: &Backend,
+            key: &Arc<str>,
+            tier: Option<&str>,
+        ) -> Result<Checked, ToolError> {
+            let rates = CallRates([Some(Meet::new(self, key, tier, Kind::Tool)), None, None]);
+            decide("t", backend, rates).await.map(|t| {
+                if t.decided() {
+                    Checked::Admitted
+                } else {
+                    Checked::StoreDown
+                }
+            })
+        }
     }
 
     #[tokio::test]
@@ -696,7 +924,10 @@ mod tests {
         let limit = hourly(1);
         let own = |p: Principal| {
             let limit = &limit;
-            async move { check_own("t", &Backend::Memory, Some(limit), None, &p).await }
+            async move {
+                let rates = CallRates::new(Some(limit), None, None, &p);
+                decide("t", &Backend::Memory, rates).await.map(drop)
+            }
         };
         let bot = |m| Principal::new("ci-bot", ["s"], m);
         assert!(own(bot(AuthMethod::ApiKey)).await.is_ok());
@@ -704,27 +935,96 @@ mod tests {
             own(bot(AuthMethod::Jwt)).await.is_ok(),
             "a JWT naming the API key's subject has its own quota"
         );
-        let again = own(bot(AuthMethod::ApiKey)).await.map(|_| ());
+        let again = own(bot(AuthMethod::ApiKey)).await;
         assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::RateLimited));
     }
 
+    fn limit(id: &str, rate: Rate) -> Limit {
+        Limit::new(id.into(), rate, &[], 100)
+            .ok()
+            .flatten()
+            .expect("a limit")
+    }
+
+    /// A call's limits are all or nothing: one refusing gives back the cells the others
+    /// took, whichever refuses; the hint is the longest wait of all, and the refusal is
+    /// named by the first limit refusing.
+    #[tokio::test]
+    async fn a_refused_call_costs_no_limit_a_cell() {
+        use crate::auth::{AuthMethod, Principal};
+        let bob = Principal::new("bob", ["s"], AuthMethod::Jwt);
+        let ann = Principal::new("ann", ["s"], AuthMethod::Jwt);
+        let tool = limit("tool:t", Rate::per_minute(1).with_burst(2));
+        let total = limit("principal", Rate::per_hour(1).with_burst(3));
+        let global = limit("global:t", Rate::per_hour(1).with_burst(3));
+        async fn decide_all(ls: [&Limit; 3], p: &Principal) -> Result<(), ToolError> {
+            let rates = CallRates::new(Some(ls[0]), Some(ls[1]), Some(ls[2]), p);
+            decide("t", &Backend::Memory, rates).await.map(drop)
+        }
+        let decide_for = |p| decide_all([&tool, &total, &global], p);
+        // Ann spends two of the global three; Bob one: the global is spent.
+        assert!(decide_for(&ann).await.is_ok());
+        assert!(decide_for(&ann).await.is_ok());
+        assert!(decide_for(&bob).await.is_ok());
+        // Bob's next calls: his own limits admit, the global refuses, and his cells come
+        // back each time; the hint is the global's wait, the longest.
+        for _ in 0..20 {
+            let e = decide_for(&bob).await.expect_err("global spent");
+            assert_eq!(e.code, ErrorCode::RateLimited);
+            assert_eq!(e.message, Kind::Global.message());
+            let hint = e.retry_after_ms.unwrap_or(0);
+            assert!((3_590_000..=3_600_000).contains(&hint), "{hint}");
+        }
+        let key = bob.rate_key();
+        assert_eq!(
+            tool.base.wait(key),
+            Duration::ZERO,
+            "a cell left for the tool"
+        );
+        assert_eq!(
+            total.base.wait(key),
+            Duration::ZERO,
+            "two cells left in total"
+        );
+        // Ann's tool burst is spent (2): refused by her tool limit, named by it, with the
+        // longest wait as the hint (the global's, over her tool's minute).
+        let e = decide_for(&ann).await.expect_err("tool spent");
+        assert_eq!(e.message, Kind::Tool.message());
+        assert!(e.retry_after_ms.is_some_and(|ms| ms > 1_000_000), "{e:?}");
+        // A call given back after it was admitted (its tool busy): as if it had not come.
+        let other = limit("tool:u", Rate::per_hour(1).with_burst(1));
+        let cara = Principal::new("cara", ["s"], AuthMethod::Jwt);
+        for _ in 0..3 {
+            let rates = CallRates::new(Some(&other), None, None, &cara);
+            let taken = decide("u", &Backend::Memory, rates)
+                .await
+                .expect("admitted");
+            taken.give_back(&Backend::Memory).await;
+        }
+        assert_eq!(other.base.wait(cara.rate_key()), Duration::ZERO);
+    }
+
     /// A store that answers after `delay`, or fails if `failing` when asked, and counts
-    /// questions.
+    /// questions, and the limits of the last.
     #[derive(Default)]
     struct Flaky {
         asked: std::sync::atomic::AtomicU32,
         failing: std::sync::atomic::AtomicBool,
         delay_ms: AtomicU64,
+        last: std::sync::Mutex<Vec<String>>,
+        refunded: std::sync::Mutex<Vec<String>>,
     }
 
     impl RateLimitStore for Arc<Flaky> {
         fn check<'a>(
             &'a self,
-            _key: &'a str,
-            _quota: GcraQuota,
-        ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>> {
+            limits: &'a [StoreLimit<'a>],
+        ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>> {
             Box::pin(async move {
                 self.asked.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut last) = self.last.lock() {
+                    *last = limits.iter().map(|l| l.key.to_owned()).collect();
+                }
                 let (delay, failing) = (
                     self.delay_ms.load(Ordering::SeqCst),
                     self.failing.load(Ordering::SeqCst),
@@ -733,10 +1033,44 @@ mod tests {
                 if failing {
                     Err(StoreError("down".to_owned()))
                 } else {
-                    Ok(RateDecision::Allow)
+                    Ok(StoreDecision::Allow)
                 }
             })
         }
+
+        fn refund<'a>(
+            &'a self,
+            limits: &'a [StoreLimit<'a>],
+        ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+            Box::pin(async move {
+                if let Ok(mut refunded) = self.refunded.lock() {
+                    refunded.extend(limits.iter().map(|l| l.key.to_owned()));
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// A store decides a call's limits in one question, and is given their cells back in
+    /// one.
+    #[tokio::test]
+    async fn a_store_is_asked_once_per_call() {
+        use crate::auth::{AuthMethod, Principal};
+        let (flaky, backend) = flaky_backend(FailMode::Closed);
+        let bob = Principal::new("bob", ["s"], AuthMethod::Jwt);
+        let (tool, total) = (hourly(5), limit("principal", Rate::per_hour(9)));
+        let global = limit("global:t", Rate::per_hour(50));
+        let rates = CallRates::new(Some(&tool), Some(&total), Some(&global), &bob);
+        let taken = decide("t", &backend, rates).await.expect("admitted");
+        assert_eq!(flaky.asked.load(Ordering::SeqCst), 1);
+        let keys = vec![
+            "t:tool:t::jwt:bob".to_owned(),
+            "t:principal::jwt:bob".to_owned(),
+            "t:global:t::*".to_owned(),
+        ];
+        assert_eq!(*flaky.last.lock().expect("lock"), keys);
+        taken.give_back(&backend).await;
+        assert_eq!(*flaky.refunded.lock().expect("lock"), keys);
     }
 
     /// A per-caller limit of `n` calls an hour.
@@ -772,7 +1106,7 @@ mod tests {
         let (limit, key) = (hourly(1000), alice());
         let outage = StoreOutage::new(1, Duration::from_millis(200));
         let (flaky, backend) = flaky_backend_resting(FailMode::Closed, outage);
-        let check = || limit.check(&backend, &key, None, "over");
+        let check = || limit.check(&backend, &key, None);
         let asked = || flaky.asked.load(Ordering::SeqCst);
         flaky.failing.store(true, Ordering::SeqCst);
         let refused = check().await.expect_err("closed");
@@ -797,7 +1131,7 @@ mod tests {
     async fn a_failed_store_rests_then_one_call_asks_it() {
         let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let check = || limit.check(&backend, &key, None, "over");
+        let check = || limit.check(&backend, &key, None);
         let asked = || flaky.asked.load(Ordering::SeqCst);
         for _ in 0..3 {
             assert_eq!(check().await.ok(), Some(Checked::Admitted));
@@ -854,7 +1188,7 @@ mod tests {
     async fn a_lone_failure_does_not_rest_the_store() {
         let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let check = || limit.check(&backend, &key, None, "over");
+        let check = || limit.check(&backend, &key, None);
         for _ in 0..3 {
             flaky.failing.store(true, Ordering::SeqCst);
             for _ in 1..STORE_TRIP {
@@ -872,14 +1206,14 @@ mod tests {
     async fn a_dropped_probe_or_a_stale_answer_leaves_the_rest_right() {
         let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let check = || limit.check(&backend, &key, None, "over");
+        let check = || limit.check(&backend, &key, None);
         let asked = || flaky.asked.load(Ordering::SeqCst);
 
         // A slow call asks while the store is well; it then fails enough to rest.
         flaky.delay_ms.store(300, Ordering::SeqCst);
         let slow = tokio::spawn({
             let (limit, backend, key) = (hourly(1000), backend.clone(), key.clone());
-            async move { limit.check(&backend, &key, None, "over").await.is_ok() }
+            async move { limit.check(&backend, &key, None).await.is_ok() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         flaky.delay_ms.store(0, Ordering::SeqCst);
@@ -915,7 +1249,7 @@ mod tests {
     async fn failing_locally_keeps_the_quota_in_memory() {
         let (limit, key) = (hourly(2), alice());
         let (flaky, backend) = flaky_backend(FailMode::Local);
-        let check = || limit.check(&backend, &key, None, "over");
+        let check = || limit.check(&backend, &key, None);
         flaky.failing.store(true, Ordering::SeqCst);
         assert_eq!(check().await.ok(), Some(Checked::Admitted));
         assert_eq!(check().await.ok(), Some(Checked::Admitted));

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::{DefaultKeyedStateStore, ShrinkableKeyedStateStore};
@@ -169,6 +169,8 @@ struct Core {
     limiter: governor::RateLimiter<Arc<str>, Shared<Arc<str>>, DefaultClock, NoOpMiddleware>,
     store: Arc<DefaultKeyedStateStore<Arc<str>>>,
     clock: DefaultClock,
+    /// When the limiter was made, as near as can be read (its own start is private).
+    start: <DefaultClock as Clock>::Instant,
     pace: SweepPace,
     /// Whether a periodic sweep is under way (one at a time).
     sweeping: AtomicBool,
@@ -194,12 +196,15 @@ impl RateLimiter {
         let governor_quota = Quota::with_period(quota.emission)?.allow_burst(burst);
         let store: Arc<DefaultKeyedStateStore<Arc<str>>> = Arc::default();
         let clock = DefaultClock::default();
+        let limiter =
+            governor::RateLimiter::new(governor_quota, Shared(store.clone()), clock.clone());
+        // The limiter's times count from when it was made; read just after it, this start
+        // is at most a few nanoseconds later, so that a wait measured from it
+        // ([`RateLimiter::wait`]) is never shorter than the limiter's own.
+        let start = clock.now();
         Some(Self(Arc::new(Core {
-            limiter: governor::RateLimiter::new(
-                governor_quota,
-                Shared(store.clone()),
-                clock.clone(),
-            ),
+            limiter,
+            start,
             store,
             clock,
             pace: SweepPace::new(),
@@ -215,6 +220,39 @@ impl RateLimiter {
     /// The quota this limiter enforces.
     pub fn quota(&self) -> GcraQuota {
         self.0.quota
+    }
+
+    /// Gives back the cell a [`check`](Self::check) of `key` took: the call was refused
+    /// after it. The key's state moves back by one call's interval (no further than to
+    /// being idle), so its next call is decided as if the refused one had not come.
+    pub(crate) fn refund(&self, key: &Arc<str>) {
+        let core = &*self.0;
+        // A key swept since its check (idle again) has nothing to give back.
+        if !core.store.contains_key(key) {
+            return;
+        }
+        let interval = Nanos::from(core.quota.emission);
+        let _ = core.store.measure_and_replace(key, |tat| {
+            tat.map(|tat| ((), tat.saturating_sub(interval))).ok_or(())
+        });
+    }
+
+    /// How long until `key` has a cell free, without taking one (zero if it has one now):
+    /// the wait [`check`](Self::check) would give, or a few nanoseconds more.
+    pub(crate) fn wait(&self, key: &Arc<str>) -> Duration {
+        let core = &*self.0;
+        if !core.store.contains_key(key) {
+            return Duration::ZERO;
+        }
+        // Read, never replaced: the closure refuses to write.
+        let Err(Some(tat)) = core.store.measure_and_replace(key, Err::<((), Nanos), _>) else {
+            return Duration::ZERO;
+        };
+        // governor admits a call at `t0` when `t0 >= tat - interval * (burst - 1)`.
+        let tolerance =
+            Nanos::from(core.quota.emission) * u64::from(core.quota.burst.saturating_sub(1));
+        let now = core.clock.now().duration_since(core.start);
+        Duration::from(tat.saturating_sub(tolerance).saturating_sub(now))
     }
 
     /// Takes one cell for `key`, or says how long until one is free.

@@ -1,6 +1,6 @@
-//! A [`RateLimitStore`] in Redis: one atomic GCRA decision per limit checked, one round trip
-//! (a Lua script run with `EVALSHA`), the clock being Redis's own `TIME` so that every
-//! replica agrees on it.
+//! A [`RateLimitStore`] in Redis: one atomic GCRA decision over all of a call's rate
+//! limits, one round trip (a Lua script run with `EVALSHA`), the clock being Redis's own
+//! `TIME` so that every replica agrees on it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,26 +8,68 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{GcraQuota, RateDecision, RateLimitStore, StoreError};
+use super::{GcraQuota, RateLimitStore, StoreDecision, StoreError, StoreLimit};
 
-/// GCRA: the key holds the theoretical arrival time (TAT, microseconds on Redis's clock).
-/// A call is admitted when `TAT + emission - emission * burst <= now`; the new TAT then
-/// expires with the key once it is in the past (an idle caller costs nothing).
+/// GCRA over every key of a call (`ARGV`: each key's interval in microseconds and burst):
+/// a key holds its theoretical arrival time (TAT, microseconds on Redis's clock). A call is
+/// admitted when for every key `TAT + interval - interval * burst <= now`; only then are the
+/// new TATs written, each expiring with its key once it is in the past (an idle caller costs
+/// nothing). Otherwise nothing is written, and the answer is the longest wait and the first
+/// key that refused (0-based). Commands are replicated, not the script, which reads `TIME`
+/// (needed before Redis 5; a no-op, or absent, since).
 const GCRA: &str = r"
-local emission = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + emission
-local allow_at = new_tat - emission * burst
-if allow_at > now then
-  return {0, allow_at - now}
+local tats = {}
+local first, wait = 0, 0
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  tats[i] = tat + interval
+  local allow_at = tats[i] - interval * burst
+  if allow_at > now then
+    if first == 0 then first = i end
+    if allow_at - now > wait then wait = allow_at - now end
+  end
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0}
+if first > 0 then
+  return {0, wait, first - 1}
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return {1, 0, 0}
 ";
+
+/// The cells of a call refused after [`GCRA`] admitted it, given back (`ARGV`: each key's
+/// interval): each TAT moves back by one interval, and a key left in the past is deleted.
+const REFUND: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    tat = tat - tonumber(ARGV[i])
+    if tat > now then
+      redis.call('SET', KEYS[i], tat, 'PX', math.ceil((tat - now) / 1000) + 1)
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+end
+return 1
+";
+
+/// A quota's interval in whole microseconds, rounded up (at least one).
+fn interval_us(quota: GcraQuota) -> u64 {
+    u64::try_from(quota.emission.as_nanos().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Rate-limit state in Redis, shared by every replica that points at the same server.
 ///
@@ -42,10 +84,21 @@ return {1, 0}
 /// Times are whole microseconds on Redis's clock; a call's interval (period / count) is
 /// rounded up to one, so a rate whose interval is not a whole number of microseconds (say
 /// 300 000/s, 3.33 µs) is enforced stricter than declared (250 000/s), never looser.
+///
+/// What the Redis must be: one server (or a primary with replicas), not a Cluster (a call's
+/// keys, the caller's and the tool's, would lie in different slots); and not one that
+/// evicts these keys: an evicted key forgets what its caller spent, and every key here has
+/// a TTL, so `allkeys-*` and `volatile-*` policies alike evict them under memory pressure.
+/// Give it the memory it needs with `maxmemory-policy noeviction`: a full Redis then fails
+/// decisions, and the [`FailMode`](super::FailMode) answers. Keys are namespaced by the
+/// server's name ([`HardenedBuilder::server_info`](crate::HardenedBuilder::server_info),
+/// `mcp-harden` by default): servers of one name share their quotas, so give each
+/// deployment its own.
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
-    script: redis::Script,
+    gcra: redis::Script,
+    refund: redis::Script,
     timeout: Duration,
 }
 
@@ -85,39 +138,74 @@ impl RedisStore {
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(Self {
             conn,
-            script: redis::Script::new(GCRA),
+            gcra: redis::Script::new(GCRA),
+            refund: redis::Script::new(REFUND),
             timeout,
         })
+    }
+}
+
+impl RedisStore {
+    /// Runs `script` over `limits` (each key with `args` of its quota), within the timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        limits: &[StoreLimit<'_>],
+        args: fn(GcraQuota) -> (u64, Option<u32>),
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = script.prepare_invoke();
+        for l in limits {
+            let (interval, burst) = args(l.quota);
+            invocation.key(l.key).arg(interval);
+            if let Some(burst) = burst {
+                invocation.arg(burst);
+            }
+        }
+        // The connection's own timeouts bound each attempt; this bounds the whole (a
+        // reconnection and its retry, a `NOSCRIPT` reload).
+        tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| StoreError(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|e| StoreError(e.to_string()))
     }
 }
 
 impl RateLimitStore for RedisStore {
     fn check<'a>(
         &'a self,
-        key: &'a str,
-        quota: GcraQuota,
-    ) -> Pin<Box<dyn Future<Output = Result<RateDecision, StoreError>> + Send + 'a>> {
+        limits: &'a [StoreLimit<'a>],
+    ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let emission = u64::try_from(quota.emission.as_nanos().div_ceil(1000))
-                .unwrap_or(u64::MAX)
-                .max(1);
-            // The connection's own timeouts bound each attempt; this bounds the whole (a
-            // reconnection and its retry, a `NOSCRIPT` reload).
-            let mut invocation = self.script.key(key);
-            invocation.arg(emission).arg(quota.burst);
-            let decision = invocation.invoke_async(&mut conn);
-            let (allowed, wait_us): (i64, i64) = tokio::time::timeout(self.timeout, decision)
-                .await
-                .map_err(|_| StoreError(format!("no answer within {:?}", self.timeout)))?
-                .map_err(|e| StoreError(e.to_string()))?;
+            if limits.is_empty() {
+                return Ok(StoreDecision::Allow);
+            }
+            let (allowed, wait_us, first): (i64, i64, i64) = self
+                .run(&self.gcra, limits, |q| (interval_us(q), Some(q.burst)))
+                .await?;
             Ok(if allowed == 1 {
-                RateDecision::Allow
+                StoreDecision::Allow
             } else {
-                RateDecision::Deny(Duration::from_micros(
-                    u64::try_from(wait_us).unwrap_or(0).max(1),
-                ))
+                StoreDecision::Deny {
+                    limit: usize::try_from(first).unwrap_or(0),
+                    wait: Duration::from_micros(u64::try_from(wait_us).unwrap_or(0).max(1)),
+                }
             })
+        })
+    }
+
+    fn refund<'a>(
+        &'a self,
+        limits: &'a [StoreLimit<'a>],
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+        Box::pin(async move {
+            if limits.is_empty() {
+                return Ok(());
+            }
+            let _: i64 = self
+                .run(&self.refund, limits, |q| (interval_us(q), None))
+                .await?;
+            Ok(())
         })
     }
 }

@@ -223,7 +223,9 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
-    /// The name and version the server reports at initialization.
+    /// The name and version the server reports at initialization. The name also namespaces
+    /// its keys in a shared [`RateLimitStore`](crate::limits::RateLimitStore): servers of one
+    /// name share their quotas there.
     pub fn server_info(mut self, name: impl Into<String>, version: impl Into<String>) -> Self {
         self.name = name.into();
         self.version = version.into();
@@ -256,9 +258,9 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
-    /// A limit on a tool's calls across all callers, checked last (after the caller's own
-    /// limits and once the call holds its concurrency slot, so that only calls about to run
-    /// spend it): `.global_rate::<query_database>(Rate::per_second(200))`. Setting it again
+    /// A limit on a tool's calls across all callers, decided with the caller's own limits
+    /// (all or nothing: a call refused by any spends none, nor does one refused for its
+    /// concurrency slot): `.global_rate::<query_database>(Rate::per_second(200))`. Setting it again
     /// for the same tool replaces it.
     pub fn global_rate<T: Tool<S>>(mut self, rate: Rate) -> Self {
         self.global_rates.push((T::SPEC.name, rate));
