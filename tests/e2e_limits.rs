@@ -382,8 +382,8 @@ async fn a_principal_rate_counts_calls_across_tools() {
     assert_eq!(ok_text(&call(&bob, "beta").await), "bob");
 }
 
-/// The caller's own limits are checked before the shared one: a caller held to 1/min by the
-/// principal rate cannot drain the tool's global budget with refused calls.
+/// A call's limits are all or nothing: a caller held to 1/min by the principal rate cannot
+/// drain the tool's global budget with refused calls.
 #[tokio::test]
 async fn a_refused_call_spends_no_other_limit() {
     let app = Arc::new(App::default());

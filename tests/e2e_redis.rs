@@ -148,14 +148,30 @@ async fn a_calls_limits_are_decided_together() {
         }
     }
     assert_eq!(tat("mine"), mine_after_one, "no cell of mine taken");
-    // Mine alone: its second cell, then spent; given back, it is free again.
+    // Mine alone: its second cell, then spent; given back at once, exactly as before.
     assert_eq!(store.check(&[mine]).await.ok(), Some(StoreDecision::Allow));
     assert!(matches!(
         store.check(&[mine]).await,
         Ok(StoreDecision::Deny { limit: 0, .. })
     ));
-    store.refund(&[mine]).await.expect("gives back");
+    store
+        .refund(&[mine], Duration::ZERO)
+        .await
+        .expect("gives back");
+    assert_eq!(tat("mine"), mine_after_one, "one interval given back");
     assert_eq!(store.check(&[mine]).await.ok(), Some(StoreDecision::Allow));
+    // Given back 20 s after it was taken: 40 s of the minute.
+    store
+        .refund(&[mine], Duration::from_secs(20))
+        .await
+        .expect("gives back");
+    assert_eq!(tat("mine"), mine_after_one + 20_000_000);
+    // Given back a minute or more after: nothing (time repaid it).
+    store
+        .refund(&[mine], Duration::from_secs(60))
+        .await
+        .expect("gives back");
+    assert_eq!(tat("mine"), mine_after_one + 20_000_000);
     // Both spent: named by the first, the wait the longest (the hour's, not the minute's).
     match store.check(&both).await.expect("decides") {
         StoreDecision::Deny { limit, wait } => {
@@ -165,7 +181,10 @@ async fn a_calls_limits_are_decided_together() {
         other => panic!("{other:?}"),
     }
     // A key given back to before now is deleted: an idle caller costs nothing.
-    store.refund(&[shared]).await.expect("gives back");
+    store
+        .refund(&[shared], Duration::ZERO)
+        .await
+        .expect("gives back");
     assert_eq!(redis_command(redis.port, &["EXISTS", "shared"]), ["0"]);
 }
 

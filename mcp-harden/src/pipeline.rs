@@ -108,7 +108,7 @@ pub(crate) fn visible(scopes: Scopes, principal: Option<&Arc<Principal>>) -> boo
 /// Stage 3: the call's rate limits (per caller and tool, per caller across tools, the
 /// tool's across callers), decided together, then a concurrency slot (held until the
 /// returned permit is dropped). A call refused for the slot (busy, or cancelled while it
-/// waited) gives its rate limits' cells back.
+/// waited, or cancelled by then) gives its rate limits' cells back.
 pub(crate) async fn limit<S>(
     inner: &Inner<S>,
     entry: &Entry<S>,
@@ -122,16 +122,27 @@ pub(crate) async fn limit<S>(
         principal,
     );
     let taken = crate::limits::decide(entry.spec.name, &inner.backend, rates).await?;
-    let Some(gate) = &entry.concurrency else {
-        return Ok(None);
+    let permit = match &entry.concurrency {
+        Some(gate) => gate.acquire(cancel).await.map(Some),
+        None => Ok(None),
     };
-    match gate.acquire(cancel).await {
-        Ok(permit) => Ok(Some(permit)),
-        Err(refused) => {
-            taken.give_back(&inner.backend).await;
-            Err(refused)
+    // A client that gave up while its call waited (for a rate decision from the store, or
+    // for a slot): the tool does not start.
+    let permit = permit.and_then(|p| {
+        if cancel.is_cancelled() {
+            Err(ToolError::new(
+                ErrorCode::Unavailable,
+                "the call was cancelled",
+                true,
+            ))
+        } else {
+            Ok(p)
         }
+    });
+    if permit.is_err() {
+        taken.give_back(&inner.backend).await;
     }
+    permit
 }
 
 /// Stages 4 and 5: decode and validate, then run under the timeout with panics caught and
@@ -146,14 +157,6 @@ pub(crate) async fn run<S: Send + Sync + 'static>(
     timeout: Duration,
     call_ct: &CancellationToken,
 ) -> Result<serde_json::Value, Refusal> {
-    // A client that gave up while its call waited for a slot or a rate decision: the tool
-    // does not start.
-    if call_ct.is_cancelled() {
-        return Err(Refusal::failed(
-            ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true),
-            "cancelled by the client",
-        ));
-    }
     let (state, principal, trace_id) = ctx_parts;
     let ctx = Ctx::from_parts(state, principal, trace_id, call_ct.clone());
     let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| (entry.fns.prepare)(ctx, raw)));

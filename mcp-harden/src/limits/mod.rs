@@ -85,7 +85,13 @@ impl GcraQuota {
         if emission < Duration::from_micros(1) {
             return Err(TOO_FAST);
         }
-        if emission.checked_mul(burst).is_none_or(|w| w > MAX_WINDOW) {
+        // Up to a nanosecond a call over, as an interval rounded up may make it (what
+        // `#[tool]` checks is the exact window).
+        let slack = Duration::from_nanos(u64::from(burst));
+        if emission
+            .checked_mul(burst)
+            .is_none_or(|w| w > MAX_WINDOW + slack)
+        {
             return Err("its burst window (burst × period / count) is longer than ten years: lower the burst");
         }
         Ok(Self { emission, burst })
@@ -174,13 +180,20 @@ pub trait RateLimitStore: Send + Sync + 'static {
         limits: &'a [StoreLimit<'a>],
     ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>>;
 
-    /// Gives back the cells a [`check`](Self::check) of the same limits took: the call was
-    /// refused after it (its tool busy, or cancelled while it waited for a slot). Best
-    /// effort: on an error the cells stay spent, and the caller pays, never anyone else.
+    /// Gives back what is left of the cells a [`check`](Self::check) of the same limits
+    /// took `taken_ago`: the call was refused after it (its tool busy, or cancelled while
+    /// it waited for a slot). Each key moves back by its quota's interval less `taken_ago`
+    /// (nothing once that is the whole interval: what time has already repaid is not given
+    /// twice), and never below now. Best effort: on an error the cells stay spent, and the
+    /// caller pays, never anyone else. The default gives nothing back.
     fn refund<'a>(
         &'a self,
         limits: &'a [StoreLimit<'a>],
-    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+        taken_ago: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+        let _ = (limits, taken_ago);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The store could not decide (unreachable, timed out, answered nonsense).
@@ -635,18 +648,25 @@ enum Place {
 pub(crate) struct Taken<'a> {
     rates: CallRates<'a>,
     place: Place,
+    /// When they were taken (only when there is something to give back).
+    at: Option<std::time::Instant>,
 }
 
 impl Taken<'_> {
     /// Gives the cells back: the call was refused after its rate limits admitted it (its
-    /// tool busy, or it was cancelled waiting for a slot), and costs nobody a cell. From a
-    /// store only while it answers (as far as this server knows); its failure is logged at
-    /// debug level, the cells then staying spent.
+    /// tool busy, or it was cancelled waiting for a slot), and costs nobody a cell. What is
+    /// given back is what is left of each cell (its interval less the time since it was
+    /// taken; nothing after a queue wait as long as the interval): time has repaid the rest,
+    /// and giving it again would admit calls beyond the quota. From a store only while it
+    /// answers (as far as this server knows); a failure counts towards its rest and is
+    /// logged at debug level, the cells then staying spent.
     pub(crate) async fn give_back(self, backend: &Backend) {
+        let Some(at) = self.at else { return };
+        let ago = at.elapsed();
         match (self.place, backend) {
             (Place::Memory, _) => {
                 for m in self.rates.iter() {
-                    m.limiter.refund(m.key);
+                    m.limiter.refund(m.key, ago);
                 }
             }
             (
@@ -655,12 +675,17 @@ impl Taken<'_> {
                     store,
                     prefix,
                     health,
-                    ..
+                    fail,
                 },
             ) if health.rest_until_ms.load(Ordering::Relaxed) == 0 => {
                 let keys = self.rates.in_store(prefix);
-                if let Err(e) = store.refund(&self.rates.store_limits(&keys)).await {
-                    tracing::debug!(target: "mcp_harden::limits", error = %e, "rate-limit store failed to give back a refused call's cells");
+                match store.refund(&self.rates.store_limits(&keys), ago).await {
+                    Ok(()) => health.answered(false),
+                    Err(e) => {
+                        let id = self.rates.iter().next().map_or("", |m| m.id);
+                        health.failed(id, &e, *fail);
+                        tracing::debug!(target: "mcp_harden::limits", error = %e, "rate-limit store failed to give back a refused call's cells");
+                    }
                 }
             }
             _ => {}
@@ -680,7 +705,9 @@ impl Taken<'_> {
 /// caller meets none of them refused, unless others spent them meanwhile). In memory the
 /// limits are asked in order, and what the earlier ones took is given back on a refusal;
 /// a store decides all in one step ([`RateLimitStore::check`]). A refused call thus costs
-/// nobody a cell, the caller included.
+/// nobody a cell, the caller included (in memory, once given back: meanwhile, for the
+/// nanoseconds between two limiters, a concurrent call of the same caller may find one
+/// spent).
 pub(crate) async fn decide<'a>(
     tool: &'static str,
     backend: &Backend,
@@ -690,6 +717,7 @@ pub(crate) async fn decide<'a>(
         return Ok(Taken {
             rates,
             place: Place::Nowhere,
+            at: None,
         });
     };
     let place = match backend {
@@ -750,7 +778,8 @@ pub(crate) async fn decide<'a>(
             }
         }
     };
-    Ok(Taken { rates, place })
+    let at = (place != Place::Nowhere).then(std::time::Instant::now);
+    Ok(Taken { rates, place, at })
 }
 
 /// [`decide`] in this process's limiters.
@@ -761,7 +790,7 @@ fn decide_in_memory(tool: &'static str, rates: &CallRates<'_>) -> Result<(), Too
             refused => refused,
         };
         for done in rates.iter().take(i) {
-            done.limiter.refund(done.key);
+            done.limiter.refund(done.key, Duration::ZERO);
         }
         let later = rates
             .iter()
@@ -888,6 +917,10 @@ mod tests {
         let seventh = GcraQuota::from_rate(Rate::per_second(7)).expect("quota");
         assert_eq!(seventh.emission, Duration::from_nanos(142_857_143));
         assert_eq!(seventh.scaled(0.7).map(|q| q.burst), Some(4));
+        // A burst window of exactly ten years, as `#[tool]` accepts it, though the interval
+        // (3600 s / 7) is rounded up; a call more is refused.
+        assert!(GcraQuota::try_from_rate(Rate::per_hour(7).with_burst(613_200)).is_ok());
+        assert!(GcraQuota::try_from_rate(Rate::per_hour(7).with_burst(613_201)).is_err());
         assert_eq!(q.scaled(0.0), None);
         assert_eq!(q.scaled(f64::NAN), None);
         assert_eq!(GcraQuota::from_rate(Rate::Unlimited), None);
@@ -975,17 +1008,15 @@ mod tests {
             let hint = e.retry_after_ms.unwrap_or(0);
             assert!((3_590_000..=3_600_000).contains(&hint), "{hint}");
         }
+        // Exactly: one cell of the tool's two left, two of the total's three.
         let key = bob.rate_key();
-        assert_eq!(
-            tool.base.wait(key),
-            Duration::ZERO,
-            "a cell left for the tool"
-        );
-        assert_eq!(
-            total.base.wait(key),
-            Duration::ZERO,
-            "two cells left in total"
-        );
+        assert_eq!(tool.base.wait(key), Duration::ZERO);
+        assert_eq!(tool.base.check(key), RateDecision::Allow);
+        assert!(matches!(tool.base.check(key), RateDecision::Deny(_)));
+        for _ in 0..2 {
+            assert_eq!(total.base.check(key), RateDecision::Allow);
+        }
+        assert!(matches!(total.base.check(key), RateDecision::Deny(_)));
         // Ann's tool burst is spent (2): refused by her tool limit, named by it, with the
         // longest wait as the hint (the global's, over her tool's minute).
         let e = decide_for(&ann).await.expect_err("tool spent");
@@ -1002,6 +1033,27 @@ mod tests {
             taken.give_back(&Backend::Memory).await;
         }
         assert_eq!(other.base.wait(cara.rate_key()), Duration::ZERO);
+        // A cell given back long after it was taken (a queue wait as long as its interval)
+        // gives nothing back: time repaid it already.
+        let quick = limit("tool:q", Rate::per_second(20).with_burst(1));
+        let rates = CallRates::new(Some(&quick), None, None, &cara);
+        let taken = decide("q", &Backend::Memory, rates)
+            .await
+            .expect("admitted");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let rates = CallRates::new(Some(&quick), None, None, &cara);
+        assert!(
+            decide("q", &Backend::Memory, rates).await.is_ok(),
+            "idle again"
+        );
+        taken.give_back(&Backend::Memory).await;
+        let rates = CallRates::new(Some(&quick), None, None, &cara);
+        let again = decide("q", &Backend::Memory, rates).await.map(drop);
+        assert_eq!(
+            again.map_err(|e| e.code),
+            Err(ErrorCode::RateLimited),
+            "the late give-back did not free the cell the second call took"
+        );
     }
 
     /// A store that answers after `delay`, or fails if `failing` when asked, and counts
@@ -1013,6 +1065,8 @@ mod tests {
         delay_ms: AtomicU64,
         last: std::sync::Mutex<Vec<String>>,
         refunded: std::sync::Mutex<Vec<String>>,
+        /// What it answers when it does not fail (else `Allow`).
+        answer: std::sync::Mutex<Option<StoreDecision>>,
     }
 
     impl RateLimitStore for Arc<Flaky> {
@@ -1033,7 +1087,8 @@ mod tests {
                 if failing {
                     Err(StoreError("down".to_owned()))
                 } else {
-                    Ok(StoreDecision::Allow)
+                    let answer = self.answer.lock().ok().and_then(|a| *a);
+                    Ok(answer.unwrap_or(StoreDecision::Allow))
                 }
             })
         }
@@ -1041,6 +1096,7 @@ mod tests {
         fn refund<'a>(
             &'a self,
             limits: &'a [StoreLimit<'a>],
+            _taken_ago: Duration,
         ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
             Box::pin(async move {
                 if let Ok(mut refunded) = self.refunded.lock() {
@@ -1071,6 +1127,19 @@ mod tests {
         assert_eq!(*flaky.last.lock().expect("lock"), keys);
         taken.give_back(&backend).await;
         assert_eq!(*flaky.refunded.lock().expect("lock"), keys);
+        // A refusal is named by the limit the store names, with its wait.
+        *flaky.answer.lock().expect("lock") = Some(StoreDecision::Deny {
+            limit: 1,
+            wait: Duration::from_millis(4_500),
+        });
+        let rates = CallRates::new(Some(&tool), Some(&total), Some(&global), &bob);
+        let e = decide("t", &backend, rates)
+            .await
+            .map(drop)
+            .expect_err("denied");
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        assert_eq!(e.message, Kind::Principal.message());
+        assert_eq!(e.retry_after_ms, Some(4_500));
     }
 
     /// A per-caller limit of `n` calls an hour.

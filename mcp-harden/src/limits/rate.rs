@@ -222,18 +222,20 @@ impl RateLimiter {
         self.0.quota
     }
 
-    /// Gives back the cell a [`check`](Self::check) of `key` took: the call was refused
-    /// after it. The key's state moves back by one call's interval (no further than to
-    /// being idle), so its next call is decided as if the refused one had not come.
-    pub(crate) fn refund(&self, key: &Arc<str>) {
+    /// Gives back what is left of the cell a [`check`](Self::check) of `key` took `ago`:
+    /// the call was refused after it. The key's state moves back by the interval less
+    /// `ago` (no further than to being idle), so a call refused at once is as if it had not
+    /// come, and one refused after a wait as long as the interval gives nothing back.
+    pub(crate) fn refund(&self, key: &Arc<str>, ago: Duration) {
         let core = &*self.0;
+        let left = core.quota.emission.saturating_sub(ago);
         // A key swept since its check (idle again) has nothing to give back.
-        if !core.store.contains_key(key) {
+        if left.is_zero() || !core.store.contains_key(key) {
             return;
         }
-        let interval = Nanos::from(core.quota.emission);
+        let left = Nanos::from(left);
         let _ = core.store.measure_and_replace(key, |tat| {
-            tat.map(|tat| ((), tat.saturating_sub(interval))).ok_or(())
+            tat.map(|tat| ((), tat.saturating_sub(left))).ok_or(())
         });
     }
 
@@ -242,7 +244,12 @@ impl RateLimiter {
     pub(crate) fn wait(&self, key: &Arc<str>) -> Duration {
         let core = &*self.0;
         if !core.store.contains_key(key) {
-            return Duration::ZERO;
+            // A newcomer waits for room if the limiter is full.
+            return if core.tracked_keys() >= core.max_tracked {
+                FULL_RETRY
+            } else {
+                Duration::ZERO
+            };
         }
         // Read, never replaced: the closure refuses to write.
         let Err(Some(tat)) = core.store.measure_and_replace(key, Err::<((), Nanos), _>) else {

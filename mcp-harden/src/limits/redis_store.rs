@@ -44,8 +44,9 @@ end
 return {1, 0, 0}
 ";
 
-/// The cells of a call refused after [`GCRA`] admitted it, given back (`ARGV`: each key's
-/// interval): each TAT moves back by one interval, and a key left in the past is deleted.
+/// The cells of a call refused after [`GCRA`] admitted it, given back (`ARGV`: what is left
+/// of each key's cell, in microseconds): each TAT moves back by that much, and a key left in
+/// the past is deleted.
 const REFUND: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -151,7 +152,7 @@ impl RedisStore {
         &self,
         script: &redis::Script,
         limits: &[StoreLimit<'_>],
-        args: fn(GcraQuota) -> (u64, Option<u32>),
+        args: impl Fn(GcraQuota) -> (u64, Option<u32>),
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         let mut invocation = script.prepare_invoke();
@@ -197,14 +198,20 @@ impl RateLimitStore for RedisStore {
     fn refund<'a>(
         &'a self,
         limits: &'a [StoreLimit<'a>],
+        taken_ago: Duration,
     ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
         Box::pin(async move {
+            let ago = u64::try_from(taken_ago.as_micros()).unwrap_or(u64::MAX);
+            let left = |q: GcraQuota| interval_us(q).saturating_sub(ago);
+            let limits: Vec<StoreLimit<'_>> = limits
+                .iter()
+                .filter(|l| left(l.quota) > 0)
+                .copied()
+                .collect();
             if limits.is_empty() {
                 return Ok(());
             }
-            let _: i64 = self
-                .run(&self.refund, limits, |q| (interval_us(q), None))
-                .await?;
+            let _: i64 = self.run(&self.refund, &limits, |q| (left(q), None)).await?;
             Ok(())
         })
     }

@@ -251,8 +251,9 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
         self
     }
 
-    /// A limit on each caller's calls across all tools (tier-scaled), checked after the
-    /// tool's own: `.principal_rate(Rate::per_minute(600))`. Setting it again replaces it.
+    /// A limit on each caller's calls across all tools (tier-scaled), decided with the
+    /// tool's own (a refusal by both is named by the tool's):
+    /// `.principal_rate(Rate::per_minute(600))`. Setting it again replaces it.
     pub fn principal_rate(mut self, rate: Rate) -> Self {
         self.principal_rate = Some(rate);
         self

@@ -108,8 +108,8 @@ impl<S: Send + Sync + 'static> Hardened<S> {
 
     /// How many rate decisions the shared [`RateLimitStore`](crate::limits::RateLimitStore)
     /// did not make, each answered per the configured [`FailMode`](crate::limits::FailMode):
-    /// those it failed, and those not asked while it rested after failures. Failing closed or
-    /// open, a call counts once (it stops at its first); deciding locally, once per limit.
+    /// those it failed, and those not asked while it rested after failures: one per call,
+    /// whichever its rate limits (they are one decision).
     pub fn rate_store_errors(&self) -> u64 {
         self.inner.backend.unmade()
     }
