@@ -2,6 +2,11 @@
 //! sequence, every decision agrees with the GCRA model (so the calls accepted in any window
 //! never exceed the quota plus the burst, and a caller under its quota is never refused).
 //!
+//! Composed, a call's limits (two tools' own, and one both share) are one decision, all or
+//! nothing: every decision agrees with a model in which a call is admitted exactly when each
+//! of its limits has a cell, and a refused call takes none (so a caller under all its quotas
+//! is never refused, whichever limit refused it before).
+//!
 //! Arrivals happen in real time (the limiters read real clocks), with quotas of tens of
 //! milliseconds so a case takes a fraction of a second; a decision within a couple of
 //! milliseconds of a boundary may go either way.
@@ -12,10 +17,13 @@ use std::time::{Duration, Instant};
 use mcp_harden::limits::{
     GcraQuota, RateDecision, RateLimitStore, RateLimiter, RedisStore, StoreDecision, StoreLimit,
 };
+use mcp_harden::prelude::*;
+use mcp_harden::spec::Rate;
 use proptest::prelude::*;
+use rmcp::model::CallToolRequestParams;
 
 mod common;
-use common::Redis;
+use common::{connect, Redis};
 
 /// Decisions this close to a GCRA boundary are not judged (clock reads, scheduling).
 const SLACK: Duration = Duration::from_millis(4);
@@ -59,6 +67,108 @@ fn check_against_model(quota: GcraQuota, decisions: &[Decision]) -> Result<(), T
         }
     }
     Ok(())
+}
+
+/// One arrival of a composed case: when, whether admitted, and which of the two own limits
+/// it met (besides the shared one).
+type Composed = (Duration, bool, usize);
+
+/// Checks composed decisions against GCRA over `quotas` (`[own 0, own 1, shared]`): a call
+/// meets its own limit and the shared one, and takes a cell of both or of neither.
+fn check_composed(quotas: [GcraQuota; 3], decisions: &[Composed]) -> Result<(), TestCaseError> {
+    let mut tat = [Duration::ZERO; 3];
+    let allow_at = |tat: &[Duration; 3], l: usize| {
+        tat[l].saturating_sub(quotas[l].emission * (quotas[l].burst - 1))
+    };
+    for (i, &(at, admitted, own)) in decisions.iter().enumerate() {
+        let meets = [own, 2];
+        if admitted {
+            for l in meets {
+                let allow = allow_at(&tat, l);
+                prop_assert!(
+                    allow <= at + SLACK,
+                    "call {i} at {at:?} admitted although limit {l} was spent until {allow:?} ({decisions:?})"
+                );
+            }
+            for l in meets {
+                tat[l] = tat[l].max(at) + quotas[l].emission;
+            }
+        } else {
+            let latest = meets
+                .iter()
+                .map(|&l| allow_at(&tat, l))
+                .max()
+                .unwrap_or_default();
+            prop_assert!(
+                latest + SLACK > at,
+                "call {i} at {at:?} refused although its limits had cells since {latest:?} ({decisions:?})"
+            );
+        }
+    }
+    // Per limit, the calls it admitted never exceed its quota plus its burst in any window.
+    for (l, q) in quotas.iter().enumerate() {
+        let mine: Vec<Decision> = decisions
+            .iter()
+            .filter(|d| l == 2 || d.2 == l)
+            .map(|d| (d.0, d.1))
+            .collect();
+        for i in 0..mine.len() {
+            for j in i..mine.len() {
+                let span = mine[j].0 - mine[i].0 + SLACK;
+                let admitted = mine[i..=j].iter().filter(|d| d.1).count() as u128;
+                let bound = u128::from(q.burst) + span.as_nanos() / q.emission.as_nanos();
+                prop_assert!(admitted <= bound, "limit {l}: {admitted} in {span:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A rate per minute (1 000 to 3 000: 20 to 60 ms a call) with a burst of 1 to 3.
+fn rate_strategy() -> impl Strategy<Value = Rate> {
+    (1000u32..=3000, 1u32..=3).prop_map(|(n, burst)| Rate::per_minute(n).with_burst(burst))
+}
+
+/// Arrivals of a composed case: the gap before each, and which own limit it meets.
+fn composed_strategy() -> impl Strategy<Value = Vec<(u64, usize)>> {
+    prop::collection::vec(
+        (prop_oneof![3 => 0u64..=5, 2 => 5u64..=50], 0usize..=1),
+        1..=16,
+    )
+}
+
+/// Runs composed arrivals against `decide(own)`, as [`run`] does.
+async fn run_composed<F, Fut>(arrivals: &[(u64, usize)], mut decide: F) -> Vec<Composed>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(arrivals.len());
+    for (i, &(gap, own)) in arrivals.iter().enumerate() {
+        if i > 0 && gap > 0 {
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+        }
+        let before = start.elapsed();
+        let admitted = decide(own).await;
+        let after = start.elapsed();
+        out.push((before + (after - before) / 2, admitted, own));
+    }
+    out
+}
+
+struct App;
+
+/// One of two tools a caller alternates between (their limits are set on the builder).
+#[tool(scopes = "props", rate = "unlimited")]
+async fn left() -> String {
+    "left".to_owned()
+}
+
+/// The other.
+#[tool(scopes = "props", rate = "unlimited")]
+async fn right() -> String {
+    "right".to_owned()
 }
 
 fn quota_strategy() -> impl Strategy<Value = GcraQuota> {
@@ -115,6 +225,101 @@ proptest! {
             std::future::ready(d == RateDecision::Allow)
         }));
         check_against_model(quota, &decisions)?;
+    }
+}
+
+/// Through a server, in memory: each tool's global rate is a caller's own limit (one caller),
+/// and the caller's total across tools is the shared one.
+#[test]
+fn composed_limits_are_all_or_nothing_in_memory() {
+    let rt = runtime();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        rate_strategy(),
+        rate_strategy(),
+        rate_strategy(),
+        composed_strategy(),
+    );
+    let result = runner.run(&strategy, |(r0, r1, shared, arrivals)| {
+        let quotas = [r0, r1, shared].map(|r| GcraQuota::from_rate(r).expect("a quota"));
+        let server = Hardened::builder(App)
+            .local_principal(Principal::local("carol", ["props"]))
+            .tool::<left>()
+            .tool::<right>()
+            .global_rate::<left>(r0)
+            .global_rate::<right>(r1)
+            .principal_rate(shared)
+            .build()
+            .expect("builds");
+        let decisions = rt.block_on(async {
+            let client = connect(server).await;
+            let decisions = run_composed(&arrivals, |own| {
+                let client = &client;
+                async move {
+                    let tool = ["left", "right"][own];
+                    let r = client
+                        .call_tool(CallToolRequestParams::new(tool))
+                        .await
+                        .expect("answers");
+                    r.is_error == Some(false)
+                }
+            })
+            .await;
+            let _ = client.cancel().await;
+            decisions
+        });
+        check_composed(quotas, &decisions)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// In Redis: one script over the caller's own key and the shared one.
+#[test]
+fn composed_limits_are_all_or_nothing_in_redis() {
+    let Some(redis) = Redis::start() else { return };
+    let rt = runtime();
+    let _entered = rt.enter();
+    let store = RedisStore::new(&redis.url()).expect("store");
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        quota_strategy(),
+        quota_strategy(),
+        quota_strategy(),
+        composed_strategy(),
+    );
+    let result = runner.run(&strategy, |(q0, q1, shared, arrivals)| {
+        let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let keys = [0, 1, 2].map(|l| format!("composed:{n}:{l}"));
+        let quotas = [q0, q1, shared];
+        let decisions = rt.block_on(run_composed(&arrivals, |own| {
+            let limits = [
+                StoreLimit {
+                    key: &keys[own],
+                    quota: quotas[own],
+                },
+                StoreLimit {
+                    key: &keys[2],
+                    quota: quotas[2],
+                },
+            ];
+            let store = &store;
+            async move { matches!(store.check(&limits).await, Ok(StoreDecision::Allow)) }
+        }));
+        check_composed(quotas, &decisions)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
