@@ -175,9 +175,21 @@ fn rate(c: &mut Criterion) {
                 black_box(d)
             })
         });
+        // A call meeting three limits (the tool's per caller, the caller's total, the tool's
+        // global rate): still one script, one round trip.
+        g.bench_function("redis_three_limits", |b| {
+            b.to_async(&rt).iter(|| async {
+                let limits = ["bench-user:tool", "bench-user:total", "bench-global"]
+                    .map(|key| mcp_harden::limits::StoreLimit { key, quota });
+                let d = mcp_harden::limits::RateLimitStore::check(&store, &limits)
+                    .await
+                    .expect("decides");
+                black_box(d)
+            })
+        });
         drop(redis);
     } else {
-        eprintln!("stage_rate/redis_one_caller: SKIPPED (redis-server cannot start)");
+        eprintln!("stage_rate/redis_*: SKIPPED (redis-server cannot start)");
     }
     g.finish();
 }
