@@ -588,8 +588,11 @@ impl<'a> Meet<'a> {
         }
     }
 
+    /// `<prefix><limit>:<tier>:<method>:<subject>`: the prefix's server name and the tier
+    /// escaped ([`key_part`]), so that no two callers, tiers or servers share a key (the
+    /// limit's id is fixed, the method has no `:`, the subject comes last).
     fn store_key(&self, prefix: &str) -> String {
-        format!("{prefix}{}:{}:{}", self.id, self.tier, self.key)
+        format!("{prefix}{}:{}:{}", self.id, key_part(self.tier), self.key)
     }
 }
 
@@ -812,6 +815,15 @@ fn decide_in_memory(tool: &'static str, rates: &CallRates<'_>) -> Result<(), Too
         });
     }
     Ok(())
+}
+
+/// `part` with `%` and `:` escaped (`%25`, `%3A`), for a store key.
+pub(crate) fn key_part(part: &str) -> std::borrow::Cow<'_, str> {
+    if part.contains([':', '%']) {
+        std::borrow::Cow::Owned(part.replace('%', "%25").replace(':', "%3A"))
+    } else {
+        std::borrow::Cow::Borrowed(part)
+    }
 }
 
 fn global_key() -> &'static Arc<str> {
@@ -1125,6 +1137,8 @@ mod tests {
             "t:global:t::*".to_owned(),
         ];
         assert_eq!(*flaky.last.lock().expect("lock"), keys);
+        assert_eq!(key_part("gold:jwt%"), "gold%3Ajwt%25");
+        assert_eq!(key_part("gold"), "gold");
         taken.give_back(&backend).await;
         assert_eq!(*flaky.refunded.lock().expect("lock"), keys);
         // A refusal is named by the limit the store names, with its wait.

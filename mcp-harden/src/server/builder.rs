@@ -407,7 +407,10 @@ impl<S: Send + Sync + 'static> HardenedBuilder<S> {
             Some((store, fail)) => Backend::Store {
                 store,
                 fail,
-                prefix: Arc::from(format!("mcp-harden:{}:", self.name)),
+                prefix: Arc::from(format!(
+                    "mcp-harden:{}:",
+                    crate::limits::key_part(&self.name)
+                )),
                 health: Arc::new(crate::limits::StoreHealth::new(self.store_outage)),
             },
             None => Backend::Memory,
