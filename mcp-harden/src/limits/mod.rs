@@ -1205,7 +1205,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let later = check().await.expect_err("resting");
         let hint = later.retry_after_ms.unwrap_or(0);
-        assert!((1..=710).contains(&hint), "what is left of the rest: {hint}");
+        assert!(
+            (1..=710).contains(&hint),
+            "what is left of the rest: {hint}"
+        );
         assert_eq!(asked(), 1, "one failure trips the rest");
         tokio::time::sleep(Duration::from_millis(800)).await;
         flaky.failing.store(false, Ordering::SeqCst);
