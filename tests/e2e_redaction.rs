@@ -20,7 +20,7 @@ async fn sign_in(
     #[arg(max_len = 64, secret)] passphrase: String,
     #[arg(max_len = 64)] api_key: String,
     #[arg(max_len = 200)] note: String,
-    #[arg(max_len = 200)] body: String,
+    #[arg(max_len = 400)] body: String,
 ) -> String {
     let _ = (passphrase, api_key, note, body);
     format!("signed in {user}")
@@ -72,13 +72,21 @@ async fn secrets_reach_no_sink_log_or_metric() {
     let api_key = "sk-live-0123456789abcdef";
     // A credential inside an ordinary string: its value masked, the rest kept.
     let db_password = "Tr0ub4dor-and-3";
-    let note = format!("dsn host=db user=app password={db_password} dbname=crm");
+    // .NET appSettings: the value beside a key naming a credential.
+    let app_key = "ak-7d3e19c0b2";
+    let note = format!(
+        "dsn host=db user=app password={db_password} dbname=crm \
+         <add key=\"ApiKey\" value=\"{app_key}\"/><add key=\"Timeout\" value=\"30\"/>"
+    );
     // In XML, and URL-encoded in a query string.
     let xml_key = "xk-5f0c2a9e7b1d";
     let encoded_secret = "cs-93be41d07a6f";
+    // And a Kubernetes manifest's environment.
+    let k8s_secret = "k8-e40b6a21f9";
     let body = format!(
         "<Config><ns:ApiKey>{xml_key}</ns:ApiKey></Config> \
-         cb?state=ok&data=client_secret%3D{encoded_secret}%26next%3D1"
+         cb?state=ok&data=client_secret%3D{encoded_secret}%26next%3D1\n\
+         env:\n- name: DB_PASSWORD\n  value: {k8s_secret}\n- name: LOG_LEVEL\n  value: debug"
     );
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -123,6 +131,18 @@ async fn secrets_reach_no_sink_log_or_metric() {
     );
     assert!(
         audit.contains(
+            r#"<add key=\"ApiKey\" value=\"[REDACTED]\"/><add key=\"Timeout\" value=\"30\"/>"#
+        ),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(
+            r"env:\n- name: DB_PASSWORD\n  value: [REDACTED]\n- name: LOG_LEVEL\n  value: debug"
+        ),
+        "{audit}"
+    );
+    assert!(
+        audit.contains(
             "<Config><ns:ApiKey>[REDACTED]</ns:ApiKey></Config> \
              cb?state=ok&data=client_secret%3D[REDACTED]%26next%3D1"
         ),
@@ -144,6 +164,8 @@ async fn secrets_reach_no_sink_log_or_metric() {
             db_password,
             xml_key,
             encoded_secret,
+            app_key,
+            k8s_secret,
             token.as_str(),
             forged.as_str(),
         ] {
