@@ -446,6 +446,8 @@ fn mask_secrets(s: &str) -> Option<String> {
     let mut out: Option<Vec<u8>> = None;
     // `b[..copied]` is in `out` (masked); the search resumes at `at`.
     let (mut copied, mut at) = (0, 0);
+    // Pair lookups left for this string (see MAX_PAIR_LOOKUPS).
+    let pairs = std::cell::Cell::new(MAX_PAIR_LOOKUPS);
     loop {
         // Where the output of `b[at]` lands; from MAX_AUDIT_STRING on, everything is cut.
         let landing = out.as_ref().map_or(at, |o| o.len() + (at - copied));
@@ -467,8 +469,8 @@ fn mask_secrets(s: &str) -> Option<String> {
         let i = at + i;
         let secret = match b[i] {
             b' ' => scheme_credentials(b, i).or_else(|| flag_value(b, i)),
-            b':' => url_password(b, i).or_else(|| named_value(b, i)),
-            _ => rarer_secret(b, i),
+            b':' => url_password(b, i).or_else(|| named_value(b, i, &pairs)),
+            _ => rarer_secret(b, i, &pairs),
         };
         match secret {
             Some((start, stop)) => {
@@ -503,13 +505,18 @@ fn far_trigger(w: &[u8]) -> Option<usize> {
 /// The credential that the `=`, `<` or `%` at `b[i]` starts, if any: out of line, which
 /// keeps [`mask_secrets`]'s dispatch on the common triggers a pair of compares.
 #[inline(never)]
-fn rarer_secret(b: &[u8], i: usize) -> Option<(usize, usize)> {
+fn rarer_secret(b: &[u8], i: usize, pairs: &std::cell::Cell<u8>) -> Option<(usize, usize)> {
     match b[i] {
         b'<' => element_text(b, i),
         b'%' => encoded_value(b, i),
-        _ => named_value(b, i),
+        _ => named_value(b, i, pairs),
     }
 }
+
+/// How many `value` keys of one string are looked at for a name beside them (each lookup
+/// reads up to a few KiB around its key): a string made of `value:` does not cost hundreds
+/// of lookups. The kept part of a string holds about ten pairs of a Kubernetes `env`.
+const MAX_PAIR_LOOKUPS: u8 = 12;
 
 /// Whether `w` ends `b[..end]` as a whole word, without case.
 fn word_before(b: &[u8], end: usize, w: &[u8]) -> bool {
@@ -600,7 +607,7 @@ fn in_authorization_header(b: &[u8], word: usize) -> bool {
 /// beside it ([`paired_name`]: `<add key="ApiKey" value="x"/>`, `- name: DB_PASSWORD` over
 /// `value: x`); the value then ends as a YAML line's does, or at a flow mapping's `,`, `}` or
 /// `]`, or at a tag's `>`.
-fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
+fn named_value(b: &[u8], sep: usize, pairs: &std::cell::Cell<u8>) -> Option<(usize, usize)> {
     let equals = b[sep] == b'=';
     let mut end = sep;
     while end > 0 && b[end - 1] == b' ' {
@@ -635,6 +642,8 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
     let (beside, named) = if credential {
         (None, name)
     } else {
+        let left = pairs.get().checked_sub(1)?;
+        pairs.set(left);
         let (beside, from, to) = paired_name(b, start, sep, equals, name_quote.is_some())?;
         (Some(beside), &b[from..to])
     };
@@ -655,11 +664,9 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
         .take_while(|&&c| matches!(c, b' ' | b'\t'))
         .count();
     v += spaced;
-    let indent = b[..start]
-        .iter()
-        .rev()
-        .take_while(|&&c| matches!(c, b' ' | b'\t'))
-        .count();
+    // The key's column when it starts its line after indentation and YAML list dashes
+    // (`  - password:`): lines below indented deeper belong to its value.
+    let indent = line_prefix(b, start);
     let starts_line = start == indent || matches!(b[start - indent - 1], b'\n' | b'\r');
     // A value's end is looked for so far; a longer one is masked to the string's end.
     let near = &b[..b.len().min(v.saturating_add(MAX_VALUE_SCAN))];
@@ -680,6 +687,7 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
                 && (enclosing.is_some()
                     || starts_line
                     || beside == Some(Beside::Block)
+                    || beside == Some(Beside::Object)
                     || ends_with_ignore_case(name, b"authorization")
                     || ends_with_ignore_case(name, b"cookie"));
             let in_object = name_quote.is_some() || beside == Some(Beside::Object);
@@ -731,6 +739,20 @@ fn named_value(b: &[u8], sep: usize) -> Option<(usize, usize)> {
         from
     };
     (from < to).then_some((from, to))
+}
+
+/// How many bytes before `b[start]` are indentation and YAML list dashes (`  - - `): spaces,
+/// tabs, and a `-` followed by one of them.
+fn line_prefix(b: &[u8], start: usize) -> usize {
+    let mut i = start;
+    while i > 0 {
+        match b[i - 1] {
+            b' ' | b'\t' => i -= 1,
+            b'-' if i < start && matches!(b[i], b' ' | b'\t') => i -= 1,
+            _ => break,
+        }
+    }
+    start - i
 }
 
 /// Where the name that ends at `b[end]` starts: a run of letters, digits, `_`, `-` and `.`,
@@ -1008,11 +1030,12 @@ fn paired_name(
             .count();
         let line = start - prefix;
         if line == 0 || matches!(b[line - 1], b'\n' | b'\r') {
-            let (from, to) = block_pair(b, line, start, sep)?;
-            return Some((Beside::Block, from, to));
+            if let Some((from, to)) = block_pair(b, line, start, sep) {
+                return Some((Beside::Block, from, to));
+            }
         }
     }
-    let (from, to) = object_pair(b, start, sep, quoted)?;
+    let (from, to) = object_pair(b, start, sep)?;
     Some((Beside::Object, from, to))
 }
 
@@ -1069,7 +1092,8 @@ fn pair_name_at(b: &[u8], floor: usize, colon: usize) -> Option<(usize, usize)> 
     if pair_role(std::str::from_utf8(&b[start..end]).ok()?) != PAIR_NAME {
         return None;
     }
-    let near = &b[..b.len().min(colon + 2 * MAX_PAIR_NAME)];
+    // A name longer than MAX_PAIR_NAME is none: no need to look further for its end.
+    let near = &b[..b.len().min(colon + MAX_PAIR_NAME + 8)];
     let v = colon
         + 1
         + near[colon + 1..]
@@ -1095,24 +1119,54 @@ fn pair_name_at(b: &[u8], floor: usize, colon: usize) -> Option<(usize, usize)> 
 }
 
 /// The credential's name in the JSON object or YAML flow mapping that holds the key starting
-/// at `b[start]` (its `:` at `b[sep]`): the object from the nearest `{` before it (no `}`
-/// between; on the same line unless `quoted`, as YAML's keys are not) to the next `}`.
-fn object_pair(b: &[u8], start: usize, sep: usize, quoted: bool) -> Option<(usize, usize)> {
-    let floor = start.saturating_sub(MAX_VALUE_SCAN);
-    let open = floor
-        + b[floor..start]
-            .iter()
-            .rposition(|&c| matches!(c, b'{' | b'}') || (!quoted && matches!(c, b'\n' | b'\r')))?;
-    if b[open] != b'{' {
-        return None;
+/// at `b[start]` (its `:` at `b[sep]`): among the object's own keys (not a nested object's),
+/// from its `{` to its `}`, each looked for within [`MAX_OBJECT_SCAN`] bytes, and at most
+/// [`MAX_OBJECT_KEYS`] keys. Braces inside quoted values are not told apart (rare in a pair
+/// of a name and a value).
+fn object_pair(b: &[u8], start: usize, sep: usize) -> Option<(usize, usize)> {
+    let floor = start.saturating_sub(MAX_OBJECT_SCAN);
+    let mut depth = 0usize;
+    let mut open = None;
+    for i in (floor..start).rev() {
+        match b[i] {
+            b'}' => depth += 1,
+            b'{' if depth == 0 => {
+                open = Some(i);
+                break;
+            }
+            b'{' => depth -= 1,
+            _ => {}
+        }
     }
-    let near = &b[..b.len().min(sep.saturating_add(MAX_VALUE_SCAN))];
-    let close = memchr::memchr(b'}', &near[sep..]).map_or(near.len(), |c| sep + c);
-    memchr::memchr_iter(b':', &near[open + 1..close])
-        .map(|c| open + 1 + c)
-        .filter(|&c| c != sep)
-        .find_map(|c| pair_name_at(near, open + 1, c))
+    let open = open?;
+    let near = &b[..b.len().min(sep.saturating_add(MAX_OBJECT_SCAN))];
+    let mut depth = 0usize;
+    let mut keys = 0;
+    for i in open + 1..near.len() {
+        match near[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth == 0 => return None,
+            b'}' | b']' => depth -= 1,
+            b':' if depth == 0 && i != sep => {
+                keys += 1;
+                if keys > MAX_OBJECT_KEYS {
+                    return None;
+                }
+                if let Some(name) = pair_name_at(near, open + 1, i) {
+                    return Some(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
+
+/// How far [`object_pair`] looks for an object's braces, either side of a key.
+const MAX_OBJECT_SCAN: usize = 256;
+
+/// How many of an object's keys [`object_pair`] looks at for a pair's name.
+const MAX_OBJECT_KEYS: usize = 16;
 
 /// The credential's name in the YAML block mapping (a list item's) that holds the key at
 /// `b[start]` (its line starting at `b[line]`, its `:` at `b[sep]`): a sibling key at the same
@@ -1998,6 +2052,54 @@ mod tests {
         }
         let long = format!("password: |\n{}", "  x\n".repeat(500));
         assert_eq!(masked(&long), "password: |\n  [REDACTED]");
+    }
+
+    /// Keys in YAML list items, flow mappings over lines or with spaces in values, and the
+    /// object's own keys only (not a nested object's).
+    #[test]
+    fn pairs_in_lists_and_nested_objects() {
+        for (s, expected) in [
+            (
+                "- password: correct horse staple\n- user: app",
+                "- password: [REDACTED]\n- user: app",
+            ),
+            (
+                "users:\n  - password:\n      hunter2\n    user: app",
+                "users:\n  - password:\n      [REDACTED]\n    user: app",
+            ),
+            (
+                "{name: API_TOKEN, value: abc def}",
+                "{name: API_TOKEN, value: [REDACTED]}",
+            ),
+            (
+                "env: [{name: API_TOKEN,\n  value: abc}]",
+                "env: [{name: API_TOKEN,\n  value: [REDACTED]}]",
+            ),
+            (
+                r#"{"name":"token","meta":{"a":1},"value":"x"}"#,
+                r#"{"name":"token","meta":{"a":1},"value":"[REDACTED]"}"#,
+            ),
+        ] {
+            assert_eq!(masked(s), expected, "{s}");
+        }
+        for kept in [
+            r#"{"value":"x","a":{"name":"token"}}"#,
+            r#"{"a":{"name":"token"},"value":"x"}"#,
+            "- user: app\n- value: 3",
+        ] {
+            assert_eq!(masked(kept), kept);
+        }
+        // Lookups per string are bounded: the 13th `value` of a string is not paired.
+        let many = format!(
+            "{}{{name: token, value: s}}",
+            "{name: a, value: 1}".repeat(12)
+        );
+        assert!(many.len() < MAX_AUDIT_STRING);
+        assert_eq!(masked(&many), many.as_str());
+        let eleven = &many[19..];
+        assert!(masked(eleven)
+            .as_str()
+            .is_some_and(|m| m.ends_with("{name: token, value: [REDACTED]}")));
     }
 
     #[test]
