@@ -170,6 +170,82 @@ pub enum StoreDecision {
 /// [`StoreOutage`]) the store is not asked for [`STORE_REST`], then by one call while the
 /// others keep to the `FailMode` until that call has its answer. Bound each decision's time
 /// yourself: the call waits for it.
+///
+/// The contract, in a store kept in one process's memory (a stand-in for a shared one):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::sync::Mutex;
+/// use std::time::{Duration, Instant};
+///
+/// use mcp_harden::limits::{GcraQuota, RateLimitStore, StoreDecision, StoreError, StoreLimit};
+///
+/// /// Each key holds its theoretical arrival time (TAT), since `start`.
+/// struct Gcra {
+///     start: Instant,
+///     tats: Mutex<HashMap<String, Duration>>,
+/// }
+///
+/// type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+///
+/// impl RateLimitStore for Gcra {
+///     fn check<'a>(&'a self, limits: &'a [StoreLimit<'a>]) -> Answer<'a, StoreDecision> {
+///         Box::pin(async move {
+///             let now = self.start.elapsed();
+///             let mut tats = self.tats.lock().map_err(|_| StoreError("poisoned".into()))?;
+///             // Every limit is decided before any is written: all or nothing.
+///             let (mut next, mut refused) = (Vec::new(), None::<(usize, Duration)>);
+///             for (i, l) in limits.iter().enumerate() {
+///                 let GcraQuota { emission, burst } = l.quota;
+///                 let tat = tats.get(l.key).map_or(now, |t| (*t).max(now)) + emission;
+///                 let allow_at = tat.saturating_sub(emission * burst);
+///                 if allow_at > now {
+///                     // Named by the first refusing limit; the wait is the longest.
+///                     let (first, wait) = refused.unwrap_or((i, Duration::ZERO));
+///                     refused = Some((first, wait.max(allow_at - now)));
+///                 }
+///                 next.push(tat);
+///             }
+///             if let Some((limit, wait)) = refused {
+///                 return Ok(StoreDecision::Deny { limit, wait });
+///             }
+///             for (l, tat) in limits.iter().zip(next) {
+///                 tats.insert(l.key.to_owned(), tat);
+///             }
+///             Ok(StoreDecision::Allow)
+///         })
+///     }
+///
+///     fn refund<'a>(&'a self, limits: &'a [StoreLimit<'a>], taken_ago: Duration) -> Answer<'a, ()> {
+///         Box::pin(async move {
+///             let now = self.start.elapsed();
+///             let mut tats = self.tats.lock().map_err(|_| StoreError("poisoned".into()))?;
+///             for l in limits {
+///                 // What time has not repaid of the cell, and never below now.
+///                 let left = l.quota.emission.saturating_sub(taken_ago);
+///                 if let Some(tat) = tats.get_mut(l.key) {
+///                     *tat = tat.saturating_sub(left).max(now);
+///                 }
+///             }
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = Gcra { start: Instant::now(), tats: Mutex::default() };
+/// let hourly = |burst| GcraQuota { emission: Duration::from_secs(3600), burst };
+/// let mine = StoreLimit { key: "tool:search::jwt:ann", quota: hourly(2) };
+/// let shared = StoreLimit { key: "global:search::*", quota: hourly(1) };
+/// assert_eq!(store.check(&[mine, shared]).await.ok(), Some(StoreDecision::Allow));
+/// // The shared limit is spent: refused, and none of `mine` taken.
+/// let refused = store.check(&[mine, shared]).await.ok();
+/// assert!(matches!(refused, Some(StoreDecision::Deny { limit: 1, .. })));
+/// assert_eq!(store.check(&[mine]).await.ok(), Some(StoreDecision::Allow));
+/// # });
+/// ```
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Takes one cell of each limit's quota for its key if every one has a cell free; else
     /// takes none and says how long until all have. One call's limits, in the order they are
