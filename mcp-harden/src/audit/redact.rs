@@ -1380,12 +1380,13 @@ fn flag_value(b: &[u8], space: usize) -> Option<(usize, usize)> {
 const MAX_VALUE_SCAN: usize = 1024;
 
 /// Where the quoted text starting at `b[from]` ends: at the next `quote` not escaped by a
-/// backslash, if any.
+/// backslash or doubled (YAML's and SQL's `'it''s'`), if any.
 fn closing(b: &[u8], from: usize, quote: u8) -> Option<usize> {
     let mut i = from;
     while i < b.len() {
         match b[i] {
             b'\\' => i += 2,
+            c if c == quote && b.get(i + 1) == Some(&quote) => i += 2,
             c if c == quote => return Some(i),
             _ => i += 1,
         }
@@ -2052,6 +2053,15 @@ mod tests {
         }
         let long = format!("password: |\n{}", "  x\n".repeat(500));
         assert_eq!(masked(&long), "password: |\n  [REDACTED]");
+    }
+
+    #[test]
+    fn doubled_quotes_are_escapes() {
+        assert_eq!(
+            masked("password: 'it''s mine' next"),
+            "password: '[REDACTED]' next"
+        );
+        assert_eq!(masked("PWD='a''b' user=x"), "PWD='[REDACTED]' user=x");
     }
 
     /// Keys in YAML list items, flow mappings over lines or with spaces in values, and the
