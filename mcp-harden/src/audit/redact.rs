@@ -769,15 +769,35 @@ fn name_start(b: &[u8], end: usize) -> Option<usize> {
 }
 
 /// Whether a value under a credential-like name is kept: an environment's `PWD=/path`, and
-/// a count of tokens (`max_tokens=1024`).
+/// a number under a name that says it counts or measures something (`max_tokens=1024`,
+/// `PasswordRequiredLength=8`, `token_ttl=3600`, `TokenLifetimeMinutes=60`); a PIN's or a
+/// one-time code's name says neither (`user_pin=1234`, `otp=123456` are masked).
 fn is_kept(name: &[u8], value: &[u8]) -> bool {
     let is_path = matches!(value.first(), Some(b'/' | b'~'))
         && (name.eq_ignore_ascii_case(b"pwd") || name.eq_ignore_ascii_case(b"oldpwd"));
-    let is_count = ends_with_ignore_case(name, b"tokens")
-        && !value.is_empty()
-        && value.iter().all(u8::is_ascii_digit);
-    is_path || is_count
+    let is_number = !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+    is_path || (is_number && MEASURES.iter().any(|m| ends_with_ignore_case(name, m)))
 }
+
+/// Endings of names whose numbers are counts, sizes or durations, not secrets.
+const MEASURES: [&[u8]; 16] = [
+    b"tokens",
+    b"length",
+    b"ttl",
+    b"timeout",
+    b"lifetime",
+    b"expiry",
+    b"expiration",
+    b"expires_in",
+    b"expiresin",
+    b"seconds",
+    b"minutes",
+    b"hours",
+    b"days",
+    b"count",
+    b"attempts",
+    b"retries",
+];
 
 /// A YAML value on the lines after its name's (`password:\n  hunter2`, `key: |\n  …`), when
 /// the rest of the name's line from `b[v]` is empty or a block indicator (`|`, `>-`, …): the
@@ -2053,6 +2073,28 @@ mod tests {
         }
         let long = format!("password: |\n{}", "  x\n".repeat(500));
         assert_eq!(masked(&long), "password: |\n  [REDACTED]");
+    }
+
+    #[test]
+    fn numbers_that_measure_are_kept() {
+        for kept in [
+            "PasswordRequiredLength=8",
+            "token_ttl=3600",
+            r#"<add key="TokenLifetimeMinutes" value="60"/>"#,
+            "password_expiry_days: 90",
+            "max_tokens=1024",
+            "login_attempts=5 password_retries=3",
+        ] {
+            assert_eq!(masked(kept), kept);
+        }
+        for (s, expected) in [
+            ("user_pin=1234", "user_pin=[REDACTED]"),
+            ("otp: 123456", "otp: [REDACTED]"),
+            ("token_ttl=abc123", "token_ttl=[REDACTED]"),
+            ("password=12345678", "password=[REDACTED]"),
+        ] {
+            assert_eq!(masked(s), expected, "{s}");
+        }
     }
 
     #[test]
