@@ -33,6 +33,19 @@ async fn tally(_ctx: Ctx<App>) -> String {
     "tallied".to_owned()
 }
 
+/// Calls of `hold` that run, and what releases them.
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static RELEASE: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// Hold until released, one call at a time (see `busy_refusals_give_their_cells_back`).
+#[tool(scopes = "count", rate = "unlimited", max_concurrency = 1)]
+async fn hold() -> String {
+    HELD.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    RELEASE.notified().await;
+    "released".to_owned()
+}
+
 /// `tally` per caller, across tools per caller, and across callers, all in `store`.
 fn fully_limited(store: RedisStore, fail: FailMode) -> Hardened<App> {
     builder("redis-e2e-full", store, fail)
@@ -186,6 +199,66 @@ async fn a_calls_limits_are_decided_together() {
         .await
         .expect("gives back");
     assert_eq!(redis_command(redis.port, &["EXISTS", "shared"]), ["0"]);
+}
+
+/// Through the pipeline with Redis: calls refused as busy give back the cells their rate
+/// limits took in Redis, the caller's total and the tool's global rate alike.
+#[tokio::test]
+async fn busy_refusals_give_their_cells_back() {
+    let Some(redis) = Redis::start() else { return };
+    let server = builder(
+        "redis-e2e-busy",
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Closed,
+    )
+    .tool::<hold>()
+    .principal_rate(Rate::per_minute(2))
+    .global_rate::<hold>(Rate::per_minute(2))
+    .build()
+    .expect("builds");
+    let c = connect(server).await;
+    let held = || HELD.load(std::sync::atomic::Ordering::SeqCst);
+    let start = |c: &RunningService<RoleClient, ()>| {
+        let peer = c.peer().clone();
+        let before = held();
+        let call = tokio::spawn(async move {
+            peer.call_tool(CallToolRequestParams::new("hold"))
+                .await
+                .expect("answers")
+        });
+        async move {
+            common::eventually("hold runs", Duration::from_secs(10), || held() > before).await;
+            call
+        }
+    };
+    let first = start(&c).await;
+    for _ in 0..3 {
+        let r = c
+            .call_tool(CallToolRequestParams::new("hold"))
+            .await
+            .expect("answers");
+        assert_eq!(error_code(&r).as_deref(), Some("UNAVAILABLE"), "{r:?}");
+    }
+    RELEASE.notify_one();
+    assert_eq!(first.await.expect("joins").is_error, Some(false));
+    // One cell of each spent by the call that ran: the next runs, the one after is refused,
+    // named by the caller's total (the first of the two without a cell).
+    let second = start(&c).await;
+    RELEASE.notify_one();
+    assert_eq!(second.await.expect("joins").is_error, Some(false));
+    let r = c
+        .call_tool(CallToolRequestParams::new("hold"))
+        .await
+        .expect("answers");
+    assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
+    let message = r
+        .structured_content
+        .as_ref()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
+    assert_eq!(
+        message.as_deref(),
+        Some("rate limit exceeded across tools for this caller")
+    );
 }
 
 #[tokio::test]
