@@ -201,6 +201,20 @@ async fn a_calls_limits_are_decided_together() {
     assert_eq!(redis_command(redis.port, &["EXISTS", "shared"]), ["0"]);
 }
 
+/// Starts a call of `hold` in the background, and returns once it runs.
+async fn start_hold(c: &RunningService<RoleClient, ()>) -> tokio::task::JoinHandle<CallToolResult> {
+    let held = || HELD.load(std::sync::atomic::Ordering::SeqCst);
+    let before = held();
+    let peer = c.peer().clone();
+    let call = tokio::spawn(async move {
+        peer.call_tool(CallToolRequestParams::new("hold"))
+            .await
+            .expect("answers")
+    });
+    common::eventually("hold runs", Duration::from_secs(10), || held() > before).await;
+    call
+}
+
 /// Through the pipeline with Redis: calls refused as busy give back the cells their rate
 /// limits took in Redis, the caller's total and the tool's global rate alike.
 #[tokio::test]
@@ -217,21 +231,7 @@ async fn busy_refusals_give_their_cells_back() {
     .build()
     .expect("builds");
     let c = connect(server).await;
-    let held = || HELD.load(std::sync::atomic::Ordering::SeqCst);
-    let start = |c: &RunningService<RoleClient, ()>| {
-        let peer = c.peer().clone();
-        let before = held();
-        let call = tokio::spawn(async move {
-            peer.call_tool(CallToolRequestParams::new("hold"))
-                .await
-                .expect("answers")
-        });
-        async move {
-            common::eventually("hold runs", Duration::from_secs(10), || held() > before).await;
-            call
-        }
-    };
-    let first = start(&c).await;
+    let first = start_hold(&c).await;
     for _ in 0..3 {
         let r = c
             .call_tool(CallToolRequestParams::new("hold"))
@@ -243,7 +243,7 @@ async fn busy_refusals_give_their_cells_back() {
     assert_eq!(first.await.expect("joins").is_error, Some(false));
     // One cell of each spent by the call that ran: the next runs, the one after is refused,
     // named by the caller's total (the first of the two without a cell).
-    let second = start(&c).await;
+    let second = start_hold(&c).await;
     RELEASE.notify_one();
     assert_eq!(second.await.expect("joins").is_error, Some(false));
     let r = c
