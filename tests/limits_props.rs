@@ -194,13 +194,33 @@ where
     decisions.into_iter().map(|(at, ok, _)| (at, ok)).collect()
 }
 
-/// A runner of `cases` cases that persists no failures.
-fn runner(cases: u32) -> proptest::test_runner::TestRunner {
-    proptest::test_runner::TestRunner::new(ProptestConfig {
+/// Runs `test` over `cases` values of `strategy` (no failures persisted), panicking with
+/// the smallest failing case.
+fn run_cases<S: Strategy>(
+    cases: u32,
+    strategy: &S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases,
         failure_persistence: None,
         ..ProptestConfig::default()
-    })
+    });
+    if let Err(e) = runner.run(strategy, test) {
+        panic!("{e}");
+    }
+}
+
+/// A `redis-server` of the test's own, a runtime, and a store on that server made in it;
+/// None without `redis-server` (see [`Redis::start`]).
+fn redis_store() -> Option<(Redis, tokio::runtime::Runtime, RedisStore)> {
+    let redis = Redis::start()?;
+    let rt = runtime();
+    let store = {
+        let _entered = rt.enter();
+        RedisStore::new(&redis.url()).expect("store")
+    };
+    Some((redis, rt, store))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -233,14 +253,13 @@ proptest! {
 #[test]
 fn composed_limits_are_all_or_nothing_in_memory() {
     let rt = runtime();
-    let mut runner = runner(16);
     let strategy = (
         rate_strategy(),
         rate_strategy(),
         rate_strategy(),
         composed_strategy(),
     );
-    let result = runner.run(&strategy, |(r0, r1, shared, arrivals)| {
+    run_cases(16, &strategy, |(r0, r1, shared, arrivals)| {
         let quotas = [r0, r1, shared].map(|r| GcraQuota::from_rate(r).expect("a quota"));
         let server = Hardened::builder(App)
             .local_principal(Principal::local("carol", ["props"]))
@@ -270,27 +289,22 @@ fn composed_limits_are_all_or_nothing_in_memory() {
         });
         check_composed(quotas, &decisions)
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// In Redis: one script over the caller's own key and the shared one.
 #[test]
 fn composed_limits_are_all_or_nothing_in_redis() {
-    let Some(redis) = Redis::start() else { return };
-    let rt = runtime();
-    let _entered = rt.enter();
-    let store = RedisStore::new(&redis.url()).expect("store");
+    let Some((_redis, rt, store)) = redis_store() else {
+        return;
+    };
     let case = std::sync::atomic::AtomicU32::new(0);
-    let mut runner = runner(16);
     let strategy = (
         quota_strategy(),
         quota_strategy(),
         quota_strategy(),
         composed_strategy(),
     );
-    let result = runner.run(&strategy, |(q0, q1, shared, arrivals)| {
+    run_cases(16, &strategy, |(q0, q1, shared, arrivals)| {
         let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let keys = [0, 1, 2].map(|l| format!("composed:{n}:{l}"));
         let quotas = [q0, q1, shared];
@@ -310,20 +324,16 @@ fn composed_limits_are_all_or_nothing_in_redis() {
         }));
         check_composed(quotas, &decisions)
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 #[test]
 fn redis_decisions_follow_gcra() {
-    let Some(redis) = Redis::start() else { return };
-    let rt = runtime();
-    let _entered = rt.enter();
-    let store = RedisStore::new(&redis.url()).expect("store");
+    let Some((_redis, rt, store)) = redis_store() else {
+        return;
+    };
     let case = std::sync::atomic::AtomicU32::new(0);
-    let mut runner = runner(16);
-    let result = runner.run(&(quota_strategy(), gaps_strategy()), |(quota, gaps)| {
+    let strategy = (quota_strategy(), gaps_strategy());
+    run_cases(16, &strategy, |(quota, gaps)| {
         // A fresh key per case: state never leaks between cases.
         let key = format!(
             "props:{}",
@@ -339,7 +349,4 @@ fn redis_decisions_follow_gcra() {
         }));
         check_against_model(quota, &decisions)
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }

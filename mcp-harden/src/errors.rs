@@ -189,6 +189,11 @@ impl ToolError {
         )
     }
 
+    /// The client cancelled the call (while it waited for a slot, or while it ran).
+    pub(crate) fn cancelled() -> Self {
+        Self::new(ErrorCode::Unavailable, "the call was cancelled", true)
+    }
+
     pub(crate) fn internal() -> Self {
         Self::new(ErrorCode::Internal, "internal error", false)
     }

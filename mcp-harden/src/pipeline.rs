@@ -122,25 +122,23 @@ pub(crate) async fn limit<S>(
         principal,
     );
     let taken = crate::limits::decide(entry.spec.name, &inner.backend, rates).await?;
-    let permit = match &entry.concurrency {
-        Some(gate) => gate.acquire(cancel).await.map(Some),
-        None => Ok(None),
+    // How long the cells are held before the tool starts: only a queue wait counts (a
+    // refusal otherwise follows the decision at once), so only a gate reads the clock.
+    let (permit, held) = match &entry.concurrency {
+        Some(gate) => {
+            let decided = std::time::Instant::now();
+            (gate.acquire(cancel).await.map(Some), decided.elapsed())
+        }
+        None => (Ok(None), Duration::ZERO),
     };
     // A client that gave up while its call waited (for a rate decision from the store, or
     // for a slot): the tool does not start.
-    let permit = permit.and_then(|p| {
-        if cancel.is_cancelled() {
-            Err(ToolError::new(
-                ErrorCode::Unavailable,
-                "the call was cancelled",
-                true,
-            ))
-        } else {
-            Ok(p)
-        }
+    let permit = permit.and_then(|p| match cancel.is_cancelled() {
+        true => Err(ToolError::cancelled()),
+        false => Ok(p),
     });
     if permit.is_err() {
-        taken.give_back(&inner.backend).await;
+        taken.give_back(&inner.backend, held).await;
     }
     permit
 }
@@ -184,7 +182,7 @@ pub(crate) async fn run<S: Send + Sync + 'static>(
         }
         () = call_ct.cancelled() => {
             return Err(Refusal::failed(
-                ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true),
+                ToolError::cancelled(),
                 "cancelled by the client",
             ));
         }

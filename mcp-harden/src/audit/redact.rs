@@ -866,25 +866,11 @@ fn yaml_block(b: &[u8], v: usize, indent: usize) -> Option<(usize, usize)> {
 /// naming a credential (`<user password="x">`) are `name=value` pairs of their own, and a
 /// `value` attribute beside a `key`, `name` or `id` naming one is masked as such a pair's.
 fn element_text(b: &[u8], lt: usize) -> Option<(usize, usize)> {
-    let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':');
     let from = lt + 1;
-    if !b
-        .get(from)
-        .is_some_and(|&c| c.is_ascii_alphabetic() || c == b'_')
-    {
-        return None;
-    }
-    let len = b[from..]
-        .iter()
-        .take(MAX_PAIR_NAME + 1)
-        .take_while(|&&c| is_name(c))
-        .count();
+    let len = tag_name_end(b, lt, MAX_PAIR_NAME + 1)? - from;
     let name = &b[from..from + len];
     let local = &name[name.iter().rposition(|&c| c == b':').map_or(0, |p| p + 1)..];
-    if len > MAX_PAIR_NAME
-        || local.is_empty()
-        || !is_credential_name(std::str::from_utf8(local).ok()?)
-    {
+    if len > MAX_PAIR_NAME || !names_credential(local) {
         return None;
     }
     let text = start_tag_end(b, from + len)?;
@@ -905,6 +891,30 @@ fn element_text(b: &[u8], lt: usize) -> Option<(usize, usize)> {
     }
     let to = next.unwrap_or(b.len());
     (text < to && !is_kept(local, &b[text..to])).then_some((text, to))
+}
+
+/// Whether `c` may be part of an XML name (a namespace prefix's `:` included).
+fn is_xml_name(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
+}
+
+/// Where the element name after the `<` at `b[lt]` ends, looking at most `max` bytes into
+/// it; None unless a name starts there.
+fn tag_name_end(b: &[u8], lt: usize, max: usize) -> Option<usize> {
+    let from = lt + 1;
+    if !b
+        .get(from)
+        .is_some_and(|&c| c.is_ascii_alphabetic() || c == b'_')
+    {
+        return None;
+    }
+    Some(
+        from + b[from..]
+            .iter()
+            .take(max)
+            .take_while(|&&c| is_xml_name(c))
+            .count(),
+    )
 }
 
 /// Where the start tag whose name ends at `b[i]` ends (after its `>`), if it is well formed:
@@ -937,7 +947,6 @@ enum TagPart {
 /// attribute (`a`, `a=v`, `a="v"`, `a='v'`) or the tag's end (`>`, `/>`). None if the tag
 /// is not well formed there, or goes on beyond `b`.
 fn tag_part(b: &[u8], mut i: usize) -> Option<TagPart> {
-    let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':');
     let spaces = |b: &[u8], i: usize| {
         b[i..]
             .iter()
@@ -959,10 +968,13 @@ fn tag_part(b: &[u8], mut i: usize) -> Option<TagPart> {
                 empty: true,
             })
         }
-        c if spaced > 0 && is_name(c) => {}
+        c if spaced > 0 && is_xml_name(c) => {}
         _ => return None,
     }
-    let name = (i, i + b[i..].iter().take_while(|&&c| is_name(c)).count());
+    let name = (
+        i,
+        i + b[i..].iter().take_while(|&&c| is_xml_name(c)).count(),
+    );
     i = name.1;
     let before = spaces(b, i);
     if b.get(i + before) != Some(&b'=') {
@@ -1065,14 +1077,7 @@ fn tag_pair(b: &[u8], attribute: usize) -> Option<(usize, usize)> {
     let floor = attribute.saturating_sub(MAX_VALUE_SCAN);
     let lt = floor + memchr::memrchr(b'<', &b[floor..attribute])?;
     let b = &b[..b.len().min(attribute.saturating_add(MAX_VALUE_SCAN))];
-    let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':');
-    if !b
-        .get(lt + 1)
-        .is_some_and(|&c| c.is_ascii_alphabetic() || c == b'_')
-    {
-        return None;
-    }
-    let mut i = lt + 1 + b[lt + 1..].iter().take_while(|&&c| is_name(c)).count();
+    let mut i = tag_name_end(b, lt, usize::MAX)?;
     let (mut ours, mut named) = (false, None);
     while let Some(TagPart::Attribute { name, value, next }) = tag_part(b, i) {
         ours |= name.0 == attribute;

@@ -107,15 +107,15 @@ impl GcraQuota {
         if !(factor.is_finite() && factor > 0.0) {
             return Err("a tier's multiplier must be a finite number above 0");
         }
-        let secs = self.emission.as_secs_f64() / factor;
-        // Never looser than scaled: the burst rounded down (but at least 1; the 1e-9 absorbs
-        // float error, 10 × 0.7 being 7.000000000000001 and 3 × 0.1 / 0.1 a hair under 3),
-        // the interval up to the nanosecond.
+        // Never looser than scaled: the interval rounded up to the nanosecond, the burst
+        // down (but at least 1; the 1e-9 absorbs float error, 10 × 0.7 being
+        // 7.000000000000001 and 3 × 0.1 / 0.1 a hair under 3).
+        let nanos = self.emission.as_nanos() as f64 / factor;
         let burst = (f64::from(self.burst) * factor + 1e-9).floor().max(1.0);
-        if secs < 1e-6 {
+        if nanos < 1e3 {
             return Err(TOO_FAST);
         }
-        if secs > 1e9 {
+        if nanos > 1e18 {
             return Err("scaled by the tier, one call would take more than 30 years: use a larger multiplier");
         }
         if burst > f64::from(u32::MAX) {
@@ -123,8 +123,7 @@ impl GcraQuota {
                 "scaled by the tier, its burst exceeds 4 294 967 295: use a smaller multiplier",
             );
         }
-        let nanos = (self.emission.as_nanos() as f64 / factor).ceil();
-        Self::checked(Duration::from_nanos(nanos as u64), burst as u32)
+        Self::checked(Duration::from_nanos(nanos.ceil() as u64), burst as u32)
     }
 }
 
@@ -433,6 +432,11 @@ impl StoreHealth {
             .saturating_add(1)
     }
 
+    /// Whether the store rests after failures (the fail mode answers for it).
+    fn resting(&self) -> bool {
+        self.rest_until_ms.load(Ordering::Relaxed) != 0
+    }
+
     /// What is left of the store's rest (at least a millisecond), or the whole rest when it
     /// does not rest (a failure short of [`StoreOutage::trip`]): a [`FailMode::Closed`]
     /// refusal's hint.
@@ -727,21 +731,17 @@ enum Place {
 pub(crate) struct Taken<'a> {
     rates: CallRates<'a>,
     place: Place,
-    /// When they were taken (only when there is something to give back).
-    at: Option<std::time::Instant>,
 }
 
 impl Taken<'_> {
-    /// Gives the cells back: the call was refused after its rate limits admitted it (its
-    /// tool busy, or it was cancelled waiting for a slot), and costs nobody a cell. What is
-    /// given back is what is left of each cell (its interval less the time since it was
-    /// taken; nothing after a queue wait as long as the interval): time has repaid the rest,
-    /// and giving it again would admit calls beyond the quota. From a store only while it
+    /// Gives the cells back, taken `ago`: the call was refused after its rate limits
+    /// admitted it (its tool busy, or it was cancelled waiting for a slot), and costs nobody
+    /// a cell. What is given back is what is left of each cell (its interval less `ago`;
+    /// nothing after a queue wait as long as the interval): time has repaid the rest, and
+    /// giving it again would admit calls beyond the quota. From a store only while it
     /// answers (as far as this server knows); a failure counts towards its rest and is
     /// logged at debug level, the cells then staying spent.
-    pub(crate) async fn give_back(self, backend: &Backend) {
-        let Some(at) = self.at else { return };
-        let ago = at.elapsed();
+    pub(crate) async fn give_back(self, backend: &Backend, ago: Duration) {
         match (self.place, backend) {
             (Place::Memory, _) => {
                 for m in self.rates.iter() {
@@ -756,7 +756,7 @@ impl Taken<'_> {
                     health,
                     fail,
                 },
-            ) if health.rest_until_ms.load(Ordering::Relaxed) == 0 => {
+            ) if !health.resting() => {
                 let keys = self.rates.in_store(prefix);
                 match store.refund(&self.rates.store_limits(&keys), ago).await {
                     Ok(()) => health.answered(false),
@@ -796,7 +796,6 @@ pub(crate) async fn decide<'a>(
         return Ok(Taken {
             rates,
             place: Place::Nowhere,
-            at: None,
         });
     };
     let place = match backend {
@@ -857,8 +856,7 @@ pub(crate) async fn decide<'a>(
             }
         }
     };
-    let at = (place != Place::Nowhere).then(std::time::Instant::now);
-    Ok(Taken { rates, place, at })
+    Ok(Taken { rates, place })
 }
 
 /// [`decide`] in this process's limiters.
@@ -955,7 +953,7 @@ impl ConcurrencyGate {
             None => self.permits.clone().try_acquire_owned().map_err(|_| busy()),
             Some(wait) => tokio::select! {
                 biased;
-                () = cancel.cancelled() => Err(ToolError::new(ErrorCode::Unavailable, "the call was cancelled", true)),
+                () = cancel.cancelled() => Err(ToolError::cancelled()),
                 r = tokio::time::timeout(wait, self.permits.clone().acquire_owned()) => match r {
                     Ok(Ok(p)) => Ok(p),
                     _ => Err(busy()),
@@ -1118,7 +1116,7 @@ mod tests {
             let taken = decide("u", &Backend::Memory, rates)
                 .await
                 .expect("admitted");
-            taken.give_back(&Backend::Memory).await;
+            taken.give_back(&Backend::Memory, Duration::ZERO).await;
         }
         assert_eq!(other.base.wait(cara.rate_key()), Duration::ZERO);
         // A cell given back long after it was taken (a queue wait as long as its interval)
@@ -1128,13 +1126,14 @@ mod tests {
         let taken = decide("q", &Backend::Memory, rates)
             .await
             .expect("admitted");
+        let taken_at = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(60)).await;
         let rates = CallRates::new(Some(&quick), None, None, &cara);
         assert!(
             decide("q", &Backend::Memory, rates).await.is_ok(),
             "idle again"
         );
-        taken.give_back(&Backend::Memory).await;
+        taken.give_back(&Backend::Memory, taken_at.elapsed()).await;
         let rates = CallRates::new(Some(&quick), None, None, &cara);
         let again = decide("q", &Backend::Memory, rates).await.map(drop);
         assert_eq!(
@@ -1195,6 +1194,26 @@ mod tests {
         }
     }
 
+    /// A tier's name is escaped in a store key: a tier `gold:jwt` and a subject starting
+    /// `jwt:` make no key another caller's.
+    #[tokio::test]
+    async fn store_keys_escape_tier_names() {
+        use crate::auth::{AuthMethod, Principal};
+        let (flaky, backend) = flaky_backend(FailMode::Closed);
+        let tiers = [(Arc::from("gold:jwt"), 2.0)];
+        let tool = Limit::new("tool:t".into(), Rate::per_hour(5), &tiers, 100)
+            .ok()
+            .flatten()
+            .expect("a limit");
+        let bob = Principal::new("bob", ["s"], AuthMethod::ApiKey).with_tier("gold:jwt");
+        let rates = CallRates::new(Some(&tool), None, None, &bob);
+        decide("t", &backend, rates).await.expect("admitted");
+        let keys = flaky.last.lock().expect("lock").clone();
+        assert_eq!(keys, ["t:tool:t:gold%3Ajwt:api_key:bob"]);
+        assert_eq!(key_part("50%:x"), "50%25%3Ax");
+        assert_eq!(key_part("gold"), "gold");
+    }
+
     /// A store decides a call's limits in one question, and is given their cells back in
     /// one.
     #[tokio::test]
@@ -1213,9 +1232,7 @@ mod tests {
             "t:global:t::*".to_owned(),
         ];
         assert_eq!(*flaky.last.lock().expect("lock"), keys);
-        assert_eq!(key_part("gold:jwt%"), "gold%3Ajwt%25");
-        assert_eq!(key_part("gold"), "gold");
-        taken.give_back(&backend).await;
+        taken.give_back(&backend, Duration::ZERO).await;
         assert_eq!(*flaky.refunded.lock().expect("lock"), keys);
         // A refusal is named by the limit the store names, with its wait.
         *flaky.answer.lock().expect("lock") = Some(StoreDecision::Deny {

@@ -245,7 +245,7 @@ impl RateLimiter {
         let core = &*self.0;
         if !core.store.contains_key(key) {
             // A newcomer waits for room if the limiter is full.
-            return if core.tracked_keys() >= core.max_tracked {
+            return if core.full() {
                 FULL_RETRY
             } else {
                 Duration::ZERO
@@ -270,14 +270,14 @@ impl RateLimiter {
         }
         // A newcomer is admitted only while there is room (a few racing newcomers may
         // overshoot by as many as race).
-        if !core.store.contains_key(key) && core.tracked_keys() >= core.max_tracked {
+        if !core.store.contains_key(key) && core.full() {
             // Make room before refusing, if no sweep ran for a `FULL_RETRY` (one newcomer
             // sweeps; the others are refused meanwhile).
             if !core.swept.claim(FULL_RETRY) {
                 return RateDecision::Full;
             }
             core.sweep();
-            if core.tracked_keys() >= core.max_tracked {
+            if core.full() {
                 return RateDecision::Full;
             }
         }
@@ -351,6 +351,11 @@ impl Core {
 
     fn tracked_keys(&self) -> usize {
         ShrinkableKeyedStateStore::len(&*self.store)
+    }
+
+    /// Whether a caller not tracked yet finds no room ([`RateDecision::Full`]).
+    fn full(&self) -> bool {
+        self.tracked_keys() >= self.max_tracked
     }
 }
 
