@@ -1,6 +1,7 @@
 //! Streamable HTTP on loopback: 16 concurrent rmcp clients, each calling `search` in a loop,
 //! against plain rmcp (`StreamableHttpService` in axum, no authentication) and mcp-harden
-//! (`Hardened::bind_http`, a JWT authenticator, a valid HS256 token per client).
+//! (`Hardened::bind_http`, a JWT authenticator, a valid HS256 token per client; or an API-key
+//! authenticator, one `mhk_` key per client).
 //!
 //! A custom measurement (`harness = false`), not criterion: what matters here is calls per
 //! second and the per-call latency distribution (p50/p99) under concurrency, and criterion
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mcp_harden::auth::JwtAuthenticator;
+use mcp_harden::auth::{ApiKey, ApiKeyAuthenticator, Authenticator, JwtAuthenticator};
 use mcp_harden::server::http::HttpConfig;
 use mcp_harden::Hardened;
 use rmcp::model::JsonObject;
@@ -92,17 +93,36 @@ where
 
 /// mcp-harden over HTTP with a JWT authenticator (cache on or off), audit to a null sink.
 async fn hardened_http(cache: Option<usize>) -> (String, oneshot::Sender<()>) {
+    let mut jwt = JwtAuthenticator::builder().hs256(SECRET).issuer(ISSUER);
+    if let Some(n) = cache {
+        jwt = jwt.cache(n);
+    }
+    hardened_http_with(jwt.build().expect("valid JWT configuration")).await
+}
+
+/// mcp-harden over HTTP with an API-key authenticator holding one key per client, audit to
+/// a null sink; its URL, and the keys to send.
+async fn hardened_http_apikeys() -> (String, oneshot::Sender<()>, Vec<Option<String>>) {
+    let keys: Vec<ApiKey> = (0..CLIENTS).map(|_| ApiKey::generate()).collect();
+    let auth = ApiKeyAuthenticator::new(keys.iter().enumerate().map(|(i, k)| {
+        k.entry(
+            format!("client-{i}"),
+            ["catalog:read", "catalog:write", "orders:read"],
+        )
+    }))
+    .expect("valid API keys");
+    let (url, stop) = hardened_http_with(auth).await;
+    let keys = keys.iter().map(|k| Some(k.expose().to_owned())).collect();
+    (url, stop, keys)
+}
+
+async fn hardened_http_with(auth: impl Authenticator) -> (String, oneshot::Sender<()>) {
     let server = Hardened::builder(App)
         .tool::<search>()
         .audit_sink(NullSink)
         .build()
         .expect("the hardened server builds");
-    let mut jwt = JwtAuthenticator::builder().hs256(SECRET).issuer(ISSUER);
-    if let Some(n) = cache {
-        jwt = jwt.cache(n);
-    }
-    let config = HttpConfig::new("127.0.0.1:0".parse().expect("address"))
-        .authenticator(jwt.build().expect("valid JWT configuration"));
+    let config = HttpConfig::new("127.0.0.1:0".parse().expect("address")).authenticator(auth);
     let bound = server.bind_http(config).await.expect("binds");
     let url = bound.resource_url().to_owned();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -181,6 +201,7 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
             let (spin_url, s5) = serve_plain(PlainPrebuilt::spinning(spin()), false, false);
             let (cached_url, s6) = hardened_http(None).await;
             let (uncached_url, s7) = hardened_http(Some(0)).await;
+            let (apikey_url, s8, apikeys) = hardened_http_apikeys().await;
             let tokens = |url: &str| -> Vec<Option<String>> {
                 let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
                 (0..CLIENTS)
@@ -205,8 +226,14 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
                 // and hyper.
                 Variant {
                     name: "plain_rmcp_prebuilt_token",
-                    url: prebuilt_url,
+                    url: prebuilt_url.clone(),
                     tokens: tokens(&cached_url),
+                },
+                // The same, sent the hardened API-key variant's keys (64 bytes each).
+                Variant {
+                    name: "plain_rmcp_prebuilt_apikey",
+                    url: prebuilt_url.clone(),
+                    tokens: apikeys.clone(),
                 },
                 Variant::plain("plain_rmcp_prebuilt_wrapped", wrapped_url),
                 Variant {
@@ -219,9 +246,16 @@ async fn run(server_rt: &tokio::runtime::Runtime, rounds: usize, calls: usize) {
                     tokens: tokens(&uncached_url),
                     url: uncached_url,
                 },
+                // mcp-harden's own credential: an API key, checked by its SHA-256 on every
+                // request (no cache), the whole pipeline otherwise the same.
+                Variant {
+                    name: "hardened_apikey",
+                    url: apikey_url,
+                    tokens: apikeys,
+                },
                 Variant::plain(SPIN_VARIANT, spin_url),
             ];
-            (variants, [s1, s2, s3, s4, s5, s6, s7])
+            (variants, [s1, s2, s3, s4, s5, s6, s7, s8])
         })
         .await
         .expect("the servers start");
