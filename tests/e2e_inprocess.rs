@@ -380,8 +380,10 @@ async fn the_rate_limit_trips_with_a_retry_hint() {
     );
 }
 
+/// A timeout is a retryable failure; that it stops the work is `e2e_limits`'
+/// `a_timed_out_call_frees_its_slot`.
 #[tokio::test]
-async fn a_timeout_is_retryable_and_cancels_the_work() {
+async fn a_timeout_is_a_retryable_failure() {
     let audit = Collect::default();
     let c = client(&["t:read"], &audit).await;
     let t = Instant::now();

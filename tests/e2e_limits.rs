@@ -33,7 +33,20 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 struct App {
     entered: AtomicUsize,
+    /// Runs whose work was dropped unfinished (a [`Drops`] went with it).
+    dropped: AtomicUsize,
+    /// Runs that went on to their end.
+    finished: AtomicUsize,
     release: Notify,
+}
+
+/// Counts its drop: held by a tool's run, it says that run's work was dropped.
+struct Drops<'a>(&'a AtomicUsize);
+
+impl Drop for Drops<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl App {
@@ -113,7 +126,7 @@ async fn unbounded(ctx: Ctx<App>) -> String {
     ctx.hold().await
 }
 
-/// Sleep far beyond the timeout, one at a time.
+/// Sleep beyond the timeout, then count the run finished; one at a time.
 #[tool(
     scopes = "limits:call",
     rate = "unlimited",
@@ -122,8 +135,24 @@ async fn unbounded(ctx: Ctx<App>) -> String {
 )]
 async fn stuck(ctx: Ctx<App>) -> String {
     ctx.entered.fetch_add(1, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let work = Drops(&ctx.dropped);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    std::mem::forget(work);
+    ctx.finished.fetch_add(1, Ordering::SeqCst);
     "woke".to_owned()
+}
+
+/// Hold until released; one at a time, the next waiting up to 5 s; six calls a minute per
+/// caller, in bursts of two.
+#[tool(
+    scopes = "limits:call",
+    rate = "6/min",
+    burst = 2,
+    max_concurrency = 1,
+    queue_timeout = "5s"
+)]
+async fn rationed(ctx: Ctx<App>) -> String {
+    ctx.hold().await
 }
 
 /// Sleep for an hour when asked to, one at a time.
@@ -754,6 +783,11 @@ async fn a_timed_out_call_frees_its_slot() {
     let e = refusal(&call(&c, "stuck").await, "TIMEOUT");
     assert_eq!(e["retryable"], true, "{e}");
     assert_eq!(
+        app.dropped.load(Ordering::SeqCst),
+        1,
+        "the timed-out work was dropped before the reply"
+    );
+    assert_eq!(
         server.running("stuck"),
         0,
         "the timed-out call freed its slot"
@@ -761,7 +795,75 @@ async fn a_timed_out_call_frees_its_slot() {
     // The next call runs (and times out) instead of being refused as busy.
     refusal(&call(&c, "stuck").await, "TIMEOUT");
     assert_eq!(app.entered(), 2);
+    assert_eq!(app.dropped.load(Ordering::SeqCst), 2);
     assert_eq!(server.running("stuck"), 0);
+    // Past the end the work would have reached (600 ms after each start), neither run did:
+    // the work was stopped, not left running unanswered.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        app.finished.load(Ordering::SeqCst),
+        0,
+        "no timed-out run finished"
+    );
+}
+
+/// A call cancelled while it waits for a slot never starts its tool, and gives back the rate
+/// cell it took: the next call is admitted where it would otherwise be refused.
+#[tokio::test]
+async fn a_call_cancelled_in_the_queue_never_runs_and_gives_its_cell_back() {
+    let app = Arc::new(App::default());
+    let audit = common::Collect::default();
+    let server = builder(&app)
+        .tool::<rationed>()
+        .audit_sink(audit.clone())
+        .build()
+        .expect("builds");
+    let c = connect(&server).await;
+
+    // The first call runs and holds the slot: one of the burst's two cells.
+    let first = start_holding(&c, &app, "rationed").await;
+    // The second takes the other cell and waits for the slot.
+    let queued = c
+        .peer()
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params("rationed", json!({})))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("the request is sent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both cells are taken (so the queued call provably holds one): a third call is refused.
+    retryable(&call(&c, "rationed").await, "RATE_LIMITED");
+
+    queued
+        .cancel(Some("the test gave up".to_owned()))
+        .await
+        .expect("the cancellation is sent");
+    // The queued call ends, refused, once it has given its cell back.
+    eventually(
+        "the cancelled call is recorded",
+        Duration::from_secs(10),
+        || audit.records().len() == 2,
+    )
+    .await;
+    let mut codes: Vec<_> = audit.records().iter().map(|r| r.error_code).collect();
+    codes.sort();
+    assert_eq!(codes, [Some("RATE_LIMITED"), Some("UNAVAILABLE")]);
+
+    // Its cell is back: the next call is admitted (and waits for the slot).
+    let peer = c.peer().clone();
+    let next = tokio::spawn(async move { call(&peer, "rationed").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished(), "the next call waits for the slot");
+    app.release.notify_one();
+    assert_eq!(ok_text(&join(first).await), "released");
+    eventually("the next call runs", Duration::from_secs(10), || {
+        app.entered() == 2
+    })
+    .await;
+    app.release.notify_one();
+    assert_eq!(ok_text(&join(next).await), "released");
+    assert_eq!(app.entered(), 2, "the cancelled call never ran");
 }
 
 #[tokio::test]
@@ -840,9 +942,10 @@ fn resident_bytes() -> u64 {
 }
 
 /// A million distinct callers, each calling once: every caller is idle again 1 ms after its
-/// call, so the sweeps (every few thousand decisions, in the background) keep the limiter at a few thousand
-/// keys, far below its bound of 10 000, and at most 1 % are refused as `Full` (racing the
-/// sweep on a loaded machine).
+/// call, so the sweeps (every 4096 decisions; in the call at this size, as the limiter's unit
+/// tests show a large limiter's running on the blocking pool) keep the limiter at a few
+/// thousand keys, below its bound of 10 000, and at most 1 % are refused as `Full` (racing
+/// the sweep on a loaded machine).
 #[test]
 fn a_million_distinct_callers_stay_bounded() {
     // The resident set is the whole process's, and other tests allocate concurrently:
@@ -872,8 +975,7 @@ fn a_million_distinct_callers_stay_bounded() {
     const MAX: usize = 10_000;
     let quota = GcraQuota::from_rate(Rate::per_second(1000).with_burst(1)).expect("quota");
     let limiter = RateLimiter::with_quota(quota, MAX).expect("limiter");
-    // Within a runtime, as a server decides: the sweeps run on the blocking pool while the
-    // decisions go on.
+    // Within a runtime, as a server decides.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");

@@ -560,7 +560,7 @@ fn a_store_made_outside_a_runtime_is_an_error() {
 
 /// One command to the Redis on `port` over RESP; the reply's strings (bulk, simple, integer).
 fn redis_command(port: u16, args: &[&str]) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
     let mut out = format!("*{}\r\n", args.len());
     for a in args {
@@ -568,27 +568,96 @@ fn redis_command(port: u16, args: &[&str]) -> Vec<String> {
     }
     conn.write_all(out.as_bytes()).expect("writes");
     let mut reader = BufReader::new(conn);
-    let mut line = || {
-        let mut l = String::new();
-        reader.read_line(&mut l).expect("reads");
-        l.trim_end().to_owned()
-    };
-    let first = line();
+    let first = read_line(&mut reader);
     let items = match first.as_bytes().first() {
         Some(b'*') => first[1..].parse().expect("array length"),
-        Some(b'$') => return vec![line()],
+        Some(b'$') => return vec![read_bulk(&mut reader, &first)],
         _ => return vec![first[1..].to_owned()],
     };
     (0..items)
         .map(|_| {
-            let head = line();
+            let head = read_line(&mut reader);
             if head.starts_with('$') {
-                line()
+                read_bulk(&mut reader, &head)
             } else {
                 head[1..].to_owned()
             }
         })
         .collect()
+}
+
+fn read_line(reader: &mut impl std::io::BufRead) -> String {
+    let mut l = String::new();
+    reader.read_line(&mut l).expect("reads");
+    l.trim_end().to_owned()
+}
+
+/// A bulk string after its `$<length>` head: its bytes (line breaks included), then CRLF.
+fn read_bulk(reader: &mut impl std::io::BufRead, head: &str) -> String {
+    let n: usize = head[1..].parse().expect("bulk length");
+    let mut bytes = vec![0; n + 2];
+    reader.read_exact(&mut bytes).expect("reads");
+    bytes.truncate(n);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Calls of each command the Redis on `port` has run (`INFO commandstats`).
+fn command_calls(port: u16) -> std::collections::BTreeMap<String, u64> {
+    let info = redis_command(port, &["INFO", "commandstats"]).concat();
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// Through the pipeline, a call with three rate limits (the caller's for the tool, its total
+/// and the tool's global rate) is one command in Redis: one script run, one round trip.
+#[tokio::test]
+async fn a_call_with_three_limits_is_one_redis_command() {
+    let Some(redis) = Redis::start() else { return };
+    let server = fully_limited(
+        RedisStore::new(&redis.url()).expect("store"),
+        FailMode::Closed,
+    );
+    let c = connect(server).await;
+    let tally = || c.call_tool(CallToolRequestParams::new("tally"));
+    // The first call loads the script (a miss, then the load).
+    assert_eq!(tally().await.expect("answers").is_error, Some(false));
+    let before = command_calls(redis.port);
+    const CALLS: u64 = 20;
+    for _ in 0..CALLS {
+        assert_eq!(tally().await.expect("answers").is_error, Some(false));
+    }
+    let after = command_calls(redis.port);
+    let ran: std::collections::BTreeMap<&str, u64> = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .map(|(name, n)| (name.as_str(), n - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    // `commandstats` also counts the commands a script runs: per call, the script reads
+    // Redis's clock once and reads and writes each of the three keys once. Anything else
+    // sent (a second round trip) would show as a count beyond these.
+    assert_eq!(
+        ran,
+        [
+            ("evalsha", CALLS),
+            ("time", CALLS),
+            ("get", 3 * CALLS),
+            ("set", 3 * CALLS)
+        ]
+        .into_iter()
+        .collect(),
+        "one script run per call, nothing else"
+    );
 }
 
 /// Intervals are whole microseconds in Redis, rounded up (stricter, never looser): at

@@ -80,13 +80,21 @@ impl Server {
             .expect("call returns a result")
     }
 
-    /// Stops the server and returns its audit records (from stderr).
-    async fn stop(self) -> Vec<Value> {
+    /// Stops the server and returns every JSON log line it wrote (to stderr).
+    async fn stop_logging(self) -> Vec<Value> {
         let _ = self.client.cancel().await;
         let lines = self.stderr.await.expect("stderr reader");
         lines
             .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+
+    /// Stops the server and returns its audit records (from stderr).
+    async fn stop(self) -> Vec<Value> {
+        self.stop_logging()
+            .await
+            .into_iter()
             .filter(|v| v["target"] == "mcp_harden::audit")
             .filter_map(|v| {
                 v["fields"]["record"]
@@ -557,5 +565,51 @@ async fn the_example_exports_spans_over_otlp() {
     assert!(
         common::holds(&body, &common::trace_id_bytes(&trace_id)),
         "the exported span has the record's trace id"
+    );
+}
+
+/// `--redis`: two example servers share one caller's quota through Redis
+/// (`restock_product` allows a burst of 5 per caller: 5 calls are admitted across both, not
+/// 10). With Redis gone, the next call is refused as the default fail mode says
+/// (`UNAVAILABLE`, retryable), and the server logs it.
+#[tokio::test]
+async fn the_example_shares_its_limits_through_redis() {
+    let Some(mut redis) = common::Redis::start() else {
+        return;
+    };
+    let (_dir, db) = db();
+    let url = redis.url();
+    let replicas = [
+        spawn_with(&db, &["db:write"], &["--redis", &url]).await,
+        spawn_with(&db, &["db:write"], &["--redis", &url]).await,
+    ];
+    let restock = json!({"product_id": 1, "quantity": 1});
+    let mut admitted = 0;
+    for i in 0..10 {
+        let r = replicas[i % 2]
+            .call("restock_product", restock.clone())
+            .await;
+        if r.is_error == Some(true) {
+            let e = error_of(&r);
+            assert_eq!(e["code"], "RATE_LIMITED", "{e}");
+            assert_eq!(e["retryable"], true, "{e}");
+            break;
+        }
+        admitted += 1;
+    }
+    assert_eq!(admitted, 5, "one quota across both replicas");
+
+    redis.stop();
+    let [first, second] = replicas;
+    let e = error_of(&first.call("restock_product", restock.clone()).await);
+    assert_eq!(e["code"], "UNAVAILABLE", "{e}");
+    assert_eq!(e["retryable"], true, "{e}");
+    let logs = first.stop_logging().await;
+    let _ = second.stop_logging().await;
+    assert!(
+        logs.iter().any(|l| l["target"] == "mcp_harden::limits"
+            && l["level"] == "WARN"
+            && l["fields"]["fail"] == "closed"),
+        "the failed decision is logged: {logs:?}"
     );
 }

@@ -332,9 +332,9 @@ impl Default for StoreOutage {
 /// What to do when the [`RateLimitStore`] cannot decide: for a decision it failed, and for
 /// every decision while it rests after [`STORE_TRIP`] failures in a row (at least
 /// [`STORE_REST`], then until a call finds it answering again; both by default:
-/// [`StoreOutage`]). The outage is logged (target
-/// `mcp_harden::limits`: when it starts and when it ends, at most once a minute each, and
-/// while it lasts, at most once a minute), and every decision the store did not make is
+/// [`StoreOutage`]). The outage is logged at `warn` (target
+/// `mcp_harden::limits`: when it starts, while it lasts, and a failure short of an outage,
+/// each at most once a minute; its end at `info`), and every decision the store did not make is
 /// counted ([`Hardened::rate_store_errors`](crate::Hardened::rate_store_errors), the metric
 /// `mcp_harden_rate_store_unavailable_total{fail, reason}`, `reason` being `failed` for a
 /// decision the store was asked and failed, `resting` for one it was not asked).
@@ -384,10 +384,12 @@ pub(crate) struct StoreHealth {
     /// Decisions the store did not make.
     pub(crate) unmade: AtomicU64,
     /// The last warnings that an outage began, and that it goes on; the last line that one
-    /// ended (a flapping store would log each once a second).
+    /// ended (a flapping store would log each once a second); the last warning of a failure
+    /// short of an outage.
     began: rate::Moment,
     lasts: rate::Moment,
     ended: rate::Moment,
+    blips: rate::Moment,
 }
 
 /// Whether a decision goes to the store.
@@ -423,6 +425,7 @@ impl StoreHealth {
             began: rate::Moment::new(),
             lasts: rate::Moment::new(),
             ended: rate::Moment::new(),
+            blips: rate::Moment::new(),
         }
     }
 
@@ -497,6 +500,10 @@ impl StoreHealth {
             if self.began.claim(Duration::from_secs(60)) {
                 tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, rest_ms = self.outage.rest.as_millis() as u64, "rate-limit store failing: decisions follow the fail mode until it answers again");
             }
+        } else if self.blips.claim(Duration::from_secs(60)) {
+            // Short of an outage, yet a decision the fail mode made: said at least once a
+            // minute, whichever the mode.
+            tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision: the fail mode decided it");
         } else {
             tracing::debug!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision");
         }
