@@ -17,7 +17,7 @@ use mcp_harden::server::http::HttpConfig;
 use mcp_harden::spec::{Concurrency, Rate};
 use mcp_harden::{BuildError, HardenedBuilder};
 use rmcp::model::{CallToolRequest, CallToolResult, ClientRequest};
-use rmcp::service::{PeerRequestOptions, RoleClient, RunningService};
+use rmcp::service::{PeerRequestOptions, RequestHandle, RoleClient, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceExt;
@@ -241,6 +241,21 @@ async fn successes_until_limited(
         ok_text(&r);
     }
     panic!("{max} calls of {tool} were never limited")
+}
+
+/// Sends a call of `tool` whose handle can cancel it (`notifications/cancelled`).
+async fn send_cancellable(
+    c: &RunningService<RoleClient, ()>,
+    tool: &'static str,
+    args: Value,
+) -> RequestHandle<RoleClient> {
+    c.peer()
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params(tool, args))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("the request is sent")
 }
 
 async fn join(h: JoinHandle<CallToolResult>) -> CallToolResult {
@@ -823,14 +838,7 @@ async fn a_call_cancelled_in_the_queue_never_runs_and_gives_its_cell_back() {
     // The first call runs and holds the slot: one of the burst's two cells.
     let first = start_holding(&c, &app, "rationed").await;
     // The second takes the other cell and waits for the slot.
-    let queued = c
-        .peer()
-        .send_cancellable_request(
-            ClientRequest::CallToolRequest(CallToolRequest::new(params("rationed", json!({})))),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .expect("the request is sent");
+    let queued = send_cancellable(&c, "rationed", json!({})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Both cells are taken (so the queued call provably holds one): a third call is refused.
     retryable(&call(&c, "rationed").await, "RATE_LIMITED");
@@ -904,17 +912,7 @@ async fn a_cancelled_call_frees_its_slot() {
     assert_eq!(ok_text(&quick().await), "done", "a new call is admitted");
 
     // Cancelling a request handle explicitly.
-    let handle = c
-        .peer()
-        .send_cancellable_request(
-            ClientRequest::CallToolRequest(CallToolRequest::new(params(
-                "blocker",
-                json!({"forever": true}),
-            ))),
-            PeerRequestOptions::no_options(),
-        )
-        .await
-        .expect("the request is sent");
+    let handle = send_cancellable(&c, "blocker", json!({"forever": true})).await;
     runs_and_holds("the second blocking call runs", 3).await;
     handle
         .cancel(Some("the test gave up".to_owned()))
