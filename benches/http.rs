@@ -104,12 +104,11 @@ async fn hardened_http(cache: Option<usize>) -> (String, oneshot::Sender<()>) {
 /// a null sink; its URL, and the keys to send.
 async fn hardened_http_apikeys() -> (String, oneshot::Sender<()>, Vec<Option<String>>) {
     let keys: Vec<ApiKey> = (0..CLIENTS).map(|_| ApiKey::generate()).collect();
-    let auth = ApiKeyAuthenticator::new(keys.iter().enumerate().map(|(i, k)| {
-        k.entry(
-            format!("client-{i}"),
-            ["catalog:read", "catalog:write", "orders:read"],
-        )
-    }))
+    let auth = ApiKeyAuthenticator::new(
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| k.entry(format!("client-{i}"), SCOPES)),
+    )
     .expect("valid API keys");
     let (url, stop) = hardened_http_with(auth).await;
     let keys = keys.iter().map(|k| Some(k.expose().to_owned())).collect();

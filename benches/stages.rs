@@ -54,11 +54,7 @@ fn identify(c: &mut Criterion) {
     // Over HTTP: the request head in rmcp's extensions, the guard's identity in the head's
     // extensions, the `Arc` cloned (emulated: the types are crate-private). The session-owner
     // check is the guard's, before the handler (measured with it in `http_server`).
-    let principal = Arc::new(Principal::new(
-        "alice",
-        ["catalog:read", "catalog:write", "orders:read"],
-        AuthMethod::Jwt,
-    ));
+    let principal = Arc::new(Principal::new("alice", SCOPES, AuthMethod::Jwt));
     let (mut parts, ()) = axum::http::Request::new(()).into_parts();
     parts.extensions.insert(Authenticated {
         principal: principal.clone(),

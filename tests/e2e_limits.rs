@@ -426,8 +426,10 @@ async fn a_principal_rate_counts_calls_across_tools() {
     assert_eq!(ok_text(&call(&bob, "beta").await), "bob");
 }
 
-/// A call's limits are all or nothing: a caller held to 1/min by the principal rate cannot
-/// drain the tool's global budget with refused calls.
+/// A caller held to 1/min by the principal rate cannot drain the tool's global budget with
+/// refused calls: its total, asked before the global rate, refuses them first. (That cells
+/// a later limit's refusal leaves are given back: `busy_refusals_spend_no_rate` and the unit
+/// test `a_refused_call_costs_no_limit_a_cell`.)
 #[tokio::test]
 async fn a_refused_call_spends_no_other_limit() {
     let app = Arc::new(App::default());

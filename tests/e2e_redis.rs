@@ -71,8 +71,8 @@ fn server(store: RedisStore, fail: FailMode) -> Hardened<App> {
         .expect("builds")
 }
 
-async fn call(c: &RunningService<RoleClient, ()>) -> CallToolResult {
-    c.call_tool(CallToolRequestParams::new("count"))
+async fn call(c: &rmcp::Peer<RoleClient>, tool: &'static str) -> CallToolResult {
+    c.call_tool(CallToolRequestParams::new(tool))
         .await
         .expect("the call answers")
 }
@@ -145,11 +145,7 @@ async fn a_calls_limits_are_decided_together() {
     };
     let both = [mine, shared];
     assert_eq!(store.check(&both).await.ok(), Some(StoreDecision::Allow));
-    let tat = |key: &str| -> u64 {
-        redis_command(redis.port, &["GET", key])[0]
-            .parse()
-            .expect("a TAT")
-    };
+    let tat = |key: &str| -> u64 { redis.query(&["GET", key]) };
     let mine_after_one = tat("mine");
     for _ in 0..5 {
         match store.check(&both).await.expect("decides") {
@@ -198,7 +194,7 @@ async fn a_calls_limits_are_decided_together() {
         .refund(&[shared], Duration::ZERO)
         .await
         .expect("gives back");
-    assert_eq!(redis_command(redis.port, &["EXISTS", "shared"]), ["0"]);
+    assert_eq!(redis.query::<u64>(&["EXISTS", "shared"]), 0);
 }
 
 /// Starts a call of `hold` in the background, and returns once it runs.
@@ -206,13 +202,9 @@ async fn start_hold(c: &RunningService<RoleClient, ()>) -> tokio::task::JoinHand
     let held = || HELD.load(std::sync::atomic::Ordering::SeqCst);
     let before = held();
     let peer = c.peer().clone();
-    let call = tokio::spawn(async move {
-        peer.call_tool(CallToolRequestParams::new("hold"))
-            .await
-            .expect("answers")
-    });
+    let running = tokio::spawn(async move { call(&peer, "hold").await });
     common::eventually("hold runs", Duration::from_secs(10), || held() > before).await;
-    call
+    running
 }
 
 /// Through the pipeline with Redis: calls refused as busy give back the cells their rate
@@ -233,10 +225,7 @@ async fn busy_refusals_give_their_cells_back() {
     let c = connect(server).await;
     let first = start_hold(&c).await;
     for _ in 0..3 {
-        let r = c
-            .call_tool(CallToolRequestParams::new("hold"))
-            .await
-            .expect("answers");
+        let r = call(&c, "hold").await;
         assert_eq!(error_code(&r).as_deref(), Some("UNAVAILABLE"), "{r:?}");
     }
     RELEASE.notify_one();
@@ -246,18 +235,11 @@ async fn busy_refusals_give_their_cells_back() {
     let second = start_hold(&c).await;
     RELEASE.notify_one();
     assert_eq!(second.await.expect("joins").is_error, Some(false));
-    let r = c
-        .call_tool(CallToolRequestParams::new("hold"))
-        .await
-        .expect("answers");
+    let r = call(&c, "hold").await;
     assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
-    let message = r
-        .structured_content
-        .as_ref()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
     assert_eq!(
-        message.as_deref(),
-        Some("rate limit exceeded across tools for this caller")
+        common::error_of(&r)["message"],
+        "rate limit exceeded across tools for this caller"
     );
 }
 
@@ -275,11 +257,11 @@ async fn two_replicas_share_one_callers_quota() {
     ))
     .await;
     for c in [&a, &b, &a, &b] {
-        let r = call(c).await;
+        let r = call(c, "count").await;
         assert_eq!(r.is_error, Some(false), "{r:?}");
     }
     for c in [&a, &b] {
-        let r = call(c).await;
+        let r = call(c, "count").await;
         assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
         let retry = r
             .structured_content
@@ -303,11 +285,11 @@ async fn redis_going_away_fails_closed_by_default_and_open_on_request() {
         FailMode::Open,
     );
     let (c, o) = (connect(closed.clone()).await, connect(open.clone()).await);
-    assert_eq!(call(&c).await.is_error, Some(false));
-    assert_eq!(call(&o).await.is_error, Some(false));
+    assert_eq!(call(&c, "count").await.is_error, Some(false));
+    assert_eq!(call(&o, "count").await.is_error, Some(false));
 
     redis.stop();
-    let r = call(&c).await;
+    let r = call(&c, "count").await;
     assert_eq!(error_code(&r).as_deref(), Some("UNAVAILABLE"), "{r:?}");
     assert_eq!(
         r.structured_content
@@ -318,7 +300,7 @@ async fn redis_going_away_fails_closed_by_default_and_open_on_request() {
     assert!(closed.rate_store_errors() >= 1);
     for _ in 0..6 {
         // Over the 4/min quota, yet admitted: the store cannot say no.
-        let r = call(&o).await;
+        let r = call(&o, "count").await;
         assert_eq!(r.is_error, Some(false), "fail open admits: {r:?}");
     }
     assert!(open.rate_store_errors() >= 6, "every failure is counted");
@@ -327,7 +309,7 @@ async fn redis_going_away_fails_closed_by_default_and_open_on_request() {
     let _redis = Redis::on(redis.port).expect("restarts");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let r = call(&c).await;
+        let r = call(&c, "count").await;
         if r.is_error == Some(false) {
             break;
         }
@@ -381,10 +363,10 @@ async fn a_hung_redis_costs_a_decision_one_timeout() {
     }
 }
 
-/// A call's first failed decision ends its questions to the store, and the store rests: failing
-/// open, the call goes on without its other limits; failing closed, it is refused (one
-/// decision counted per call either way); deciding locally, each of its limits is decided in
-/// memory (and counted).
+/// A call's limits are one question to the store, so a failed store is asked once per call
+/// and each call counts one decision the store did not make, in every fail mode: failing
+/// open, the call goes on without its limits; failing closed, it is refused; deciding
+/// locally, its limits are decided in memory.
 #[tokio::test]
 async fn a_call_asks_a_failed_store_once() {
     let Some(mut redis) = Redis::start() else {
@@ -445,9 +427,9 @@ async fn redis_going_away_decides_locally_on_request() {
     );
     let c = connect(local.clone()).await;
     for _ in 0..4 {
-        assert_eq!(call(&c).await.is_error, Some(false));
+        assert_eq!(call(&c, "count").await.is_error, Some(false));
     }
-    let r = call(&c).await;
+    let r = call(&c, "count").await;
     assert_eq!(
         error_code(&r).as_deref(),
         Some("RATE_LIMITED"),
@@ -457,10 +439,10 @@ async fn redis_going_away_decides_locally_on_request() {
 
     redis.stop();
     for _ in 0..4 {
-        let r = call(&c).await;
+        let r = call(&c, "count").await;
         assert_eq!(r.is_error, Some(false), "within the quota in memory: {r:?}");
     }
-    let r = call(&c).await;
+    let r = call(&c, "count").await;
     assert_eq!(
         error_code(&r).as_deref(),
         Some("RATE_LIMITED"),
@@ -482,7 +464,7 @@ async fn redis_going_away_decides_locally_on_request() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let before = local.rate_store_errors();
-        let r = call(&c).await;
+        let r = call(&c, "count").await;
         if local.rate_store_errors() == before {
             assert_eq!(r.is_error, Some(false), "a fresh quota in Redis: {r:?}");
             break;
@@ -520,20 +502,21 @@ async fn deciding_locally_keeps_the_global_rate() {
             .is_some_and(|m| m.contains("overall"))
     };
     for _ in 0..2 {
-        assert_eq!(call(&c).await.is_error, Some(false));
+        assert_eq!(call(&c, "count").await.is_error, Some(false));
     }
-    let r = call(&c).await;
+    let r = call(&c, "count").await;
     assert!(overall(&r), "the global rate, in Redis: {r:?}");
     redis.stop();
     for _ in 0..2 {
-        let r = call(&c).await;
+        let r = call(&c, "count").await;
         assert_eq!(r.is_error, Some(false), "in memory: {r:?}");
     }
-    let r = call(&c).await;
+    let r = call(&c, "count").await;
     assert_eq!(error_code(&r).as_deref(), Some("RATE_LIMITED"), "{r:?}");
     assert!(overall(&r), "the global rate, in memory: {r:?}");
-    // Three failed decisions (one per call) rest the store: the next is not asked.
-    let r = call(&c).await;
+    // Three failed decisions (one per call) rest the store; still the global rate, in
+    // memory.
+    let r = call(&c, "count").await;
     assert!(
         overall(&r),
         "the global rate, in memory, the store resting: {r:?}"
@@ -558,52 +541,9 @@ fn a_store_made_outside_a_runtime_is_an_error() {
     assert!(e.to_string().contains("Tokio runtime"), "{e}");
 }
 
-/// One command to the Redis on `port` over RESP; the reply's strings (bulk, simple, integer).
-fn redis_command(port: u16, args: &[&str]) -> Vec<String> {
-    use std::io::{BufReader, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    let mut out = format!("*{}\r\n", args.len());
-    for a in args {
-        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    conn.write_all(out.as_bytes()).expect("writes");
-    let mut reader = BufReader::new(conn);
-    let first = read_line(&mut reader);
-    let items = match first.as_bytes().first() {
-        Some(b'*') => first[1..].parse().expect("array length"),
-        Some(b'$') => return vec![read_bulk(&mut reader, &first)],
-        _ => return vec![first[1..].to_owned()],
-    };
-    (0..items)
-        .map(|_| {
-            let head = read_line(&mut reader);
-            if head.starts_with('$') {
-                read_bulk(&mut reader, &head)
-            } else {
-                head[1..].to_owned()
-            }
-        })
-        .collect()
-}
-
-fn read_line(reader: &mut impl std::io::BufRead) -> String {
-    let mut l = String::new();
-    reader.read_line(&mut l).expect("reads");
-    l.trim_end().to_owned()
-}
-
-/// A bulk string after its `$<length>` head: its bytes (line breaks included), then CRLF.
-fn read_bulk(reader: &mut impl std::io::BufRead, head: &str) -> String {
-    let n: usize = head[1..].parse().expect("bulk length");
-    let mut bytes = vec![0; n + 2];
-    reader.read_exact(&mut bytes).expect("reads");
-    bytes.truncate(n);
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Calls of each command the Redis on `port` has run (`INFO commandstats`).
-fn command_calls(port: u16) -> std::collections::BTreeMap<String, u64> {
-    let info = redis_command(port, &["INFO", "commandstats"]).concat();
+/// Calls of each command `redis` has run (`INFO commandstats`).
+fn command_calls(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis.query(&["INFO", "commandstats"]);
     info.lines()
         .filter_map(|l| {
             let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -631,12 +571,12 @@ async fn a_call_with_three_limits_is_one_redis_command() {
     let tally = || c.call_tool(CallToolRequestParams::new("tally"));
     // The first call loads the script (a miss, then the load).
     assert_eq!(tally().await.expect("answers").is_error, Some(false));
-    let before = command_calls(redis.port);
+    let before = command_calls(&redis);
     const CALLS: u64 = 20;
     for _ in 0..CALLS {
         assert_eq!(tally().await.expect("answers").is_error, Some(false));
     }
-    let after = command_calls(redis.port);
+    let after = command_calls(&redis);
     let ran: std::collections::BTreeMap<&str, u64> = after
         .iter()
         .filter(|(name, _)| name.as_str() != "info")
@@ -672,17 +612,14 @@ async fn fractional_intervals_round_up() {
         burst: 500_000_000,
         ..quota
     };
-    let time = redis_command(redis.port, &["TIME"]);
-    let now: u64 = time[0].parse::<u64>().expect("seconds") * 1_000_000
-        + time[1].parse::<u64>().expect("microseconds");
+    let (seconds, micros): (u64, u64) = redis.query(&["TIME"]);
+    let now = seconds * 1_000_000 + micros;
     let ahead = (now + 1_000_000_000).to_string();
-    redis_command(redis.port, &["SET", "k", &ahead]);
+    redis.query::<()>(&["SET", "k", &ahead]);
     assert_eq!(
         one(&store, "k", quota).await.expect("decides"),
         StoreDecision::Allow
     );
-    let after: u64 = redis_command(redis.port, &["GET", "k"])[0]
-        .parse()
-        .expect("a whole number of microseconds");
+    let after: u64 = redis.query(&["GET", "k"]);
     assert_eq!(after - (now + 1_000_000_000), 4);
 }

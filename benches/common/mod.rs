@@ -123,12 +123,12 @@ impl AuditSink for LastRecord {
     }
 }
 
-/// The caller on in-process transports: a local principal with a few scopes.
+/// The scopes every caller of the benches holds (the tokens' `scope` claim, space-separated).
+pub const SCOPES: [&str; 3] = ["catalog:read", "catalog:write", "orders:read"];
+
+/// The caller on in-process transports: a local principal with [`SCOPES`].
 pub fn local_principal() -> Principal {
-    Principal::local(
-        "bench-user",
-        ["catalog:read", "catalog:write", "orders:read"],
-    )
+    Principal::local("bench-user", SCOPES)
 }
 
 /// The hardened server: every stage on, audit to a null sink.
@@ -341,7 +341,7 @@ pub fn now() -> u64 {
 pub fn claims(sub: &str, audience: &str) -> Value {
     json!({
         "sub": sub,
-        "scope": "catalog:read catalog:write orders:read",
+        "scope": SCOPES.join(" "),
         "iss": ISSUER,
         "aud": audience,
         "iat": now(),

@@ -133,9 +133,12 @@ pub(crate) async fn limit<S>(
     };
     // A client that gave up while its call waited (for a rate decision from the store, or
     // for a slot): the tool does not start.
-    let permit = permit.and_then(|p| match cancel.is_cancelled() {
-        true => Err(ToolError::cancelled()),
-        false => Ok(p),
+    let permit = permit.and_then(|p| {
+        if cancel.is_cancelled() {
+            Err(ToolError::cancelled())
+        } else {
+            Ok(p)
+        }
     });
     if permit.is_err() {
         taken.give_back(&inner.backend, held).await;

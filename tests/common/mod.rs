@@ -115,6 +115,19 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// One command (`args[0]` with the rest as its arguments), on a connection of its own;
+    /// its reply as `T`.
+    pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut conn = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connects");
+        let (name, rest) = args.split_first().expect("a command");
+        redis::cmd(name)
+            .arg(rest)
+            .query(&mut conn)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
     /// Freezes it (`SIGSTOP`): connections stay open and nothing answers, as a hung server.
     pub fn pause(&self) {
         self.signal("-STOP");

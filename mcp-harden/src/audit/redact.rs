@@ -287,7 +287,8 @@ pub fn redact_entry(key: &str, child: &mut Value, walk: fn(&mut Value)) {
 ///   (`"client_secret": "[REDACTED]"`, `{\"password\": \"[REDACTED]\"}`, a YAML value on
 ///   the lines below its name), URL-encoded text (`password%3D[REDACTED]%26next%3D1`,
 ///   `%22token%22%3A%22[REDACTED]%22`), and command lines (`--password [REDACTED]`,
-///   `curl -u admin:[REDACTED]`); the text of an XML or HTML element named by one
+///   `curl -u admin:[REDACTED]`; a number under a name that counts or measures is kept:
+///   `max_tokens=1024`, `token_ttl=3600`); the text of an XML or HTML element named by one
 ///   (`<ns:password>[REDACTED]</ns:password>`); and, as the pair rule above, the `value` beside
 ///   a name naming one: in a start tag (`<add key="ApiKey" value="[REDACTED]"/>`,
 ///   `<input name="client_secret" value="[REDACTED]">`), in JSON text
@@ -318,7 +319,7 @@ const MAX_PAIR_NAME: usize = 64;
 
 /// Whether a value is a string naming a credential, as the name of a name/value pair.
 fn is_pair_name(v: &Value) -> bool {
-    matches!(v, Value::String(s) if s.len() <= MAX_PAIR_NAME && is_credential_name(s))
+    matches!(v, Value::String(s) if names_credential(s.as_bytes()))
 }
 
 /// [`pair_role`] of a pair's value key (`value`).
@@ -602,8 +603,8 @@ fn in_authorization_header(b: &[u8], word: usize) -> bool {
 /// when the pair starts its line, is quoted whole, or names an `Authorization` header or a
 /// cookie, and otherwise at white space, and after `=` (a connection or query string) also
 /// at `;`, `&` or `,`, after a quoted name (JSON) at `,`, `}` or `]`. An `Authorization`
-/// value keeps its scheme. Kept: an environment's `PWD=/path`, and a count of tokens
-/// (`max_tokens=1024`). The name may also be `value` when a credential-like name stands
+/// value keeps its scheme. Kept: what [`is_kept`] keeps (an environment's `PWD=/path`, a
+/// number under a name that counts or measures, `max_tokens=1024`). The name may also be `value` when a credential-like name stands
 /// beside it ([`paired_name`]: `<add key="ApiKey" value="x"/>`, `- name: DB_PASSWORD` over
 /// `value: x`); the value then ends as a YAML line's does, or at a flow mapping's `,`, `}` or
 /// `]`, or at a tag's `>`.
@@ -625,9 +626,6 @@ fn named_value(b: &[u8], sep: usize, pairs: &std::cell::Cell<u8>) -> Option<(usi
     };
     let start = name_start(b, end)?;
     let name = &b[start..end];
-    if name.is_empty() {
-        return None;
-    }
     let credential = is_credential_name(std::str::from_utf8(name).ok()?);
     if !credential && !name.eq_ignore_ascii_case(b"value") {
         return None;
@@ -659,10 +657,7 @@ fn named_value(b: &[u8], sep: usize, pairs: &std::cell::Cell<u8>) -> Option<(usi
     ) {
         v += 1;
     }
-    let spaced = b[v..]
-        .iter()
-        .take_while(|&&c| matches!(c, b' ' | b'\t'))
-        .count();
+    let spaced = blanks(&b[v..]);
     v += spaced;
     // The key's column when it starts its line after indentation and YAML list dashes
     // (`  - password:`): lines below indented deeper belong to its value.
@@ -670,42 +665,46 @@ fn named_value(b: &[u8], sep: usize, pairs: &std::cell::Cell<u8>) -> Option<(usi
     let starts_line = start == indent || matches!(b[start - indent - 1], b'\n' | b'\r');
     // A value's end is looked for so far; a longer one is masked to the string's end.
     let near = &b[..b.len().min(v.saturating_add(MAX_VALUE_SCAN))];
-    let block = (starts_line && !equals && name_quote.is_none())
-        .then(|| yaml_block(b, v, indent))
-        .flatten();
-    let (from, to) = match (block, b.get(v)) {
-        (Some(block), _) => block,
-        (None, Some(b'\\')) if escaped && b.get(v + 1) == Some(&b'"') => {
-            let close = memchr::memmem::find(&near[v + 2..], b"\\\"");
-            (v + 2, close.map_or(b.len(), |c| v + 2 + c))
-        }
-        (None, Some(&q @ (b'"' | b'\''))) => (v + 1, closing(near, v + 1, q).unwrap_or(b.len())),
-        (None, Some(b'{')) if equals => (v + 1, brace_close(near, v + 1).unwrap_or(b.len())),
-        _ => {
-            let to_line = !equals
-                && name_quote.is_none()
-                && (enclosing.is_some()
-                    || starts_line
-                    || beside == Some(Beside::Block)
-                    || beside == Some(Beside::Object)
-                    || ends_with_ignore_case(name, b"authorization")
-                    || ends_with_ignore_case(name, b"cookie"));
-            let in_object = name_quote.is_some() || beside == Some(Beside::Object);
-            let stop = |c: u8| {
-                matches!(c, b'\n' | b'\r')
-                    || Some(c) == enclosing
-                    || (!to_line && c.is_ascii_whitespace())
-                    || (equals && matches!(c, b';' | b'&' | b','))
-                    || (in_object && matches!(c, b',' | b'}' | b']'))
-                    || (beside == Some(Beside::Tag) && c == b'>')
-            };
-            let len = near[v..].iter().position(|&c| stop(c));
-            let to = len.map_or(b.len(), |l| v + l);
-            // `password= host=db`: no value; the next word is a pair of its own.
-            if equals && spaced > 0 && b[v..to].contains(&b'=') {
-                return None;
+    let block = if starts_line && !equals && name_quote.is_none() {
+        yaml_block(b, v, indent)
+    } else {
+        None
+    };
+    let (from, to) = if let Some(block) = block {
+        block
+    } else {
+        match b.get(v) {
+            Some(b'\\') if escaped && b.get(v + 1) == Some(&b'"') => {
+                let close = memchr::memmem::find(&near[v + 2..], b"\\\"");
+                (v + 2, close.map_or(b.len(), |c| v + 2 + c))
             }
-            (v, to)
+            Some(&q @ (b'"' | b'\'')) => (v + 1, closing(near, v + 1, q).unwrap_or(b.len())),
+            Some(b'{') if equals => (v + 1, brace_close(near, v + 1).unwrap_or(b.len())),
+            _ => {
+                let to_line = !equals
+                    && name_quote.is_none()
+                    && (enclosing.is_some()
+                        || starts_line
+                        || matches!(beside, Some(Beside::Block | Beside::Object))
+                        || ends_with_ignore_case(name, b"authorization")
+                        || ends_with_ignore_case(name, b"cookie"));
+                let in_object = name_quote.is_some() || beside == Some(Beside::Object);
+                let stop = |c: u8| {
+                    matches!(c, b'\n' | b'\r')
+                        || Some(c) == enclosing
+                        || (!to_line && c.is_ascii_whitespace())
+                        || (equals && matches!(c, b';' | b'&' | b','))
+                        || (in_object && matches!(c, b',' | b'}' | b']'))
+                        || (beside == Some(Beside::Tag) && c == b'>')
+                };
+                let len = near[v..].iter().position(|&c| stop(c));
+                let to = len.map_or(b.len(), |l| v + l);
+                // `password= host=db`: no value; the next word is a pair of its own.
+                if equals && spaced > 0 && b[v..to].contains(&b'=') {
+                    return None;
+                }
+                (v, to)
+            }
         }
     };
     let value = &b[from..to];
@@ -755,13 +754,22 @@ fn line_prefix(b: &[u8], start: usize) -> usize {
     start - i
 }
 
-/// Where the name that ends at `b[end]` starts: a run of letters, digits, `_`, `-` and `.`,
-/// at most [`MAX_PAIR_NAME`] bytes (a longer run, such as base64 before its `=` padding, is
-/// not a name).
+/// Whether `c` may be part of a pair's name: a letter, a digit, `_`, `-` or `.`.
+fn is_name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')
+}
+
+/// How many spaces and tabs `s` starts with.
+fn blanks(s: &[u8]) -> usize {
+    s.iter().take_while(|&&c| matches!(c, b' ' | b'\t')).count()
+}
+
+/// Where the name that ends at `b[end]` starts: a run of [`is_name_byte`]s, at most
+/// [`MAX_PAIR_NAME`] bytes (a longer run, such as base64 before its `=` padding, is not a
+/// name).
 fn name_start(b: &[u8], end: usize) -> Option<usize> {
-    let is_name = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
     let floor = end.saturating_sub(MAX_PAIR_NAME + 1);
-    match b[floor..end].iter().rposition(|&c| !is_name(c)) {
+    match b[floor..end].iter().rposition(|&c| !is_name_byte(c)) {
         Some(p) => Some(floor + p + 1),
         None if floor == 0 => Some(0),
         None => None,
@@ -813,10 +821,7 @@ fn yaml_block(b: &[u8], v: usize, indent: usize) -> Option<(usize, usize)> {
             .iter()
             .take_while(|&&c| matches!(c, b'-' | b'+' | b'0'..=b'9'))
             .count();
-        i += near[i..]
-            .iter()
-            .take_while(|&&c| matches!(c, b' ' | b'\t'))
-            .count();
+        i += blanks(&near[i..]);
     }
     if !matches!(near.get(i), Some(b'\n' | b'\r')) {
         return None;
@@ -828,10 +833,7 @@ fn yaml_block(b: &[u8], v: usize, indent: usize) -> Option<(usize, usize)> {
             .iter()
             .take_while(|&&c| matches!(c, b'\n' | b'\r'))
             .count();
-        let deep = near[line..]
-            .iter()
-            .take_while(|&&c| matches!(c, b' ' | b'\t'))
-            .count();
+        let deep = blanks(&near[line..]);
         let text = line + deep;
         let Some(len) = near[text..]
             .iter()
@@ -895,7 +897,7 @@ fn element_text(b: &[u8], lt: usize) -> Option<(usize, usize)> {
 
 /// Whether `c` may be part of an XML name (a namespace prefix's `:` included).
 fn is_xml_name(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
+    is_name_byte(c) || c == b':'
 }
 
 /// Where the element name after the `<` at `b[lt]` ends, looking at most `max` bytes into
@@ -1097,8 +1099,7 @@ fn tag_pair(b: &[u8], attribute: usize) -> Option<(usize, usize)> {
 
 /// Whether a pair's name (the text of its `name`) is credential-like.
 fn names_credential(text: &[u8]) -> bool {
-    text.len() <= MAX_PAIR_NAME
-        && std::str::from_utf8(text).is_ok_and(|t| !t.is_empty() && is_credential_name(t))
+    text.len() <= MAX_PAIR_NAME && std::str::from_utf8(text).is_ok_and(is_credential_name)
 }
 
 /// The name of a credential after the `:` at `b[colon]` when the key before it is a pair's
@@ -1119,12 +1120,7 @@ fn pair_name_at(b: &[u8], floor: usize, colon: usize) -> Option<(usize, usize)> 
     }
     // A name longer than MAX_PAIR_NAME is none: no need to look further for its end.
     let near = &b[..b.len().min(colon + MAX_PAIR_NAME + 8)];
-    let v = colon
-        + 1
-        + near[colon + 1..]
-            .iter()
-            .take_while(|&&c| matches!(c, b' ' | b'\t'))
-            .count();
+    let v = colon + 1 + blanks(&near[colon + 1..]);
     let (from, to) = match near.get(v..) {
         Some([b'\\', b'"', ..]) => {
             let close = memchr::memmem::find(&near[v + 2..], b"\\\"")?;
@@ -1201,14 +1197,11 @@ fn block_pair(b: &[u8], line: usize, start: usize, sep: usize) -> Option<(usize,
     // A line's indentation, its key's column (after list dashes) and whether it has a dash;
     // None for a blank line or a comment.
     let shape = |l: &[u8]| {
-        let indent = l.iter().take_while(|&&c| matches!(c, b' ' | b'\t')).count();
+        let indent = blanks(l);
         let mut key = indent;
         while l.get(key) == Some(&b'-') && matches!(l.get(key + 1), Some(b' ' | b'\t')) {
             key += 1;
-            key += l[key..]
-                .iter()
-                .take_while(|&&c| matches!(c, b' ' | b'\t'))
-                .count();
+            key += blanks(&l[key..]);
         }
         match l.get(key) {
             None | Some(b'#' | b'\r') => None,
@@ -1219,10 +1212,7 @@ fn block_pair(b: &[u8], line: usize, start: usize, sep: usize) -> Option<(usize,
     // The sibling key's name on the line at `b[l..e]`, if it is a pair's name.
     let sibling = |l: usize, e: usize| {
         let text = &b[l + column..e];
-        let len = text
-            .iter()
-            .take_while(|&&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-            .count();
+        let len = text.iter().take_while(|&&c| is_name_byte(c)).count();
         let colon = l + column + len;
         let spaced = b[colon..e].iter().take_while(|&&c| c == b' ').count();
         if colon + spaced == e || b[colon + spaced] != b':' {
@@ -2072,6 +2062,8 @@ mod tests {
             "key: >-\r\n  k1\r\nnext: 1",
             "db:\n  password:\n  user: app",
             "if password:\n    return x",
+            // A known gap: a JSON value on the line below its name (pretty-printed JSON
+            // text) is not masked.
             "{\"password\":\n  \"x\"}",
         ] {
             assert_eq!(masked(kept), kept);
@@ -2266,8 +2258,9 @@ mod tests {
         }
     }
 
-    /// Strings built from the pieces of tags, objects and YAML lines are masked without a
-    /// panic, and a value beside a credential-like name never shows.
+    /// Strings built at random from the pieces of tags, objects and YAML lines are masked
+    /// without a panic; the pieces put together as a pair of each kind show no value
+    /// (what is masked in detail: `name_value_pairs_in_strings_masked`).
     #[test]
     fn pieces_of_pairs_never_panic() {
         let pieces = [

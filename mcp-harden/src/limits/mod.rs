@@ -260,7 +260,9 @@ pub trait RateLimitStore: Send + Sync + 'static {
     /// it waited for a slot). Each key moves back by its quota's interval less `taken_ago`
     /// (nothing once that is the whole interval: what time has already repaid is not given
     /// twice), and never below now. Best effort: on an error the cells stay spent, and the
-    /// caller pays, never anyone else. The default gives nothing back.
+    /// caller pays, never anyone else; the error counts, as a failed `check` does, towards
+    /// the store's rest ([`STORE_TRIP`]) and is logged alike. The default gives nothing
+    /// back: a store that keeps it holds refused calls' cells spent.
     fn refund<'a>(
         &'a self,
         limits: &'a [StoreLimit<'a>],
@@ -402,6 +404,24 @@ enum Ask<'a> {
     Skip,
 }
 
+/// What a store failed to do, in its log lines.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    /// Decide a call's limits ([`RateLimitStore::check`]).
+    Check,
+    /// Give a refused call's cells back ([`RateLimitStore::refund`]).
+    Refund,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Check => "check",
+            Self::Refund => "refund",
+        }
+    }
+}
+
 /// The one call asking a resting store. Dropped with its answer, or with the call (a client
 /// that gave up): either way another call may ask next.
 struct Probe<'a>(&'a std::sync::atomic::AtomicBool);
@@ -478,7 +498,8 @@ impl StoreHealth {
 
     /// The store failed a decision: after [`STORE_TRIP`] in a row (or failing its probe) it
     /// rests from now.
-    fn failed(&self, limit: &str, error: &StoreError, fail: FailMode) {
+    fn failed(&self, op: Op, limit: &str, error: &StoreError, fail: FailMode) {
+        let op = op.label();
         let now = self.now_ms();
         let in_a_row = self
             .failures
@@ -490,7 +511,7 @@ impl StoreHealth {
                 .store(self.rest_end(now), Ordering::Relaxed);
             if self.lasts.claim(Duration::from_secs(60)) {
                 let down_ms = now.saturating_sub(self.down_since_ms.load(Ordering::Relaxed));
-                tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), down_ms, "rate-limit store still failing");
+                tracing::warn!(target: "mcp_harden::limits", op, limit, error = %error, fail = fail.label(), down_ms, "rate-limit store still failing");
             }
         } else if in_a_row >= self.outage.trip {
             self.down_since_ms.store(now, Ordering::Relaxed);
@@ -498,14 +519,14 @@ impl StoreHealth {
                 .store(self.rest_end(now), Ordering::Relaxed);
             self.lasts.mark();
             if self.began.claim(Duration::from_secs(60)) {
-                tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, rest_ms = self.outage.rest.as_millis() as u64, "rate-limit store failing: decisions follow the fail mode until it answers again");
+                tracing::warn!(target: "mcp_harden::limits", op, limit, error = %error, fail = fail.label(), failures = in_a_row, rest_ms = self.outage.rest.as_millis() as u64, "rate-limit store failing: decisions follow the fail mode until it answers again");
             }
         } else if self.blips.claim(Duration::from_secs(60)) {
-            // Short of an outage, yet a decision the fail mode made: said at least once a
-            // minute, whichever the mode.
-            tracing::warn!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision: the fail mode decided it");
+            // Short of an outage, yet a decision the fail mode made (or cells not given
+            // back): said at least once a minute, whichever the mode.
+            tracing::warn!(target: "mcp_harden::limits", op, limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed: its decisions follow the fail mode while it fails");
         } else {
-            tracing::debug!(target: "mcp_harden::limits", limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision");
+            tracing::debug!(target: "mcp_harden::limits", op, limit, error = %error, fail = fail.label(), failures = in_a_row, "rate-limit store failed a decision");
         }
     }
 
@@ -706,11 +727,18 @@ impl<'a> CallRates<'a> {
         self.0.iter().flatten()
     }
 
-    /// The store's view of these limits: their keys, and the limits naming them.
+    /// The limit that names a store failure in its log line (the first).
+    fn named(&self) -> &str {
+        self.iter().next().map_or("", |m| m.id)
+    }
+
+    /// The store keys of these limits, for [`store_limits`](Self::store_limits).
     fn in_store(&self, prefix: &str) -> Vec<String> {
         self.iter().map(|m| m.store_key(prefix)).collect()
     }
 
+    /// These limits as the store is asked about them, under `keys` (from
+    /// [`in_store`](Self::in_store)).
     fn store_limits<'k>(&self, keys: &'k [String]) -> Vec<StoreLimit<'k>> {
         self.iter()
             .zip(keys)
@@ -747,7 +775,7 @@ impl Taken<'_> {
     /// nothing after a queue wait as long as the interval): time has repaid the rest, and
     /// giving it again would admit calls beyond the quota. From a store only while it
     /// answers (as far as this server knows); a failure counts towards its rest and is
-    /// logged at debug level, the cells then staying spent.
+    /// logged as the store's failed decisions are, the cells then staying spent.
     pub(crate) async fn give_back(self, backend: &Backend, ago: Duration) {
         match (self.place, backend) {
             (Place::Memory, _) => {
@@ -767,21 +795,11 @@ impl Taken<'_> {
                 let keys = self.rates.in_store(prefix);
                 match store.refund(&self.rates.store_limits(&keys), ago).await {
                     Ok(()) => health.answered(false),
-                    Err(e) => {
-                        let id = self.rates.iter().next().map_or("", |m| m.id);
-                        health.failed(id, &e, *fail);
-                        tracing::debug!(target: "mcp_harden::limits", error = %e, "rate-limit store failed to give back a refused call's cells");
-                    }
+                    Err(e) => health.failed(Op::Refund, self.rates.named(), &e, *fail),
                 }
             }
             _ => {}
         }
-    }
-
-    /// Whether the call's rate limits were decided (not skipped by a store failing open).
-    #[cfg(test)]
-    fn decided(&self) -> bool {
-        self.place != Place::Nowhere
     }
 }
 
@@ -828,7 +846,7 @@ pub(crate) async fn decide<'a>(
                             Some(d)
                         }
                         Err(e) => {
-                            health.failed(first.id, &e, *fail);
+                            health.failed(Op::Check, rates.named(), &e, *fail);
                             None
                         }
                     }
@@ -1019,28 +1037,11 @@ mod tests {
         assert_eq!(GcraQuota::from_rate(Rate::Unlimited), None);
     }
 
-    /// The one limit of a call, decided as `decide` does.
-    #[derive(Debug, PartialEq, Eq)]
-    enum Checked {
-        Admitted,
-        StoreDown,
-    }
-
     impl Limit {
-        async fn check(
-            &self,
-            backend: &Backend,
-            key: &Arc<str>,
-            tier: Option<&str>,
-        ) -> Result<Checked, ToolError> {
-            let rates = CallRates([Some(Meet::new(self, key, tier, Kind::Tool)), None, None]);
-            decide("t", backend, rates).await.map(|t| {
-                if t.decided() {
-                    Checked::Admitted
-                } else {
-                    Checked::StoreDown
-                }
-            })
+        /// The one limit of a call, decided as `decide` does.
+        async fn check(&self, backend: &Backend, key: &Arc<str>) -> Result<(), ToolError> {
+            let rates = CallRates([Some(Meet::new(self, key, None, Kind::Tool)), None, None]);
+            decide("t", backend, rates).await.map(drop)
         }
     }
 
@@ -1158,7 +1159,8 @@ mod tests {
         failing: std::sync::atomic::AtomicBool,
         delay_ms: AtomicU64,
         last: std::sync::Mutex<Vec<String>>,
-        refunded: std::sync::Mutex<Vec<String>>,
+        /// The keys of each refund asked, one entry per question.
+        refunded: std::sync::Mutex<Vec<Vec<String>>>,
         /// What it answers when it does not fail (else `Allow`).
         answer: std::sync::Mutex<Option<StoreDecision>>,
     }
@@ -1194,7 +1196,7 @@ mod tests {
         ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
             Box::pin(async move {
                 if let Ok(mut refunded) = self.refunded.lock() {
-                    refunded.extend(limits.iter().map(|l| l.key.to_owned()));
+                    refunded.push(limits.iter().map(|l| l.key.to_owned()).collect());
                 }
                 Ok(())
             })
@@ -1240,7 +1242,7 @@ mod tests {
         ];
         assert_eq!(*flaky.last.lock().expect("lock"), keys);
         taken.give_back(&backend, Duration::ZERO).await;
-        assert_eq!(*flaky.refunded.lock().expect("lock"), keys);
+        assert_eq!(*flaky.refunded.lock().expect("lock"), [keys], "one refund");
         // A refusal is named by the limit the store names, with its wait.
         *flaky.answer.lock().expect("lock") = Some(StoreDecision::Deny {
             limit: 1,
@@ -1295,7 +1297,7 @@ mod tests {
         let (limit, key) = (hourly(1000), alice());
         let outage = StoreOutage::new(1, Duration::from_millis(1000));
         let (flaky, backend) = flaky_backend_resting(FailMode::Closed, outage);
-        let check = || limit.check(&backend, &key, None);
+        let check = || limit.check(&backend, &key);
         let asked = || flaky.asked.load(Ordering::SeqCst);
         flaky.failing.store(true, Ordering::SeqCst);
         let refused = check().await.expect_err("closed");
@@ -1312,7 +1314,7 @@ mod tests {
         assert_eq!(asked(), 1, "one failure trips the rest");
         tokio::time::sleep(Duration::from_millis(800)).await;
         flaky.failing.store(false, Ordering::SeqCst);
-        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        assert_eq!(check().await.ok(), Some(()));
         assert_eq!(asked(), 2, "asked again after the rest");
         assert!(!StoreOutage::new(0, Duration::from_secs(1)).usable());
         assert!(!StoreOutage::new(1, Duration::from_millis(5)).usable());
@@ -1327,10 +1329,10 @@ mod tests {
     async fn a_failed_store_rests_then_one_call_asks_it() {
         let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let check = || limit.check(&backend, &key, None);
+        let check = || limit.check(&backend, &key);
         let asked = || flaky.asked.load(Ordering::SeqCst);
         for _ in 0..3 {
-            assert_eq!(check().await.ok(), Some(Checked::Admitted));
+            assert_eq!(check().await.ok(), Some(()));
         }
         assert_eq!((asked(), backend.unmade()), (3, 0));
 
@@ -1369,7 +1371,7 @@ mod tests {
         );
         tokio::time::sleep(STORE_REST + Duration::from_millis(50)).await;
         for _ in 0..3 {
-            assert_eq!(check().await.ok(), Some(Checked::Admitted));
+            assert_eq!(check().await.ok(), Some(()));
         }
         assert_eq!(
             asked(),
@@ -1384,14 +1386,14 @@ mod tests {
     async fn a_lone_failure_does_not_rest_the_store() {
         let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let check = || limit.check(&backend, &key, None);
+        let check = || limit.check(&backend, &key);
         for _ in 0..3 {
             flaky.failing.store(true, Ordering::SeqCst);
             for _ in 1..STORE_TRIP {
                 assert!(check().await.is_err());
             }
             flaky.failing.store(false, Ordering::SeqCst);
-            assert_eq!(check().await.ok(), Some(Checked::Admitted));
+            assert_eq!(check().await.ok(), Some(()));
         }
         assert_eq!(flaky.asked.load(Ordering::SeqCst), 3 * STORE_TRIP);
     }
@@ -1402,14 +1404,14 @@ mod tests {
     async fn a_dropped_probe_or_a_stale_answer_leaves_the_rest_right() {
         let (limit, key) = (hourly(1000), alice());
         let (flaky, backend) = flaky_backend(FailMode::Closed);
-        let check = || limit.check(&backend, &key, None);
+        let check = || limit.check(&backend, &key);
         let asked = || flaky.asked.load(Ordering::SeqCst);
 
         // A slow call asks while the store is well; it then fails enough to rest.
         flaky.delay_ms.store(300, Ordering::SeqCst);
         let slow = tokio::spawn({
             let (limit, backend, key) = (hourly(1000), backend.clone(), key.clone());
-            async move { limit.check(&backend, &key, None).await.is_ok() }
+            async move { limit.check(&backend, &key).await.is_ok() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         flaky.delay_ms.store(0, Ordering::SeqCst);
@@ -1432,10 +1434,10 @@ mod tests {
         flaky.delay_ms.store(0, Ordering::SeqCst);
         assert_eq!(
             check().await.ok(),
-            Some(Checked::Admitted),
+            Some(()),
             "the next call asks, and the store answers"
         );
-        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        assert_eq!(check().await.ok(), Some(()));
         assert_eq!(asked(), before + 3);
     }
 
@@ -1445,10 +1447,10 @@ mod tests {
     async fn failing_locally_keeps_the_quota_in_memory() {
         let (limit, key) = (hourly(2), alice());
         let (flaky, backend) = flaky_backend(FailMode::Local);
-        let check = || limit.check(&backend, &key, None);
+        let check = || limit.check(&backend, &key);
         flaky.failing.store(true, Ordering::SeqCst);
-        assert_eq!(check().await.ok(), Some(Checked::Admitted));
-        assert_eq!(check().await.ok(), Some(Checked::Admitted));
+        assert_eq!(check().await.ok(), Some(()));
+        assert_eq!(check().await.ok(), Some(()));
         let e = check().await.expect_err("over the quota in memory");
         assert_eq!(e.code, ErrorCode::RateLimited);
         assert!(e.retry_after_ms.is_some_and(|ms| ms > 1_700_000), "{e:?}");
