@@ -640,9 +640,7 @@ fn named_value(b: &[u8], sep: usize, pairs: &std::cell::Cell<u8>) -> Option<(usi
     let (beside, named) = if credential {
         (None, name)
     } else {
-        let left = pairs.get().checked_sub(1)?;
-        pairs.set(left);
-        let (beside, from, to) = paired_name(b, start, sep, equals, name_quote.is_some())?;
+        let (beside, from, to) = paired_name(b, start, sep, equals, name_quote.is_some(), pairs)?;
         (Some(beside), &b[from..to])
     };
     // The quote around the whole pair: `-H 'Authorization: token x'`.
@@ -693,7 +691,10 @@ fn named_value(b: &[u8], sep: usize, pairs: &std::cell::Cell<u8>) -> Option<(usi
                     matches!(c, b'\n' | b'\r')
                         || Some(c) == enclosing
                         || (!to_line && c.is_ascii_whitespace())
-                        || (equals && matches!(c, b';' | b'&' | b','))
+                        // A tag's unquoted attribute value ends at white space or `>` only.
+                    || (equals
+                        && beside != Some(Beside::Tag)
+                        && matches!(c, b';' | b'&' | b','))
                         || (in_object && matches!(c, b',' | b'}' | b']'))
                         || (beside == Some(Beside::Tag) && c == b'>')
                 };
@@ -989,10 +990,11 @@ fn tag_part(b: &[u8], mut i: usize) -> Option<TagPart> {
     i += before + 1;
     i += spaces(b, i);
     let (value, next) = match *b.get(i)? {
-        q @ (b'"' | b'\'') => {
-            let close = i + 1 + memchr::memchr(q, &b[i + 1..])?;
-            ((i + 1, close), close + 1)
-        }
+        q @ (b'"' | b'\'') => match memchr::memchr(q, &b[i + 1..]) {
+            Some(c) => ((i + 1, i + 1 + c), i + 2 + c),
+            // Unclosed within `b`: the value runs to its end (and the tag with it).
+            None => ((i + 1, b.len()), b.len()),
+        },
         _ => {
             let unquoted = b[i..]
                 .iter()
@@ -1032,8 +1034,9 @@ enum Beside {
 /// as a byte range. The name is an attribute `key`, `name` or `id` of the same start tag
 /// (before or after `value=`), or a key `name`, `key` or `header` of the same JSON object,
 /// YAML flow mapping or YAML block mapping (a list item's: `- name: DB_PASSWORD` over
-/// `value: x`, or under it). Looked for within [`MAX_VALUE_SCAN`] of the `value`. Out of line:
-/// only a `value` comes here.
+/// `value: x`, or under it). Looked for within [`MAX_VALUE_SCAN`] of the `value`, by at most
+/// as many `value`s of a string as `lookups` has left (one that cannot be an attribute, not
+/// after white space, spends none). Out of line: only a `value` comes here.
 #[inline(never)]
 fn paired_name(
     b: &[u8],
@@ -1041,7 +1044,13 @@ fn paired_name(
     sep: usize,
     equals: bool,
     quoted: bool,
+    lookups: &std::cell::Cell<u8>,
 ) -> Option<(Beside, usize, usize)> {
+    // Only a `value` that goes on to look around spends one of the string's lookups.
+    let spend = || -> Option<()> {
+        lookups.set(lookups.get().checked_sub(1)?);
+        Some(())
+    };
     if equals {
         // An attribute: after white space, not quoted.
         if quoted
@@ -1051,9 +1060,11 @@ fn paired_name(
         {
             return None;
         }
+        spend()?;
         let (from, to) = tag_pair(b, start)?;
         return Some((Beside::Tag, from, to));
     }
+    spend()?;
     if !quoted {
         // At the start of its line, after indentation and list dashes: a YAML block mapping.
         let prefix = b[..start]
@@ -2256,6 +2267,36 @@ mod tests {
         ] {
             assert_eq!(masked(kept), kept);
         }
+    }
+
+    /// A tag's `value` is masked whole: an unquoted one up to white space or `>` (not to a
+    /// connection string's `;`, `&` or `,`), a quoted one never closed, or closed beyond
+    /// reach, to the string's end; and `value`s that cannot be a pair's spend none of the
+    /// string's lookups.
+    #[test]
+    fn tag_values_and_lookups_leave_nothing_showing() {
+        for (s, want) in [
+            (
+                "<input id=db_pwd value=p1;x2>",
+                "<input id=db_pwd value=[REDACTED]>",
+            ),
+            (
+                "<input name=api_key value=a&b,c>",
+                "<input name=api_key value=[REDACTED]>",
+            ),
+            (
+                r#"<add key="ApiKey" value="abc"#,
+                r#"<add key="ApiKey" value="[REDACTED]"#,
+            ),
+        ] {
+            assert_eq!(masked(s), want, "{s}");
+        }
+        let far = format!(r#"<add key="SigningKey" value="{}"/>"#, "k".repeat(1500));
+        let v = masked(&far);
+        assert!(v.as_str().is_some_and(|m| !m.contains("kkkk")), "{v}");
+        let busy = format!("{}{{name: token, value: s3cr3t}}", ",value=1".repeat(12));
+        let v = masked(&busy);
+        assert!(v.as_str().is_some_and(|m| !m.contains("s3cr3t")), "{v}");
     }
 
     /// Strings built at random from the pieces of tags, objects and YAML lines are masked
