@@ -94,7 +94,7 @@ async fn one(
 #[tokio::test]
 async fn one_gcra_decision_per_call_with_an_exact_wait() {
     let Some(redis) = Redis::start() else { return };
-    let store = RedisStore::new(&redis.url()).expect("store");
+    let store = redis.store();
     let quota = GcraQuota {
         emission: Duration::from_secs(1),
         burst: 3,
@@ -126,7 +126,7 @@ async fn one_gcra_decision_per_call_with_an_exact_wait() {
 #[tokio::test]
 async fn a_calls_limits_are_decided_together() {
     let Some(redis) = Redis::start() else { return };
-    let store = RedisStore::new(&redis.url()).expect("store");
+    let store = redis.store();
     let minute = GcraQuota {
         emission: Duration::from_secs(60),
         burst: 2,
@@ -212,16 +212,12 @@ async fn start_hold(c: &RunningService<RoleClient, ()>) -> tokio::task::JoinHand
 #[tokio::test]
 async fn busy_refusals_give_their_cells_back() {
     let Some(redis) = Redis::start() else { return };
-    let server = builder(
-        "redis-e2e-busy",
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Closed,
-    )
-    .tool::<hold>()
-    .principal_rate(Rate::per_minute(2))
-    .global_rate::<hold>(Rate::per_minute(2))
-    .build()
-    .expect("builds");
+    let server = builder("redis-e2e-busy", redis.store(), FailMode::Closed)
+        .tool::<hold>()
+        .principal_rate(Rate::per_minute(2))
+        .global_rate::<hold>(Rate::per_minute(2))
+        .build()
+        .expect("builds");
     let c = connect(server).await;
     let first = start_hold(&c).await;
     for _ in 0..3 {
@@ -246,16 +242,8 @@ async fn busy_refusals_give_their_cells_back() {
 #[tokio::test]
 async fn two_replicas_share_one_callers_quota() {
     let Some(redis) = Redis::start() else { return };
-    let a = connect(server(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Closed,
-    ))
-    .await;
-    let b = connect(server(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Closed,
-    ))
-    .await;
+    let a = connect(server(redis.store(), FailMode::Closed)).await;
+    let b = connect(server(redis.store(), FailMode::Closed)).await;
     for c in [&a, &b, &a, &b] {
         let r = call(c, "count").await;
         assert_eq!(r.is_error, Some(false), "{r:?}");
@@ -276,14 +264,8 @@ async fn redis_going_away_fails_closed_by_default_and_open_on_request() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let closed = server(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Closed,
-    );
-    let open = server(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Open,
-    );
+    let closed = server(redis.store(), FailMode::Closed);
+    let open = server(redis.store(), FailMode::Open);
     let (c, o) = (connect(closed.clone()).await, connect(open.clone()).await);
     assert_eq!(call(&c, "count").await.is_error, Some(false));
     assert_eq!(call(&o, "count").await.is_error, Some(false));
@@ -338,8 +320,8 @@ async fn a_hung_redis_costs_a_decision_one_timeout() {
             .expect("a decision ends");
         (started.elapsed(), r)
     };
-    let before_first_use = RedisStore::new(&redis.url()).expect("store");
-    let connected = RedisStore::new(&redis.url()).expect("store");
+    let before_first_use = redis.store();
+    let connected = redis.store();
     assert_eq!(
         one(&connected, "k", quota).await.expect("decides"),
         StoreDecision::Allow
@@ -372,18 +354,9 @@ async fn a_call_asks_a_failed_store_once() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let open = fully_limited(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Open,
-    );
-    let closed = fully_limited(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Closed,
-    );
-    let local = fully_limited(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Local,
-    );
+    let open = fully_limited(redis.store(), FailMode::Open);
+    let closed = fully_limited(redis.store(), FailMode::Closed);
+    let local = fully_limited(redis.store(), FailMode::Local);
     let (o, c) = (connect(open.clone()).await, connect(closed.clone()).await);
     let l = connect(local.clone()).await;
     let tally = || CallToolRequestParams::new("tally");
@@ -421,10 +394,7 @@ async fn redis_going_away_decides_locally_on_request() {
     let Some(mut redis) = Redis::start() else {
         return;
     };
-    let local = server(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Local,
-    );
+    let local = server(redis.store(), FailMode::Local);
     let c = connect(local.clone()).await;
     for _ in 0..4 {
         assert_eq!(call(&c, "count").await.is_error, Some(false));
@@ -485,15 +455,11 @@ async fn deciding_locally_keeps_the_global_rate() {
         return;
     };
     let metrics_addr = common::serve_metrics();
-    let local = builder(
-        "redis-e2e-global",
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Local,
-    )
-    .tool::<count>()
-    .global_rate::<count>(Rate::per_minute(2))
-    .build()
-    .expect("builds");
+    let local = builder("redis-e2e-global", redis.store(), FailMode::Local)
+        .tool::<count>()
+        .global_rate::<count>(Rate::per_minute(2))
+        .build()
+        .expect("builds");
     let c = connect(local.clone()).await;
     let overall = |r: &CallToolResult| {
         r.structured_content
@@ -563,10 +529,7 @@ fn command_calls(redis: &Redis) -> std::collections::BTreeMap<String, u64> {
 #[tokio::test]
 async fn a_call_with_three_limits_is_one_redis_command() {
     let Some(redis) = Redis::start() else { return };
-    let server = fully_limited(
-        RedisStore::new(&redis.url()).expect("store"),
-        FailMode::Closed,
-    );
+    let server = fully_limited(redis.store(), FailMode::Closed);
     let c = connect(server).await;
     let tally = || c.call_tool(CallToolRequestParams::new("tally"));
     // The first call loads the script (a miss, then the load).
@@ -605,7 +568,7 @@ async fn a_call_with_three_limits_is_one_redis_command() {
 #[tokio::test]
 async fn fractional_intervals_round_up() {
     let Some(redis) = Redis::start() else { return };
-    let store = RedisStore::new(&redis.url()).expect("store");
+    let store = redis.store();
     let quota = GcraQuota::from_rate(Rate::per_second(300_000)).expect("quota");
     // A burst large enough to admit a caller whose arrival time is far ahead of now.
     let quota = GcraQuota {

@@ -218,7 +218,7 @@ fn redis_store() -> Option<(Redis, tokio::runtime::Runtime, RedisStore)> {
     let rt = runtime();
     let store = {
         let _entered = rt.enter();
-        RedisStore::new(&redis.url()).expect("store")
+        redis.store()
     };
     Some((redis, rt, store))
 }

@@ -115,6 +115,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A rate-limit store on it (made within a Tokio runtime, as `RedisStore` requires).
+    pub fn store(&self) -> mcp_harden::limits::RedisStore {
+        mcp_harden::limits::RedisStore::new(&self.url()).expect("store")
+    }
+
     /// One command (`args[0]` with the rest as its arguments), on a connection of its own;
     /// its reply as `T`.
     pub fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {

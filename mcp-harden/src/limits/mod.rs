@@ -159,6 +159,10 @@ pub enum StoreDecision {
     },
 }
 
+/// What a [`RateLimitStore`]'s methods return: a boxed future of the store's answer (the
+/// trait stays object safe: a server holds its store as `Arc<dyn RateLimitStore>`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
 /// A shared store of rate-limit state: one atomic GCRA decision over all the rate limits a
 /// call meets (all or nothing: a cell of each, or of none), and those cells given back when
 /// the call is refused after them (its tool busy). Implement it for a store shared by every
@@ -174,12 +178,12 @@ pub enum StoreDecision {
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use std::future::Future;
-/// use std::pin::Pin;
 /// use std::sync::Mutex;
 /// use std::time::{Duration, Instant};
 ///
-/// use mcp_harden::limits::{GcraQuota, RateLimitStore, StoreDecision, StoreError, StoreLimit};
+/// use mcp_harden::limits::{
+///     GcraQuota, RateLimitStore, StoreDecision, StoreError, StoreFuture, StoreLimit,
+/// };
 ///
 /// /// Each key holds its theoretical arrival time (TAT), since `start`.
 /// struct Gcra {
@@ -187,10 +191,8 @@ pub enum StoreDecision {
 ///     tats: Mutex<HashMap<String, Duration>>,
 /// }
 ///
-/// type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-///
 /// impl RateLimitStore for Gcra {
-///     fn check<'a>(&'a self, limits: &'a [StoreLimit<'a>]) -> Answer<'a, StoreDecision> {
+///     fn check<'a>(&'a self, limits: &'a [StoreLimit<'a>]) -> StoreFuture<'a, StoreDecision> {
 ///         Box::pin(async move {
 ///             let now = self.start.elapsed();
 ///             let mut tats = self.tats.lock().map_err(|_| StoreError("poisoned".into()))?;
@@ -217,7 +219,7 @@ pub enum StoreDecision {
 ///         })
 ///     }
 ///
-///     fn refund<'a>(&'a self, limits: &'a [StoreLimit<'a>], taken_ago: Duration) -> Answer<'a, ()> {
+///     fn refund<'a>(&'a self, limits: &'a [StoreLimit<'a>], taken_ago: Duration) -> StoreFuture<'a, ()> {
 ///         Box::pin(async move {
 ///             let now = self.start.elapsed();
 ///             let mut tats = self.tats.lock().map_err(|_| StoreError("poisoned".into()))?;
@@ -250,10 +252,7 @@ pub trait RateLimitStore: Send + Sync + 'static {
     /// takes none and says how long until all have. One call's limits, in the order they are
     /// named in refusals (the tool's per caller, the caller's across tools, the tool's
     /// across callers); never empty.
-    fn check<'a>(
-        &'a self,
-        limits: &'a [StoreLimit<'a>],
-    ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>>;
+    fn check<'a>(&'a self, limits: &'a [StoreLimit<'a>]) -> StoreFuture<'a, StoreDecision>;
 
     /// Gives back what is left of the cells a [`check`](Self::check) of the same limits
     /// took `taken_ago`: the call was refused after it (its tool busy, or cancelled while
@@ -267,7 +266,7 @@ pub trait RateLimitStore: Send + Sync + 'static {
         &'a self,
         limits: &'a [StoreLimit<'a>],
         taken_ago: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+    ) -> StoreFuture<'a, ()> {
         let _ = (limits, taken_ago);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -1166,10 +1165,7 @@ mod tests {
     }
 
     impl RateLimitStore for Arc<Flaky> {
-        fn check<'a>(
-            &'a self,
-            limits: &'a [StoreLimit<'a>],
-        ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>> {
+        fn check<'a>(&'a self, limits: &'a [StoreLimit<'a>]) -> StoreFuture<'a, StoreDecision> {
             Box::pin(async move {
                 self.asked.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut last) = self.last.lock() {
@@ -1193,7 +1189,7 @@ mod tests {
             &'a self,
             limits: &'a [StoreLimit<'a>],
             _taken_ago: Duration,
-        ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+        ) -> StoreFuture<'a, ()> {
             Box::pin(async move {
                 if let Ok(mut refunded) = self.refunded.lock() {
                     refunded.push(limits.iter().map(|l| l.key.to_owned()).collect());

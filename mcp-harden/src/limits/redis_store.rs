@@ -2,13 +2,11 @@
 //! limits, one round trip (a Lua script run with `EVALSHA`), the clock being Redis's own
 //! `TIME` so that every replica agrees on it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{GcraQuota, RateLimitStore, StoreDecision, StoreError, StoreLimit};
+use super::{GcraQuota, RateLimitStore, StoreDecision, StoreError, StoreFuture, StoreLimit};
 
 /// GCRA over every key of a call (`ARGV`: each key's interval in microseconds and burst):
 /// a key holds its theoretical arrival time (TAT, microseconds on Redis's clock). A call is
@@ -173,10 +171,7 @@ impl RedisStore {
 }
 
 impl RateLimitStore for RedisStore {
-    fn check<'a>(
-        &'a self,
-        limits: &'a [StoreLimit<'a>],
-    ) -> Pin<Box<dyn Future<Output = Result<StoreDecision, StoreError>> + Send + 'a>> {
+    fn check<'a>(&'a self, limits: &'a [StoreLimit<'a>]) -> StoreFuture<'a, StoreDecision> {
         Box::pin(async move {
             if limits.is_empty() {
                 return Ok(StoreDecision::Allow);
@@ -199,7 +194,7 @@ impl RateLimitStore for RedisStore {
         &'a self,
         limits: &'a [StoreLimit<'a>],
         taken_ago: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>> {
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let ago = u64::try_from(taken_ago.as_micros()).unwrap_or(u64::MAX);
             let left = |q: GcraQuota| interval_us(q).saturating_sub(ago);
